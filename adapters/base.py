@@ -45,11 +45,19 @@ class Capability(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RuleRef:
-    """What an adapter is handed: the rule's id, its intent and the intent's key."""
+    """What an adapter is handed: the rule's id, its intent and the intent's key.
+
+    ``context`` carries what the orchestrator knows about the rule, for adapters that
+    forward it (webhooks, appliances): ``event`` (announce, withdraw, expire, extend),
+    ``reason``, ``origin`` (manual, policy, runbook), ``ttl``, ``expires_at`` (ISO 8601 or
+    None), ``explanation`` (list of strings), ``incident`` (dict or None), and for
+    attack-aware backends ``bps``/``pps`` baselines when a signal supplied them.
+    """
 
     rule_id: int
     intent: AnyIntent
     key: str = ""
+    context: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.key:
