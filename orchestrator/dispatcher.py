@@ -1,0 +1,408 @@
+"""The dispatcher: sends committed rule changes to adapters and writes the outcomes back.
+
+One worker per adapter drains an ordered queue of operations, so an announce and a later
+withdrawal of the same rule reach the backend in that order. Consecutive operations of
+one kind are sent as one batch. Every outcome is written back in one transaction per
+batch, guarded by the state the rule must still be in (a late "announced" answer for a
+rule an operator has since withdrawn changes nothing).
+
+Operations:
+
+* ``announce``   pending -> active | failed (retry scheduled with backoff when it helps)
+* ``reannounce`` re-send an active rule the backend lost (reconciliation); on failure the
+  rule becomes failed with a retry, so it is announced again as soon as the backend can
+* ``withdraw``   withdrawing -> withdrawn | expired; on failure it stays withdrawing and is
+  retried without limit
+* ``orphan``     withdraw an intent the backend holds but the store has ended
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from prometheus_client import Counter, Histogram
+from sqlalchemy import Engine, and_, insert, select, update
+
+from adapters.base import Adapter, Outcome, RuleRef
+from orchestrator.lifecycle import State, backoff
+from orchestrator.store.models import rule_events, rules
+from policies.intents import AnyIntent, parse_canonical
+
+log = logging.getLogger("sluice.dispatcher")
+
+Op = Literal["announce", "reannounce", "withdraw", "orphan"]
+
+OPS_TOTAL = Counter(
+    "sluice_adapter_operations_total",
+    "Rule operations sent to adapters, by outcome",
+    ["adapter", "op", "result"],
+)
+BATCH_SECONDS = Histogram(
+    "sluice_adapter_batch_seconds", "Time an adapter took for one batch", ["adapter", "op"]
+)
+
+
+@dataclass
+class Job:
+    op: Op
+    rule_id: int
+    ref: RuleRef | None = None  # given for orphans (no live rule to load)
+
+
+@dataclass
+class _Lane:
+    queue: asyncio.Queue[Job] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+    carry: Job | None = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        engine: Engine,
+        adapter_for: Callable[[int], Adapter | None],
+        adapter_name: Callable[[int], str],
+        *,
+        batch_size: int = 1000,
+        retry_base: float = 1.0,
+        retry_max: float = 60.0,
+        max_attempts: int = 8,
+    ) -> None:
+        self.engine = engine
+        self.adapter_for = adapter_for
+        self.adapter_name = adapter_name
+        self.batch_size = batch_size
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.max_attempts = max_attempts
+        self._lanes: dict[int, _Lane] = {}
+        self._queued: set[tuple[Op, int]] = set()
+        self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self.intents: dict[int, AnyIntent] = {}  # rule id -> intent, for live rules
+        self._running = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._running = True
+
+    async def stop(self) -> None:
+        self._running = False
+        for lane in self._lanes.values():
+            if lane.task is not None:
+                lane.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lane.task
+        self._lanes.clear()
+        self._queued.clear()
+
+    def submit(self, adapter_id: int, op: Op, rule_ids: Iterable[int]) -> int:
+        """Queue operations; returns how many were new (not already queued)."""
+        lane = self._lanes.get(adapter_id)
+        if lane is None:
+            lane = self._lanes[adapter_id] = _Lane()
+        added = 0
+        for rid in rule_ids:
+            if (op, rid) in self._queued:
+                continue
+            self._queued.add((op, rid))
+            lane.queue.put_nowait(Job(op, rid))
+            added += 1
+        if self._running and (lane.task is None or lane.task.done()):
+            lane.task = asyncio.get_running_loop().create_task(
+                self._work(adapter_id, lane), name=f"dispatch-{adapter_id}"
+            )
+        return added
+
+    def submit_orphan(self, adapter_id: int, ref: RuleRef) -> None:
+        lane = self._lanes.setdefault(adapter_id, _Lane())
+        lane.queue.put_nowait(Job("orphan", ref.rule_id, ref))
+        if self._running and (lane.task is None or lane.task.done()):
+            lane.task = asyncio.get_running_loop().create_task(self._work(adapter_id, lane))
+
+    def is_queued(self, op: Op, rule_id: int) -> bool:
+        return (op, rule_id) in self._queued
+
+    def pending_jobs(self) -> int:
+        return sum(lane.queue.qsize() for lane in self._lanes.values())
+
+    async def wait_for(self, rule_id: int, seconds: float) -> bool:
+        """Wait until the next outcome for ``rule_id`` is written; False on timeout."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(rule_id, []).append(fut)
+        try:
+            await asyncio.wait_for(fut, seconds)
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(rule_id)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._waiters[rule_id]
+        return True
+
+    async def drain(self, seconds: float = 30.0) -> None:
+        """Wait until every queue is empty and no batch is in flight (tests, shutdown)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self._queued or any(not lane.queue.empty() for lane in self._lanes.values()):
+            if loop.time() > deadline:
+                raise TimeoutError(f"dispatcher still has {len(self._queued)} jobs")
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------ worker
+
+    async def _work(self, adapter_id: int, lane: _Lane) -> None:
+        while True:
+            first = lane.carry
+            lane.carry = None
+            if first is None:
+                if lane.queue.empty():
+                    return
+                first = lane.queue.get_nowait()
+            batch = [first]
+            while len(batch) < self.batch_size and not lane.queue.empty():
+                nxt = lane.queue.get_nowait()
+                if nxt.op != first.op:
+                    lane.carry = nxt
+                    break
+                batch.append(nxt)
+            try:
+                await self._run_batch(adapter_id, first.op, batch)
+            except Exception:  # a bug or a database error must not kill the lane
+                log.exception(
+                    "dispatching %d %s jobs to adapter %d", len(batch), first.op, adapter_id
+                )
+            finally:
+                for job in batch:
+                    self._queued.discard((job.op, job.rule_id))
+                    self._wake(job.rule_id)
+
+    def _wake(self, rule_id: int) -> None:
+        for fut in self._waiters.pop(rule_id, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _refs(self, op: Op, batch: Sequence[Job]) -> list[RuleRef]:
+        if op == "orphan":
+            return [j.ref for j in batch if j.ref is not None]
+        wanted = {
+            "announce": [State.PENDING],
+            "reannounce": [State.ACTIVE],
+            "withdraw": [State.WITHDRAWING],
+        }[op]
+        ids = [j.rule_id for j in batch]
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    rules.c.id,
+                    rules.c.key,
+                    rules.c.intent,
+                    rules.c.dry_run,
+                    rules.c.reason,
+                    rules.c.origin,
+                    rules.c.ttl,
+                    rules.c.expires_at,
+                    rules.c.explanation,
+                    rules.c.incident_id,
+                    rules.c.end_state,
+                ).where(rules.c.id.in_(ids), rules.c.state.in_(wanted))
+            ).all()
+        refs = []
+        for row in rows:
+            if row.dry_run:
+                continue
+            intent = self.intents.get(row.id)
+            if intent is None:
+                intent = parse_canonical(row.intent)
+            refs.append(RuleRef(row.id, intent, row.key, _context(op, row)))
+        return refs
+
+    async def _run_batch(self, adapter_id: int, op: Op, batch: Sequence[Job]) -> None:
+        refs = self._refs(op, batch)
+        if not refs:
+            return
+        adapter = self.adapter_for(adapter_id)
+        name = self.adapter_name(adapter_id)
+        if adapter is None:
+            outcomes = [
+                Outcome.failure(r, f"adapter {name!r} is not available", retryable=True)
+                for r in refs
+            ]
+        else:
+            send = adapter.announce if op in ("announce", "reannounce") else adapter.withdraw
+            with BATCH_SECONDS.labels(name, op).time():
+                try:
+                    outcomes = await send(refs)
+                except Exception as exc:  # adapters should not raise; treat as unreachable
+                    log.exception("adapter %s raised on %s", name, op)
+                    outcomes = [
+                        Outcome.failure(r, f"adapter error: {exc}", retryable=True) for r in refs
+                    ]
+            if len(outcomes) != len(refs):
+                log.error(
+                    "adapter %s returned %d outcomes for %d rules", name, len(outcomes), len(refs)
+                )
+                got = {o.rule_id: o for o in outcomes}
+                outcomes = [
+                    got.get(r.rule_id)
+                    or Outcome.failure(r, "adapter returned no outcome", retryable=True)
+                    for r in refs
+                ]
+        for o in outcomes:
+            OPS_TOTAL.labels(name, op, "ok" if o.ok else "failed").inc()
+        self._apply(op, refs, outcomes)
+
+    # ------------------------------------------------------------ outcomes
+
+    def _apply(self, op: Op, refs: Sequence[RuleRef], outcomes: Sequence[Outcome]) -> None:
+        now = utcnow()
+        events: list[dict[str, Any]] = []
+        released: list[int] = []
+        with self.engine.begin() as conn:
+            for ref, out in zip(refs, outcomes, strict=True):
+                rid = ref.rule_id
+                if op == "orphan":
+                    events.append(
+                        _event(
+                            rid,
+                            now,
+                            "orphan_withdrawn" if out.ok else "orphan_withdraw_failed",
+                            out.error,
+                        )
+                    )
+                    continue
+                if op in ("announce", "reannounce"):
+                    from_state = State.PENDING if op == "announce" else State.ACTIVE
+                    if out.ok:
+                        if op == "announce":
+                            res = conn.execute(
+                                update(rules)
+                                .where(and_(rules.c.id == rid, rules.c.state == State.PENDING))
+                                .values(
+                                    state=State.ACTIVE,
+                                    activated_at=now,
+                                    updated_at=now,
+                                    error=None,
+                                    next_attempt_at=None,
+                                )
+                            )
+                            if res.rowcount:
+                                events.append(_event(rid, now, "announced", None))
+                        else:
+                            events.append(_event(rid, now, "reannounced", None))
+                        continue
+                    attempts = conn.execute(
+                        select(rules.c.attempts).where(rules.c.id == rid)
+                    ).scalar_one()
+                    attempts = int(attempts) + 1
+                    retry = out.retryable and attempts < self.max_attempts
+                    nxt = (
+                        now + timedelta(seconds=backoff(attempts, self.retry_base, self.retry_max))
+                        if retry
+                        else None
+                    )
+                    res = conn.execute(
+                        update(rules)
+                        .where(and_(rules.c.id == rid, rules.c.state == from_state))
+                        .values(
+                            state=State.FAILED,
+                            error=out.error,
+                            attempts=attempts,
+                            next_attempt_at=nxt,
+                            updated_at=now,
+                        )
+                    )
+                    if res.rowcount:
+                        detail = out.error or ""
+                        detail += (
+                            f" (retry in {(nxt - now).total_seconds():.0f} s)"
+                            if nxt
+                            else " (not retried)"
+                        )
+                        events.append(_event(rid, now, "failed", detail))
+                    continue
+                # withdraw
+                if out.ok:
+                    row = conn.execute(
+                        select(rules.c.end_state, rules.c.kind, rules.c.adapter_id).where(
+                            rules.c.id == rid
+                        )
+                    ).one()
+                    final = row.end_state or State.WITHDRAWN
+                    res = conn.execute(
+                        update(rules)
+                        .where(and_(rules.c.id == rid, rules.c.state == State.WITHDRAWING))
+                        .values(
+                            state=final,
+                            ended_at=now,
+                            updated_at=now,
+                            error=None,
+                            next_attempt_at=None,
+                        )
+                    )
+                    if res.rowcount:
+                        events.append(_event(rid, now, str(final), None))
+                        released.append(rid)
+                else:
+                    attempts = (
+                        int(
+                            conn.execute(
+                                select(rules.c.attempts).where(rules.c.id == rid)
+                            ).scalar_one()
+                        )
+                        + 1
+                    )
+                    nxt = now + timedelta(
+                        seconds=backoff(attempts, self.retry_base, self.retry_max)
+                    )
+                    conn.execute(
+                        update(rules)
+                        .where(and_(rules.c.id == rid, rules.c.state == State.WITHDRAWING))
+                        .values(
+                            error=out.error, attempts=attempts, next_attempt_at=nxt, updated_at=now
+                        )
+                    )
+                    events.append(
+                        _event(
+                            rid,
+                            now,
+                            "withdraw_failed",
+                            f"{out.error} (retry in {(nxt - now).total_seconds():.0f} s)",
+                        )
+                    )
+            if events:
+                conn.execute(insert(rule_events), events)
+        for rid in released:
+            self.intents.pop(rid, None)
+
+
+def _context(op: Op, row: Any) -> dict[str, Any]:
+    if op in ("announce", "reannounce"):
+        event = "announce"
+    else:
+        event = "expire" if row.end_state == State.EXPIRED else "withdraw"
+    return {
+        "event": event,
+        "reason": row.reason,
+        "origin": row.origin,
+        "ttl": row.ttl,
+        "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+        "explanation": list(row.explanation or []),
+        "incident": {"id": row.incident_id} if row.incident_id else None,
+    }
+
+
+def _event(rule_id: int, at: datetime, event: str, detail: str | None) -> dict[str, Any]:
+    return {"rule_id": rule_id, "at": at, "event": event, "detail": detail}

@@ -1,0 +1,305 @@
+"""The adapter hub: adapter rows in the store and the live adapter objects built from them.
+
+An adapter is validated by building it before anything is stored, so a bad endpoint or
+a missing setting is refused at creation with the adapter's own message. Adapters
+declared in the policy directory are synced in at start-up and on reload and marked
+``source="policy"``: the API shows them but refuses to change them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+from sqlalchemy import Engine, insert, select, update
+
+from adapters.base import Adapter, AdapterConfig, Capability, Health, Registry
+from orchestrator.store.models import adapters
+from policies.errors import AdapterConfigInvalid, NotFound, ReadOnly
+from policies.schema import AdapterDecl, resolve_env
+
+log = logging.getLogger("sluice.adapters")
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    id: int
+    name: str
+    adapter_type: str
+    endpoint: str
+    config: dict[str, Any]
+    capabilities: tuple[str, ...]
+    source: str
+    created_at: datetime
+    updated_at: datetime
+    health: dict[str, Any] | None
+    checked_at: datetime | None
+    has_auth_token: bool
+    error: str | None = None  # why the adapter could not be built, if it could not
+
+    def to_api(self) -> dict[str, Any]:
+        status = "error" if self.error else "unknown"
+        if not self.error and self.health is not None:
+            status = "connected" if self.health.get("ok") else "disconnected"
+        return {
+            "id": self.id,
+            "name": self.name,
+            "adapter_type": self.adapter_type,
+            "endpoint": self.endpoint,
+            "config": self.config,
+            "capabilities": list(self.capabilities),
+            "status": status,
+            "health": self.health,
+            "last_checked_at": self.checked_at.isoformat() if self.checked_at else None,
+            "error": self.error,
+            "has_auth_token": self.has_auth_token,
+            "managed_by": "policy" if self.source == "policy" else "api",
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+def _config_from_row(row: Any) -> AdapterConfig:
+    caps = row.capabilities
+    return AdapterConfig(
+        name=row.name,
+        adapter_type=row.adapter_type,
+        endpoint=row.endpoint,
+        auth_token=SecretStr(row.auth_token) if row.auth_token else None,
+        config=dict(row.config or {}),
+        capabilities=tuple(Capability(c) for c in caps) if caps is not None else None,
+    )
+
+
+class AdapterHub:
+    def __init__(self, engine: Engine, registry: Registry) -> None:
+        self.engine = engine
+        self.registry = registry
+        self._records: dict[int, AdapterRecord] = {}
+        self._live: dict[int, Adapter] = {}
+        self._closing: list[Adapter] = []
+
+    # ------------------------------------------------------------ loading
+
+    def load(self) -> None:
+        """Build every adapter the store holds; one that fails to build is kept with its error."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(adapters).where(adapters.c.deleted_at.is_(None))).all()
+        for row in rows:
+            self._install(row)
+
+    def _install(self, row: Any) -> AdapterRecord:
+        error = None
+        caps: tuple[str, ...] = tuple(row.capabilities or ())
+        try:
+            adapter = self.registry.create(_config_from_row(row))
+            self._live[row.id] = adapter
+            caps = tuple(sorted(adapter.capabilities))
+        except AdapterConfigInvalid as exc:
+            error = exc.message
+            self._live.pop(row.id, None)
+            log.error(  # noqa: TRY400  # the message is the whole story; no traceback
+                "adapter %s (%s) cannot be built: %s", row.name, row.adapter_type, error
+            )
+        record = AdapterRecord(
+            id=row.id,
+            name=row.name,
+            adapter_type=row.adapter_type,
+            endpoint=row.endpoint,
+            config=dict(row.config or {}),
+            capabilities=caps,
+            source=row.source,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            health=row.health,
+            checked_at=row.checked_at,
+            has_auth_token=bool(row.auth_token),
+            error=error,
+        )
+        self._records[row.id] = record
+        return record
+
+    # ------------------------------------------------------------ lookups
+
+    def records(self) -> list[AdapterRecord]:
+        return sorted(self._records.values(), key=lambda r: r.id)
+
+    def get(self, adapter_id: int) -> AdapterRecord:
+        rec = self._records.get(adapter_id)
+        if rec is None:
+            raise NotFound(
+                f"adapter {adapter_id} does not exist", field="adapter_id", code="adapter_not_found"
+            )
+        return rec
+
+    def by_name(self, name: str) -> AdapterRecord:
+        for rec in self._records.values():
+            if rec.name == name:
+                return rec
+        raise NotFound(f"no adapter is named {name!r}", field="adapter", code="adapter_not_found")
+
+    def resolve(self, ref: int | str) -> AdapterRecord:
+        """An adapter by id, or by name when ``ref`` is not a number."""
+        if isinstance(ref, int):
+            return self.get(ref)
+        return self.get(int(ref)) if ref.isdigit() else self.by_name(ref)
+
+    def live(self, adapter_id: int) -> Adapter | None:
+        return self._live.get(adapter_id)
+
+    def name_of(self, adapter_id: int) -> str:
+        rec = self._records.get(adapter_id)
+        if rec is not None:
+            return rec.name
+        with self.engine.connect() as conn:
+            name = conn.execute(
+                select(adapters.c.name).where(adapters.c.id == adapter_id)
+            ).scalar_one_or_none()
+        return str(name) if name is not None else f"#{adapter_id}"
+
+    # ------------------------------------------------------------ changes
+
+    def upsert(
+        self,
+        config: AdapterConfig,
+        *,
+        adapter_id: int | None = None,
+        source: str = "api",
+        keep_token: bool = True,
+    ) -> tuple[AdapterRecord, bool]:
+        """Create or update; returns (record, created). Nothing is stored if building fails."""
+        existing: AdapterRecord | None = None
+        if adapter_id is not None:
+            existing = self.get(adapter_id)
+        else:
+            existing = next((r for r in self._records.values() if r.name == config.name), None)
+        if existing is not None and existing.source == "policy" and source != "policy":
+            raise ReadOnly(
+                f"adapter {existing.name!r} is declared in the policy directory; change it there",
+            )
+        if existing is not None and any(
+            r.name == config.name and r.id != existing.id for r in self._records.values()
+        ):
+            raise AdapterConfigInvalid(
+                f"another adapter is already named {config.name!r}",
+                field="name",
+                code="duplicate_name",
+            )
+        token = config.auth_token.get_secret_value() if config.auth_token else None
+        if existing is not None and token is None and keep_token:
+            with self.engine.connect() as conn:
+                token = conn.execute(
+                    select(adapters.c.auth_token).where(adapters.c.id == existing.id)
+                ).scalar_one_or_none()
+            if token:
+                config = config.model_copy(update={"auth_token": SecretStr(token)})
+        self.registry.create(config)  # validate: raises with the adapter's own message
+        now = datetime.now(UTC)
+        values = {
+            "name": config.name,
+            "adapter_type": config.adapter_type,
+            "endpoint": config.endpoint,
+            "auth_token": token,
+            "config": config.config,
+            "capabilities": [str(c) for c in config.capabilities]
+            if config.capabilities is not None
+            else None,
+            "source": source,
+            "updated_at": now,
+        }
+        with self.engine.begin() as conn:
+            if existing is None:
+                new_id = conn.execute(
+                    insert(adapters).values(created_at=now, **values)
+                ).inserted_primary_key
+                assert new_id is not None  # noqa: S101  # an INSERT always yields a key
+                rid = int(new_id[0])
+            else:
+                rid = existing.id
+                conn.execute(update(adapters).where(adapters.c.id == rid).values(**values))
+            row = conn.execute(select(adapters).where(adapters.c.id == rid)).one()
+        old = self._live.pop(rid, None)
+        if old is not None:
+            self._closing.append(old)
+        return self._install(row), existing is None
+
+    def mark_deleted(self, adapter_id: int) -> None:
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(adapters)
+                .where(adapters.c.id == adapter_id)
+                .values(deleted_at=now, updated_at=now)
+            )
+        self._records.pop(adapter_id, None)
+        old = self._live.pop(adapter_id, None)
+        if old is not None:
+            self._closing.append(old)
+
+    def record_health(self, adapter_id: int, health: Health) -> AdapterRecord:
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(adapters)
+                .where(adapters.c.id == adapter_id)
+                .values(health=health.to_dict(), checked_at=now)
+            )
+        rec = replace(self.get(adapter_id), health=health.to_dict(), checked_at=now)
+        self._records[adapter_id] = rec
+        return rec
+
+    async def close_retired(self) -> None:
+        while self._closing:
+            adapter = self._closing.pop()
+            try:
+                await adapter.close()
+            except Exception:
+                log.exception("closing adapter %s", adapter.name)
+
+    async def close_all(self) -> None:
+        for adapter in list(self._live.values()):
+            self._closing.append(adapter)
+        await self.close_retired()
+
+    # ------------------------------------------------------------ policy
+
+    def policy_configs(self, decls: Iterable[AdapterDecl]) -> list[AdapterConfig]:
+        """Adapter configs from policy declarations, with ``${ENV}`` references resolved."""
+        out = []
+        for decl in decls:
+            try:
+                token = resolve_env(decl.auth_token) if decl.auth_token else None
+                config = {
+                    k: resolve_env(v) if isinstance(v, str) else v for k, v in decl.config.items()
+                }
+                out.append(
+                    AdapterConfig(
+                        name=decl.name,
+                        adapter_type=decl.adapter_type,
+                        endpoint=resolve_env(decl.endpoint),
+                        auth_token=SecretStr(token) if token else None,
+                        config=config,
+                        capabilities=tuple(Capability(c) for c in decl.capabilities)
+                        if decl.capabilities is not None
+                        else None,
+                    )
+                )
+            except (ValueError, ValidationError) as exc:
+                raise AdapterConfigInvalid(
+                    f"policy adapter {decl.name!r}: {exc}", field="adapters"
+                ) from None
+        return out
+
+    def sync_policy(self, configs: Iterable[AdapterConfig]) -> list[int]:
+        """Upsert the policy's adapters; returns ids of policy adapters no longer declared."""
+        declared = set()
+        for config in configs:
+            rec, _ = self.upsert(config, source="policy", keep_token=False)
+            declared.add(rec.id)
+        return [
+            r.id for r in self._records.values() if r.source == "policy" and r.id not in declared
+        ]

@@ -1,0 +1,68 @@
+"""Rule states and the transitions allowed between them.
+
+::
+
+    pending ──► active ──► withdrawing ──► withdrawn | expired
+       │  ▲                  ▲
+       ▼  │ (retry)          │
+     failed ─────────────────┘
+
+* ``pending``: committed to the store, not yet confirmed by the adapter.
+* ``active``: the adapter confirmed it (or, for a dry-run rule, it would have been sent).
+* ``failed``: the adapter refused or could not be reached; ``next_attempt_at`` is set
+  when a retry is due, absent when the failure is final.
+* ``withdrawing``: the withdrawal is committed and being sent; it is retried until the
+  adapter confirms, because a lost withdrawal can blackhole a customer for days.
+* ``withdrawn`` / ``expired``: final; the rule stays in history forever.
+
+A pending rule may go straight to ``withdrawing`` (an operator withdraws it before the
+adapter answered); the adapter's late "announced" answer is then ignored and the
+withdrawal still goes out.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from policies.errors import Conflict
+
+
+class State(enum.StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    FAILED = "failed"
+    WITHDRAWING = "withdrawing"
+    WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"
+
+
+LIVE = frozenset({State.PENDING, State.ACTIVE, State.FAILED, State.WITHDRAWING})
+FINAL = frozenset({State.WITHDRAWN, State.EXPIRED})
+# States in which a rule should be (or may be) on the wire and so counts for quotas.
+HELD = frozenset({State.PENDING, State.ACTIVE, State.FAILED})
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.PENDING: frozenset({State.ACTIVE, State.FAILED, State.WITHDRAWING}),
+    State.ACTIVE: frozenset({State.WITHDRAWING}),
+    State.FAILED: frozenset({State.PENDING, State.WITHDRAWING}),
+    State.WITHDRAWING: frozenset({State.WITHDRAWN, State.EXPIRED}),
+    State.WITHDRAWN: frozenset(),
+    State.EXPIRED: frozenset(),
+}
+
+
+def can_move(current: State, new: State) -> bool:
+    return new in TRANSITIONS[current]
+
+
+def check_move(rule_id: int, current: State, new: State) -> None:
+    if not can_move(current, new):
+        raise Conflict(
+            f"rule {rule_id} is {current}; it cannot become {new}",
+            code="invalid_state",
+        )
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Seconds to wait before attempt ``attempt + 1`` (exponential, capped)."""
+    return float(min(cap, base * (2 ** max(0, attempt - 1))))

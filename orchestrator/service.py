@@ -1,0 +1,762 @@
+"""The service layer: the one place rules are created, withdrawn and expired.
+
+REST handlers, the CLI and the policy engine call this; they hold no business logic.
+Every change is committed to the store (with its audit entry) before any adapter is
+called; the dispatcher then sends it and writes the outcome back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, Connection, and_, func, insert, select, update
+
+from adapters.base import AdapterConfig, Capability, Health, Registry, require_capability
+from orchestrator.dispatcher import Dispatcher
+from orchestrator.hub import AdapterHub, AdapterRecord
+from orchestrator.lifecycle import HELD, LIVE, State, check_move
+from orchestrator.quotas import Quotas
+from orchestrator.settings import Settings
+from orchestrator.store.audit import AuditLog, VerifyResult, verify
+from orchestrator.store.db import make_engine, migrate
+from orchestrator.store.models import rule_events, rules
+from orchestrator.views import rule_view
+from policies.errors import (
+    AdapterUnavailable,
+    Conflict,
+    GuardrailViolation,
+    NotFound,
+    SluiceError,
+    ValidationFailed,
+)
+from policies.guardrails import GuardrailChecker
+from policies.intents import AnyIntent, canonical, intent_key
+from policies.prefixes import PrefixSet
+from policies.schema import Policy, load_policy
+
+log = logging.getLogger("sluice.service")
+
+Origin = Literal["manual", "policy", "runbook"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class RuleRequest:
+    """What a caller asks for; ``adapter`` is an adapter id or name."""
+
+    intent: AnyIntent
+    adapter: int | str
+    ttl: int | None = None  # None: the policy's default_ttl; 0: no expiry
+    reason: str = ""
+    origin: Origin = "manual"
+    dry_run: bool = False
+    explanation: tuple[str, ...] = ()
+    incident_id: str | None = None
+    actor: str = "system"
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    rule: dict[str, Any]
+    deduplicated: bool = False
+
+
+@dataclass
+class ReconcileReport:
+    adapter_id: int
+    readback: bool
+    missing: int = 0
+    orphans: int = 0
+    foreign: int = 0
+    confirmed: int = 0
+    resent: int = 0
+    error: str | None = None
+
+
+@dataclass
+class _Live:
+    """In-memory index of live rules for dedupe: (key, adapter_id, dry_run) -> rule id."""
+
+    by_key: dict[tuple[str, int, bool], int] = field(default_factory=dict)
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: Registry | None = None,
+        policy: Policy | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.sqlalchemy_url())
+        self.registry = registry or Registry()
+        self.hub = AdapterHub(self.engine, self.registry)
+        self.audit = AuditLog()
+        self.quotas = Quotas()
+        self._live = _Live()
+        self._cooldown: dict[tuple[str, str], datetime] = {}
+        self._policy_from_dir = policy is None and settings.policy_dir is not None
+        self.policy = policy or (
+            load_policy(settings.policy_dir) if settings.policy_dir else Policy()
+        )
+        self.allowlist = PrefixSet()
+        self.checker = GuardrailChecker(self.policy.guardrails, self.allowlist)
+        self.dispatcher = Dispatcher(
+            self.engine,
+            self.hub.live,
+            self.hub.name_of,
+            batch_size=settings.batch_size,
+            retry_base=settings.retry_base,
+            retry_max=settings.retry_max,
+            max_attempts=settings.max_attempts,
+        )
+        self._reconcile_locks: dict[int, asyncio.Lock] = {}
+        self._sessions: dict[int, dict[str, str]] = {}
+        self.started = False
+
+    # ------------------------------------------------------------ start / stop
+
+    async def start(self) -> None:
+        migrate(self.engine)
+        self.hub.load()
+        self._sync_policy_adapters()
+        self._seed()
+        self.dispatcher.start()
+        await self.recover()
+        self.started = True
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop()
+        await self.hub.close_all()
+        self.engine.dispose()
+        self.started = False
+
+    def set_policy(self, policy: Policy, allowlist: PrefixSet | None = None) -> None:
+        """Put a validated policy in force (adapters synced, guardrails rebuilt)."""
+        self.policy = policy
+        if allowlist is not None:
+            self.allowlist = allowlist
+        self.checker = GuardrailChecker(policy.guardrails, self.allowlist)
+        self._sync_policy_adapters()
+
+    def _sync_policy_adapters(self) -> None:
+        configs = self.hub.policy_configs(self.policy.adapters)
+        stale = self.hub.sync_policy(configs)
+        for adapter_id in stale:
+            log.warning(
+                "adapter %s is no longer declared in the policy; it stays until its rules "
+                "are withdrawn and it is deleted",
+                self.hub.name_of(adapter_id),
+            )
+
+    def _seed(self) -> None:
+        """Rebuild the in-memory counters and indexes from the store."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    rules.c.id,
+                    rules.c.key,
+                    rules.c.adapter_id,
+                    rules.c.dry_run,
+                    rules.c.kind,
+                    rules.c.state,
+                ).where(rules.c.state.in_([s.value for s in LIVE]))
+            ).all()
+            since = utcnow() - timedelta(seconds=self.policy.settings.cooldown_seconds)
+            recent = conn.execute(
+                select(rules.c.target, rules.c.kind, func.max(rules.c.created_at))
+                .where(rules.c.created_at >= since)
+                .group_by(rules.c.target, rules.c.kind)
+            ).all()
+        self.quotas = Quotas()
+        self._live = _Live()
+        for r in rows:
+            if r.state in HELD:
+                self._live.by_key[(r.key, r.adapter_id, bool(r.dry_run))] = r.id
+                if not r.dry_run:
+                    self.quotas.held += 1
+                    if r.kind == "flowspec":
+                        self.quotas.flowspec_by_adapter[r.adapter_id] += 1
+        for target, kind, at in recent:
+            if at is not None:
+                stamp = at if at.tzinfo else at.replace(tzinfo=UTC)
+                self._cooldown[(target, kind)] = stamp
+
+    # ------------------------------------------------------------ create
+
+    async def create_rule(self, req: RuleRequest) -> RuleResult:
+        result = self.create_rules_sync([req])[0]
+        if isinstance(result, SluiceError):
+            raise result
+        return result
+
+    async def create_rules(self, reqs: Sequence[RuleRequest]) -> list[RuleResult | SluiceError]:
+        return self.create_rules_sync(reqs)
+
+    def create_rules_sync(self, reqs: Sequence[RuleRequest]) -> list[RuleResult | SluiceError]:
+        """Validate, store and queue rules in one transaction; per-request results."""
+        now = utcnow()
+        mono = time.monotonic()
+        results: list[RuleResult | SluiceError] = []
+        to_send: dict[int, list[int]] = {}
+        try:
+            with self.engine.begin() as conn:
+                for req in reqs:
+                    try:
+                        res, send = self._create_one(conn, req, now, mono)
+                    except SluiceError as exc:
+                        results.append(exc)
+                        continue
+                    results.append(res)
+                    if send:
+                        to_send.setdefault(res.rule["adapter_id"], []).append(res.rule["id"])
+        except Exception:
+            self.audit.forget_head()
+            self._seed()
+            raise
+        for adapter_id, ids in to_send.items():
+            self.dispatcher.submit(adapter_id, "announce", ids)
+        return results
+
+    def _adapter_for(self, ref: int | str) -> AdapterRecord:
+        try:
+            return self.hub.resolve(ref)
+        except NotFound as exc:
+            raise ValidationFailed(
+                exc.message, code="adapter_not_found", field="adapter_id"
+            ) from None
+
+    def _create_one(
+        self, conn: Connection, req: RuleRequest, now: datetime, mono: float
+    ) -> tuple[RuleResult, bool]:
+        intent = req.intent
+        rec = self._adapter_for(req.adapter)
+        adapter = self.hub.live(rec.id)
+        if adapter is None:
+            raise AdapterUnavailable(
+                f"adapter {rec.name!r} cannot be used: {rec.error or 'not built'}",
+                field="adapter_id",
+            )
+        require_capability(adapter, intent)
+        ttl = self.policy.settings.default_ttl if req.ttl is None else req.ttl
+        if ttl < 0:
+            raise ValidationFailed(
+                "ttl must be 0 (no expiry) or a positive number of seconds",
+                code="invalid_ttl",
+                field="ttl",
+            )
+        if ttl > self.settings.max_ttl:
+            raise ValidationFailed(
+                f"ttl {ttl} s exceeds the maximum of {self.settings.max_ttl} s; "
+                "use 0 for a rule that stays until withdrawn",
+                code="invalid_ttl",
+                field="ttl",
+            )
+        self.checker.check(intent)
+        dry_run = req.dry_run or self.policy.settings.dry_run
+        key = intent_key(intent)
+        expires = now + timedelta(seconds=ttl) if ttl else None
+
+        existing_id = self._live.by_key.get((key, rec.id, dry_run))
+        if existing_id is not None:
+            return self._extend(conn, existing_id, req, expires=expires, now=now), False
+
+        target = str(intent.target)
+        automatic = req.origin != "manual"
+        cooldown = self.policy.settings.cooldown_seconds
+        if cooldown and (automatic or self.policy.settings.cooldown_applies_to_manual):
+            last = self._cooldown.get((target, intent.kind))
+            if last is not None and (now - last).total_seconds() < cooldown:
+                wait = cooldown - (now - last).total_seconds()
+                raise GuardrailViolation(
+                    f"a {intent.kind} rule for {target} was created "
+                    f"{(now - last).total_seconds():.0f} s ago; cooldown is {cooldown} s "
+                    f"(retry in {wait:.0f} s)",
+                    code="cooldown_active",
+                    field="target_ip",
+                )
+        if not dry_run:
+            self.quotas.check(self.policy.guardrails, intent.kind, rec.id, mono)
+
+        state = State.ACTIVE if dry_run else State.PENDING
+        values = {
+            "key": key,
+            "kind": intent.kind,
+            "target": target,
+            "intent": canonical(intent),
+            "adapter_id": rec.id,
+            "state": state,
+            "dry_run": dry_run,
+            "origin": req.origin,
+            "reason": req.reason,
+            "explanation": list(req.explanation) or None,
+            "incident_id": req.incident_id,
+            "created_by": req.actor,
+            "ttl": ttl,
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": expires,
+            "activated_at": now if dry_run else None,
+            "attempts": 0,
+        }
+        inserted = conn.execute(insert(rules).values(**values)).inserted_primary_key
+        if inserted is None:
+            raise RuntimeError("insert returned no key")
+        rule_id = int(inserted[0])
+        if dry_run:
+            conn.execute(
+                insert(rule_events).values(
+                    rule_id=rule_id,
+                    at=now,
+                    event="dry_run",
+                    detail="stored as dry-run; nothing is sent to the adapter",
+                )
+            )
+        self.audit.append(
+            conn,
+            actor=req.actor,
+            action="rule.create",
+            target=f"rule:{rule_id}",
+            detail={
+                "intent": values["intent"],
+                "adapter": rec.name,
+                "ttl": ttl,
+                "origin": req.origin,
+                "reason": req.reason,
+                "dry_run": dry_run,
+            },
+            at=now,
+        )
+        self._live.by_key[(key, rec.id, dry_run)] = rule_id
+        self._cooldown[(target, intent.kind)] = now
+        if not dry_run:
+            self.quotas.added(intent.kind, rec.id, mono)
+            self.dispatcher.intents[rule_id] = intent
+        view = rule_view(
+            {
+                **values,
+                "id": rule_id,
+                "ended_at": None,
+                "error": None,
+                "next_attempt_at": None,
+                "end_state": None,
+            },
+            rec.name,
+        )
+        return RuleResult(view), not dry_run
+
+    def _extend(
+        self,
+        conn: Connection,
+        rule_id: int,
+        req: RuleRequest,
+        *,
+        expires: datetime | None,
+        now: datetime,
+    ) -> RuleResult:
+        row = conn.execute(select(rules).where(rules.c.id == rule_id)).one()
+        old = row.expires_at
+        new_exp = None if (old is None or expires is None) else max(old, expires)
+        values: dict[str, Any] = {"expires_at": new_exp, "updated_at": now}
+        if new_exp != old:
+            values["ttl"] = (
+                0 if new_exp is None else int((new_exp - row.created_at).total_seconds())
+            )
+        retry = row.state == State.FAILED
+        if retry:
+            values.update(state=State.PENDING, next_attempt_at=None, attempts=0)
+        conn.execute(update(rules).where(rules.c.id == rule_id).values(**values))
+        detail = (
+            f"asked again by {req.actor} ({req.origin}); expiry "
+            f"{old.isoformat() if old else 'none'} -> "
+            f"{new_exp.isoformat() if new_exp else 'none'}"
+        )
+        conn.execute(
+            insert(rule_events).values(rule_id=rule_id, at=now, event="extended", detail=detail)
+        )
+        self.audit.append(
+            conn,
+            actor=req.actor,
+            action="rule.extend",
+            target=f"rule:{rule_id}",
+            detail={"expires_at": new_exp.isoformat() if new_exp else None, "reason": req.reason},
+            at=now,
+        )
+        if retry:
+            self.dispatcher.submit(row.adapter_id, "announce", [rule_id])
+        merged = {**row._asdict(), **values}
+        return RuleResult(rule_view(merged, self.hub.name_of(row.adapter_id)), True)
+
+    # ------------------------------------------------------------ withdraw / expire
+
+    def _begin_withdraw(
+        self, conn: Connection, row: Any, end_state: State, *, now: datetime, why: str
+    ) -> bool:
+        """Move a held rule to withdrawing (or straight to its end for dry-run); True if sent."""
+        check_move(row.id, State(row.state), State.WITHDRAWING)
+        self._live.by_key.pop((row.key, row.adapter_id, bool(row.dry_run)), None)
+        if not row.dry_run:
+            self.quotas.released(row.kind, row.adapter_id)
+        if row.dry_run:
+            conn.execute(
+                update(rules)
+                .where(rules.c.id == row.id)
+                .values(state=end_state, end_state=end_state, ended_at=now, updated_at=now)
+            )
+            conn.execute(
+                insert(rule_events).values(rule_id=row.id, at=now, event=str(end_state), detail=why)
+            )
+            return False
+        conn.execute(
+            update(rules)
+            .where(rules.c.id == row.id)
+            .values(
+                state=State.WITHDRAWING,
+                end_state=end_state,
+                updated_at=now,
+                attempts=0,
+                next_attempt_at=None,
+            )
+        )
+        conn.execute(
+            insert(rule_events).values(rule_id=row.id, at=now, event="withdrawing", detail=why)
+        )
+        return True
+
+    async def withdraw_rule(self, rule_id: int, actor: str, reason: str = "") -> dict[str, Any]:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(rules).where(rules.c.id == rule_id)).first()
+            if row is None:
+                raise NotFound(f"rule {rule_id} does not exist", code="rule_not_found")
+            if row.state == State.WITHDRAWING:
+                send = not self.dispatcher.is_queued("withdraw", rule_id)
+            elif row.state in (State.WITHDRAWN, State.EXPIRED):
+                raise Conflict(f"rule {rule_id} is already {row.state}", code="rule_not_active")
+            else:
+                send = self._begin_withdraw(
+                    conn,
+                    row,
+                    State.WITHDRAWN,
+                    now=now,
+                    why=f"withdrawn by {actor}" + (f": {reason}" if reason else ""),
+                )
+                self.audit.append(
+                    conn,
+                    actor=actor,
+                    action="rule.withdraw",
+                    target=f"rule:{rule_id}",
+                    detail={"reason": reason},
+                    at=now,
+                )
+        if send:
+            self.dispatcher.submit(row.adapter_id, "withdraw", [rule_id])
+            if self.settings.api_wait_seconds:
+                await self.dispatcher.wait_for(rule_id, self.settings.api_wait_seconds)
+        return self.get_rule(rule_id)
+
+    async def expire_due(self, limit: int | None = None) -> int:
+        """Start withdrawing every held rule whose TTL has passed."""
+        now = utcnow()
+        limit = limit or self.settings.batch_size * 5
+        to_send: dict[int, list[int]] = {}
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(rules)
+                .where(
+                    and_(
+                        rules.c.state.in_([s.value for s in HELD]),
+                        rules.c.expires_at.is_not(None),
+                        rules.c.expires_at <= now,
+                    )
+                )
+                .order_by(rules.c.expires_at)
+                .limit(limit)
+            ).all()
+            for row in rows:
+                if self._begin_withdraw(
+                    conn, row, State.EXPIRED, now=now, why=f"TTL of {row.ttl} s expired"
+                ):
+                    to_send.setdefault(row.adapter_id, []).append(row.id)
+            if rows:
+                self.audit.append(
+                    conn,
+                    actor="system",
+                    action="rule.expire",
+                    target=f"{len(rows)} rules",
+                    detail={"rules": [r.id for r in rows]},
+                    at=now,
+                )
+        for adapter_id, ids in to_send.items():
+            self.dispatcher.submit(adapter_id, "withdraw", ids)
+        return len(rows)
+
+    async def retry_due(self) -> int:
+        """Re-send failed announces and withdrawals whose backoff has passed."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(rules.c.id, rules.c.state, rules.c.adapter_id)
+                .where(
+                    and_(
+                        rules.c.state.in_([State.FAILED.value, State.WITHDRAWING.value]),
+                        rules.c.next_attempt_at.is_not(None),
+                        rules.c.next_attempt_at <= now,
+                    )
+                )
+                .limit(self.settings.batch_size * 5)
+            ).all()
+            retry_ids = [r.id for r in rows if r.state == State.FAILED]
+            if retry_ids:
+                conn.execute(
+                    update(rules)
+                    .where(and_(rules.c.id.in_(retry_ids), rules.c.state == State.FAILED))
+                    .values(state=State.PENDING, next_attempt_at=None, updated_at=now)
+                )
+                conn.execute(
+                    insert(rule_events),
+                    [
+                        {"rule_id": rid, "at": now, "event": "retry", "detail": None}
+                        for rid in retry_ids
+                    ],
+                )
+            withdraw_rows = [r for r in rows if r.state == State.WITHDRAWING]
+            if withdraw_rows:
+                conn.execute(
+                    update(rules)
+                    .where(rules.c.id.in_([r.id for r in withdraw_rows]))
+                    .values(next_attempt_at=None)
+                )
+        for r in rows:
+            if r.state == State.FAILED:
+                self.dispatcher.submit(r.adapter_id, "announce", [r.id])
+            else:
+                self.dispatcher.submit(r.adapter_id, "withdraw", [r.id])
+        return len(rows)
+
+    # ------------------------------------------------------------ recovery / reconcile
+
+    async def recover(self) -> None:
+        """After a start: expire overdue rules, resume withdrawals, reconcile the rest."""
+        expired = await self.expire_due(limit=10**9)
+        if expired:
+            log.info("withdrawing %d rules that expired while the service was down", expired)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(rules.c.id, rules.c.adapter_id).where(
+                    and_(rules.c.state == State.WITHDRAWING, rules.c.dry_run.is_(False))
+                )
+            ).all()
+        by_adapter: dict[int, list[int]] = {}
+        for r in rows:
+            by_adapter.setdefault(r.adapter_id, []).append(r.id)
+        for adapter_id, ids in by_adapter.items():
+            self.dispatcher.submit(adapter_id, "withdraw", ids)
+        for rec in self.hub.records():
+            await self.reconcile(rec.id, startup=True)
+
+    async def reconcile(self, adapter_id: int, *, startup: bool = False) -> ReconcileReport:
+        lock = self._reconcile_locks.setdefault(adapter_id, asyncio.Lock())
+        async with lock:
+            return await self._reconcile(adapter_id, startup)
+
+    async def _reconcile(self, adapter_id: int, startup: bool) -> ReconcileReport:
+        from orchestrator.reconcile import reconcile_adapter
+
+        return await reconcile_adapter(self, adapter_id, startup=startup)
+
+    async def reconcile_all(self) -> list[ReconcileReport]:
+        return [await self.reconcile(rec.id) for rec in self.hub.records()]
+
+    # ------------------------------------------------------------ queries
+
+    def get_rule(self, rule_id: int, *, events: bool = True) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(rules).where(rules.c.id == rule_id)).first()
+            if row is None:
+                raise NotFound(f"rule {rule_id} does not exist", code="rule_not_found")
+            view = rule_view(row._asdict(), self.hub.name_of(row.adapter_id))
+            if events:
+                evs = conn.execute(
+                    select(rule_events)
+                    .where(rule_events.c.rule_id == rule_id)
+                    .order_by(rule_events.c.id)
+                ).all()
+                view["events"] = [
+                    {"at": e.at.isoformat(), "event": e.event, "detail": e.detail} for e in evs
+                ]
+        return view
+
+    def list_active(
+        self,
+        *,
+        adapter_id: int | None = None,
+        intent_type: str | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        cond: list[ColumnElement[bool]] = [rules.c.state.in_([s.value for s in LIVE])]
+        if adapter_id is not None:
+            cond.append(rules.c.adapter_id == adapter_id)
+        if intent_type is not None:
+            cond.append(rules.c.kind == intent_type)
+        with self.engine.connect() as conn:
+            total = conn.execute(
+                select(func.count()).select_from(rules).where(and_(*cond))
+            ).scalar_one()
+            rows = conn.execute(
+                select(rules).where(and_(*cond)).order_by(rules.c.id).limit(limit).offset(offset)
+            ).all()
+        return [rule_view(r._asdict(), self.hub.name_of(r.adapter_id)) for r in rows], int(total)
+
+    def history(self, *, limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(rules)).scalar_one()
+            rows = conn.execute(
+                select(rules).order_by(rules.c.id.desc()).limit(limit).offset(offset)
+            ).all()
+        return [rule_view(r._asdict(), self.hub.name_of(r.adapter_id)) for r in rows], int(total)
+
+    def state_counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(rules.c.state, func.count()).group_by(rules.c.state)).all()
+        return {str(s): int(n) for s, n in rows}
+
+    # ------------------------------------------------------------ adapters
+
+    async def upsert_adapter(
+        self, config: AdapterConfig, *, adapter_id: int | None, actor: str
+    ) -> tuple[dict[str, Any], bool]:
+        rec, created = self.hub.upsert(config, adapter_id=adapter_id)
+        with self.engine.begin() as conn:
+            self.audit.append(
+                conn,
+                actor=actor,
+                action="adapter.create" if created else "adapter.update",
+                target=f"adapter:{rec.id}",
+                detail={
+                    "name": rec.name,
+                    "adapter_type": rec.adapter_type,
+                    "endpoint": rec.endpoint,
+                    "config": rec.config,
+                    "auth_token": "set" if config.auth_token else "unchanged",
+                },
+            )
+        await self.hub.close_retired()
+        if not created:
+            # a changed adapter may talk to another speaker: make it hold what it should
+            asyncio.get_running_loop().create_task(self.reconcile(rec.id, startup=True))
+        return rec.to_api(), created
+
+    async def delete_adapter(self, adapter_id: int, actor: str) -> dict[str, Any]:
+        rec = self.hub.get(adapter_id)
+        if rec.source == "policy":
+            from policies.errors import ReadOnly
+
+            raise ReadOnly(
+                f"adapter {rec.name!r} is declared in the policy directory; remove it there"
+            )
+        now = utcnow()
+        ids: list[int] = []
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(rules).where(
+                    and_(
+                        rules.c.adapter_id == adapter_id, rules.c.state.in_([s.value for s in HELD])
+                    )
+                )
+            ).all()
+            for row in rows:
+                if self._begin_withdraw(
+                    conn,
+                    row,
+                    State.WITHDRAWN,
+                    now=now,
+                    why=f"adapter {rec.name!r} deleted by {actor}",
+                ):
+                    ids.append(row.id)
+            self.audit.append(
+                conn,
+                actor=actor,
+                action="adapter.withdraw_rules",
+                target=f"adapter:{adapter_id}",
+                detail={"rules": ids},
+                at=now,
+            )
+        self.dispatcher.submit(adapter_id, "withdraw", ids)
+        with self.engine.connect() as conn:
+            pending = [
+                r.id
+                for r in conn.execute(
+                    select(rules.c.id).where(
+                        and_(rules.c.adapter_id == adapter_id, rules.c.state == State.WITHDRAWING)
+                    )
+                ).all()
+            ]
+        deadline = time.monotonic() + max(self.settings.api_wait_seconds, 1.0)
+        while pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            with self.engine.connect() as conn:
+                pending = [
+                    r.id
+                    for r in conn.execute(
+                        select(rules.c.id).where(
+                            and_(
+                                rules.c.adapter_id == adapter_id, rules.c.state == State.WITHDRAWING
+                            )
+                        )
+                    ).all()
+                ]
+        if pending:
+            raise Conflict(
+                f"{len(pending)} rules of adapter {rec.name!r} are still being withdrawn "
+                f"(rule ids {pending[:10]}); the adapter is kept until they are gone - "
+                "check its health and try again",
+                code="withdraw_pending",
+            )
+        with self.engine.begin() as conn:
+            self.audit.append(
+                conn,
+                actor=actor,
+                action="adapter.delete",
+                target=f"adapter:{adapter_id}",
+                detail={"name": rec.name},
+            )
+        self.hub.mark_deleted(adapter_id)
+        await self.hub.close_retired()
+        return {"id": adapter_id, "name": rec.name, "withdrawn_rules": ids}
+
+    async def test_adapter(self, adapter_id: int) -> dict[str, Any]:
+        rec = self.hub.get(adapter_id)
+        adapter = self.hub.live(adapter_id)
+        if adapter is None:
+            health = Health(False, None, rec.error or "adapter could not be built")
+        else:
+            try:
+                health = await asyncio.wait_for(adapter.check(), timeout=15)
+            except TimeoutError:
+                health = Health(False, None, "no answer within 15 s")
+            except Exception as exc:
+                health = Health(False, None, f"check failed: {exc}")
+        self.hub.record_health(adapter_id, health)
+        return {"adapter_id": adapter_id, **health.to_dict()}
+
+    # ------------------------------------------------------------ audit
+
+    def verify_audit(self) -> VerifyResult:
+        with self.engine.connect() as conn:
+            return verify(conn)
+
+    def capabilities_of(self, adapter_id: int) -> frozenset[Capability]:
+        adapter = self.hub.live(adapter_id)
+        return adapter.capabilities if adapter else frozenset()

@@ -1,0 +1,156 @@
+"""Tables. Rules and their events are never deleted; adapters are soft-deleted so history
+keeps pointing at them. Only portable SQL types are used, so PostgreSQL can follow SQLite.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps stored as naive UTC and always read back as aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {value!r}")
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite rowid aliasing needs INTEGER
+
+adapters = Table(
+    "adapters",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False),
+    Column("adapter_type", String(50), nullable=False),
+    Column("endpoint", Text, nullable=False, default=""),
+    # Write-only: used to build the adapter, never returned by the API nor logged.
+    Column("auth_token", Text, nullable=True),
+    Column("config", JSON, nullable=False, default=dict),
+    Column("capabilities", JSON, nullable=True),
+    Column("source", String(10), nullable=False, default="api"),  # api | policy
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("deleted_at", UTCDateTime(), nullable=True),
+    Column("health", JSON, nullable=True),
+    Column("checked_at", UTCDateTime(), nullable=True),
+)
+
+rules = Table(
+    "rules",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("key", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("target", String(64), nullable=False),
+    Column("intent", Text, nullable=False),  # canonical text; parse_canonical reads it back
+    Column("adapter_id", Id, ForeignKey("adapters.id"), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("end_state", String(16), nullable=True),  # withdrawn | expired, once decided
+    Column("dry_run", Boolean, nullable=False, default=False),
+    Column("origin", String(16), nullable=False),  # manual | policy | runbook
+    Column("reason", Text, nullable=False, default=""),
+    Column("explanation", JSON, nullable=True),
+    Column("incident_id", String(64), nullable=True),
+    Column("created_by", String(100), nullable=True),
+    Column("ttl", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("activated_at", UTCDateTime(), nullable=True),
+    Column("ended_at", UTCDateTime(), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime(), nullable=True),
+    Index("ix_rules_state_expires", "state", "expires_at"),
+    Index("ix_rules_state_next_attempt", "state", "next_attempt_at"),
+    Index("ix_rules_key_adapter", "key", "adapter_id"),
+    Index("ix_rules_target_created", "target", "created_at"),
+    Index("ix_rules_created", "created_at"),
+)
+
+rule_events = Table(
+    "rule_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("rule_id", Id, ForeignKey("rules.id"), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("detail", Text, nullable=True),
+    Index("ix_rule_events_rule", "rule_id", "id"),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("scope", String(10), nullable=False),  # read | write | admin
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", String(40), nullable=False),  # ISO 8601 text: hashed exactly as stored
+    Column("actor", String(100), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("detail", Text, nullable=False),  # canonical JSON
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+kv = Table(
+    "kv",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", JSON, nullable=True),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+__all__ = ["adapters", "audit_log", "kv", "metadata", "rule_events", "rules", "tokens"]
