@@ -18,7 +18,8 @@ it to the response envelope.
     │   ├── CapabilityMissing       the adapter cannot carry this intent
     │   ├── AdapterUnavailable      the backend is unreachable or timed out (retryable)
     │   └── AdapterRefused          the backend answered and said no (not retryable)
-    └── AuthError                   missing/invalid token (401) or scope (403)
+    └── AuthError                   missing, invalid or expired token (401)
+        └── Forbidden               the token's scope does not allow this (403)
 """
 
 from __future__ import annotations
@@ -115,3 +116,8 @@ class AdapterRefused(AdapterError):
 class AuthError(SluiceError):
     code = "unauthorized"
     status = 401
+
+
+class Forbidden(AuthError):
+    code = "insufficient_scope"
+    status = 403

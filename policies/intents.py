@@ -45,6 +45,15 @@ from policies.flowmatch import (
     TcpFlagsMatch,
 )
 
+
+class FieldProblem(ValueError):
+    """A cross-field validation problem that names the field to blame."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -188,9 +197,10 @@ class BlackholeIntent(BaseModel):
     @model_validator(mode="after")
     def _families(self) -> BlackholeIntent:
         if self.next_hop is not None and self.next_hop.version != self.prefix.version:
-            raise ValueError(
+            raise FieldProblem(
+                "next_hop",
                 f"next_hop {self.next_hop} is IPv{self.next_hop.version} "
-                f"but prefix {self.prefix} is IPv{self.prefix.version}"
+                f"but prefix {self.prefix} is IPv{self.prefix.version}",
             )
         return self
 
@@ -319,30 +329,38 @@ class FlowSpecIntent(BaseModel):
     def _consistent(self) -> FlowSpecIntent:
         v = self.destination.version
         if self.source is not None and self.source.version != v:
-            raise ValueError(
+            raise FieldProblem(
+                "source",
                 f"source {self.source} is IPv{self.source.version} "
-                f"but destination {self.destination} is IPv{v}"
+                f"but destination {self.destination} is IPv{v}",
             )
         if self.flow_label is not None and v == 4:
-            raise ValueError("flow_label exists only in IPv6 flows (RFC 8956)")
+            raise FieldProblem("flow_label", "flow_label exists only in IPv6 flows (RFC 8956)")
         if self.fragment is not None and v == 6 and self.fragment.uses(0x01):
-            raise ValueError("fragment dont-fragment does not exist in IPv6 (RFC 8956)")
+            raise FieldProblem("fragment", "dont-fragment does not exist in IPv6 (RFC 8956)")
         has_ports = any(p is not None for p in (self.port, self.destination_port, self.source_port))
         has_icmp = self.icmp_type is not None or self.icmp_code is not None
         if has_ports and has_icmp:
-            raise ValueError("port and icmp components together match no packet")
+            raise FieldProblem("icmp_type", "port and icmp components together match no packet")
         proto = self.protocol
         if proto is not None:
             if has_ports and not proto.overlaps(PORT_PROTOCOLS):
-                raise ValueError(
-                    f"protocol {proto} has no ports: port components need TCP, UDP or SCTP"
+                raise FieldProblem(
+                    "protocol",
+                    f"protocol {proto} has no ports: port components need TCP, UDP or SCTP",
                 )
             if has_icmp and ICMP[v] not in proto:
-                raise ValueError(f"icmp components need protocol ={ICMP[v]} in IPv{v} flows")
+                raise FieldProblem(
+                    "protocol", f"icmp components need protocol ={ICMP[v]} in IPv{v} flows"
+                )
             if self.tcp_flags is not None and TCP not in proto:
-                raise ValueError("tcp_flags needs a protocol match that includes TCP (6)")
+                raise FieldProblem(
+                    "tcp_flags", "tcp_flags needs a protocol match that includes TCP (6)"
+                )
         if has_icmp and self.tcp_flags is not None:
-            raise ValueError("tcp_flags and icmp components together match no packet")
+            raise FieldProblem(
+                "tcp_flags", "tcp_flags and icmp components together match no packet"
+            )
         return self
 
     @property
@@ -402,6 +420,9 @@ def build_intent(data: Mapping[str, Any]) -> AnyIntent:
     except ValidationError as exc:
         err = exc.errors()[0]
         field = _field_name(tuple(err["loc"]))
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, FieldProblem):
+            field = cause.field
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise IntentInvalid(f"{field}: {msg}", field=field) from None
 

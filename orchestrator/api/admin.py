@@ -1,0 +1,74 @@
+"""Workspace endpoints: tokens, the audit log, health and metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from orchestrator.api.deps import require, service_of
+from orchestrator.api.envelope import ok
+from orchestrator.api.schemas import CreateToken
+from orchestrator.service import Service
+from orchestrator.tokens import TokenInfo, TokenStore
+
+router = APIRouter(tags=["workspace"])
+Svc = Annotated[Service, Depends(service_of)]
+
+
+def tokens_of(request: Request) -> TokenStore:
+    store: TokenStore = request.app.state.tokens
+    return store
+
+
+Tokens = Annotated[TokenStore, Depends(tokens_of)]
+Admin = Annotated[TokenInfo, Depends(require("admin"))]
+Reader = Annotated[TokenInfo, Depends(require("read"))]
+
+
+@router.get("/health")
+async def health(svc: Svc) -> dict[str, Any]:
+    """Liveness and readiness, without authentication (for load balancers)."""
+    return ok(ready=svc.started, queued=svc.dispatcher.pending_jobs())
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(_: Reader) -> PlainTextResponse:
+    return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/workspace/tokens")
+async def list_tokens(store: Tokens, _: Admin) -> dict[str, Any]:
+    return ok(tokens=store.list())
+
+
+@router.post("/workspace/tokens", status_code=201)
+async def create_token(body: CreateToken, store: Tokens, who: Admin) -> dict[str, Any]:
+    token, info = store.create(body.name, body.scope, actor=who.name, expires_in=body.expires_in)
+    return ok(
+        token=token,
+        id=info.id,
+        name=info.name,
+        scope=info.scope,
+        expires_at=info.expires_at.isoformat() if info.expires_at else None,
+    )
+
+
+@router.delete("/workspace/tokens/{token_id}")
+async def revoke_token(token_id: int, store: Tokens, who: Admin) -> dict[str, Any]:
+    store.revoke(token_id, actor=who.name)
+    return ok(revoked=token_id)
+
+
+@router.get("/audit/verify")
+async def audit_verify(svc: Svc, _: Reader) -> dict[str, Any]:
+    res = svc.verify_audit()
+    return ok(
+        valid=res.ok,
+        entries=res.entries,
+        first_bad_id=res.first_bad_id,
+        problem=res.problem or None,
+        head=res.head,
+    )

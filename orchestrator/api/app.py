@@ -1,0 +1,95 @@
+"""The FastAPI application: envelope, auth, rate limit, routers, and the service lifespan."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from orchestrator.api import admin, envelope, mitigation
+from orchestrator.api.deps import RateLimiter
+from orchestrator.scheduler import build_scheduler
+from orchestrator.service import Service
+from orchestrator.tokens import TokenStore
+
+log = logging.getLogger("sluice.api")
+API_PREFIX = "/api/v1"
+
+
+def bootstrap_token(service: Service, tokens: TokenStore) -> str | None:
+    """On the first start, create the admin token (from SLUICE_ADMIN_TOKEN or random)."""
+    if tokens.count():
+        return None
+    given = service.settings.admin_token
+    token, _ = tokens.create(
+        "admin", "admin", actor="system", token=given.get_secret_value() if given else None
+    )
+    if given is None:
+        # Shown once, on the console only: never in the log, never stored in clear.
+        sys.stdout.write(
+            "\nFirst start: created the admin API token (shown only now, store it safely):\n"
+            f"  {token}\n\n"
+        )
+        sys.stdout.flush()
+        return token
+    return None
+
+
+def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
+    tokens = TokenStore(service.engine, service.audit)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not service.started:
+            await service.start()
+        bootstrap_token(service, tokens)
+        sched = build_scheduler(service, app.state.extra_jobs) if run_scheduler else None
+        if sched is not None:
+            sched.start()
+        log.info("sluice ready: %d adapters", len(service.hub.records()))
+        try:
+            yield
+        finally:
+            if sched is not None:
+                sched.shutdown(wait=False)
+            await service.stop()
+
+    app = FastAPI(
+        title="Sluice",
+        version="1",
+        description="BGP mitigation orchestration (REST API v1)",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.tokens = tokens
+    app.state.limiter = RateLimiter(service.settings.rate_limit_per_minute)
+    app.state.extra_jobs = {}
+    envelope.install(app)
+
+    @app.middleware("http")
+    async def rate_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # JSON is the only body this API takes: accept it without a Content-Type header
+        # (curl -d sends form encoding by default).
+        if request.method in ("POST", "PUT", "PATCH") and (
+            "content-type" not in request.headers
+            or request.headers["content-type"].startswith("application/x-www-form-urlencoded")
+        ):
+            request.scope["headers"] = [
+                (k, v) for k, v in request.scope["headers"] if k != b"content-type"
+            ] + [(b"content-type", b"application/json")]
+        response = await call_next(request)
+        for k, v in getattr(request.state, "rate_headers", {}).items():
+            response.headers.setdefault(k, v)
+        return response
+
+    app.include_router(mitigation.router, prefix=API_PREFIX)
+    app.include_router(admin.router, prefix=API_PREFIX)
+    return app
