@@ -203,7 +203,7 @@ class HttpClient:
                 log.debug(
                     "%s %s -> %d in %.1f ms",
                     self.label,
-                    what,
+                    self.redact(what),
                     resp.status_code,
                     (time.monotonic() - started) * 1000,
                 )
@@ -213,6 +213,7 @@ class HttpClient:
                     AdapterUnavailable, what, f"HTTP {resp.status_code}: {vendor_message(resp)}"
                 )
             log.debug("%s attempt %d/%d failed: %s", self.label, attempt + 1, attempts, last)
+            # (``last`` is already redacted: every error passes through ``_error``)
         if attempts > 1:
             last = type(last)(f"{last} (after {attempts} attempts)", code=last.code)
         raise last

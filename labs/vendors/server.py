@@ -328,6 +328,14 @@ class Sessions:
             raise HttpError(401, body if body is not None else {"message": "unauthorized"})
         return user
 
+    def set_ttl(self, token: str, ttl: float) -> bool:
+        """Give a live token ``ttl`` more seconds from now (token refresh/extend)."""
+        user = self.user(token)
+        if user is None:
+            return False
+        self._tokens[token] = (user, self._clock() + ttl)
+        return True
+
     def revoke(self, token: str) -> bool:
         return self._tokens.pop(token, None) is not None
 
