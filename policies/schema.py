@@ -15,10 +15,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import yaml_rs
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from policies.errors import PolicyInvalid
 from policies.guardrails import Guardrails
+from policies.tables import Allowlist, EntryInvalid, HostThresholds
+from policies.tiers import Baseline, Escalation, GeoLockdown
 
 MAX_TTL = 30 * 24 * 3600  # a month; longer is a mistake, use ttl 0 for "until withdrawn"
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -54,13 +67,35 @@ class AdapterDecl(BaseModel):
         return v
 
 
+def _dump_table(v: HostThresholds | Allowlist) -> list[dict[str, Any]]:
+    return v.to_list()
+
+
+def _build_thresholds(raw: object, info: ValidationInfo) -> HostThresholds:
+    escalation = info.data.get("escalation")
+    if not isinstance(escalation, Escalation):
+        raise ValueError("fix the escalation section first: thresholds refer to its tiers")
+    return HostThresholds.build(raw, escalation)
+
+
+ThresholdTable = Annotated[
+    HostThresholds, BeforeValidator(_build_thresholds), PlainSerializer(_dump_table)
+]
+AllowTable = Annotated[Allowlist, BeforeValidator(Allowlist.build), PlainSerializer(_dump_table)]
+
+
 class Policy(BaseModel):
     """The whole policy in force."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
     settings: GlobalSettings = GlobalSettings()
     guardrails: Guardrails = Guardrails()
     adapters: list[AdapterDecl] = []
+    escalation: Escalation = Escalation()
+    baseline: Baseline = Baseline()
+    geo_lockdown: GeoLockdown | None = None
+    thresholds: ThresholdTable = HostThresholds()
+    allowlist: AllowTable = Allowlist()
 
     @field_validator("adapters")
     @classmethod
@@ -71,6 +106,34 @@ class Policy(BaseModel):
                 raise ValueError(f"adapter name {decl.name!r} is declared twice")
             seen.add(decl.name)
         return v
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Policy:
+        declared = {a.name for a in self.adapters}
+        known = ", ".join(sorted(declared)) or "none are declared"
+        for i, tier in enumerate(self.escalation.tiers):
+            for j, name in enumerate(tier.adapters):
+                if name not in declared:
+                    raise EntryInvalid(
+                        ("escalation", "tiers", i, "adapters", j),
+                        f"tier {tier.name!r} names adapter {name!r}, which is not declared "
+                        f"in adapters ({known})",
+                    )
+        geo = self.geo_lockdown
+        if geo is not None:
+            names = [t.name for t in self.escalation.tiers]
+            if geo.from_tier not in names:
+                raise EntryInvalid(
+                    ("geo_lockdown", "from_tier"),
+                    f"unknown tier {geo.from_tier!r} (tiers: {', '.join(names) or 'none'})",
+                )
+            for j, name in enumerate(geo.adapters or ()):
+                if name not in declared:
+                    raise EntryInvalid(
+                        ("geo_lockdown", "adapters", j),
+                        f"adapter {name!r} is not declared in adapters ({known})",
+                    )
+        return self
 
 
 # ---------------------------------------------------------------- loading
@@ -110,55 +173,114 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
-def _read_file(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
+_PARSE_LINE = re.compile(r"line (\d+)")
+
+
+def _compose(text: str) -> yaml.Node | None:
+    """The YAML node tree, for line numbers: only built when an error needs one."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        return yaml.compose(text, Loader=loader)
+    except yaml.YAMLError:
+        return None
+
+
+def _duplicate_key_line(node: yaml.Node | None) -> int | None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            if k.value in seen:
+                return int(k.start_mark.line) + 1
+            seen.add(k.value)
+            line = _duplicate_key_line(v)
+            if line is not None:
+                return line
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            line = _duplicate_key_line(item)
+            if line is not None:
+                return line
+    return None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    """Parse one policy file (YAML 1.2, so a bare NO stays the string "NO")."""
     text = path.read_text()
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
+        data = yaml_rs.loads(text)
+    except yaml_rs.YAMLDecodeError as exc:
+        message = str(exc)
+        m = _PARSE_LINE.search(message)
+        line = int(m.group(1)) if m else None
+        if line is None and message.startswith("duplicate mapping key"):
+            line = _duplicate_key_line(_compose(text))
+        problem = message.splitlines()[-1] if m else message
+        where = f"{path}:{line}" if line else str(path)
         raise PolicyInvalid(f"invalid YAML: {problem}", location=where) from None
     if data is None:
-        return {}, node
+        return {}
+    if isinstance(data, list) and text.lstrip().startswith("---") and len(data) > 1:
+        raise PolicyInvalid("one YAML document per policy file", location=f"{path}:1")
     if not isinstance(data, dict):
         raise PolicyInvalid("a policy file must be a mapping of sections", location=f"{path}:1")
-    return data, node
+    return data
 
 
 def policy_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
+def _locate(
+    loc: tuple[int | str, ...], origin: dict[str, Path], directory: Path
+) -> tuple[str, str]:
+    """``(file:line, dotted field)`` for an error at ``loc``."""
+    section = str(loc[0]) if loc else ""
+    path = origin.get(section)
+    field = ".".join(str(p) for p in loc)
+    if path is None:
+        return str(directory), field
+    line = _line_of(_compose(path.read_text()), loc)
+    return (f"{path}:{line}" if line else str(path)), field
+
+
 def load_policy(directory: str | Path, model: type[Policy] = Policy) -> Policy:
-    """Load and validate every ``*.yaml`` file in ``directory`` into one policy."""
+    """Load and validate every ``*.yaml`` file in ``directory`` into one policy.
+
+    Relative paths in the policy (``geo_lockdown.database``) are relative to the file
+    that names them.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise PolicyInvalid(f"policy directory {directory} does not exist")
     merged: dict[str, Any] = {}
-    origin: dict[str, tuple[Path, yaml.Node | None]] = {}
+    origin: dict[str, Path] = {}
     for path in policy_files(directory):
-        data, node = _read_file(path)
+        data = _read_file(path)
         for section, value in data.items():
             if section in merged:
-                first = origin[section][0]
+                first = origin[section]
+                line = _line_of(_compose(path.read_text()), (section,))
                 raise PolicyInvalid(
                     f"section {section!r} is already defined in {first.name}",
-                    location=f"{path}:{_line_of(node, (section,))}",
+                    location=f"{path}:{line}",
                     field=str(section),
                 )
             merged[section] = value
-            origin[section] = (path, node)
+            origin[section] = path
+    geo = merged.get("geo_lockdown")
+    if isinstance(geo, dict) and isinstance(geo.get("database"), str):
+        database = Path(geo["database"])
+        if not database.is_absolute():
+            merged["geo_lockdown"] = {**geo, "database": origin["geo_lockdown"].parent / database}
     try:
         return model.model_validate(merged)
+    except EntryInvalid as exc:
+        where, field = _locate(exc.loc, origin, directory)
+        message = exc.message.removeprefix(f"{field}: ")
+        raise PolicyInvalid(f"{field}: {message}", location=where, field=field) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
-        section = str(loc[0]) if loc else ""
-        path, node = origin.get(section, (directory, None))
-        line = _line_of(node, loc) if node is not None else None
-        where = f"{path}:{line}" if line else str(path)
-        field = ".".join(str(p) for p in loc)
+        where, field = _locate(loc, origin, directory)
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise PolicyInvalid(f"{field}: {msg}", location=where, field=field) from None
