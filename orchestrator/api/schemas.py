@@ -25,6 +25,14 @@ FLOWSPEC_FIELDS = (
 )
 BLACKHOLE_FIELDS = ("communities", "large_communities", "next_hop", "peers")
 ACTION_FIELDS = ("action", "rate_limit", "redirect", "mark")
+# intent field -> the API body field it came from
+_API_FIELD = {
+    "prefix": "target_ip",
+    "destination": "target_ip",
+    "kind": "intent_type",
+    "action": "action",
+}
+_ACTION_FIELD = {"bytes_per_second": "rate_limit", "route_target": "redirect", "dscp": "mark"}
 
 
 class CreateRule(BaseModel):
@@ -80,12 +88,10 @@ class CreateRule(BaseModel):
         try:
             return build_intent(data)
         except IntentInvalid as exc:
-            if exc.field in ("prefix", "destination"):
-                exc.field = "target_ip"
-                exc.message = exc.message.replace("prefix:", "target_ip:", 1).replace(
-                    "destination:", "target_ip:", 1
-                )
-            raise
+            field = exc.field or "intent"
+            api_field = _API_FIELD.get(field.split(".")[0], field)
+            message = exc.message.removeprefix(f"{field}: ")
+            raise IntentInvalid(f"{api_field}: {message}", code=exc.code, field=api_field) from None
 
     def _action(self) -> dict[str, Any]:
         action = (self.action or "discard").replace("_", "-")
