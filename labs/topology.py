@@ -11,8 +11,10 @@
 Layout (receiver ``i`` in the order given, counting from 0):
 
 * namespaces ``speaker`` and one per receiver kind (``bird``, ``frr``);
-* link ``i``: speaker ``192.0.2.{4i+1}/30`` / ``2001:db8:0:{i}::1/64`` <-> receiver
-  ``192.0.2.{4i+2}/30`` / ``2001:db8:0:{i}::2/64``;
+* link ``i``: speaker ``192.0.2.{8i+1}/29`` / ``2001:db8:0:{i}::1/64`` <-> receiver
+  ``192.0.2.{8i+2}/29`` / ``2001:db8:0:{i}::2/64``; ``192.0.2.{8i+3}`` and
+  ``2001:db8:0:{i}::3`` are free on the link, for third-party (RTBH) next hops
+  (:func:`spare_next_hop`);
 * ASNs: speaker 65001, receiver ``i`` ``65010+i``; router ids are the IPv4 addresses;
 * each receiver has two sessions with the speaker (IPv4: unicast + flow4; IPv6: unicast +
   flow6) and imports everything.
@@ -128,9 +130,17 @@ class Topology:
         }
 
 
+def spare_next_hop(link: Link, version: int) -> str:
+    """An unused address on ``link``'s subnet: a next hop the receiver accepts."""
+    pair = link.v4 if version == 4 else link.v6
+    if pair is None:
+        raise LabError(f"link {link.a_if} has no IPv{version} addresses")
+    return str(ipaddress.ip_interface(pair[0]).ip + 2)
+
+
 def _addresses(i: int) -> tuple[tuple[str, str], tuple[str, str]]:
-    base = int(ipaddress.IPv4Address("192.0.2.0")) + 4 * i
-    v4 = (f"{ipaddress.IPv4Address(base + 1)}/30", f"{ipaddress.IPv4Address(base + 2)}/30")
+    base = int(ipaddress.IPv4Address("192.0.2.0")) + 8 * i
+    v4 = (f"{ipaddress.IPv4Address(base + 1)}/29", f"{ipaddress.IPv4Address(base + 2)}/29")
     v6 = (f"2001:db8:0:{i:x}::1/64", f"2001:db8:0:{i:x}::2/64")
     return v4, v6
 
@@ -143,8 +153,8 @@ def build(
     timeout: float = 30.0,
 ) -> Topology:
     """Start the receivers, then ``speaker``, and wait until every session is Established."""
-    if len(receivers) > 60:
-        raise LabError("at most 60 receivers fit in 192.0.2.0/24")
+    if len(receivers) > 30:
+        raise LabError("at most 30 receivers fit in 192.0.2.0/24")
     sns = lab.namespace("speaker")
     built: dict[str, Receiver] = {}
     for i, kind in enumerate(receivers):
