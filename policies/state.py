@@ -1,0 +1,113 @@
+"""Engine state the orchestrator keeps between evaluations, and persists.
+
+Per target: when the attack started (hold-down), the tier in force and since when,
+when traffic fell below it (de-escalation), the last action (cooldown) and the intent
+keys the engine planned (so it can withdraw them). Plus the dynamic baselines. All of it
+round-trips through :meth:`EngineState.to_dict` / :meth:`EngineState.from_dict` (plain
+JSON types), so a restart does not forget an attack in progress or a learned baseline.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from policies.baseline import BaselineStore
+from policies.tiers import Baseline
+
+STATE_VERSION = 1
+
+
+@dataclass(slots=True)
+class TargetState:
+    attack_since: float | None = None
+    last_seen: float | None = None
+    tier: str | None = None
+    tier_since: float | None = None
+    below_since: float | None = None
+    last_action: float | None = None
+    last_emit: float | None = None
+    ttl: int = 0
+    active: list[str] = field(default_factory=list)
+
+    def end_episode(self) -> None:
+        """Forget the attack; ``last_action`` stays for the cooldown."""
+        self.attack_since = None
+        self.tier = None
+        self.tier_since = None
+        self.below_since = None
+        self.last_emit = None
+        self.ttl = 0
+        self.active = []
+
+
+class EngineState:
+    """Everything :func:`policies.engine.evaluate` remembers; bounded in size."""
+
+    def __init__(self, max_targets: int = 200_000) -> None:
+        self.max_targets = max_targets
+        self.targets: OrderedDict[str, TargetState] = OrderedDict()
+        self._baselines: BaselineStore | None = None
+
+    def target(self, key: str) -> TargetState:
+        ts = self.targets.get(key)
+        if ts is None:
+            ts = self.targets[key] = TargetState()
+            if len(self.targets) > self.max_targets:
+                self._evict()
+        else:
+            self.targets.move_to_end(key)
+        return ts
+
+    def _evict(self) -> None:
+        """Drop the least recently seen target that has no rules planned."""
+        for key, ts in self.targets.items():
+            if not ts.active:
+                del self.targets[key]
+                return
+        self.targets.popitem(last=False)
+
+    def peek(self, key: str) -> TargetState | None:
+        return self.targets.get(key)
+
+    def baselines(self, cfg: Baseline) -> BaselineStore:
+        """The baseline store for ``cfg`` (kept across reloads when the layout is unchanged)."""
+        if self._baselines is None:
+            self._baselines = BaselineStore(cfg)
+        elif self._baselines.cfg != cfg:
+            self._baselines = BaselineStore.from_dict(cfg, self._baselines.to_dict())
+        return self._baselines
+
+    def observe(self, cfg: Baseline, target: str, now: float, bps: float, pps: float) -> bool:
+        """Feed one traffic sample to the baseline; ignored while ``target`` is under attack.
+
+        Returns whether the sample was used. Attack traffic must not teach the baseline
+        that attacks are normal.
+        """
+        ts = self.targets.get(target)
+        if ts is not None and (ts.attack_since is not None or ts.tier is not None):
+            return False
+        self.baselines(cfg).observe(target, now, bps, pps)
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "targets": {k: asdict(v) for k, v in self.targets.items()},
+            "baselines": None if self._baselines is None else self._baselines.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], cfg: Baseline | None = None, max_targets: int = 200_000
+    ) -> EngineState:
+        state = cls(max_targets)
+        if data.get("version") != STATE_VERSION:
+            return state
+        for key, raw in data.get("targets", {}).items():
+            state.targets[key] = TargetState(**raw)
+        raw_baselines = data.get("baselines")
+        if raw_baselines is not None:
+            state._baselines = BaselineStore.from_dict(cfg or Baseline(), raw_baselines)
+        return state
