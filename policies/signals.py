@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from policies.intents import Address
-from policies.tiers import Country
+from policies.tiers import Country, parse_rate
 
 AttackFamily = Literal[
     "udp_flood", "syn_flood", "http_flood", "icmp_flood", "dns_flood", "multi_vector", "unknown"
@@ -48,6 +48,13 @@ REFLECTION_PORTS: dict[int, str] = {
 }
 
 
+def _rate(value: object) -> object:
+    return parse_rate(value) if isinstance(value, str) else value
+
+
+Rate = Annotated[float, BeforeValidator(_rate), Field(ge=0)]
+
+
 def _countries(value: object) -> object:
     """``["CN", "RU"]`` or ``{"CN": 60, "RU": 25}`` (percent of sources) -> mapping."""
     if isinstance(value, list | tuple):
@@ -61,8 +68,8 @@ class Signal(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     target_ip: Address
     node: str | None = None
-    bps: Annotated[float, Field(ge=0)] = 0.0
-    pps: Annotated[float, Field(ge=0)] = 0.0
+    bps: Rate = 0.0
+    pps: Rate = 0.0
     attack_family: AttackFamily = "unknown"
     severity: Severity = "low"
     tcp_pct: Pct | None = None

@@ -1,0 +1,106 @@
+"""Replaying recorded signals through a policy, and comparing two policies (``plan``).
+
+A signal file is JSON or YAML: a list of signals, or ``{"signals": [...]}``. Each signal
+may carry ``at`` (seconds since the recording started; default: its position in the
+list); the rest are :class:`~policies.signals.Signal` fields.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml_rs
+from pydantic import ValidationError
+
+from policies.engine import Decision, evaluate
+from policies.errors import ValidationFailed
+from policies.intents import canonical
+from policies.schema import Policy
+from policies.signals import Signal
+from policies.state import EngineState
+
+Timed = tuple[float, Signal]
+
+
+def read_signals(path: Path) -> list[Timed]:
+    """Read a signal file; errors name the file and the signal's position."""
+    text = path.read_text()
+    try:
+        data: Any = json.loads(text) if path.suffix == ".json" else yaml_rs.loads(text)
+    except (ValueError, yaml_rs.YAMLDecodeError) as exc:
+        raise ValidationFailed(f"{path}: not valid JSON/YAML: {exc}") from None
+    if isinstance(data, dict) and "signals" in data:
+        data = data["signals"]
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise ValidationFailed(f"{path}: expected a signal or a list of signals")
+    out: list[Timed] = []
+    for i, raw in enumerate(data):
+        if not isinstance(raw, dict):
+            raise ValidationFailed(f"{path}: signal {i} is not a mapping")
+        fields = dict(raw)
+        at = fields.pop("at", i)
+        try:
+            out.append((float(at), Signal.model_validate(fields)))
+        except (ValidationError, TypeError, ValueError) as exc:
+            raise ValidationFailed(f"{path}: signal {i}: {exc}") from None
+    return out
+
+
+def replay(policy: Policy, signals: list[Timed]) -> list[Decision]:
+    """Decisions for each signal in turn, starting from an empty state."""
+    state = EngineState()
+    return [evaluate(sig, policy, state, at) for at, sig in signals]
+
+
+def explain(policy: Policy, signal: Signal) -> Decision:
+    """The decision for ``signal`` on an attack that has lasted past the hold-down."""
+    state = EngineState()
+    first = evaluate(signal, policy, state, 0.0)
+    if first.status != "held":
+        return first
+    return evaluate(signal, policy, state, float(policy.escalation.hold_down_seconds))
+
+
+def _rules(d: Decision) -> list[str]:
+    return sorted(f"{canonical(r.intent)} via {r.adapter} ttl {r.ttl}" for r in d.rules)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    index: int
+    at: float
+    target: str
+    before: Decision
+    after: Decision
+
+    def describe(self) -> str:
+        lines = [
+            f"signal {self.index} at {self.at:g} s, target {self.target}: "
+            f"{self.before.status}/{self.before.tier or '-'} -> "
+            f"{self.after.status}/{self.after.tier or '-'}"
+        ]
+        old, new = set(_rules(self.before)), set(_rules(self.after))
+        lines += [f"  - {r}" for r in sorted(old - new)]
+        lines += [f"  + {r}" for r in sorted(new - old)]
+        return "\n".join(lines)
+
+
+def plan(current: Policy, new: Policy, signals: list[Timed]) -> list[Change]:
+    """Where ``new`` decides differently from ``current`` on the same recorded signals."""
+    before = replay(current, signals)
+    after = replay(new, signals)
+    changes: list[Change] = []
+    for i, ((at, sig), b, a) in enumerate(zip(signals, before, after, strict=True)):
+        if (b.status, b.tier, _rules(b), sorted(b.withdraw)) != (
+            a.status,
+            a.tier,
+            _rules(a),
+            sorted(a.withdraw),
+        ):
+            changes.append(Change(i, at, str(sig.target_ip), b, a))
+    return changes

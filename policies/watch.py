@@ -1,0 +1,75 @@
+"""Hot reload: notice that a policy directory changed, validate it, hand it over.
+
+The orchestrator calls :meth:`PolicyWatcher.poll` periodically. A change is a change of
+content (SHA-256 over the names and bytes of the policy files and of the MMDB file the
+policy names), not of timestamps, so touching a file or rewriting it unchanged does
+nothing. A new policy that does not validate is reported and the old one stays in force;
+the same broken content is reported once, not on every poll.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from policies.errors import PolicyInvalid
+from policies.schema import Policy, load_policy, policy_files
+
+
+def content_hash(directory: Path, extra: tuple[Path, ...] = ()) -> str:
+    """A hash of every policy file (name and bytes) plus ``extra`` files."""
+    digest = hashlib.sha256()
+    for path in [*policy_files(directory), *extra]:
+        digest.update(path.name.encode() + b"\0")
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            digest.update(b"<missing>")
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """The outcome of a poll that saw a change."""
+
+    policy: Policy | None  # the new policy, or None when it was refused
+    error: PolicyInvalid | None
+    digest: str
+
+
+class PolicyWatcher:
+    """Watches one directory; ``current`` is the policy in force."""
+
+    def __init__(self, directory: str | Path, current: Policy | None = None) -> None:
+        self.directory = Path(directory)
+        self.current = current if current is not None else load_policy(self.directory)
+        self.digest = content_hash(self.directory, self._extra(self.current))
+        self._refused: str | None = None
+
+    @staticmethod
+    def _extra(policy: Policy) -> tuple[Path, ...]:
+        geo = policy.geo_lockdown
+        return (geo.database,) if geo is not None else ()
+
+    def poll(self) -> Reload | None:
+        """None when nothing changed (or the same refused content is still there)."""
+        if not self.directory.is_dir():
+            error = PolicyInvalid(f"policy directory {self.directory} disappeared")
+            if self._refused == "<gone>":
+                return None
+            self._refused = "<gone>"
+            return Reload(None, error, "<gone>")
+        digest = content_hash(self.directory, self._extra(self.current))
+        if digest in (self.digest, self._refused):
+            return None
+        try:
+            policy = load_policy(self.directory)
+        except PolicyInvalid as exc:
+            self._refused = digest
+            return Reload(None, exc, digest)
+        self.current = policy
+        self.digest = content_hash(self.directory, self._extra(policy))
+        self._refused = None
+        return Reload(policy, None, self.digest)
