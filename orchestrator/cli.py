@@ -313,3 +313,7 @@ def tokens_create(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
