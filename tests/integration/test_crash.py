@@ -41,7 +41,7 @@ class Server:
     def start(self) -> None:
         env = {**os.environ, "SLUICE_ADMIN_TOKEN": TOKEN}
         with (self.tmp / "serve.log").open("ab") as log:
-            self.proc = subprocess.Popen(  # noqa: S603  # our own CLI with fixed arguments
+            self.proc = subprocess.Popen(  # our own CLI with fixed arguments
                 [
                     sys.executable,
                     "-m",
