@@ -1,0 +1,270 @@
+"""The frr adapter: RTBH through vtysh (static blackhole + route-map + redistribution).
+
+I/O around :mod:`adapters.frr.render`. Each batch reads ``show running-config`` once,
+plans the commands and runs them in one ``vtysh -c ... -c ...`` call, under one lock.
+vtysh has no transactions: it stops at the first command FRR refuses, after applying the
+ones before it, so after a refusal the running config is read again and each rule's
+outcome is what FRR actually holds (present: ok; absent: refused with FRR's message).
+vtysh failing to reach the daemons (``failed to connect``, ``staticd is not running``)
+fails the batch as retryable.
+
+FRR cannot originate FlowSpec, so the adapter supports blackholes only: a FlowSpec (or
+scrubbing) rule is refused with the capability error, never dropped. ``active()`` is
+rebuilt from the running config (the route-map entry descriptions carry the intents'
+attributes); nothing is written to FRR's startup config, so after an FRR restart the
+rules are gone and ``active()`` says so, and the reconciler announces them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, ClassVar
+
+from pydantic import Field, model_validator
+
+from adapters.base import (
+    AdapterConfig,
+    AdapterSettings,
+    Capability,
+    Health,
+    Outcome,
+    RuleRef,
+    require_capability,
+    resolve_capabilities,
+    validate_settings,
+)
+from adapters.frr.render import (
+    MAX_SEQ,
+    Config,
+    Defaults,
+    held_intents,
+    parse_running,
+    plan_announce,
+    plan_withdraw,
+)
+from policies.errors import AdapterError, AdapterRefused, AdapterUnavailable
+from policies.intents import BlackholeIntent, Community, LargeCommunity, intent_key
+
+CHUNK = 2000  # commands per vtysh call (keeps argv well below ARG_MAX)
+UNREACHABLE = ("failed to connect", "is not running", "connection refused", "no such file")
+
+
+class FrrSettings(AdapterSettings):
+    """How to reach FRR's vtysh, the local ASN and the RTBH route-map."""
+
+    endpoint: str = ""
+    vty_socket_dir: Path | None = None
+    pathspace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+    asn: Annotated[int, Field(ge=1, le=4294967295)]
+    route_map: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")] = "SLUICE-RTBH"
+    tag_base: Annotated[int, Field(ge=1, le=4294967295 - MAX_SEQ)] = 666000
+    communities: tuple[Community, ...] = ()
+    large_communities: tuple[LargeCommunity, ...] = ()
+    next_hop_v4: ipaddress.IPv4Address | None = None
+    next_hop_v6: ipaddress.IPv6Address | None = None
+    vtysh: str = "vtysh"
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+
+    @model_validator(mode="after")
+    def _socket_dir(self) -> FrrSettings:
+        if self.vty_socket_dir is None and self.endpoint:
+            object.__setattr__(self, "vty_socket_dir", Path(self.endpoint.removeprefix("unix://")))
+        if self.vty_socket_dir is not None and not self.vty_socket_dir.is_dir():
+            raise ValueError(f"vty_socket_dir: {self.vty_socket_dir} is not a directory")
+        return self
+
+    def argv(self) -> list[str]:
+        argv = [self.vtysh]
+        if self.vty_socket_dir is not None:
+            argv += ["--vty_socket", str(self.vty_socket_dir)]
+        if self.pathspace is not None:
+            argv += ["-N", self.pathspace]
+        return argv
+
+    def defaults(self) -> Defaults:
+        return Defaults(
+            self.communities,
+            self.large_communities,
+            None if self.next_hop_v4 is None else str(self.next_hop_v4),
+            None if self.next_hop_v6 is None else str(self.next_hop_v6),
+        )
+
+
+class FrrAdapter:
+    adapter_type: ClassVar[str] = "frr"
+    supported: ClassVar[frozenset[Capability]] = frozenset({Capability.BLACKHOLE})
+
+    def __init__(
+        self, name: str, settings: FrrSettings, capabilities: frozenset[Capability]
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.capabilities = capabilities
+        self._defaults = settings.defaults()
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_config(cls, config: AdapterConfig) -> FrrAdapter:
+        settings = validate_settings(FrrSettings, config)
+        return cls(config.name, settings, resolve_capabilities(cls, config))
+
+    # ------------------------------------------------------------ vtysh
+
+    async def _vtysh(self, commands: Sequence[str]) -> str:
+        """Run commands in one vtysh session; FRR's refusal raises AdapterRefused."""
+        argv = self.settings.argv()
+        for c in commands:
+            argv += ["-c", c]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise AdapterUnavailable(f"cannot run {self.settings.vtysh}: {exc}") from None
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                out, err = await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AdapterUnavailable(
+                f"vtysh did not finish within {self.settings.timeout_s:g}s"
+            ) from None
+        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+        if proc.returncode != 0:
+            msg = " ".join((stderr.strip() + " " + stdout.strip()).split()) or "no output"
+            if any(w in msg.lower() for w in UNREACHABLE):
+                raise AdapterUnavailable(f"FRR unreachable through vtysh: {msg}")
+            raise AdapterRefused(f"FRR refused the command: {msg}")
+        return stdout
+
+    async def _config(self) -> Config:
+        text = await self._vtysh(["show running-config"])
+        return parse_running(text, self.settings.route_map, self.settings.tag_base)
+
+    async def _run(self, commands: list[str]) -> None:
+        """Run a configure session, in chunks that each re-enter configure mode."""
+        body = [c for c in commands if c not in ("configure terminal", "end")]
+        for start in range(0, len(body), CHUNK):
+            await self._vtysh(["configure terminal", *body[start : start + CHUNK], "end"])
+
+    # ------------------------------------------------------------ contract
+
+    def _blackhole(self, ref: RuleRef) -> BlackholeIntent | str:
+        try:
+            require_capability(self, ref.intent)
+        except AdapterError as exc:
+            return str(exc)
+        if not isinstance(ref.intent, BlackholeIntent):
+            return f"adapter {self.name!r} (frr) carries blackhole intents only"
+        if ref.intent.peers:
+            return (
+                f"adapter {self.name!r} (frr) cannot select peers: redistributed routes go to "
+                "every neighbour of the address family; leave peers empty"
+            )
+        return ref.intent
+
+    async def announce(self, rules: Sequence[RuleRef]) -> list[Outcome]:
+        checked = [self._blackhole(r) for r in rules]
+        intents = [c if isinstance(c, BlackholeIntent) else None for c in checked]
+        async with self._lock:
+            try:
+                cfg = await self._config()
+            except AdapterError as exc:
+                return [
+                    Outcome.failure(
+                        r,
+                        c if isinstance(c, str) else str(exc),
+                        retryable=False if isinstance(c, str) else exc.retryable,
+                    )
+                    for r, c in zip(rules, checked, strict=True)
+                ]
+            plan = plan_announce(
+                cfg,
+                intents,
+                asn=self.settings.asn,
+                route_map=self.settings.route_map,
+                tag_base=self.settings.tag_base,
+                defaults=self._defaults,
+            )
+            error: AdapterError | None = None
+            if plan.commands:
+                try:
+                    await self._run(plan.commands)
+                except AdapterError as exc:
+                    error = exc
+            held: dict[str, BlackholeIntent] | None = None
+            if isinstance(error, AdapterRefused):
+                try:
+                    held = held_intents(await self._config(), self.settings.tag_base)
+                except AdapterError:
+                    held = None
+            out: list[Outcome] = []
+            for i, (ref, c) in enumerate(zip(rules, checked, strict=True)):
+                if isinstance(c, str):
+                    out.append(Outcome.failure(ref, c, retryable=False))
+                elif i in plan.refused:
+                    out.append(Outcome.failure(ref, plan.refused[i], retryable=False))
+                elif error is None or (held is not None and held.get(str(c.prefix)) == c):
+                    out.append(Outcome.success(ref, tag=plan.tags.get(i)))
+                else:
+                    out.append(Outcome.failure(ref, str(error), retryable=error.retryable))
+            return out
+
+    async def withdraw(self, rules: Sequence[RuleRef]) -> list[Outcome]:
+        async with self._lock:
+            try:
+                cfg = await self._config()
+            except AdapterError as exc:
+                return [Outcome.failure(r, str(exc), retryable=exc.retryable) for r in rules]
+            mine = [
+                (i, r.intent) for i, r in enumerate(rules) if isinstance(r.intent, BlackholeIntent)
+            ]
+            plan = plan_withdraw(
+                cfg,
+                [b for _, b in mine],
+                route_map=self.settings.route_map,
+                tag_base=self.settings.tag_base,
+            )
+            if plan.commands:
+                try:
+                    await self._run(plan.commands)
+                except AdapterError as exc:
+                    return [Outcome.failure(r, str(exc), retryable=exc.retryable) for r in rules]
+            removed = {mine[j][0] for j in plan.tags}
+            return [Outcome.success(r, held=i in removed) for i, r in enumerate(rules)]
+
+    async def active(self) -> frozenset[str] | None:
+        async with self._lock:
+            cfg = await self._config()
+        return frozenset(intent_key(i) for i in held_intents(cfg, self.settings.tag_base).values())
+
+    async def check(self) -> Health:
+        start = time.monotonic()
+        try:
+            text = await self._vtysh(["show bgp neighbors json"])
+        except AdapterError as exc:
+            return Health(False, None, str(exc))
+        latency = (time.monotonic() - start) * 1000
+        try:
+            data = json.loads(text) if text.strip() else {}
+        except ValueError:
+            return Health(False, latency, f"vtysh answered with unreadable JSON: {text[:200]!r}")
+        sessions = {
+            str(a): str(v.get("bgpState", "")) for a, v in data.items() if isinstance(v, dict)
+        }
+        up = sum(1 for s in sessions.values() if s == "Established")
+        return Health(
+            True, latency, f"FRR reachable; {up}/{len(sessions)} BGP sessions Established", sessions
+        )
+
+    async def close(self) -> None:
+        return None
