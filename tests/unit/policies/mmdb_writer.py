@@ -92,7 +92,7 @@ def write_country_mmdb(path: Path, networks: dict[str, str]) -> Path:
             return count
         if isinstance(child, int):
             return child
-        return count + 16 + child[1]
+        return count + 16 + int(child[1])
 
     tree = b"".join(
         record(left).to_bytes(3, "big") + record(right).to_bytes(3, "big") for left, right in nodes
