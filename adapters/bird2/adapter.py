@@ -26,9 +26,9 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from adapters.base import (
     AdapterConfig,
@@ -64,7 +64,7 @@ class Bird2Settings(AdapterSettings):
     """Where BIRD listens and which file it includes; defaults added to every blackhole."""
 
     endpoint: str = ""
-    socket: Path | None = None
+    socket: Path
     include_file: Path
     protocol_prefix: Name = "sluice"
     ipv4_table: Name = "master4"
@@ -77,23 +77,24 @@ class Bird2Settings(AdapterSettings):
     next_hop_v6: ipaddress.IPv6Address | None = None
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
 
-    @model_validator(mode="after")
-    def _paths(self) -> Bird2Settings:
-        if self.socket is None:
-            ep = self.endpoint.removeprefix("unix://")
-            if not ep:
-                raise ValueError("socket: the BIRD control socket path is required")
-            object.__setattr__(self, "socket", Path(ep))
-        if not self.include_file.is_absolute():
-            raise ValueError(f"include_file: {self.include_file} must be an absolute path")
-        if not self.include_file.parent.is_dir():
-            raise ValueError(f"include_file: directory {self.include_file.parent} does not exist")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _socket_from_endpoint(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("socket") and data.get("endpoint"):
+            return {**data, "socket": str(data["endpoint"]).removeprefix("unix://")}
+        return data
+
+    @field_validator("include_file")
+    @classmethod
+    def _include(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError(f"{v} must be an absolute path")
+        if not v.parent.is_dir():
+            raise ValueError(f"directory {v.parent} does not exist")
+        return v
 
     @property
     def control_socket(self) -> Path:
-        if self.socket is None:  # pragma: no cover - set by the validator
-            raise AdapterUnavailable("no BIRD control socket configured")
         return self.socket
 
     def names(self) -> Names:

@@ -23,9 +23,9 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from adapters.base import (
     AdapterConfig,
@@ -70,13 +70,19 @@ class FrrSettings(AdapterSettings):
     vtysh: str = "vtysh"
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
 
-    @model_validator(mode="after")
-    def _socket_dir(self) -> FrrSettings:
-        if self.vty_socket_dir is None and self.endpoint:
-            object.__setattr__(self, "vty_socket_dir", Path(self.endpoint.removeprefix("unix://")))
-        if self.vty_socket_dir is not None and not self.vty_socket_dir.is_dir():
-            raise ValueError(f"vty_socket_dir: {self.vty_socket_dir} is not a directory")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _dir_from_endpoint(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("vty_socket_dir") and data.get("endpoint"):
+            return {**data, "vty_socket_dir": str(data["endpoint"]).removeprefix("unix://")}
+        return data
+
+    @field_validator("vty_socket_dir")
+    @classmethod
+    def _is_dir(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_dir():
+            raise ValueError(f"{v} is not a directory")
+        return v
 
     def argv(self) -> list[str]:
         argv = [self.vtysh]
