@@ -1,0 +1,5 @@
+"""Cloudflare: Magic Transit prefix advertisement, WAF list blocks, Under Attack Mode."""
+
+from adapters.cloudflare.adapter import CloudflareAdapter
+
+__all__ = ["CloudflareAdapter"]

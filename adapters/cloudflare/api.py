@@ -1,0 +1,128 @@
+"""Cloudflare API v4 calls: bearer token auth and the ``{success, errors, result}`` envelope.
+
+Every Cloudflare answer is an envelope ``{"success": bool, "errors": [{"code", "message"}],
+"messages": [...], "result": ...}``. :meth:`CloudflareApi.call` returns ``result`` when
+``success`` is true and otherwise raises with Cloudflare's own ``code: message`` pairs:
+4xx and ``success: false`` -> :class:`~policies.errors.AdapterRefused` (401/403 with code
+``adapter_auth_failed``), 429, 5xx, timeouts and bodies that are not an envelope ->
+:class:`~policies.errors.AdapterUnavailable` (retryable). The API token never appears in
+an error (the HTTP helper redacts it).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import SecretStr
+
+from adapters.http import HttpClient, HttpSettings
+from policies.errors import AdapterRefused, AdapterUnavailable
+
+DEFAULT_ENDPOINT = "https://api.cloudflare.com/client/v4"
+CF_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_id(value: str) -> str:
+    """Cloudflare ids are 32 hex digits; accept the conservative superset of URL-safe text."""
+    if not CF_ID.match(value):
+        raise ValueError(f"{value!r} is not a Cloudflare identifier")
+    return value
+
+
+class CloudflareBase(HttpSettings):
+    """Settings every Cloudflare-backed adapter shares."""
+
+    endpoint: str = DEFAULT_ENDPOINT
+    auth_token: SecretStr  # an API token (Authorization: Bearer)
+
+
+def errors_text(body: Any) -> str:
+    """``code: message`` of each envelope error, joined; '' when there is none."""
+    if not isinstance(body, dict):
+        return ""
+    parts = []
+    for err in body.get("errors") or []:
+        if isinstance(err, dict):
+            code, msg = err.get("code"), err.get("message")
+            parts.append(f"{code}: {msg}" if code is not None else str(msg))
+        else:
+            parts.append(str(err))
+    return "; ".join(parts)[:300]
+
+
+class CloudflareApi:
+    """Envelope-aware calls on top of one adapter's :class:`HttpClient`."""
+
+    def __init__(self, http: HttpClient, token: SecretStr) -> None:
+        self.http = http
+        self._token = token
+        http.add_secret(token.get_secret_value())
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token.get_secret_value()}"}
+
+    async def call(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None
+    ) -> Any:
+        """Send one request and return the envelope's ``result`` (see module docstring)."""
+        what = f"{method} {path}"
+        resp = await self.http.send(method, path, json=json, params=params, headers=self._headers())
+        try:
+            body: Any = resp.json()
+        except ValueError:
+            body = None
+        if resp.status_code >= 400:
+            detail = errors_text(body) or None
+            if detail is None:
+                self.http.check(resp, what)  # raises with the raw body text
+            text = self.http.redact(f"{self.http.label}: {what}: HTTP {resp.status_code}: {detail}")
+            if resp.status_code == 429:
+                raise AdapterUnavailable(text, code="adapter_rate_limited")
+            if resp.status_code in (401, 403):
+                raise AdapterRefused(text, code="adapter_auth_failed")
+            raise AdapterRefused(text)
+        if not isinstance(body, dict) or not isinstance(body.get("success"), bool):
+            raise self.http.bad_response(
+                what, f"HTTP {resp.status_code} without a Cloudflare envelope: {resp.text[:80]!r}"
+            )
+        if not body["success"]:
+            text = errors_text(body) or "success is false and no error is given"
+            raise AdapterRefused(self.http.redact(f"{self.http.label}: {what}: {text}"))
+        return body.get("result")
+
+    async def call_paged(self, path: str, *, per_page: int = 500) -> list[Any]:
+        """Every item of a cursor-paginated list (``result_info.cursors.after``)."""
+        out: list[Any] = []
+        params: dict[str, str] = {"per_page": str(per_page)}
+        for _ in range(1000):
+            what = f"GET {path}"
+            resp = await self.http.send("GET", path, params=params, headers=self._headers())
+            if resp.status_code >= 400:
+                await self.call("GET", path, params=params)  # raises the translated error
+            body = self.http.json(resp, what)
+            if not isinstance(body, dict) or not isinstance(body.get("result"), list):
+                raise self.http.bad_response(what, "the answer has no result list")
+            if body.get("success") is not True:
+                raise AdapterRefused(
+                    self.http.redact(f"{self.http.label}: {what}: {errors_text(body)}")
+                )
+            out.extend(body["result"])
+            info = body.get("result_info")
+            cursors = info.get("cursors") if isinstance(info, dict) else None
+            after = cursors.get("after") if isinstance(cursors, dict) else None
+            if not after:
+                return out
+            params = {"per_page": str(per_page), "cursor": str(after)}
+        raise self.http.bad_response(f"GET {path}", "more than 1000 pages")
+
+    async def verify_token(self) -> str:
+        """``GET /user/tokens/verify``: the token's id and status ("active")."""
+        result = await self.call("GET", "/user/tokens/verify")
+        status = result.get("status") if isinstance(result, dict) else None
+        if status != "active":
+            raise AdapterRefused(
+                f"{self.http.label}: the API token is {status or 'not valid'}",
+                code="adapter_auth_failed",
+            )
+        return f"token {result.get('id', '?')} is active"
