@@ -1,0 +1,324 @@
+"""The ExaBGP adapter: send rendered API commands to our bridge and map ExaBGP's acks.
+
+ExaBGP runs :mod:`adapters.exabgp.bridge` as its ``process``; this adapter reaches the
+bridge over its unix socket (``unix:///path``) or HTTP (``http://host:5000``, optional
+bearer token). Each FlowSpec rule becomes one command (see :mod:`adapters.exabgp.render`);
+blackholes that share peers and attributes share one ``attributes ... nlri`` command (up to
+``group`` prefixes: ExaBGP parses a command far slower than a prefix). A batch is one
+request, and every command gets its own ack:
+
+* ``done`` -> success (ExaBGP took it into its RIB; delivery to peers follows);
+* ``error`` -> refused, not retryable, with the command ExaBGP refused (a refused shared
+  command is re-sent one rule per command to tell which rule it was);
+* ``shutdown`` / ``timeout`` / bridge unreachable -> retryable.
+
+``active()`` reads the announcements the bridge saw acknowledged and parses each back into
+its intent. Per-peer selection (``peers``) becomes ExaBGP's ``neighbor A, neighbor B``
+prefix; a peer ExaBGP has no session with makes it answer ``error``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from pydantic import SecretStr, field_validator
+
+from adapters.base import (
+    AdapterConfig,
+    AdapterSettings,
+    Capability,
+    Health,
+    Outcome,
+    RuleRef,
+    monotonic_ms,
+    resolve_capabilities,
+    validate_settings,
+)
+from adapters.exabgp.client import BridgeClient, HttpClient, UnixClient
+from adapters.exabgp.render import (
+    SELF,
+    Op,
+    RenderOptions,
+    group_key,
+    parse,
+    render,
+    render_group,
+)
+from policies.errors import (
+    AdapterConfigInvalid,
+    AdapterRefused,
+    AdapterUnavailable,
+    CapabilityMissing,
+)
+from policies.intents import BlackholeIntent, Community, LargeCommunity, intent_key
+
+_HTTP = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?/?$")
+
+
+def parse_endpoint(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("endpoint is required: unix:///path/to/bridge.sock or http://host:5000")
+    text = value.strip()
+    if text.startswith("unix:"):
+        path = text.removeprefix("unix://") if text.startswith("unix://") else text[5:]
+        if not path.startswith("/"):
+            raise ValueError(f"{text!r}: a unix endpoint needs an absolute path (unix:///...)")
+        return f"unix://{path}"
+    m = _HTTP.match(text)
+    if not m or (m.group(2) and not 0 < int(m.group(2)[1:]) < 65536):
+        raise ValueError(f"{text!r} is neither unix:///path nor http(s)://host:port")
+    return text.rstrip("/")
+
+
+def parse_next_hop(value: object, version: int) -> str:
+    if value is None or value == SELF:
+        return SELF
+    try:
+        addr = ipaddress.ip_address(str(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv{version} address or 'self'") from None
+    if addr.version != version:
+        raise ValueError(f"expected an IPv{version} address or 'self', got {value!r}")
+    return str(addr)
+
+
+class ExaBgpSettings(AdapterSettings):
+    """``endpoint``: the bridge. Next hops default to ``self`` (ExaBGP's local address
+    on each session); the communities are added to every blackhole route."""
+
+    endpoint: str
+    auth_token: SecretStr | None = None
+    next_hop_v4: str = SELF
+    next_hop_v6: str = SELF
+    communities: tuple[Community, ...] = ()
+    large_communities: tuple[LargeCommunity, ...] = ()
+    timeout: float = 10.0
+    batch: int = 5000
+    group: int = 100
+
+    @field_validator("endpoint", mode="before")
+    @classmethod
+    def _endpoint(cls, v: object) -> str:
+        return parse_endpoint(v)
+
+    @field_validator("next_hop_v4", mode="before")
+    @classmethod
+    def _nh4(cls, v: object) -> str:
+        return parse_next_hop(v, 4)
+
+    @field_validator("next_hop_v6", mode="before")
+    @classmethod
+    def _nh6(cls, v: object) -> str:
+        return parse_next_hop(v, 6)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if not 0 < v <= 300:
+            raise ValueError("timeout must be between 0 and 300 seconds")
+        return v
+
+    @field_validator("batch")
+    @classmethod
+    def _batch(cls, v: int) -> int:
+        if not 1 <= v <= 100_000:
+            raise ValueError("batch must be between 1 and 100000 commands")
+        return v
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: int) -> int:
+        if not 1 <= v <= 1000:
+            raise ValueError("group must be between 1 and 1000 prefixes per command")
+        return v
+
+    def render_options(self) -> RenderOptions:
+        return RenderOptions(
+            self.next_hop_v4, self.next_hop_v6, self.communities, self.large_communities
+        )
+
+
+class ExaBgpAdapter:
+    adapter_type: ClassVar[str] = "exabgp"
+    supported: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.BLACKHOLE, Capability.FLOWSPEC}
+    )
+
+    def __init__(
+        self,
+        name: str,
+        settings: ExaBgpSettings,
+        capabilities: frozenset[Capability] | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.capabilities = capabilities if capabilities is not None else self.supported
+        self._options = settings.render_options()
+        self._client: BridgeClient | None = None
+        self._keys: dict[str, str] = {}  # announce command -> intent key
+
+    @classmethod
+    def from_config(cls, config: AdapterConfig) -> ExaBgpAdapter:
+        settings = validate_settings(ExaBgpSettings, config)
+        if settings.auth_token is not None and settings.endpoint.startswith("unix:"):
+            raise AdapterConfigInvalid(
+                f"exabgp adapter {config.name!r}: auth_token: only used with an http endpoint",
+                field="auth_token",
+            )
+        return cls(config.name, settings, resolve_capabilities(cls, config))
+
+    def __repr__(self) -> str:
+        return f"ExaBgpAdapter(name={self.name!r}, endpoint={self.settings.endpoint!r})"
+
+    def _bridge(self) -> BridgeClient:
+        if self._client is None:
+            ep = self.settings.endpoint
+            if ep.startswith("unix://"):
+                self._client = UnixClient(ep.removeprefix("unix://"))
+            else:
+                self._client = HttpClient(ep, self.settings.auth_token)
+        return self._client
+
+    async def _request(self, body: dict[str, Any], extra: float = 0.0) -> dict[str, Any]:
+        return await self._bridge().request(body, self.settings.timeout + extra)
+
+    # ------------------------------------------------------------ contract
+
+    async def announce(self, rules: Sequence[RuleRef]) -> list[Outcome]:
+        return await self._send(rules, "announce")
+
+    async def withdraw(self, rules: Sequence[RuleRef]) -> list[Outcome]:
+        return await self._send(rules, "withdraw")
+
+    async def _send(self, rules: Sequence[RuleRef], op: Op) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(rules)
+        singles: list[tuple[list[int], str]] = []
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, ref in enumerate(rules):
+            try:
+                command = self._render(ref, op)
+            except CapabilityMissing as exc:
+                outcomes[i] = Outcome.failure(ref, exc.message, retryable=False)
+                continue
+            if isinstance(ref.intent, BlackholeIntent) and self.settings.group > 1:
+                groups.setdefault(group_key(ref.intent, self._options), []).append(i)
+            else:
+                singles.append(([i], command))
+        units = list(singles)
+        for members in groups.values():
+            for n in range(0, len(members), self.settings.group):
+                part = members[n : n + self.settings.group]
+                units.append((part, self._render_units(rules, part, op)))
+        retry = await self._run_units(rules, units, op, outcomes)
+        if retry:  # a shared command was refused: find out which rule it was
+            units = [([i], self._render(rules[i], op)) for i in retry]
+            await self._run_units(rules, units, op, outcomes)
+        return [o for o in outcomes if o is not None]
+
+    def _render_units(self, rules: Sequence[RuleRef], part: list[int], op: Op) -> str:
+        if len(part) == 1:
+            return self._render(rules[part[0]], op)
+        intents = [rules[i].intent for i in part]
+        return render_group(
+            [i for i in intents if isinstance(i, BlackholeIntent)], op, self._options
+        )
+
+    async def _run_units(
+        self,
+        rules: Sequence[RuleRef],
+        units: list[tuple[list[int], str]],
+        op: Op,
+        outcomes: list[Outcome | None],
+    ) -> list[int]:
+        """Send the commands; fill ``outcomes``; return rules of refused shared commands."""
+        retry: list[int] = []
+        size = self.settings.batch
+        for n in range(0, len(units), size):
+            chunk = units[n : n + size]
+            try:
+                results = await self._submit([c for _, c in chunk])
+            except (AdapterUnavailable, AdapterRefused) as exc:
+                for members, _ in chunk:
+                    for i in members:
+                        outcomes[i] = Outcome.failure(
+                            rules[i], exc.message, retryable=exc.retryable
+                        )
+                continue
+            for (members, command), result in zip(chunk, results, strict=True):
+                if result.get("ack") == "error" and len(members) > 1:
+                    retry.extend(members)
+                    continue
+                for i in members:
+                    outcomes[i] = self._outcome(rules[i], op, command, result)
+        return retry
+
+    def _render(self, ref: RuleRef, op: Op) -> str:
+        if Capability(ref.intent.kind) not in self.capabilities:
+            raise CapabilityMissing(
+                f"adapter {self.name!r} (exabgp) cannot carry {ref.intent.kind} intents"
+            )
+        return render(ref.intent, op, self._options)
+
+    async def _submit(self, commands: list[str]) -> list[dict[str, Any]]:
+        reply = await self._request({"commands": commands}, extra=len(commands) / 1000)
+        results = reply.get("results")
+        if not isinstance(results, list) or len(results) != len(commands):
+            raise AdapterRefused("ExaBGP bridge answered a different number of results")
+        return results
+
+    def _outcome(self, ref: RuleRef, op: Op, command: str, result: dict[str, Any]) -> Outcome:
+        ack = result.get("ack")
+        if ack == "done":
+            announce = render(ref.intent, "announce", self._options)
+            if op == "announce":
+                self._keys[announce] = ref.key
+            else:
+                self._keys.pop(announce, None)
+            return Outcome.success(ref)
+        if ack == "error":
+            return Outcome.failure(
+                ref, f"ExaBGP answered error to: {command} (see ExaBGP's log)", retryable=False
+            )
+        if ack == "shutdown":
+            return Outcome.failure(ref, "ExaBGP is shutting down", retryable=True)
+        return Outcome.failure(
+            ref, f"ExaBGP did not acknowledge within the bridge's timeout ({ack})", retryable=True
+        )
+
+    async def active(self) -> frozenset[str] | None:
+        reply = await self._request({"op": "routes"}, extra=5.0)
+        keys: set[str] = set()
+        for command in reply.get("routes", []):
+            key = self._keys.get(command)
+            if key is None:
+                intent = parse(command, self._options)
+                if intent is None:
+                    continue
+                key = intent_key(intent)
+            keys.add(key)
+        return frozenset(keys)
+
+    async def check(self) -> Health:
+        start = monotonic_ms()
+        try:
+            status = await self._request({"op": "status"})
+        except (AdapterUnavailable, AdapterRefused) as exc:
+            return Health(False, None, exc.message)
+        latency = monotonic_ms() - start
+        sessions = {str(k): str(v) for k, v in status.get("neighbors", {}).items()}
+        if status.get("shutting_down"):
+            return Health(False, latency, "ExaBGP is shutting down", sessions)
+        up = sum(1 for s in sessions.values() if s == "up")
+        detail = (
+            f"bridge pid {status.get('pid')} answers; ExaBGP holds {status.get('routes', 0)} "
+            f"acknowledged routes; {up} of {len(sessions)} sessions up"
+        )
+        return Health(up > 0 or not sessions, latency, detail, sessions)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        self._client = None
