@@ -12,6 +12,8 @@
   retryable; 429 -> :class:`~policies.errors.AdapterUnavailable`, retryable later) and
   :meth:`HttpClient.json` (a body that is not JSON -> ``AdapterUnavailable`` with code
   ``adapter_bad_response``). Exhausted retries raise ``AdapterUnavailable``.
+* httpx's own request log lines get the same redaction (a filter on the ``httpx``
+  logger, added when the first client is made).
 * Errors keep the vendor's own message (``message``, ``errors[].message``, ``detail``, ...)
   and name the method and path, never the query string or headers. Every string
   registered with :meth:`HttpClient.add_secret` (passwords, API keys, session tokens) is
@@ -27,6 +29,7 @@ import json as jsonlib
 import logging
 import ssl
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -117,6 +120,37 @@ def _find_message(data: Any) -> str | None:
     return None
 
 
+class _RedactHttpxLog(logging.Filter):
+    """Takes the secrets of live clients out of httpx's own log lines.
+
+    httpx logs every request URL at INFO; some URLs hold a secret (an F5 token path, a
+    webhook path), so the line is rewritten with those secrets replaced by ``***``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clients: weakref.WeakSet[HttpClient] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        clients = list(self.clients)
+        if clients:
+            text = record.getMessage()
+            for client in clients:
+                text = client.redact(text)
+            record.msg, record.args = text, None
+        return True
+
+
+_HTTPX_FILTER = _RedactHttpxLog()
+
+
+def _watch_httpx_log(client: HttpClient) -> None:
+    logger = logging.getLogger("httpx")
+    if _HTTPX_FILTER not in logger.filters:
+        logger.addFilter(_HTTPX_FILTER)
+    _HTTPX_FILTER.clients.add(client)
+
+
 def failed(ref: RuleRef, err: AdapterError) -> Outcome:
     """The failed outcome for ``ref`` that ``err`` stands for."""
     return Outcome.failure(ref, str(err), retryable=err.retryable)
@@ -147,6 +181,7 @@ class HttpClient:
             transport=transport,
             follow_redirects=False,
         )
+        _watch_httpx_log(self)
 
     def __repr__(self) -> str:
         return f"HttpClient({self.label}, {self.settings.endpoint})"
@@ -173,13 +208,17 @@ class HttpClient:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         retry: bool = True,
+        extensions: Mapping[str, Any] | None = None,
+        what: str | None = None,
     ) -> httpx.Response:
         """Send with retries; return the first answer below 500, else raise.
 
         Raises :class:`AdapterUnavailable` when the last attempt timed out, could not
-        connect, or answered 5xx.
+        connect, or answered 5xx. ``what`` replaces ``"METHOD path"`` in errors and logs
+        (for URLs whose path is itself a secret); ``extensions`` go to httpx (e.g.
+        ``sni_hostname`` when connecting to a pinned address).
         """
-        what = f"{method} {path}"
+        what = what or f"{method} {path}"
         attempts = 1 + (self.settings.retries if retry else 0)
         last: AdapterError = AdapterUnavailable(f"{self.label}: {what}: not sent")
         for attempt in range(attempts):
@@ -188,7 +227,13 @@ class HttpClient:
             started = time.monotonic()
             try:
                 resp = await self._client.request(
-                    method, path, json=json, content=content, params=params, headers=headers
+                    method,
+                    path,
+                    json=json,
+                    content=content,
+                    params=params,
+                    headers=headers,
+                    extensions=dict(extensions) if extensions else None,
                 )
             except httpx.TimeoutException:
                 last = self._error(

@@ -1,0 +1,205 @@
+"""The webhook adapter: one signed JSON POST per rule change.
+
+Each rule in ``announce``/``withdraw`` becomes one message (see
+:mod:`adapters.webhook.render`) signed per Standard Webhooks with the adapter's
+``whsec_`` secret (its ``auth_token``; see :mod:`adapters.webhook.signing`). Messages of
+a batch are sent concurrently, at most ``max_concurrency`` at a time. A message is
+retried with exponential backoff on 5xx answers, timeouts and connection errors (same
+``webhook-id``, so a receiver can drop duplicates); a 4xx answer is final, and so is a
+redirect (never followed). Only a 2xx answer counts as delivered.
+
+The target must pass the operator's allowlist (:mod:`adapters.webhook.targets`): it is
+checked when the adapter is created (for an address literal) and at every delivery (the
+name is resolved, every address checked, and the request pinned to the checked address).
+
+A webhook cannot be read back: ``active()`` is ``None``. ``check()`` sends a signed
+``sluice.test`` message and reports the receiver's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import secrets as pysecrets
+import time
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from pydantic import Field, SecretStr, field_validator
+
+from adapters.base import (
+    AdapterConfig,
+    Capability,
+    Health,
+    Outcome,
+    RuleRef,
+    resolve_capabilities,
+    validate_settings,
+)
+from adapters.http import HttpClient, HttpSettings, failed
+from adapters.webhook import render, signing
+from adapters.webhook.targets import TargetPolicy, TargetRefused, parse_entry
+from policies.errors import AdapterConfigInvalid, AdapterError, AdapterRefused
+
+USER_AGENT = "sluice-webhook/1"
+
+
+class WebhookSettings(HttpSettings):
+    auth_token: SecretStr  # the whsec_ signing secret
+    allowed_targets: tuple[str, ...] = ()
+    max_concurrency: Annotated[int, Field(ge=1, le=256)] = 16
+    headers: dict[str, SecretStr] = Field(default_factory=dict)  # e.g. a receiver's own auth
+
+    @field_validator("auth_token")
+    @classmethod
+    def _secret(cls, v: SecretStr) -> SecretStr:
+        signing.secret_key(v.get_secret_value())  # ValueError says what is wrong
+        return v
+
+    @field_validator("allowed_targets")
+    @classmethod
+    def _targets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            parse_entry(entry)
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        reserved = {"webhook-id", "webhook-timestamp", "webhook-signature", "host"}
+        clash = sorted(k for k in v if k.lower() in reserved or k.lower().startswith("content-"))
+        if clash:
+            raise ValueError(f"headers may not set {', '.join(clash)}")
+        return v
+
+
+class WebhookAdapter:
+    adapter_type: ClassVar[str] = "webhook"
+    supported: ClassVar[frozenset[Capability]] = frozenset(Capability)
+
+    def __init__(
+        self,
+        name: str,
+        settings: WebhookSettings,
+        capabilities: frozenset[Capability],
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.capabilities = capabilities
+        self.policy = TargetPolicy.from_entries(settings.allowed_targets)
+        url = urlsplit(settings.endpoint)
+        self._url = url
+        self._host = url.hostname or ""
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        # errors name the scheme, host and port only: a webhook path is often a secret
+        self._what = f"POST {url.scheme}://{url.netloc}"
+        extra = {k: v.get_secret_value() for k, v in settings.headers.items()}
+        self.http = HttpClient(
+            settings,
+            label=f"webhook adapter {name!r}",
+            headers={"User-Agent": USER_AGENT, **extra},
+            transport=transport,
+        )
+        self.http.add_secret(settings.auth_token.get_secret_value(), url.path, url.query)
+        self.http.add_secret(*extra.values())
+        self._limit = asyncio.Semaphore(settings.max_concurrency)
+
+    def __repr__(self) -> str:
+        return f"WebhookAdapter({self.name!r}, {self._url.scheme}://{self._url.netloc})"
+
+    @classmethod
+    def from_config(cls, config: AdapterConfig) -> WebhookAdapter:
+        settings = validate_settings(WebhookSettings, config)
+        adapter = cls(config.name, settings, resolve_capabilities(cls, config))
+        try:
+            literal = ipaddress.ip_address(adapter._host)
+        except ValueError:
+            return adapter  # a name: checked when resolved, at each delivery
+        why = adapter.policy.refusal(adapter._host, literal)
+        if why is not None:
+            raise AdapterConfigInvalid(
+                f"webhook adapter {config.name!r}: endpoint: {why}", field="endpoint"
+            )
+        return adapter
+
+    # ------------------------------------------------------------ delivery
+
+    async def _target(self) -> tuple[str, dict[str, Any], dict[str, str]]:
+        """The pinned URL, httpx extensions and Host header for one delivery."""
+        try:
+            addr = await self.policy.resolve(self._host, self._port)
+        except TargetRefused as exc:
+            raise AdapterRefused(
+                f"webhook adapter {self.name!r}: target refused: {exc}", code="target_refused"
+            ) from None
+        host = f"[{addr}]" if addr.version == 6 else str(addr)
+        netloc = f"{host}:{self._port}"
+        url = urlunsplit((self._url.scheme, netloc, self._url.path or "/", self._url.query, ""))
+        extensions: dict[str, Any] = {}
+        if self._url.scheme == "https":
+            extensions["sni_hostname"] = self._host
+        return url, extensions, {"Host": self._url.netloc}
+
+    async def deliver(self, message: Mapping[str, Any], msg_id: str | None = None) -> int:
+        """Sign and POST one message; the receiver's 2xx status, or an AdapterError."""
+        body = render.body_bytes(message)
+        msg_id = msg_id or "msg_" + pysecrets.token_urlsafe(16)
+        secret = self.settings.auth_token.get_secret_value()
+        async with self._limit:
+            url, extensions, host = await self._target()
+            headers = {
+                **host,
+                "Content-Type": "application/json",
+                **signing.headers_for(secret, msg_id, int(time.time()), body),
+            }
+            resp = await self.http.send(
+                "POST", url, content=body, headers=headers, extensions=extensions, what=self._what
+            )
+        self.http.check(resp, self._what)
+        if not 200 <= resp.status_code < 300:
+            raise AdapterRefused(
+                self.http.redact(
+                    f"webhook adapter {self.name!r}: {self._what}: HTTP {resp.status_code} "
+                    "(redirects are not followed; only 2xx counts as delivered)"
+                )
+            )
+        return resp.status_code
+
+    async def _one(self, ref: RuleRef, *, announcing: bool) -> Outcome:
+        event = render.event_of(ref, announcing=announcing)
+        msg_id = f"msg_{ref.rule_id}_{event}_{pysecrets.token_hex(6)}"
+        try:
+            status = await self.deliver(render.payload(ref, self.name, event), msg_id)
+        except AdapterError as err:
+            return failed(ref, err)
+        return Outcome.success(ref, status=status, webhook_id=msg_id, event=event)
+
+    # ------------------------------------------------------------ contract
+
+    async def announce(self, rules: Sequence[RuleRef]) -> list[Outcome]:
+        return list(await asyncio.gather(*(self._one(r, announcing=True) for r in rules)))
+
+    async def withdraw(self, rules: Sequence[RuleRef]) -> list[Outcome]:
+        return list(await asyncio.gather(*(self._one(r, announcing=False) for r in rules)))
+
+    async def active(self) -> frozenset[str] | None:
+        return None
+
+    async def check(self) -> Health:
+        started = time.monotonic()
+        try:
+            status = await self.deliver(render.ping_payload(self.name))
+        except AdapterError as err:
+            return Health(False, None, str(err))
+        return Health(
+            True,
+            (time.monotonic() - started) * 1000,
+            f"test message delivered to {self._url.scheme}://{self._url.netloc} (HTTP {status})",
+        )
+
+    async def close(self) -> None:
+        await self.http.close()
