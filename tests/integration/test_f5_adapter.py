@@ -330,3 +330,9 @@ def test_bad_settings_name_the_field(config: dict[str, Any], field: str) -> None
             AdapterConfig(name="edge", adapter_type="f5", endpoint="https://192.0.2.10", config={})
         )
     assert err.value.field in ("config.username", "auth_token")
+
+
+def test_registry_finds_the_f5_entry_point() -> None:
+    from adapters.base import Registry
+
+    assert Registry().get("f5") is F5Adapter

@@ -252,3 +252,9 @@ def test_bad_settings_name_the_field(config: dict[str, Any], field: str) -> None
             )
         )
     assert err.value.field == field
+
+
+def test_registry_finds_the_radware_entry_point() -> None:
+    from adapters.base import Registry
+
+    assert Registry().get("radware") is RadwareAdapter

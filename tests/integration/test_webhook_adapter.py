@@ -295,3 +295,9 @@ def test_bad_settings_name_the_field(
             )
         )
     assert err.value.field is not None and err.value.field.startswith(field)
+
+
+def test_registry_finds_the_webhook_entry_point() -> None:
+    from adapters.base import Registry
+
+    assert Registry().get("webhook") is WebhookAdapter
