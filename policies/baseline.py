@@ -90,7 +90,7 @@ class BaselineStore:
         if ring is None:
             return None
         oldest = int(now // self.interval) - self.cfg.slots + 1
-        live = [i for i, n in enumerate(ring.stamp) if n >= oldest]
+        live = [i for i, n in enumerate(ring.stamp) if n >= 0 and n >= oldest]
         if len(live) < self.cfg.min_slots:
             return None
         cfg = self.cfg
