@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def policy_data(**sections: Any) -> dict[str, Any]:
     """A valid policy with four tiers on the ``log`` adapter; ``sections`` override."""
     data: dict[str, Any] = {
         "adapters": [{"name": "log", "adapter_type": "log"}],
-        "escalation": {"tiers": TIERS, "deescalate_after_seconds": 30},
+        "escalation": {"tiers": copy.deepcopy(TIERS), "deescalate_after_seconds": 30},
         "settings": {"cooldown_seconds": 0},
     }
     for key, value in sections.items():
