@@ -8,7 +8,8 @@ session carries ``ipv4`` + ``flow4``, an IPv6 session ``ipv6`` + ``flow6``.
 * As a RECEIVER (``include=None``) it imports everything and exports nothing.
 * As a SPEAKER driven by the bird2 adapter (``include=PATH``) it includes the adapter's
   file at top level (the file holds the adapter's ``protocol static`` blocks), imports
-  nothing and exports every route of its tables to its neighbours.
+  nothing and exports every route of its tables to its neighbours, with ``next hop keep``
+  on the unicast channels so a rule's own next hop goes out unchanged.
 
 Read-back: :meth:`BirdNode.routes` parses ``show route all`` into :class:`Route`
 (network, next hop, communities, large communities, extended communities) and
@@ -59,6 +60,8 @@ def render_config(
     if include is not None:
         lines.append(f'include "{include}";')
     imp, exp = ("none", "all") if include is not None else ("all", "none")
+    # a speaker sends a rule's own next hop as is (RTBH discard next hops); see adapters.bird2
+    keep = " next hop keep;" if include is not None else ""
     for nb in neighbors:
         v = nb.version
         lines += [
@@ -68,7 +71,7 @@ def render_config(
             "  connect delay time 1;",
             "  connect retry time 1;",
             "  error wait time 1, 5;",
-            f"  ipv{v} {{ import {imp}; export {exp}; }};",
+            f"  ipv{v} {{ import {imp}; export {exp};{keep} }};",
             f"  flow{v} {{ table {FLOW_TABLES[v]}; import {imp}; export {exp}; }};",
             "}",
         ]

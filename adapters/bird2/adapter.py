@@ -7,11 +7,20 @@ I/O around the pure renderer (:mod:`adapters.bird2.render`):
   parser's message, in which case the previous file is put back and every rule of the
   batch fails with that message (not retryable). An unreachable socket restores the
   file too and fails the batch as retryable. One lock serialises batches.
+* the file is the adapter's memory: it is read when the adapter starts and again whenever
+  it changed behind the adapter's back (another instance, an operator), so a batch never
+  resurrects rules someone else withdrew.
 * ``active()`` reads what BIRD holds in the adapter's four static protocols
   (``show route table T protocol P``) and returns the keys of the rules whose network is
   there; a protocol BIRD does not know (the file is not included, or BIRD restarted
   without it) holds nothing.
 * ``check()`` runs ``show protocols``: reachability, latency and BGP session states.
+
+Next hops: a blackhole's ``next_hop`` (or the configured default) is set as
+``bgp_next_hop`` on the static route. BIRD sends it unchanged only when the BGP channel
+has ``next hop keep;`` (``ipv4 { export ...; next hop keep; };``); without it BIRD
+replaces it with its own address as soon as the route carries other attributes (seen
+with BIRD 2.0.12), so operators who use RTBH discard next hops must set that option.
 
 The file starts with a header line; a non-empty file without it is not ours and is never
 overwritten. Intents with per-peer selection are refused (BIRD exports the static
@@ -146,6 +155,7 @@ class Bird2Adapter:
         self._defaults = settings.defaults()
         self._lock = asyncio.Lock()
         self._entries: dict[str, AnyIntent] | None = None
+        self._stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the file we know
         self._nets: dict[str, tuple[str, str]] = {}  # key -> (slot, network as BIRD shows it)
 
     @classmethod
@@ -155,8 +165,16 @@ class Bird2Adapter:
 
     # ------------------------------------------------------------ state
 
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.settings.include_file.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
     def _load(self) -> dict[str, AnyIntent]:
-        if self._entries is None:
+        """The rules in the include file; re-read whenever the file changed behind our back."""
+        if self._entries is None or self._file_stamp() != self._stamp:
             path = self.settings.include_file
             text = path.read_text() if path.exists() else ""
             if text.strip() and not text.startswith(HEADER):
@@ -171,6 +189,7 @@ class Bird2Adapter:
                 raise AdapterRefused(f"include file {path} is damaged: {exc}") from None
             self._entries = entries
             self._nets = {k: (slot_of(i), display_network(i)) for k, i in entries.items()}
+            self._stamp = self._file_stamp()
         return self._entries
 
     async def _apply(self, entries: dict[str, AnyIntent]) -> None:
@@ -254,6 +273,7 @@ class Bird2Adapter:
                         outcomes[i] = Outcome.failure(rules[i], str(exc), retryable=exc.retryable)
                 else:
                     self._entries, self._nets = new, nets
+                    self._stamp = self._file_stamp()
                     for i in accepted:
                         outcomes[i] = Outcome.success(rules[i], network=nets[rules[i].key][1])
             return [o for o in outcomes if o is not None]
@@ -272,6 +292,7 @@ class Bird2Adapter:
                     return [Outcome.failure(r, str(exc), retryable=exc.retryable) for r in rules]
                 self._entries = new
                 self._nets = {k: v for k, v in self._nets.items() if k in new}
+                self._stamp = self._file_stamp()
             return [Outcome.success(r, held=r.key in entries) for r in rules]
 
     async def active(self) -> frozenset[str] | None:
