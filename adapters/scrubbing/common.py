@@ -31,7 +31,7 @@ import ipaddress
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -196,6 +196,11 @@ class ScrubbingAdapter(abc.ABC, Generic[S]):
         return f"{self.adapter_type} integration {self.name!r}"
 
     # ------------------------------------------------------------ provider hooks
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: AdapterConfig) -> Self:
+        """Validate the settings and build the integration (see adapters.base)."""
 
     @abc.abstractmethod
     def units(self, intent: ScrubbingIntent) -> list[Unit]:

@@ -1,0 +1,178 @@
+"""Per-provider cases for test_scrubbing_contract.py (fake server + adapter config).
+
+Each :class:`Case` says how to start the provider's fake, how to configure the
+integration against it (with good or wrong credentials), which prefix to divert, which
+write requests announce and withdraw must send (method, path, body), how every request
+must authenticate, and how to read "diverting" straight from the fake's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.base import AdapterConfig
+from adapters.scrubbing.cloudflare_magic_transit import MagicTransitAdapter
+from adapters.scrubbing.cloudflare_waf import CloudflareWafAdapter
+from adapters.scrubbing.common import ScrubbingAdapter
+from adapters.scrubbing.ovh import OvhMitigationAdapter
+from labs.vendors.cloudflare import CloudflareServer
+from labs.vendors.ovh import OvhServer
+from labs.vendors.server import FakeVendorServer, Request
+
+FAST = {"timeout": 0.5, "retries": 1, "backoff": 0.0}
+Write = tuple[str, str, Any]
+
+
+@dataclass(frozen=True)
+class Case:
+    adapter_type: str
+    cls: type[ScrubbingAdapter[Any]]
+    server: Callable[[], FakeVendorServer]
+    config: Callable[[FakeVendorServer, bool], AdapterConfig]  # (server, good credentials)
+    prefix: str
+    announce: list[Write]
+    withdraw: list[Write]
+    auth: Callable[[Request], None]
+    diverting: Callable[[Any], bool]
+    secrets: tuple[str, ...]
+    outside: str = "198.51.100.0/24"
+    refused_body: Any = None  # a 4xx body in the provider's error shape
+    refused_text: str = ""  # what of it the outcome must keep
+    summarize: Callable[[Request], Write | None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.adapter_type
+
+    def writes(self, reqs: list[Request]) -> list[Write]:
+        if self.summarize is not None:
+            return [w for w in (self.summarize(r) for r in reqs) if w is not None]
+        return [(r.method, r.path, r.body) for r in reqs if r.method != "GET"]
+
+
+def cfg(
+    adapter_type: str, srv: FakeVendorServer, token: str, suffix: str = "", **config: Any
+) -> AdapterConfig:
+    return AdapterConfig(
+        name="it",
+        adapter_type=adapter_type,
+        endpoint=srv.url + suffix,
+        auth_token=token,
+        config={**FAST, **config},
+    )
+
+
+# ---------------------------------------------------------------- Cloudflare
+
+CF_TOKEN = "cf-test-token"
+CF_STATUS = "/accounts/acc1/addressing/prefixes/pfx1/bgp/status"
+
+
+def cf_auth(req: Request) -> None:
+    assert req.header("authorization") == f"Bearer {CF_TOKEN}", req
+
+
+CF_ERROR = {"success": False, "errors": [{"code": 1004, "message": "DNS Validation Error"}]}
+
+MAGIC_TRANSIT = Case(
+    adapter_type="cloudflare_magic_transit",
+    cls=MagicTransitAdapter,
+    server=CloudflareServer,
+    config=lambda srv, good: cfg(
+        "cloudflare_magic_transit",
+        srv,
+        CF_TOKEN if good else "bad-cf-token",
+        account_id="acc1",
+        prefixes=[{"prefix": "203.0.113.0/24", "prefix_id": "pfx1"}],
+    ),
+    prefix="203.0.113.0/24",
+    announce=[("PATCH", CF_STATUS, {"advertised": True})],
+    withdraw=[("PATCH", CF_STATUS, {"advertised": False})],
+    auth=cf_auth,
+    diverting=lambda srv: srv.prefixes["pfx1"]["advertised"],
+    secrets=(CF_TOKEN, "bad-cf-token"),
+    refused_body=CF_ERROR,
+    refused_text="1004: DNS Validation Error",
+)
+
+WAF_LEVEL = "/zones/{}/settings/security_level"
+
+CLOUDFLARE_WAF = Case(
+    adapter_type="cloudflare_waf",
+    cls=CloudflareWafAdapter,
+    server=lambda: CloudflareServer(zones=("zone1", "zone2")),
+    config=lambda srv, good: cfg(
+        "cloudflare_waf",
+        srv,
+        CF_TOKEN if good else "bad-cf-token",
+        targets=[
+            {"prefix": "203.0.113.0/25", "zone_ids": ["zone1", "zone2"], "normal_level": "high"}
+        ],
+    ),
+    prefix="203.0.113.10/32",
+    announce=[
+        ("PATCH", WAF_LEVEL.format("zone1"), {"value": "under_attack"}),
+        ("PATCH", WAF_LEVEL.format("zone2"), {"value": "under_attack"}),
+    ],
+    withdraw=[
+        ("PATCH", WAF_LEVEL.format("zone1"), {"value": "high"}),
+        ("PATCH", WAF_LEVEL.format("zone2"), {"value": "high"}),
+    ],
+    auth=cf_auth,
+    diverting=lambda srv: all(z["value"] == "under_attack" for z in srv.zones.values()),
+    secrets=(CF_TOKEN, "bad-cf-token"),
+    refused_body=CF_ERROR,
+    refused_text="1004: DNS Validation Error",
+)
+
+# ---------------------------------------------------------------- OVH
+
+OVH_SECRET, OVH_CK = "as-test-secret", "ck-test-consumer"
+OVH_BLOCK = "/1.0/ip/203.0.113.0%2F28/mitigation"
+
+
+def ovh_auth(req: Request) -> None:
+    assert req.header("x-ovh-application") == "ak-test"
+    if req.path == "/1.0/auth/time":
+        return
+    assert req.header("x-ovh-consumer") == OVH_CK
+    assert (req.header("x-ovh-signature") or "").startswith("$1$")
+    assert (req.header("x-ovh-timestamp") or "").isdigit()
+
+
+OVH = Case(
+    adapter_type="ovh_mitigation",
+    cls=OvhMitigationAdapter,
+    server=OvhServer,
+    config=lambda srv, good: cfg(
+        "ovh_mitigation",
+        srv,
+        OVH_SECRET if good else "as-wrong-secret",
+        suffix="/1.0",
+        application_key="ak-test",
+        consumer_key=OVH_CK,
+        targets=[{"prefix": "203.0.113.0/28"}],
+    ),
+    prefix="203.0.113.4/31",
+    announce=[
+        ("POST", OVH_BLOCK, {"ipOnMitigation": "203.0.113.4"}),
+        ("POST", OVH_BLOCK, {"ipOnMitigation": "203.0.113.5"}),
+    ],
+    withdraw=[
+        ("DELETE", OVH_BLOCK + "/203.0.113.4", None),
+        ("DELETE", OVH_BLOCK + "/203.0.113.5", None),
+    ],
+    auth=ovh_auth,
+    diverting=lambda srv: set(srv.blocks["203.0.113.0/28"]) == {"203.0.113.4", "203.0.113.5"},
+    secrets=(OVH_SECRET, OVH_CK, "as-wrong-secret"),
+    refused_body={
+        "errorCode": "INVALID_ARGUMENT",
+        "httpCode": "400 Bad Request",
+        "message": "Invalid IP",
+    },
+    refused_text="INVALID_ARGUMENT: Invalid IP",
+)
+
+CASES = [MAGIC_TRANSIT, CLOUDFLARE_WAF, OVH]
