@@ -6,7 +6,8 @@
 ExaBGP 4.2 runs in the foreground with the environment overrides LAB.md lists; its
 ``process`` block starts ``python -m adapters.exabgp.bridge`` with this interpreter (the
 project's virtualenv), listening on a unix socket in the lab directory (reachable from
-outside the namespace) and, with ``http=``, on HTTP inside the namespace.
+outside the namespace) and, with ``http=``, on HTTP inside the namespace (``token=``
+makes it require that bearer token). ``--state-file`` lets a respawned bridge resume.
 """
 
 from __future__ import annotations
@@ -62,13 +63,16 @@ class ExaBgpNode:
         ns: Namespace,
         spec: SpeakerSpec,
         name: str = "exabgp",
+        *,
         http: str | None = None,
+        token: str | None = None,
     ) -> None:
         self.lab = lab
         self.ns = ns
         self.spec = spec
         self.name = name
         self.http = http
+        self.token = token
         self.conf = lab.path(name, "exabgp.conf")
         self.socket = lab.path(name, "bridge.sock")
         self.state_file = lab.path(name, "bridge-state.json")
@@ -83,6 +87,11 @@ class ExaBgpNode:
         argv += ["--state-file", str(self.state_file)]
         if self.http:
             argv += ["--http", self.http]
+        if self.token:
+            token_file = self.lab.path(self.name, "bridge-token")
+            token_file.write_text(self.token)
+            token_file.chmod(0o600)
+            argv += ["--token-file", str(token_file)]
         return argv
 
     def start(self, timeout: float = 15.0) -> ExaBgpNode:
@@ -170,8 +179,9 @@ class ExaBgpSpeaker:
 
     kind = "exabgp"
 
-    def __init__(self, http: str | None = None) -> None:
+    def __init__(self, http: str | None = None, token: str | None = None) -> None:
         self.http = http
+        self.token = token
 
     def start(self, lab: Lab, ns: Namespace, spec: SpeakerSpec) -> ExaBgpNode:
-        return ExaBgpNode(lab, ns, spec, http=self.http).start()
+        return ExaBgpNode(lab, ns, spec, http=self.http, token=self.token).start()
