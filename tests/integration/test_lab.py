@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 from labs.bird import BirdNode
 from labs.netns import Lab, LabError, destroy_from_state, list_netns, netns_pids
 from labs.peers import Neighbor
-from tests.integration.conftest import BIRD_BINARIES, require_lab
+from tests.integration.conftest import BIRD_BINARIES, RECEIVER_BINARIES, require_lab
 
 ECHO = (
     "import socket,sys;s=socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET);"
@@ -118,3 +120,41 @@ def test_same_namespace_name_twice_is_an_error(lab: Lab) -> None:
     lab.namespace("dup")
     with pytest.raises(LabError, match="already exists"):
         lab.namespace("dup")
+
+
+@pytest.mark.parametrize("speaker", ["bird", "frr"])
+def test_cli_up_status_down_from_separate_processes(tmp_path: Path, speaker: str) -> None:
+    require_lab(*RECEIVER_BINARIES)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "labs.cli", *args, "--state-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=90,
+        )
+
+    started = time.monotonic()
+    res = cli("up", "--speaker", speaker, "--json")
+    try:
+        assert res.returncode == 0, res.stderr
+        assert time.monotonic() - started < 60
+        state = json.loads(res.stdout)
+        assert state["adapter"]["adapter_type"] == {"bird": "bird2", "frr": "frr"}[speaker]
+        namespaces = state["lab"]["namespaces"]
+        assert set(namespaces) <= set(list_netns())
+        again = cli("up")
+        assert again.returncode == 1 and "already up" in again.stderr
+        st = cli("status", "--json")
+        assert st.returncode == 0, st.stderr
+        report = json.loads(st.stdout)
+        assert all(report["namespaces"].values())
+        assert report["adapter_health"]["ok"] is True
+        assert set(report["adapter_health"]["sessions"].values()) == {"Established"}
+    finally:
+        down = cli("down")
+    assert down.returncode == 0, down.stderr
+    assert not set(namespaces) & set(list_netns())
+    assert not Path(state["lab"]["workdir"]).exists()
+    assert cli("status").returncode == 1
