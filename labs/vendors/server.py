@@ -354,11 +354,13 @@ class Sessions:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # the default 5 drops connections under 100 concurrent clients
     fake: FakeVendorServer
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as written, no 40 ms stalls
     server: _HTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
