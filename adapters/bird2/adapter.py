@@ -284,7 +284,8 @@ class Bird2Adapter:
                 entries = self._load()
             except AdapterError as exc:
                 return [Outcome.failure(r, str(exc), retryable=exc.retryable) for r in rules]
-            new = {k: v for k, v in entries.items() if k not in {r.key for r in rules}}
+            gone = {r.key for r in rules}
+            new = {k: v for k, v in entries.items() if k not in gone}
             if len(new) != len(entries):
                 try:
                     await self._apply(new)
