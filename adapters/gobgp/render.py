@@ -22,6 +22,7 @@ wire, which is what an eBGP receiver on a shared link accepts.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -94,9 +95,17 @@ def pack(message: Any) -> Any:
     return box
 
 
-def family(version: int, flowspec: bool) -> Any:
+@functools.lru_cache(maxsize=8)
+def _family(version: int, flowspec: bool) -> Any:
     safi = api.Family.SAFI_FLOW_SPEC_UNICAST if flowspec else api.Family.SAFI_UNICAST
     return api.Family(afi=AFI[version], safi=safi)
+
+
+def family(version: int, flowspec: bool) -> Any:
+    """A fresh ``apipb.Family`` (callers may modify it)."""
+    out = api.Family()
+    out.CopyFrom(_family(version, flowspec))
+    return out
 
 
 def community_value(text: str) -> int:
@@ -108,7 +117,9 @@ def community_text(value: int) -> str:
     return f"{value >> 16}:{value & 0xFFFF}"
 
 
-def _merged(first: Iterable[str], second: Iterable[str]) -> list[str]:
+def _merged(first: tuple[str, ...], second: tuple[str, ...]) -> list[str]:
+    if not second:
+        return list(first)  # intents keep their communities sorted and unique
     out: list[str] = []
     for c in (*first, *second):
         if c not in out:
@@ -144,27 +155,38 @@ def _render_blackhole(intent: BlackholeIntent, opts: RenderOptions) -> Any:
         )
     )
     next_hop = str(intent.next_hop) if intent.next_hop is not None else opts.next_hop(version)
+    shared = _shared_attrs(
+        version,
+        next_hop,
+        tuple(_merged(intent.communities, opts.communities)),
+        tuple(_merged(intent.large_communities, opts.large_communities)),
+    )
+    pattrs = list(shared)
+    if version == 6:
+        mp = attr.MpReachNLRIAttribute(family=family(6, False), next_hops=[next_hop], nlris=[nlri])
+        pattrs.insert(1, pack(mp))
+    return api.Path(nlri=nlri, pattrs=pattrs, family=family(version, flowspec=False))
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared_attrs(
+    version: int, next_hop: str, communities: tuple[str, ...], large: tuple[str, ...]
+) -> tuple[Any, ...]:
+    """The packed attributes every blackhole with these settings carries (cached: a storm
+    of 10,000 routes shares one set). IPv6's MP_REACH holds the NLRI, so it is not here."""
     pattrs = [pack(attr.OriginAttribute(origin=ORIGIN_IGP))]
-    fam = family(version, flowspec=False)
     if version == 4:
         pattrs.append(pack(attr.NextHopAttribute(next_hop=next_hop)))
-    else:
-        pattrs.append(
-            pack(attr.MpReachNLRIAttribute(family=fam, next_hops=[next_hop], nlris=[nlri]))
-        )
-    communities = _merged(intent.communities, opts.communities)
     if communities:
-        pattrs.append(
-            pack(attr.CommunitiesAttribute(communities=[community_value(c) for c in communities]))
-        )
-    large = _merged(intent.large_communities, opts.large_communities)
+        values = [community_value(c) for c in communities]
+        pattrs.append(pack(attr.CommunitiesAttribute(communities=values)))
     if large:
         items = []
         for c in large:
             g, l1, l2 = (int(p) for p in c.split(":"))
             items.append(attr.LargeCommunity(global_admin=g, local_data1=l1, local_data2=l2))
         pattrs.append(pack(attr.LargeCommunitiesAttribute(communities=items)))
-    return api.Path(nlri=nlri, pattrs=pattrs, family=fam)
+    return tuple(pattrs)
 
 
 def numeric_items(match: NumericMatch) -> list[Any]:
@@ -245,9 +267,9 @@ def withdraw_path(path: Any) -> Any:
 
 
 def nlri_fingerprint(path: Any) -> bytes:
-    """A stable identity of a path's NLRI (family + encoded NLRI message)."""
-    value = unpack(path.nlri)
-    encoded: bytes = value.SerializeToString(deterministic=True)
+    """An identity of a path's NLRI: family and the encoded NLRI (both GoBGP and protobuf
+    for Python encode fields in number order, so ListPath's bytes match ours)."""
+    encoded: bytes = path.nlri.value
     return bytes([path.family.afi & 0xFF, path.family.safi & 0xFF]) + encoded
 
 
