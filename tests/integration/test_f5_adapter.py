@@ -30,7 +30,7 @@ def make(srv: F5Server, **config: Any) -> F5Adapter:
     settings: dict[str, Any] = {
         "username": "admin",
         "afm_address_list": LIST,
-        "timeout": 0.5,
+        "timeout": 1.0,
         "retries": 1,
         "backoff": 0.01,
         **config,
@@ -228,7 +228,10 @@ async def test_token_is_renewed_before_it_expires(srv: F5Server, f5: F5Adapter) 
     ]
 
 
-async def test_token_timeout_is_set_and_close_revokes_the_token(srv: F5Server) -> None:
+async def test_token_timeout_is_set_and_close_revokes_the_token(
+    srv: F5Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     adapter = make(srv, token_timeout=3600)
     assert (await adapter.check()).ok
     await adapter.close()
@@ -237,6 +240,9 @@ async def test_token_timeout_is_set_and_close_revokes_the_token(srv: F5Server) -
     assert (patch.path, patch.body) == (f"/mgmt/shared/authz/tokens/{token}", {"timeout": 3600})
     assert srv.journal.summary()[-1] == ("DELETE", f"/mgmt/shared/authz/tokens/{token}")
     assert srv.sessions.live() == 0
+    # the token is part of those URLs; httpx's and our own log lines show *** instead
+    assert "/mgmt/shared/authz/tokens/***" in caplog.text
+    assert token not in caplog.text
 
 
 async def test_wrong_password_fails_without_retry_or_secret(
@@ -280,7 +286,7 @@ async def test_device_errors_keep_the_vendor_message(srv: F5Server, f5: F5Adapte
 @pytest.mark.parametrize(
     ("fault", "attempts", "text"),
     [
-        (Fault.delay(3.0), 2, "timed out after 0.5s (after 2 attempts)"),
+        (Fault.delay(3.0), 2, "timed out after 1s (after 2 attempts)"),
         (Fault.drop(), 2, "RemoteProtocolError"),
         (Fault.malformed(), 1, "not JSON"),  # an answer came: not re-sent at once
     ],

@@ -34,7 +34,7 @@ def make(srv: RadwareServer, password: str = PASSWORD, **config: Any) -> Radware
             adapter_type="radware",
             endpoint=srv.url,
             auth_token=password,
-            config={"username": "radware", "timeout": 0.5, "retries": 1, "backoff": 0.01, **config},
+            config={"username": "radware", "timeout": 1.0, "retries": 1, "backoff": 0.01, **config},
         )
     )
 
@@ -201,7 +201,7 @@ async def test_network_outside_protected_objects_is_refused(
             2,
             "HTTP 500: DefenseFlow unreachable (after 2 attempts)",
         ),
-        (Fault.delay(3.0), 2, "timed out after 0.5s"),
+        (Fault.delay(3.0), 2, "timed out after 1s"),
         (Fault.drop(), 2, "RemoteProtocolError"),
     ],
 )
