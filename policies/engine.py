@@ -31,6 +31,7 @@ from policies.intents import (
     BlackholeIntent,
     Discard,
     FlowSpecIntent,
+    IPAddress,
     RateLimit,
     ScrubbingIntent,
     canonical,
@@ -41,7 +42,7 @@ from policies.netindex import BITS, net_text, span, to_network
 from policies.schema import Policy
 from policies.signals import Signal, signature
 from policies.state import EngineState, TargetState
-from policies.tables import HostThreshold
+from policies.tables import AllowEntry, HostThreshold
 from policies.tiers import IntentSpec, Tier
 
 Ladder = tuple[tuple[float | None, float | None], ...]
@@ -107,10 +108,13 @@ STATUSES = (
 )
 
 
+_SCALES = (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0))
+
+
 def _fmt(v: float | None, unit: str) -> str:
     if v is None:
         return "-"
-    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    for prefix, scale in _SCALES:
         if v >= scale:
             return f"{v / scale:.4g} {prefix}{unit}"
     return f"{v:.4g} {unit}"
@@ -127,6 +131,35 @@ class Compiled:
         self._checkers: dict[str | None, GuardrailChecker] = {}
         self._geo: GeoDB | None = None
         self._geo_cache: dict[tuple[Any, ...], Aggregate] = {}
+        self._texts4: dict[int, str] = {}
+        self._texts6: dict[int, str] = {}
+        self._entry_texts: dict[int, str] = {}
+        self.rule_cache: dict[tuple[Any, ...], tuple[tuple[PlannedRule, ...], tuple[str, ...]]] = {}
+
+    def key_of(self, address: IPAddress, value: int) -> str:
+        """``str(address)``, cached: IPv6 formatting is slow and signals repeat targets."""
+        texts = self._texts4 if address.version == 4 else self._texts6
+        text = texts.get(value)
+        if text is None:
+            if len(texts) > 100_000:
+                texts.clear()
+            text = texts[value] = str(address)
+        return text
+
+    def override_text(self, entry: HostThreshold) -> str:
+        # Keyed by id(): entries live as long as the policy this object holds.
+        text = self._entry_texts.get(id(entry))
+        if text is None:
+            label = f" ({entry.label!r})" if entry.label else ""
+            text = f"per-host thresholds {entry.prefix}{label} apply"
+            self._entry_texts[id(entry)] = text
+        return text
+
+    def allow_text(self, entry: AllowEntry) -> str:
+        text = self._entry_texts.get(id(entry))
+        if text is None:
+            text = self._entry_texts[id(entry)] = entry.describe()
+        return text
 
     def checker(self) -> GuardrailChecker:
         if None not in self._checkers:
@@ -179,14 +212,11 @@ def compile_policy(policy: Policy) -> Compiled:
 # ---------------------------------------------------------------- thresholds
 
 
-def _thresholds(
-    signal: Signal, key: str, c: Compiled, state: EngineState, now: float
-) -> tuple[Ladder, str]:
-    target = signal.target_ip
-    override: HostThreshold | None = c.policy.thresholds.lookup(target.version, int(target))
+def _thresholds(run: _Run, state: EngineState, value: int) -> tuple[Ladder, str]:
+    c, signal, key, now = run.c, run.signal, run.key, run.now
+    override = c.policy.thresholds.lookup(signal.target_ip.version, value)
     if override is not None:
-        label = f" ({override.label!r})" if override.label else ""
-        return override.ladder, f"per-host thresholds {override.prefix}{label} apply"
+        return override.ladder, c.override_text(override)
     cfg = c.policy.baseline
     if cfg.mode == "dynamic" and c.tiers:
         base = state.baselines(cfg).value(key, now)
@@ -317,6 +347,32 @@ def _plan_geo(c: Compiled, tier_index: int, signal: Signal, why: list[str]) -> l
 
 
 def _rules(c: Compiled, tier_index: int, signal: Signal, why: list[str]) -> tuple[PlannedRule, ...]:
+    """The rules of a tier for this signal (cached: refreshes re-plan the same rules)."""
+    key = (
+        tier_index,
+        signal.target_ip,
+        signal.node,
+        signal.attack_family,
+        signal.top_source_ports,
+        signal.top_destination_ports,
+        signal.top_sources,
+        (signal.tcp_pct, signal.udp_pct, signal.icmp_pct),
+        tuple(signal.source_countries),
+    )
+    hit = c.rule_cache.get(key)
+    if hit is None:
+        notes: list[str] = []
+        hit = (_plan_rules(c, tier_index, signal, notes), tuple(notes))
+        if len(c.rule_cache) >= 20_000:
+            c.rule_cache.clear()
+        c.rule_cache[key] = hit
+    why.extend(hit[1])
+    return hit[0]
+
+
+def _plan_rules(
+    c: Compiled, tier_index: int, signal: Signal, why: list[str]
+) -> tuple[PlannedRule, ...]:
     tier = c.tiers[tier_index]
     ttl = c.policy.settings.default_ttl if tier.ttl is None else tier.ttl
     planned = _plan(c, tier_index, signal, why)
@@ -359,10 +415,7 @@ class _Run:
     signal: Signal
     now: float
     why: list[str]
-
-    @property
-    def key(self) -> str:
-        return str(self.signal.target_ip)
+    key: str
 
     def done(self, status: str, tier: str | None, withdraw: tuple[str, ...] = ()) -> Decision:
         dry = self.c.policy.settings.dry_run
@@ -424,15 +477,16 @@ def evaluate(signal: Signal, policy: Policy, state: EngineState, now: float) -> 
     c = compile_policy(policy)
     esc = policy.escalation
     target = signal.target_ip
-    key = str(target)
+    value = int(target)
+    key = c.key_of(target, value)
     ts = state.target(key)
-    run = _Run(c, ts, signal, now, [])
+    run = _Run(c, ts, signal, now, [], key)
     if policy.settings.dry_run:
         run.why.append("dry run: rules are logged, not announced")
 
-    entry = policy.allowlist.match(target.version, int(target), signal.node)
+    entry = policy.allowlist.match(target.version, value, signal.node)
     if entry is not None:
-        run.why.append(f"target {key} is allowlisted ({entry.describe()}): never mitigated")
+        run.why.append(f"target {key} is allowlisted ({c.allow_text(entry)}): never mitigated")
         withdraw = tuple(ts.active)
         if withdraw:
             run.why.append(f"withdraw {len(withdraw)} rule(s) planned before it was allowlisted")
@@ -447,7 +501,7 @@ def evaluate(signal: Signal, policy: Policy, state: EngineState, now: float) -> 
         ts.active = stale  # withdrawn below unless a tier is chosen again
     ts.last_seen = now
 
-    ladder, source = _thresholds(signal, key, c, state, now)
+    ladder, source = _thresholds(run, state, value)
     run.why.append(source)
     raw = _crossed(ladder, signal.bps, signal.pps)
     cur = c.index.get(ts.tier) if ts.tier is not None else None
@@ -501,7 +555,8 @@ def _ongoing(run: _Run, ladder: Ladder, raw: int | None, cur: int) -> Decision:
             return run.done("cooldown", name)
         return run.move("escalate", raw)
     keep = 1 - esc.hysteresis
-    level = _crossed(ladder, signal.bps, signal.pps, keep)
+    # At the current tier's own threshold the hysteresis band holds it for sure.
+    level = raw if raw == cur else _crossed(ladder, signal.bps, signal.pps, keep)
     traffic = f"{_fmt(signal.bps, 'bps')} / {_fmt(signal.pps, 'pps')}"
     if level is not None and level >= cur:
         ts.below_since = None
