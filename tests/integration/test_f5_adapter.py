@@ -341,4 +341,5 @@ def test_bad_settings_name_the_field(config: dict[str, Any], field: str) -> None
 def test_registry_finds_the_f5_entry_point() -> None:
     from adapters.base import Registry
 
-    assert Registry().get("f5") is F5Adapter
+    found: object = Registry().get("f5")
+    assert found is F5Adapter

@@ -257,4 +257,5 @@ def test_bad_settings_name_the_field(config: dict[str, Any], field: str) -> None
 def test_registry_finds_the_radware_entry_point() -> None:
     from adapters.base import Registry
 
-    assert Registry().get("radware") is RadwareAdapter
+    found: object = Registry().get("radware")
+    assert found is RadwareAdapter

@@ -300,4 +300,5 @@ def test_bad_settings_name_the_field(
 def test_registry_finds_the_webhook_entry_point() -> None:
     from adapters.base import Registry
 
-    assert Registry().get("webhook") is WebhookAdapter
+    found: object = Registry().get("webhook")
+    assert found is WebhookAdapter
