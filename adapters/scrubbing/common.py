@@ -311,3 +311,33 @@ class ScrubbingAdapter(abc.ABC, Generic[S]):
 
     async def close(self) -> None:
         await self.http.close()
+
+
+async def call_json(
+    http: HttpClient,
+    method: str,
+    path: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    json: Any = None,
+    missing_ok: bool = False,
+) -> Any:
+    """One JSON request: the parsed body, None for an empty answer (or a 404 when
+    ``missing_ok``); 4xx/5xx/timeouts/non-JSON raise the HTTP helper's errors."""
+    resp = await http.send(method, path, json=json, headers=headers)
+    if missing_ok and resp.status_code == 404:
+        return None
+    http.check(resp, f"{method} {path}")
+    if not resp.content:
+        return None
+    return http.json(resp, f"{method} {path}")
+
+
+def field_of(http: HttpClient, body: Any, what: str, *keys: str) -> Any:
+    """``body[k1][k2]...`` or a retryable bad-response error naming what is missing."""
+    cur = body
+    for k in keys:
+        if not isinstance(cur, dict) or k not in cur:
+            raise http.bad_response(what, f"the answer has no {'.'.join(keys)}")
+        cur = cur[k]
+    return cur

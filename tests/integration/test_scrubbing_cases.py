@@ -16,10 +16,20 @@ from adapters.base import AdapterConfig
 from adapters.scrubbing.cloudflare_magic_transit import MagicTransitAdapter
 from adapters.scrubbing.cloudflare_waf import CloudflareWafAdapter
 from adapters.scrubbing.common import ScrubbingAdapter
+from adapters.scrubbing.digitalocean import DigitalOceanAdapter
+from adapters.scrubbing.hetzner import HetznerAdapter
+from adapters.scrubbing.linode import LinodeAdapter
 from adapters.scrubbing.ovh import OvhMitigationAdapter
+from adapters.scrubbing.vultr import VultrAdapter
+from labs.vendors import digitalocean as do_fake
+from labs.vendors import vultr as vultr_fake
 from labs.vendors.cloudflare import CloudflareServer
+from labs.vendors.digitalocean import DigitalOceanServer
+from labs.vendors.hetzner import HetznerServer
+from labs.vendors.linode import LinodeServer
 from labs.vendors.ovh import OvhServer
 from labs.vendors.server import FakeVendorServer, Request
+from labs.vendors.vultr import VultrServer
 
 FAST = {"timeout": 0.5, "retries": 1, "backoff": 0.0}
 Write = tuple[str, str, Any]
@@ -175,4 +185,151 @@ OVH = Case(
     refused_text="INVALID_ARGUMENT: Invalid IP",
 )
 
-CASES = [MAGIC_TRANSIT, CLOUDFLARE_WAF, OVH]
+# ---------------------------------------------------------------- Hetzner Robot
+
+
+def hetzner_auth(req: Request) -> None:
+    assert req.basic_auth() == ("robot-user", "robot-pw"), req.headers
+
+
+HETZNER = Case(
+    adapter_type="hetzner_mitigation",
+    cls=HetznerAdapter,
+    server=HetznerServer,
+    config=lambda srv, good: cfg(
+        "hetzner_mitigation",
+        srv,
+        "robot-pw" if good else "robot-wrong-pw",
+        username="robot-user",
+        targets=[{"prefix": "203.0.113.0/28", "server_numbers": [321, 322]}],
+        attack_template_id="1002",
+        normal_template_id="1001",
+    ),
+    prefix="203.0.113.0/28",
+    announce=[
+        ("POST", "/firewall/321", "template_id=1002"),
+        ("POST", "/firewall/322", "template_id=1002"),
+    ],
+    withdraw=[
+        ("POST", "/firewall/321", "template_id=1001"),
+        ("POST", "/firewall/322", "template_id=1001"),
+    ],
+    auth=hetzner_auth,
+    diverting=lambda srv: srv.applied(321) == srv.applied(322) == "1002",
+    secrets=("robot-pw", "robot-wrong-pw"),
+    refused_body={"error": {"status": 400, "code": "INVALID_INPUT", "message": "invalid input"}},
+    refused_text="invalid input",
+    summarize=lambda r: None if r.method == "GET" else (r.method, r.path, r.raw.decode()),
+)
+
+# ---------------------------------------------------------------- DigitalOcean
+
+
+def bearer(token: str) -> Callable[[Request], None]:
+    def check(req: Request) -> None:
+        assert req.header("authorization") == f"Bearer {token}", req.headers
+
+    return check
+
+
+def droplets(fw: str, *ids: int) -> Write:
+    return ("POST", f"/v2/firewalls/{fw}/droplets", {"droplet_ids": list(ids)})
+
+
+def undroplets(fw: str, *ids: int) -> Write:
+    return ("DELETE", f"/v2/firewalls/{fw}/droplets", {"droplet_ids": list(ids)})
+
+
+DIGITALOCEAN = Case(
+    adapter_type="digitalocean",
+    cls=DigitalOceanAdapter,
+    server=DigitalOceanServer,
+    config=lambda srv, good: cfg(
+        "digitalocean",
+        srv,
+        "do-test-token" if good else "do-wrong-token",
+        targets=[{"prefix": "203.0.113.32/28", "droplet_ids": [1001, 1002]}],
+        lockdown_firewall_id=do_fake.LOCKDOWN,
+        normal_firewall_id=do_fake.NORMAL,
+    ),
+    prefix="203.0.113.32/28",
+    announce=[
+        droplets(do_fake.LOCKDOWN, 1001),
+        undroplets(do_fake.NORMAL, 1001),
+        droplets(do_fake.LOCKDOWN, 1002),
+        undroplets(do_fake.NORMAL, 1002),
+    ],
+    withdraw=[
+        droplets(do_fake.NORMAL, 1001),
+        undroplets(do_fake.LOCKDOWN, 1001),
+        droplets(do_fake.NORMAL, 1002),
+        undroplets(do_fake.LOCKDOWN, 1002),
+    ],
+    auth=bearer("do-test-token"),
+    diverting=lambda srv: (
+        srv.firewalls[do_fake.LOCKDOWN]["droplet_ids"] == [1001, 1002]
+        and srv.firewalls[do_fake.NORMAL]["droplet_ids"] == []
+    ),
+    secrets=("do-test-token", "do-wrong-token"),
+    refused_body={"id": "bad_request", "message": "droplet is locked"},
+    refused_text="droplet is locked",
+)
+
+# ---------------------------------------------------------------- Vultr
+
+VULTR_IDS = list(vultr_fake.INSTANCES)
+
+VULTR = Case(
+    adapter_type="vultr",
+    cls=VultrAdapter,
+    server=VultrServer,
+    config=lambda srv, good: cfg(
+        "vultr",
+        srv,
+        "vultr-test-key" if good else "vultr-wrong-key",
+        targets=[{"prefix": "203.0.113.16/28", "instance_ids": VULTR_IDS}],
+        lockdown_group_id=vultr_fake.LOCKDOWN_GROUP,
+        normal_group_id=vultr_fake.NORMAL_GROUP,
+    ),
+    prefix="203.0.113.20/32",
+    announce=[
+        ("PATCH", f"/v2/instances/{i}", {"firewall_group_id": vultr_fake.LOCKDOWN_GROUP})
+        for i in VULTR_IDS
+    ],
+    withdraw=[
+        ("PATCH", f"/v2/instances/{i}", {"firewall_group_id": vultr_fake.NORMAL_GROUP})
+        for i in VULTR_IDS
+    ],
+    auth=bearer("vultr-test-key"),
+    diverting=lambda srv: all(
+        i["firewall_group_id"] == vultr_fake.LOCKDOWN_GROUP for i in srv.instances.values()
+    ),
+    secrets=("vultr-test-key", "vultr-wrong-key"),
+    refused_body={"error": "Invalid firewall group.", "status": 400},
+    refused_text="Invalid firewall group.",
+)
+
+# ---------------------------------------------------------------- Linode
+
+LINODE = Case(
+    adapter_type="linode",
+    cls=LinodeAdapter,
+    server=LinodeServer,
+    config=lambda srv, good: cfg(
+        "linode",
+        srv,
+        "linode-test-token" if good else "linode-wrong-token",
+        targets=[{"prefix": "2001:db8:100::/48", "firewall_id": 7001}],
+    ),
+    prefix="2001:db8:100:1::/64",
+    outside="2001:db8:200::/48",
+    announce=[("PUT", "/v4/networking/firewalls/7001", {"status": "enabled"})],
+    withdraw=[("PUT", "/v4/networking/firewalls/7001", {"status": "disabled"})],
+    auth=bearer("linode-test-token"),
+    diverting=lambda srv: srv.firewalls[7001]["status"] == "enabled",
+    secrets=("linode-test-token", "linode-wrong-token"),
+    refused_body={"errors": [{"reason": "Firewall is locked", "field": "status"}]},
+    refused_text="Firewall is locked",
+)
+
+CASES = [MAGIC_TRANSIT, CLOUDFLARE_WAF, OVH, HETZNER, DIGITALOCEAN, VULTR, LINODE]

@@ -1,0 +1,98 @@
+"""A fake Linode API v4: bearer token, profile, Cloud Firewalls and their status.
+
+Shapes follow the published API: ``Authorization: Bearer <token>`` (bad token -> 401
+``{"errors": [{"reason": "Invalid Token"}]}``); errors are ``{"errors": [{"reason",
+"field"?}]}``.
+
+* ``GET /v4/profile`` -> ``{"username", "email", ...}``.
+* ``GET /v4/networking/firewalls/{id}`` -> ``{"id", "label", "status", "rules":
+  {"inbound", "inbound_policy", "outbound", "outbound_policy"}, ...}``.
+* ``PUT /v4/networking/firewalls/{id}`` ``{"status": "enabled"|"disabled"}`` (and/or
+  ``label``) -> the firewall.
+
+Run ``python -m labs.vendors.linode --port 8085`` for manual trials (token
+``linode-test-token``, lockdown firewall 7001).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labs.vendors.server import FakeVendorServer, HttpError, Request, Response, route, serve_main
+
+
+def linode_error(status: int, reason: str, field: str | None = None) -> HttpError:
+    err: dict[str, Any] = {"reason": reason}
+    if field:
+        err["field"] = field
+    return HttpError(status, {"errors": [err]})
+
+
+class LinodeServer(FakeVendorServer):
+    vendor = "linode"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tokens: tuple[str, ...] = ("linode-test-token",),
+    ) -> None:
+        super().__init__(host, port)
+        self.tokens = set(tokens)
+        self.firewalls: dict[int, dict[str, Any]] = {
+            7001: {
+                "id": 7001,
+                "label": "lockdown",
+                "status": "disabled",
+                "rules": {
+                    "inbound": [
+                        {"action": "ACCEPT", "protocol": "TCP", "ports": "22,443", "label": "keep"}
+                    ],
+                    "inbound_policy": "DROP",
+                    "outbound": [],
+                    "outbound_policy": "ACCEPT",
+                },
+            }
+        }
+
+    def _auth(self, req: Request) -> None:
+        if req.bearer() not in self.tokens:
+            raise linode_error(401, "Invalid Token")
+
+    def _fw(self, fid: str) -> dict[str, Any]:
+        fw = self.firewalls.get(int(fid)) if fid.isdigit() else None
+        if fw is None:
+            raise linode_error(404, "Not found")
+        return fw
+
+    @route("GET", r"/v4/profile")
+    def profile(self, req: Request, params: dict[str, str]) -> Response:
+        self._auth(req)
+        return Response(200, {"username": "noc", "email": "noc@example.net"})
+
+    @route("GET", r"/v4/networking/firewalls/(?P<fid>[^/]+)")
+    def get_firewall(self, req: Request, params: dict[str, str]) -> Response:
+        self._auth(req)
+        return Response(200, dict(self._fw(params["fid"])))
+
+    @route("PUT", r"/v4/networking/firewalls/(?P<fid>[^/]+)")
+    def put_firewall(self, req: Request, params: dict[str, str]) -> Response:
+        self._auth(req)
+        fw = self._fw(params["fid"])
+        body = req.json_object()
+        if "status" in body:
+            if body["status"] not in ("enabled", "disabled"):
+                raise linode_error(400, "Must be one of enabled, disabled", "status")
+            fw["status"] = body["status"]
+        if "label" in body:
+            fw["label"] = str(body["label"])
+        return Response(200, dict(fw))
+
+
+def main() -> None:
+    serve_main(LinodeServer)
+
+
+if __name__ == "__main__":
+    main()
