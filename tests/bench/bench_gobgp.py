@@ -50,10 +50,9 @@ class BirdSocket:
 
     def _reply(self) -> bytes:
         while True:
-            m = None
-            for m in _FINAL.finditer(self.buf):
-                pass
-            if m is not None and self.buf.endswith(b"\n"):
+            # a reply ends with a line "dddd text" (code and a space; others use "-")
+            last = self.buf.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+            if self.buf.endswith(b"\n") and _FINAL.match(last):
                 out, self.buf = self.buf, b""
                 return out
             chunk = self.sock.recv(1 << 16)
