@@ -24,7 +24,7 @@ import re
 import socket
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,7 @@ async def _call(adapter: Adapter, op: str, rules: list[RuleRef]) -> None:
 
 
 def bench(
-    speaker: Speaker, label: str, visible: int, storm: int, targets: dict[str, float]
+    speaker: Speaker, label: str, visible: int, storm: int, targets: Mapping[str, float]
 ) -> None:
     with running(speaker, receivers=("bird",)) as topo:
         print(f"{label}: lab up (speaker + BIRD receiver), sessions established")
@@ -131,7 +131,7 @@ def bench(
 
 
 async def _bench(
-    topo: Topology, label: str, visible: int, storm: int, targets: dict[str, float]
+    topo: Topology, label: str, visible: int, storm: int, targets: Mapping[str, float]
 ) -> None:
     node = topo.receivers["bird"].node
     assert isinstance(node, BirdNode)
