@@ -16,7 +16,9 @@ diverts them through its scrubbing (DefensePro) workflow; ``attackstop`` with th
   gets a baseline below its real traffic).
 
 Blackhole and FlowSpec intents are not carried: DefenseFlow's attack API takes networks
-to protect, not routes or match rules.
+to protect, not routes or match rules. DefenseFlow may itself answer an attack with RTBH
+or FlowSpec, but that choice belongs to its own workflow configuration, so Sluice cannot
+ask for it per rule and refuses those intents instead of sending them as scrubbing.
 """
 
 from __future__ import annotations

@@ -173,3 +173,16 @@ def test_vendor_message_shapes() -> None:
     assert vendor_message(httpx.Response(502, text="<html>bad gateway</html>")) == (
         "<html>bad gateway</html>"
     )
+
+
+async def test_429_is_retryable_later_but_not_resent_at_once(server: ThingServer) -> None:
+    server.faults.add(Fault.answer(429, {"message": "slow down"}))
+    client = _client(server.url)
+    try:
+        resp = await client.send("GET", "/thing")
+        with pytest.raises(AdapterUnavailable, match="HTTP 429: slow down") as err:
+            client.check(resp)
+    finally:
+        await client.close()
+    assert err.value.code == "adapter_rate_limited" and err.value.retryable
+    assert len(server.journal) == 1
