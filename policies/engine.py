@@ -20,7 +20,8 @@ explanation a person can read at 3 a.m.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from ipaddress import ip_network
 from typing import Any
 
 from policies.errors import GuardrailViolation
@@ -54,10 +55,11 @@ class PlannedRule:
     adapter: str
     ttl: int
     reason: str
+    key: str = field(default="", compare=False)  # intent_key(intent), filled in if empty
 
-    @property
-    def key(self) -> str:
-        return intent_key(self.intent)
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", intent_key(self.intent))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -131,10 +133,39 @@ class Compiled:
         self._checkers: dict[str | None, GuardrailChecker] = {}
         self._geo: GeoDB | None = None
         self._geo_cache: dict[tuple[Any, ...], Aggregate] = {}
+        self._flow_templates: dict[tuple[Any, ...], FlowSpecIntent] = {}
         self._texts4: dict[int, str] = {}
         self._texts6: dict[int, str] = {}
         self._entry_texts: dict[int, str] = {}
         self.rule_cache: dict[tuple[Any, ...], tuple[tuple[PlannedRule, ...], tuple[str, ...]]] = {}
+
+    def flowspec(
+        self,
+        signal: Signal,
+        components: tuple[tuple[str, Any], ...],
+        source: str | None,
+        action: Discard | RateLimit,
+    ) -> FlowSpecIntent:
+        """A FlowSpec intent for the attacked host.
+
+        Validated once per (family, signature, source, action) on a stand-in destination,
+        then copied with the real one: nothing FlowSpec validation checks depends on the
+        destination beyond its family.
+        """
+        version = signal.target_ip.version
+        key = (version, components, source, action)
+        template = self._flow_templates.get(key)
+        if template is None:
+            stand_in = "192.0.2.1/32" if version == 4 else "2001:db8::1/128"
+            fields: dict[str, Any] = {"destination": stand_in, **dict(components)}
+            if source is not None:
+                fields["source"] = source
+            template = FlowSpecIntent(**fields, action=action)
+            if len(self._flow_templates) > 10_000:
+                self._flow_templates.clear()
+            self._flow_templates[key] = template
+        host = ip_network(signal.target_ip)
+        return template.model_copy(update={"destination": host})
 
     def key_of(self, address: IPAddress, value: int) -> str:
         """``str(address)``, cached: IPv6 formatting is slow and signals repeat targets."""
@@ -312,10 +343,7 @@ def _plan(
                 why.append(f"tier {tier.name}: no usable source address for per-source {verb}")
         for sig in sigs:
             for src in sources:
-                fields: dict[str, Any] = {"destination": _host(signal), **sig.as_dict()}
-                if src is not None:
-                    fields["source"] = src
-                intent = FlowSpecIntent(**fields, action=action)
+                intent = c.flowspec(signal, sig.components, src, action)
                 from_src = f" from {src}" if src else ""
                 out.append((intent, f"tier {tier.name}: {verb} {sig.why}{from_src}"))
     return out
@@ -399,7 +427,7 @@ def _plan_rules(
             if (key, adapter) in seen:
                 continue
             seen.add((key, adapter))
-            rules.append(PlannedRule(intent, adapter, rule_ttl, reason))
+            rules.append(PlannedRule(intent, adapter, rule_ttl, reason, key))
     return tuple(rules)
 
 

@@ -109,14 +109,14 @@ def _icmp(signal: Signal) -> int:
     return 1 if signal.target_ip.version == 4 else 58
 
 
-def _ports(ports: tuple[int, ...]) -> list[int]:
-    return sorted({p for p in ports if p > 0})[:8]
+def _ports(ports: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted({p for p in ports if p > 0})[:8])
 
 
 def signature(signal: Signal) -> list[Signature]:
     """The FlowSpec matches that describe this attack, most specific first."""
     family = signal.attack_family
-    reflection = [p for p in _ports(signal.top_source_ports) if p in REFLECTION_PORTS]
+    reflection = tuple(p for p in _ports(signal.top_source_ports) if p in REFLECTION_PORTS)
     dports = _ports(signal.top_destination_ports)
     out: list[Signature] = []
     if reflection and family in ("udp_flood", "dns_flood", "multi_vector", "unknown"):
@@ -138,7 +138,7 @@ def signature(signal: Signal) -> list[Signature]:
     if family == "icmp_flood":
         return [Signature((("protocol", _icmp(signal)),), "ICMP flood")]
     if family == "http_flood":
-        ports = dports or [80, 443]
+        ports = dports or (80, 443)
         return [
             Signature(
                 (("protocol", "tcp"), ("destination_port", ports)),
@@ -148,7 +148,7 @@ def signature(signal: Signal) -> list[Signature]:
     if family == "dns_flood":
         return [
             Signature(
-                (("protocol", "udp"), ("destination_port", [53])), "DNS query flood to UDP 53"
+                (("protocol", "udp"), ("destination_port", (53,))), "DNS query flood to UDP 53"
             )
         ]
     if family == "udp_flood":
