@@ -61,12 +61,12 @@ def bird_action(ext: str) -> str:
 
 
 _FRR_RATE = re.compile(r"FS:rate ([0-9.]+)")
-_FRR_REDIRECT = re.compile(r"FS:redirect (?:AS|IP)?\s*(\S+)")
+_FRR_REDIRECT = re.compile(r"FS:redirect (?:VRF )?(?:RT:)?(\S+)")
 _FRR_MARK = re.compile(r"FS:marking (\d+)")
 
 
 def frr_actions(text: str) -> frozenset[str]:
-    """Decode FRR's ``ecomlist`` (``"FS:rate 0.000000"``, ``"FS:redirect AS 64500:100"``)."""
+    """Decode FRR's ``ecomlist`` (``"FS:rate 0.000000"``, ``"FS:redirect VRF RT:64500:100"``)."""
     out: set[str] = set()
     for m in _FRR_RATE.finditer(text):
         out.add(_rate(float(m.group(1))))

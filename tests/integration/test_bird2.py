@@ -175,17 +175,17 @@ async def test_every_component_and_action_round_trips_through_bird(
     assert await adapter.active() == frozenset({r.key for r in refs})
     held = speaker(bird_topology).flows(4) + speaker(bird_topology).flows(6)
     assert {r.network for r in held} == {display_network(i) for i in intents}
-    rx = bird_topology.receivers["bird"]
-    for intent in intents:
-        assert isinstance(intent, FlowSpecIntent)
-        v = intent.destination.version
-        dst = str(intent.destination)
+    for rx in bird_topology.receivers.values():
+        for intent in intents:
+            assert isinstance(intent, FlowSpecIntent)
+            v = intent.destination.version
+            dst = str(intent.destination)
 
-        def match(f: FlowRoute, d: str = dst) -> bool:
-            return f.destination == d
+            def match(f: FlowRoute, d: str = dst) -> bool:
+                return f.destination == d
 
-        flow = wait_flow(rx, v, match, f"flow to {dst}")
-        assert flow.actions == {str(intent.action)}
+            flow = wait_flow(rx, v, match, f"flow to {dst}")
+            assert flow.actions == {str(intent.action)}, rx.kind
     assert all(o.ok for o in await adapter.withdraw(refs))
     assert await adapter.active() == frozenset()
 

@@ -84,7 +84,7 @@ def test_bird_action_decoding(ext: str, action: str) -> None:
 
 
 def test_frr_action_and_community_decoding() -> None:
-    assert frr_actions("FS:marking 46 FS:redirect AS 64500:100") == {
+    assert frr_actions("FS:marking 46 FS:redirect VRF RT:64500:100") == {
         "mark 46",
         "redirect 64500:100",
     }
