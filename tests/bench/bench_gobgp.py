@@ -124,11 +124,17 @@ async def _call(adapter: Adapter, op: str, rules: list[RuleRef]) -> None:
 
 
 def bench(
-    speaker: Speaker, label: str, visible: int, storm: int, targets: Mapping[str, float]
+    speaker: Speaker,
+    label: str,
+    visible: int,
+    storm: int,
+    targets: Mapping[str, float],
+    *,
+    runs: int = 3,
 ) -> None:
     with running(speaker, receivers=("bird",)) as topo:
         print(f"{label}: lab up (speaker + BIRD receiver), sessions established")
-        asyncio.run(_bench(topo, label, visible, storm, targets))
+        asyncio.run(_bench(topo, label, visible, storm, targets, runs=runs))
 
 
 async def _bench(
