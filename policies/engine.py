@@ -110,15 +110,17 @@ STATUSES = (
 )
 
 
-_SCALES = (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0))
-
-
 def _fmt(v: float | None, unit: str) -> str:
     if v is None:
         return "-"
-    for prefix, scale in _SCALES:
-        if v >= scale:
-            return f"{v / scale:.4g} {prefix}{unit}"
+    if v >= 1e9:
+        if v >= 1e12:
+            return f"{v / 1e12:.4g} T{unit}"
+        return f"{v / 1e9:.4g} G{unit}"
+    if v >= 1e6:
+        return f"{v / 1e6:.4g} M{unit}"
+    if v >= 1e3:
+        return f"{v / 1e3:.4g} k{unit}"
     return f"{v:.4g} {unit}"
 
 
@@ -133,6 +135,8 @@ class Compiled:
         self._checkers: dict[str | None, GuardrailChecker] = {}
         self._geo: GeoDB | None = None
         self._geo_cache: dict[tuple[Any, ...], Aggregate] = {}
+        self.keep_text = f"{1 - policy.escalation.hysteresis:.0%}"
+        self.holds = [f"tier {t.name} holds: traffic " for t in self.tiers]
         self._flow_templates: dict[tuple[Any, ...], FlowSpecIntent] = {}
         self._texts4: dict[int, str] = {}
         self._texts6: dict[int, str] = {}
@@ -588,7 +592,7 @@ def _ongoing(run: _Run, ladder: Ladder, raw: int | None, cur: int) -> Decision:
     traffic = f"{_fmt(signal.bps, 'bps')} / {_fmt(signal.pps, 'pps')}"
     if level is not None and level >= cur:
         ts.below_since = None
-        run.why.append(f"tier {name} holds: traffic {traffic} is above {keep:.0%} of its threshold")
+        run.why.append(f"{c.holds[cur]}{traffic} is above {c.keep_text} of its threshold")
         return run.steady(cur)
     if ts.below_since is None:
         ts.below_since = now
