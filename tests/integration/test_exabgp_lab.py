@@ -19,6 +19,7 @@ from tests.integration.conftest import RECEIVER_BINARIES, require_lab
 from tests.integration.test_gobgp_lab import (
     CASES,
     _check,
+    check_actions,
     check_case,
     check_restart,
     check_unreachable,
@@ -53,6 +54,19 @@ def test_announce_reaches_receiver_and_withdraw_removes_it(
     exabgp_topology: Topology, case: str, receiver: str
 ) -> None:
     check_case(exabgp_topology, receiver, case)
+
+
+def test_every_action_reaches_both_receivers(exabgp_topology: Topology) -> None:
+    check_actions(
+        exabgp_topology,
+        {
+            "discard": {"type": "discard"},
+            "rate-limit 9600": {"type": "rate-limit", "bytes_per_second": 9600},
+            "redirect 64500:100": {"type": "redirect", "route_target": "64500:100"},
+            "redirect 4200000000:7": {"type": "redirect", "route_target": "4200000000:7"},
+            "mark 10": {"type": "mark", "dscp": 10},
+        },
+    )
 
 
 def test_check_reports_sessions(exabgp_topology: Topology) -> None:

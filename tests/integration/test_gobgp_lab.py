@@ -143,6 +143,32 @@ def check_case(topo: Topology, receiver_kind: str, case: str) -> None:
     assert ref.key not in (run(read_back(make_adapter(topo))) or set())
 
 
+def check_actions(topo: Topology, actions: dict[str, dict[str, Any]]) -> None:
+    """Each FlowSpec action arrives as the receiver-decoded extended community."""
+    refs = [
+        RuleRef(n, build_intent({"kind": "flowspec", "destination": f"203.0.113.{n}", "action": a}))
+        for n, a in enumerate(actions.values(), 1)
+    ]
+    outcomes = run(once(make_adapter(topo), "announce", refs))
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    for receiver in topo.receivers.values():
+        wait_for(
+            lambda r=receiver: len(r.flows(4)) == len(refs),  # type: ignore[misc]
+            timeout=15,
+            what=f"{len(refs)} flows in {receiver.kind}",
+        )
+        seen = {f.destination: f.actions for f in receiver.flows(4)}
+        for n, text in enumerate(actions, 1):
+            assert seen[f"203.0.113.{n}/32"] == {text}, (receiver.kind, text, seen)
+    assert all(o.ok for o in run(once(make_adapter(topo), "withdraw", refs)))
+    for receiver in topo.receivers.values():
+        wait_for(
+            lambda r=receiver: not r.flows(4),  # type: ignore[misc]
+            timeout=15,
+            what=f"flows gone from {receiver.kind}",
+        )
+
+
 def check_restart(topo: Topology, restart: Any) -> None:
     """After a speaker restart read-back is empty (the truth); re-announcing restores all."""
     refs = [RuleRef(n, build_intent(data)) for n, data in enumerate(CASES.values(), 1)]
@@ -220,6 +246,20 @@ def test_announce_reaches_receiver_and_withdraw_removes_it(
     gobgp_topology: Topology, case: str, receiver: str
 ) -> None:
     check_case(gobgp_topology, receiver, case)
+
+
+def test_every_action_reaches_both_receivers(gobgp_topology: Topology) -> None:
+    check_actions(
+        gobgp_topology,
+        {
+            "discard": {"type": "discard"},
+            "rate-limit 9600": {"type": "rate-limit", "bytes_per_second": 9600},
+            "redirect 64500:100": {"type": "redirect", "route_target": "64500:100"},
+            "redirect 4200000000:7": {"type": "redirect", "route_target": "4200000000:7"},
+            "redirect 192.0.2.9:5": {"type": "redirect", "route_target": "192.0.2.9:5"},
+            "mark 10": {"type": "mark", "dscp": 10},
+        },
+    )
 
 
 def test_check_reports_established_sessions(gobgp_topology: Topology) -> None:
