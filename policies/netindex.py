@@ -155,15 +155,14 @@ class LpmIndex(Generic[T]):
 
 def first_overlap(nets: list[Net]) -> tuple[int, int] | None:
     """Indexes ``(i, j)`` of two overlapping prefixes in ``nets`` (equal counts), or None."""
-    order = sorted(range(len(nets)), key=lambda i: (nets[i][0], nets[i][1], nets[i][2]))
+    order = sorted(zip(nets, range(len(nets)), strict=True))
     prev_version = -1
     prev_end = -1
     prev_index = -1
-    for i in order:
-        version = nets[i][0]
-        lo, hi = span(nets[i])
-        if version == prev_version and lo <= prev_end:
+    for (version, value, plen), i in order:
+        if version == prev_version and value <= prev_end:
             return prev_index, i
+        hi = value | ((1 << ((32 if version == 4 else 128) - plen)) - 1)
         if version != prev_version or hi > prev_end:
             prev_version, prev_end, prev_index = version, hi, i
     return None

@@ -11,8 +11,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from policies.errors import PolicyInvalid
 from policies.netindex import (
@@ -75,6 +74,16 @@ def _label(item: Mapping[str, Any], loc: Loc) -> str:
 # ---------------------------------------------------------------- per-host thresholds
 
 
+def _increasing(values: list[int | None]) -> bool:
+    previous = 0
+    for v in values:
+        if v is not None:
+            if v <= previous:
+                return False
+            previous = v
+    return True
+
+
 def _check_increasing(ladder: Ladder, escalation: Escalation, loc: Loc, net: Net) -> None:
     bps = [s[0] for s in ladder if s[0] is not None]
     pps = [s[1] for s in ladder if s[1] is not None]
@@ -101,8 +110,7 @@ def _check_increasing(ladder: Ladder, escalation: Escalation, loc: Loc, net: Net
             previous, prev_index = value, j
 
 
-@dataclass(frozen=True, slots=True)
-class HostThreshold:
+class HostThreshold(NamedTuple):
     """Thresholds for every address inside ``net``; ``values`` as written, per tier."""
 
     net: Net
@@ -158,31 +166,47 @@ class HostThresholds:
             keys[f"{name}_bps"] = (index, 0)
             keys[f"{name}_pps"] = (index, 1)
         entries: list[HostThreshold] = []
+        base_bps = [b for b, _ in base]
+        base_pps = [p for _, p in base]
+        keyset = _THRESHOLD_KEYS
         for i, item in enumerate(raw):
-            loc: Loc = ("thresholds", i)
-            m = _mapping(item, loc, _THRESHOLD_KEYS)
-            net = _net(m, "target_ip", loc)
+            if type(item) is dict and keyset.issuperset(item) and "target_ip" in item:
+                m: Mapping[str, Any] = item
+                try:
+                    net = parse_net(item["target_ip"])
+                except ValueError as exc:
+                    raise EntryInvalid(("thresholds", i, "target_ip"), str(exc)) from None
+            else:
+                m = _mapping(item, ("thresholds", i), keyset)
+                net = _net(m, "target_ip", ("thresholds", i))
             values = m.get("thresholds")
             if type(values) is not dict or not values:
                 raise EntryInvalid(
-                    (*loc, "thresholds"),
+                    ("thresholds", i, "thresholds"),
                     "expected a mapping such as {tier1_bps: 1000000, tier2_bps: 5000000}",
                 )
-            ladder = [list(step) for step in base]
-            written: list[tuple[str, int]] = []
+            bps = base_bps.copy()
+            pps = base_pps.copy()
+            parsed: dict[str, int] | None = None
             for key, value in values.items():
                 slot = keys.get(key)
                 rate = value
                 if slot is None or type(rate) is not int or rate <= 0:
-                    slot, rate = cls._slot(key, value, keys, (*loc, "thresholds", str(key)))
-                ladder[slot[0]][slot[1]] = rate
-                written.append((key, rate))
-            final = tuple([(s[0], s[1]) for s in ladder])
-            _check_increasing(final, escalation, loc, net)
+                    slot, rate = cls._slot(key, value, keys, ("thresholds", i, "thresholds", key))
+                    parsed = parsed or {}
+                    parsed[key] = rate
+                if slot[1]:
+                    pps[slot[0]] = rate
+                else:
+                    bps[slot[0]] = rate
+            final = tuple(zip(bps, pps, strict=True))
+            if not (_increasing(bps) and _increasing(pps)):
+                _check_increasing(final, escalation, ("thresholds", i), net)
             label = m.get("label") or ""
             if type(label) is not str or len(label) > 200:
-                label = _label(m, loc)
-            entries.append(HostThreshold(net, label, tuple(written), final))
+                label = _label(m, ("thresholds", i))
+            written = {**values, **parsed} if parsed else values  # rates as integers
+            entries.append(HostThreshold(net, label, tuple(written.items()), final))
         return cls(entries)
 
     @staticmethod
@@ -222,8 +246,9 @@ class HostThresholds:
 # ---------------------------------------------------------------- allowlist
 
 
-@dataclass(frozen=True, slots=True)
-class AllowEntry:
+class AllowEntry(NamedTuple):
+    """One allowlist entry (a named tuple: cheap to build by the 100,000)."""
+
     net: Net
     label: str
     scope: Literal["workspace", "node"]
@@ -282,12 +307,13 @@ class Allowlist:
         self._check_overlaps(ws, None)
         for _, e in ws:
             self._workspace.add(e.net, e)
-        spans = _Spans([e.net for _, e in ws])
         by_node: dict[str, list[tuple[int, AllowEntry]]] = {}
         for i, e in enumerate(self.entries):
             if e.node is not None:
                 by_node.setdefault(e.node, []).append((i, e))
+        spans = _Spans([e.net for _, e in ws]) if by_node else None
         for node, items in by_node.items():
+            assert spans is not None  # noqa: S101 - built whenever by_node has entries
             self._check_overlaps(items, node)
             index: LpmIndex[AllowEntry] = LpmIndex()
             for i, e in items:
