@@ -365,6 +365,14 @@ def _plan_geo(c: Compiled, tier_index: int, signal: Signal, why: list[str]) -> l
             return []
     version = signal.target_ip.version
     agg = c.geo_prefixes(frozenset(countries), version, signal.node)
+    if signal.top_sources:
+        db = c.geo()
+        found = [db.country(str(a)) for a in signal.top_sources]
+        hit = sum(1 for code in found if code in geo.countries)
+        share = hit if geo.mode == "block" else len(found) - hit
+        why.append(
+            f"geo lockdown: {share} of {len(found)} top source(s) are in the countries it drops"
+        )
     what = "from" if geo.mode == "block" else "from everywhere except"
     why.append(
         f"geo lockdown ({geo.mode}) from tier {geo.from_tier}: drop traffic {what} "

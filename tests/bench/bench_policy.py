@@ -146,6 +146,14 @@ def main() -> None:
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    start = time.perf_counter()
+    total = 0
+    for i in range(1_000_000):
+        total += i
+    print(
+        f"calibration: 1e6 Python additions in {time.perf_counter() - start:.3f} s "
+        "(~0.04-0.05 s on an idle current desktop core; higher means a slower or busy CPU)"
+    )
     rng = random.Random(7)
     _, policy = bench_load(args.entries)
     hosts = targets(args.entries, 2_000, rng)

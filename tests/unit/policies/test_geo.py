@@ -168,3 +168,10 @@ def test_only_seen_countries(tmp_path: Path, mmdb: Path) -> None:
     assert [str(r.intent.source) for r in geo_rules if isinstance(r.intent, FlowSpecIntent)] == [
         "203.0.113.0/25"
     ]
+
+
+def test_top_sources_are_looked_up_in_the_mmdb(tmp_path: Path, mmdb: Path) -> None:
+    policy = _geo_policy(tmp_path, mmdb)
+    signal = sig("192.0.2.10", 600e6, top_sources=["203.0.113.5", "203.0.113.200", "192.0.2.99"])
+    d = evaluate(signal, policy, EngineState(), 0)
+    assert "geo lockdown: 1 of 3 top source(s) are in the countries it drops" in d.explanation
