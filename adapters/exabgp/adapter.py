@@ -12,6 +12,12 @@ request, and every command gets its own ack:
   command is re-sent one rule per command to tell which rule it was);
 * ``shutdown`` / ``timeout`` / bridge unreachable -> retryable.
 
+Throughput: ExaBGP's reactor sleeps ``reactor.speed``/100 seconds per loop turn while
+commands are still being applied (50 routes per turn), so with the default speed of 1.0 a
+burst of 10,000 routes spends about 2 s asleep. ``exabgp_reactor_speed=0.1`` (env or
+``[exabgp.reactor] speed``) took a 10,000-route burst here from ~2.9 s to ~1.2 s at the
+cost of ~5% of a core while idle.
+
 ``active()`` reads the announcements the bridge saw acknowledged and parses each back into
 its intent. Per-peer selection (``peers``) becomes ExaBGP's ``neighbor A, neighbor B``
 prefix; a peer ExaBGP has no session with makes it answer ``error``.
