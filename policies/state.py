@@ -105,8 +105,9 @@ class EngineState:
         state = cls(max_targets)
         if data.get("version") != STATE_VERSION:
             return state
+        known = set(TargetState.__dataclass_fields__)
         for key, raw in data.get("targets", {}).items():
-            state.targets[key] = TargetState(**raw)
+            state.targets[key] = TargetState(**{k: v for k, v in raw.items() if k in known})
         raw_baselines = data.get("baselines")
         if raw_baselines is not None:
             state._baselines = BaselineStore.from_dict(cfg or Baseline(), raw_baselines)
