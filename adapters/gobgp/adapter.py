@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import grpc
@@ -269,25 +269,31 @@ class GoBgpAdapter:
         """
         outcomes: dict[int, Outcome] = {}
         paths: list[tuple[RuleRef, Any]] = []
-        for i, ref in enumerate(rules):
-            try:
-                path = self._render(ref)
-            except CapabilityMissing as exc:
-                outcomes[i] = Outcome.failure(ref, exc.message, retryable=False)
-                continue
-            paths.append((ref, withdraw_path(path) if withdraw else path))
         chunk = self.settings.stream_chunk
-        requests = [
-            api.AddPathStreamRequest(
-                table_type=api.TableType.GLOBAL, paths=[p for _, p in paths[n : n + chunk]]
-            )
-            for n in range(0, len(paths), chunk)
-        ]
+
+        def requests() -> Iterator[Any]:
+            # rendered while gRPC sends: gobgpd digests one message while we build the next
+            batch: list[Any] = []
+            for i, ref in enumerate(rules):
+                try:
+                    path = self._render(ref)
+                except CapabilityMissing as exc:
+                    outcomes[i] = Outcome.failure(ref, exc.message, retryable=False)
+                    continue
+                path.is_withdraw = withdraw  # a fresh message: marking it is safe
+                paths.append((ref, path))
+                batch.append(path)
+                if len(batch) >= chunk:
+                    yield api.AddPathStreamRequest(table_type=api.TableType.GLOBAL, paths=batch)
+                    batch = []
+            if batch:
+                yield api.AddPathStreamRequest(table_type=api.TableType.GLOBAL, paths=batch)
+
         stub = self._api()
-        timeout = self.settings.timeout + len(paths) / 1000
+        timeout = self.settings.timeout + len(rules) / 1000
 
         async def send() -> Any:
-            return await stub.AddPathStream(iter(requests), timeout=timeout)
+            return await stub.AddPathStream(requests(), timeout=timeout)
 
         try:
             await self._call(send)
