@@ -35,6 +35,16 @@ from policies.tiers import Baseline, Escalation, GeoLockdown
 
 MAX_TTL = 30 * 24 * 3600  # a month; longer is a mistake, use ttl 0 for "until withdrawn"
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+SECRET_KEY = re.compile(r"token|secret|passw|api[_-]?key|private[_-]?key", re.IGNORECASE)
+
+
+def _leaves(value: object, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
+    """(path, value) for every scalar under a config mapping."""
+    if isinstance(value, dict):
+        return [leaf for k, v in value.items() for leaf in _leaves(v, (*path, str(k)))]
+    if isinstance(value, list):
+        return [leaf for i, v in enumerate(value) for leaf in _leaves(v, (*path, str(i)))]
+    return [(path, value)] if path else []
 
 
 class GlobalSettings(BaseModel):
@@ -55,6 +65,22 @@ class AdapterDecl(BaseModel):
     auth_token: str | None = None
     config: dict[str, Any] = {}
     capabilities: list[str] | None = None
+
+    @field_validator("config")
+    @classmethod
+    def _config_secrets_are_references(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for path, value in _leaves(v):
+            name = path[-1]
+            if (
+                SECRET_KEY.search(name)
+                and isinstance(value, str)
+                and not ENV_REF.fullmatch(value.strip())
+            ):
+                raise ValueError(
+                    f"config.{'.'.join(path)} looks like a secret: put it in an environment "
+                    "variable and write ${NAME}; policy files are kept in git"
+                )
+        return v
 
     @field_validator("auth_token")
     @classmethod

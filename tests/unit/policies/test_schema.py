@@ -290,3 +290,20 @@ def test_intent_spec_fields_are_checked(tmp_path: Path) -> None:
     write(tmp_path, {"p.yaml": data})
     with pytest.raises(PolicyInvalid, match="needs rate"):
         load_policy(tmp_path)
+
+
+def test_secrets_in_adapter_config_must_be_env_references(tmp_path: Path) -> None:
+    text = (
+        "adapters:\n"
+        "  - name: f5\n"
+        "    adapter_type: f5\n"
+        "    config:\n"
+        "      username: admin\n"
+        "      password: s3cret\n"
+    )
+    err = _error(tmp_path, text)
+    assert "config.password looks like a secret" in str(err)
+    assert "s3cret" not in str(err)
+    ok = text.replace("password: s3cret", "password: ${F5_PASSWORD}")
+    write(tmp_path, {"policy.yaml": ok})
+    assert load_policy(tmp_path).adapters[0].config["password"] == "${F5_PASSWORD}"
