@@ -86,8 +86,8 @@ class FakeAdapter:
         settings = validate_settings(FakeSettings, config)
         return cls(config.name, settings, resolve_capabilities(cls, config))
 
-    def _record(self, op: str, ref: RuleRef) -> None:
-        call = Call(op, ref.rule_id, ref.key, canonical(ref.intent))
+    def _record(self, op: str, ref: RuleRef, text: str) -> None:
+        call = Call(op, ref.rule_id, ref.key, text)
         self.calls.append(call)
         if self._path is not None:
             with self._path.open("a") as fh:
@@ -105,8 +105,10 @@ class FakeAdapter:
             ]
         out = []
         for ref in rules:
-            self._record("announce", ref)
-            self.held[ref.key] = canonical(ref.intent)
+            # the canonical text is only rendered when a state file wants it
+            text = canonical(ref.intent) if self._path is not None else ""
+            self._record("announce", ref, text)
+            self.held[ref.key] = text
             out.append(Outcome.success(ref))
         return out
 
@@ -118,7 +120,8 @@ class FakeAdapter:
             ]
         out = []
         for ref in rules:
-            self._record("withdraw", ref)
+            text = canonical(ref.intent) if self._path is not None else ""
+            self._record("withdraw", ref, text)
             self.held.pop(ref.key, None)
             out.append(Outcome.success(ref))
         return out

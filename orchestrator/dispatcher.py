@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import Engine, and_, insert, select, update
+from sqlalchemy import Engine, bindparam, insert, select, update
 
 from adapters.base import Adapter, Outcome, RuleRef
 from orchestrator.lifecycle import State, backoff
@@ -268,124 +268,152 @@ class Dispatcher:
 
     def _apply(self, op: Op, refs: Sequence[RuleRef], outcomes: Sequence[Outcome]) -> None:
         now = utcnow()
+        ok_ids = [o.rule_id for o in outcomes if o.ok]
+        failed = [o for o in outcomes if not o.ok]
         events: list[dict[str, Any]] = []
         released: list[int] = []
         with self.engine.begin() as conn:
-            for ref, out in zip(refs, outcomes, strict=True):
-                rid = ref.rule_id
-                if op == "orphan":
-                    events.append(
-                        _event(
-                            rid,
-                            now,
-                            "orphan_withdrawn" if out.ok else "orphan_withdraw_failed",
-                            out.error,
-                        )
+            if op == "orphan":
+                events += [
+                    _event(
+                        o.rule_id,
+                        now,
+                        "orphan_withdrawn" if o.ok else "orphan_withdraw_failed",
+                        o.error,
                     )
-                    continue
-                if op in ("announce", "reannounce"):
-                    from_state = State.PENDING if op == "announce" else State.ACTIVE
-                    if out.ok:
-                        if op == "announce":
-                            res = conn.execute(
+                    for o in outcomes
+                ]
+            elif op == "announce":
+                if ok_ids:
+                    done = (
+                        conn.execute(
+                            update(rules)
+                            .where(rules.c.id.in_(ok_ids), rules.c.state == State.PENDING)
+                            .values(
+                                state=State.ACTIVE,
+                                activated_at=now,
+                                updated_at=now,
+                                error=None,
+                                next_attempt_at=None,
+                            )
+                            .returning(rules.c.id)
+                        )
+                        .scalars()
+                        .all()
+                    )
+                    events += [_event(rid, now, "announced", None) for rid in done]
+                events += self._announce_failed(conn, failed, State.PENDING, now)
+            elif op == "reannounce":
+                events += [_event(rid, now, "reannounced", None) for rid in ok_ids]
+                events += self._announce_failed(conn, failed, State.ACTIVE, now)
+            else:
+                if ok_ids:
+                    ends = conn.execute(
+                        select(rules.c.id, rules.c.end_state).where(rules.c.id.in_(ok_ids))
+                    ).all()
+                    for final in {State(e.end_state or State.WITHDRAWN) for e in ends}:
+                        ids = [e.id for e in ends if State(e.end_state or State.WITHDRAWN) == final]
+                        done = (
+                            conn.execute(
                                 update(rules)
-                                .where(and_(rules.c.id == rid, rules.c.state == State.PENDING))
+                                .where(rules.c.id.in_(ids), rules.c.state == State.WITHDRAWING)
                                 .values(
-                                    state=State.ACTIVE,
-                                    activated_at=now,
+                                    state=final,
+                                    ended_at=now,
                                     updated_at=now,
                                     error=None,
                                     next_attempt_at=None,
                                 )
+                                .returning(rules.c.id)
                             )
-                            if res.rowcount:
-                                events.append(_event(rid, now, "announced", None))
-                        else:
-                            events.append(_event(rid, now, "reannounced", None))
-                        continue
-                    attempts = conn.execute(
-                        select(rules.c.attempts).where(rules.c.id == rid)
-                    ).scalar_one()
-                    attempts = int(attempts) + 1
-                    retry = out.retryable and attempts < self.max_attempts
-                    nxt = (
-                        now + timedelta(seconds=backoff(attempts, self.retry_base, self.retry_max))
-                        if retry
-                        else None
-                    )
-                    res = conn.execute(
-                        update(rules)
-                        .where(and_(rules.c.id == rid, rules.c.state == from_state))
-                        .values(
-                            state=State.FAILED,
-                            error=out.error,
-                            attempts=attempts,
-                            next_attempt_at=nxt,
-                            updated_at=now,
+                            .scalars()
+                            .all()
                         )
-                    )
-                    if res.rowcount:
-                        detail = out.error or ""
-                        detail += (
-                            f" (retry in {(nxt - now).total_seconds():.0f} s)"
-                            if nxt
-                            else " (not retried)"
+                        events += [_event(rid, now, str(final), None) for rid in done]
+                        released += done
+                if failed:
+                    attempts = self._attempts(conn, [o.rule_id for o in failed])
+                    for o in failed:
+                        n = attempts.get(o.rule_id, 0) + 1
+                        wait = backoff(n, self.retry_base, self.retry_max)
+                        conn.execute(
+                            _WITHDRAW_FAILED,
+                            {
+                                "b_id": o.rule_id,
+                                "b_error": o.error,
+                                "b_attempts": n,
+                                "b_next": now + timedelta(seconds=wait),
+                                "b_now": now,
+                            },
                         )
-                        events.append(_event(rid, now, "failed", detail))
-                    continue
-                # withdraw
-                if out.ok:
-                    row = conn.execute(
-                        select(rules.c.end_state, rules.c.kind, rules.c.adapter_id).where(
-                            rules.c.id == rid
+                        events.append(
+                            _event(
+                                o.rule_id,
+                                now,
+                                "withdraw_failed",
+                                f"{o.error} (retry in {wait:.0f} s)",
+                            )
                         )
-                    ).one()
-                    final = row.end_state or State.WITHDRAWN
-                    res = conn.execute(
-                        update(rules)
-                        .where(and_(rules.c.id == rid, rules.c.state == State.WITHDRAWING))
-                        .values(
-                            state=final,
-                            ended_at=now,
-                            updated_at=now,
-                            error=None,
-                            next_attempt_at=None,
-                        )
-                    )
-                    if res.rowcount:
-                        events.append(_event(rid, now, str(final), None))
-                        released.append(rid)
-                else:
-                    attempts = (
-                        int(
-                            conn.execute(
-                                select(rules.c.attempts).where(rules.c.id == rid)
-                            ).scalar_one()
-                        )
-                        + 1
-                    )
-                    nxt = now + timedelta(
-                        seconds=backoff(attempts, self.retry_base, self.retry_max)
-                    )
-                    conn.execute(
-                        update(rules)
-                        .where(and_(rules.c.id == rid, rules.c.state == State.WITHDRAWING))
-                        .values(
-                            error=out.error, attempts=attempts, next_attempt_at=nxt, updated_at=now
-                        )
-                    )
-                    events.append(
-                        _event(
-                            rid,
-                            now,
-                            "withdraw_failed",
-                            f"{out.error} (retry in {(nxt - now).total_seconds():.0f} s)",
-                        )
-                    )
             if events:
                 conn.execute(insert(rule_events), events)
         for rid in released:
             self.intents.pop(rid, None)
+
+    @staticmethod
+    def _attempts(conn: Any, ids: list[int]) -> dict[int, int]:
+        rows = conn.execute(select(rules.c.id, rules.c.attempts).where(rules.c.id.in_(ids)))
+        return {int(r.id): int(r.attempts) for r in rows}
+
+    def _announce_failed(
+        self, conn: Any, failed: Sequence[Outcome], from_state: State, now: datetime
+    ) -> list[dict[str, Any]]:
+        if not failed:
+            return []
+        events = []
+        attempts = self._attempts(conn, [o.rule_id for o in failed])
+        for o in failed:
+            n = attempts.get(o.rule_id, 0) + 1
+            retry = o.retryable and n < self.max_attempts
+            wait = backoff(n, self.retry_base, self.retry_max) if retry else None
+            res = conn.execute(
+                _ANNOUNCE_FAILED,
+                {
+                    "b_id": o.rule_id,
+                    "b_from": from_state,
+                    "b_error": o.error,
+                    "b_attempts": n,
+                    "b_next": now + timedelta(seconds=wait) if wait is not None else None,
+                    "b_now": now,
+                },
+            )
+            if res.rowcount:
+                note = f" (retry in {wait:.0f} s)" if wait is not None else " (not retried)"
+                events.append(_event(o.rule_id, now, "failed", (o.error or "") + note))
+        return events
+
+
+# Per-rule statements with bound parameters: compiled once, cached by SQLAlchemy.
+_ANNOUNCE_FAILED = (
+    update(rules)
+    .where(rules.c.id == bindparam("b_id"), rules.c.state == bindparam("b_from"))
+    .values(
+        state=State.FAILED,
+        error=bindparam("b_error"),
+        attempts=bindparam("b_attempts"),
+        next_attempt_at=bindparam("b_next"),
+        updated_at=bindparam("b_now"),
+    )
+)
+_WITHDRAW_FAILED = (
+    update(rules)
+    .where(rules.c.id == bindparam("b_id"), rules.c.state == State.WITHDRAWING)
+    .values(
+        error=bindparam("b_error"),
+        attempts=bindparam("b_attempts"),
+        next_attempt_at=bindparam("b_next"),
+        updated_at=bindparam("b_now"),
+    )
+)
 
 
 def _context(op: Op, row: Any) -> dict[str, Any]:

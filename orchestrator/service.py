@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -36,7 +36,7 @@ from policies.errors import (
     ValidationFailed,
 )
 from policies.guardrails import GuardrailChecker
-from policies.intents import AnyIntent, canonical, intent_key
+from policies.intents import AnyIntent, canonical, key_of
 from policies.prefixes import PrefixSet
 from policies.schema import Policy, load_policy
 
@@ -64,10 +64,20 @@ class RuleRequest:
     actor: str = "system"
 
 
-@dataclass(frozen=True)
 class RuleResult:
-    rule: dict[str, Any]
-    deduplicated: bool = False
+    """The outcome of one create request; the rule's view is built when first read."""
+
+    def __init__(
+        self, rule: dict[str, Any] | Callable[[], dict[str, Any]], deduplicated: bool = False
+    ) -> None:
+        self._rule = rule
+        self.deduplicated = deduplicated
+
+    @property
+    def rule(self) -> dict[str, Any]:
+        if callable(self._rule):
+            self._rule = self._rule()
+        return self._rule
 
 
 @dataclass
@@ -80,6 +90,29 @@ class ReconcileReport:
     confirmed: int = 0
     resent: int = 0
     error: str | None = None
+
+
+@dataclass
+class _Plan:
+    """A new rule checked and waiting for the batch insert."""
+
+    intent: AnyIntent
+    rec: AdapterRecord
+    actor: str
+    values: dict[str, Any]
+    index: list[int] = field(default_factory=list)
+    rule_id: int = 0
+
+
+def _lazy_view(plan: _Plan) -> Callable[[], dict[str, Any]]:
+    cache: list[dict[str, Any]] = []
+
+    def build() -> dict[str, Any]:
+        if not cache:
+            cache.append(rule_view({**plan.values, "id": plan.rule_id}, plan.rec.name, plan.intent))
+        return cache[0]
+
+    return build
 
 
 @dataclass
@@ -204,29 +237,103 @@ class Service:
         return self.create_rules_sync(reqs)
 
     def create_rules_sync(self, reqs: Sequence[RuleRequest]) -> list[RuleResult | SluiceError]:
-        """Validate, store and queue rules in one transaction; per-request results."""
+        """Validate, store and queue rules in one transaction; per-request results.
+
+        Each request is checked on its own (a refusal does not stop the others); the new
+        rules are then inserted with one bulk statement and queued for their adapters.
+        """
         now = utcnow()
         mono = time.monotonic()
-        results: list[RuleResult | SluiceError] = []
-        to_send: dict[int, list[int]] = {}
+        results: list[RuleResult | SluiceError | None] = [None] * len(reqs)
+        plans: list[_Plan] = []
+        seen: dict[tuple[str, int, bool], _Plan] = {}
         try:
             with self.engine.begin() as conn:
-                for req in reqs:
+                for i, req in enumerate(reqs):
                     try:
-                        res, send = self._create_one(conn, req, now, mono)
+                        outcome = self._plan_one(conn, req, now, mono, seen)
                     except SluiceError as exc:
-                        results.append(exc)
+                        results[i] = exc
                         continue
-                    results.append(res)
-                    if send:
-                        to_send.setdefault(res.rule["adapter_id"], []).append(res.rule["id"])
+                    if isinstance(outcome, RuleResult):
+                        results[i] = outcome
+                    else:
+                        outcome.index.append(i)
+                        if len(outcome.index) == 1:
+                            plans.append(outcome)
+                if plans:
+                    self._insert_plans(conn, plans, now)
         except Exception:
             self.audit.forget_head()
             self._seed()
             raise
+        to_send: dict[int, list[int]] = {}
+        for plan in plans:
+            rid = plan.rule_id
+            self._live.by_key[(plan.values["key"], plan.rec.id, plan.values["dry_run"])] = rid
+            view = _lazy_view(plan)
+            for n, i in enumerate(plan.index):
+                results[i] = RuleResult(view, deduplicated=n > 0)
+            if not plan.values["dry_run"]:
+                self.dispatcher.intents[rid] = plan.intent
+                to_send.setdefault(plan.rec.id, []).append(rid)
         for adapter_id, ids in to_send.items():
             self.dispatcher.submit(adapter_id, "announce", ids)
-        return results
+        return [r for r in results if r is not None]
+
+    def _insert_plans(self, conn: Connection, plans: list[_Plan], now: datetime) -> None:
+        # RETURNING without a parameter order lets SQLite insert the batch in one statement;
+        # (key, adapter_id, dry_run) is unique within a batch, so rows map back by it.
+        by_ident = {(p.values["key"], p.rec.id, p.values["dry_run"]): p for p in plans}
+        returned = conn.execute(
+            insert(rules).returning(rules.c.id, rules.c.key, rules.c.adapter_id, rules.c.dry_run),
+            [p.values for p in plans],
+        ).all()
+        for row in returned:
+            by_ident[(row.key, row.adapter_id, bool(row.dry_run))].rule_id = int(row.id)
+        dry = [
+            {
+                "rule_id": p.rule_id,
+                "at": now,
+                "event": "dry_run",
+                "detail": "stored as dry-run; nothing is sent to the adapter",
+            }
+            for p in plans
+            if p.values["dry_run"]
+        ]
+        if dry:
+            conn.execute(insert(rule_events), dry)
+        entries = [
+            {
+                "rule": p.rule_id,
+                "intent": p.values["intent"],
+                "adapter": p.rec.name,
+                "ttl": p.values["ttl"],
+                "origin": p.values["origin"],
+                "reason": p.values["reason"],
+                "dry_run": p.values["dry_run"],
+            }
+            for p in plans
+        ]
+        if len(plans) == 1:
+            self.audit.append(
+                conn,
+                actor=plans[0].actor,
+                action="rule.create",
+                target=f"rule:{plans[0].rule_id}",
+                detail=entries[0],
+                at=now,
+            )
+        else:  # one entry for a batch (a policy decision, a runbook step, a bulk import)
+            actors = sorted({p.actor for p in plans})
+            self.audit.append(
+                conn,
+                actor=",".join(actors),
+                action="rule.create",
+                target=f"{len(plans)} rules",
+                detail={"rules": entries},
+                at=now,
+            )
 
     def _adapter_for(self, ref: int | str) -> AdapterRecord:
         try:
@@ -236,9 +343,15 @@ class Service:
                 exc.message, code="adapter_not_found", field="adapter_id"
             ) from None
 
-    def _create_one(
-        self, conn: Connection, req: RuleRequest, now: datetime, mono: float
-    ) -> tuple[RuleResult, bool]:
+    def _plan_one(
+        self,
+        conn: Connection,
+        req: RuleRequest,
+        now: datetime,
+        mono: float,
+        seen: dict[tuple[str, int, bool], _Plan],
+    ) -> RuleResult | _Plan:
+        """Check one request; an existing rule is extended now, a new one is planned."""
         intent = req.intent
         rec = self._adapter_for(req.adapter)
         adapter = self.hub.live(rec.id)
@@ -264,12 +377,16 @@ class Service:
             )
         self.checker.check(intent)
         dry_run = req.dry_run or self.policy.settings.dry_run
-        key = intent_key(intent)
+        text = canonical(intent)
+        key = key_of(text)
         expires = now + timedelta(seconds=ttl) if ttl else None
 
         existing_id = self._live.by_key.get((key, rec.id, dry_run))
         if existing_id is not None:
-            return self._extend(conn, existing_id, req, expires=expires, now=now), False
+            return self._extend(conn, existing_id, req, expires=expires, now=now)
+        planned = seen.get((key, rec.id, dry_run))
+        if planned is not None:  # the same rule twice in one batch
+            return planned
 
         target = str(intent.target)
         automatic = req.origin != "manual"
@@ -287,73 +404,39 @@ class Service:
                 )
         if not dry_run:
             self.quotas.check(self.policy.guardrails, intent.kind, rec.id, mono)
-
-        state = State.ACTIVE if dry_run else State.PENDING
-        values = {
-            "key": key,
-            "kind": intent.kind,
-            "target": target,
-            "intent": canonical(intent),
-            "adapter_id": rec.id,
-            "state": state,
-            "dry_run": dry_run,
-            "origin": req.origin,
-            "reason": req.reason,
-            "explanation": list(req.explanation) or None,
-            "incident_id": req.incident_id,
-            "created_by": req.actor,
-            "ttl": ttl,
-            "created_at": now,
-            "updated_at": now,
-            "expires_at": expires,
-            "activated_at": now if dry_run else None,
-            "attempts": 0,
-        }
-        inserted = conn.execute(insert(rules).values(**values)).inserted_primary_key
-        if inserted is None:
-            raise RuntimeError("insert returned no key")
-        rule_id = int(inserted[0])
-        if dry_run:
-            conn.execute(
-                insert(rule_events).values(
-                    rule_id=rule_id,
-                    at=now,
-                    event="dry_run",
-                    detail="stored as dry-run; nothing is sent to the adapter",
-                )
-            )
-        self.audit.append(
-            conn,
+            self.quotas.added(intent.kind, rec.id, mono)
+        self._cooldown[(target, intent.kind)] = now
+        plan = _Plan(
+            intent=intent,
+            rec=rec,
             actor=req.actor,
-            action="rule.create",
-            target=f"rule:{rule_id}",
-            detail={
-                "intent": values["intent"],
-                "adapter": rec.name,
-                "ttl": ttl,
+            values={
+                "key": key,
+                "kind": intent.kind,
+                "target": target,
+                "intent": text,
+                "adapter_id": rec.id,
+                "state": State.ACTIVE if dry_run else State.PENDING,
+                "end_state": None,
+                "dry_run": dry_run,
                 "origin": req.origin,
                 "reason": req.reason,
-                "dry_run": dry_run,
-            },
-            at=now,
-        )
-        self._live.by_key[(key, rec.id, dry_run)] = rule_id
-        self._cooldown[(target, intent.kind)] = now
-        if not dry_run:
-            self.quotas.added(intent.kind, rec.id, mono)
-            self.dispatcher.intents[rule_id] = intent
-        view = rule_view(
-            {
-                **values,
-                "id": rule_id,
+                "explanation": list(req.explanation) or None,
+                "incident_id": req.incident_id,
+                "created_by": req.actor,
+                "ttl": ttl,
+                "created_at": now,
+                "updated_at": now,
+                "expires_at": expires,
+                "activated_at": now if dry_run else None,
                 "ended_at": None,
                 "error": None,
+                "attempts": 0,
                 "next_attempt_at": None,
-                "end_state": None,
             },
-            rec.name,
         )
-        return RuleResult(view), not dry_run
+        seen[(key, rec.id, dry_run)] = plan
+        return plan
 
     def _extend(
         self,
@@ -400,38 +483,57 @@ class Service:
     # ------------------------------------------------------------ withdraw / expire
 
     def _begin_withdraw(
-        self, conn: Connection, row: Any, end_state: State, *, now: datetime, why: str
-    ) -> bool:
-        """Move a held rule to withdrawing (or straight to its end for dry-run); True if sent."""
-        check_move(row.id, State(row.state), State.WITHDRAWING)
-        self._live.by_key.pop((row.key, row.adapter_id, bool(row.dry_run)), None)
-        if not row.dry_run:
-            self.quotas.released(row.kind, row.adapter_id)
-        if row.dry_run:
+        self,
+        conn: Connection,
+        rows: Sequence[Any],
+        end_state: State,
+        *,
+        now: datetime,
+        why: str | Callable[[Any], str],
+    ) -> list[int]:
+        """Move held rules to withdrawing (dry-run ones straight to their end).
+
+        Returns the ids whose withdrawal must be sent.
+        """
+        send: list[int] = []
+        ended: list[int] = []
+        events: list[dict[str, Any]] = []
+        for row in rows:
+            check_move(row.id, State(row.state), State.WITHDRAWING)
+            self._live.by_key.pop((row.key, row.adapter_id, bool(row.dry_run)), None)
+            detail = why(row) if callable(why) else why
+            if row.dry_run:
+                ended.append(row.id)
+                events.append(
+                    {"rule_id": row.id, "at": now, "event": str(end_state), "detail": detail}
+                )
+            else:
+                self.quotas.released(row.kind, row.adapter_id)
+                send.append(row.id)
+                events.append(
+                    {"rule_id": row.id, "at": now, "event": "withdrawing", "detail": detail}
+                )
+        if ended:
             conn.execute(
                 update(rules)
-                .where(rules.c.id == row.id)
+                .where(rules.c.id.in_(ended))
                 .values(state=end_state, end_state=end_state, ended_at=now, updated_at=now)
             )
+        if send:
             conn.execute(
-                insert(rule_events).values(rule_id=row.id, at=now, event=str(end_state), detail=why)
+                update(rules)
+                .where(rules.c.id.in_(send))
+                .values(
+                    state=State.WITHDRAWING,
+                    end_state=end_state,
+                    updated_at=now,
+                    attempts=0,
+                    next_attempt_at=None,
+                )
             )
-            return False
-        conn.execute(
-            update(rules)
-            .where(rules.c.id == row.id)
-            .values(
-                state=State.WITHDRAWING,
-                end_state=end_state,
-                updated_at=now,
-                attempts=0,
-                next_attempt_at=None,
-            )
-        )
-        conn.execute(
-            insert(rule_events).values(rule_id=row.id, at=now, event="withdrawing", detail=why)
-        )
-        return True
+        if events:
+            conn.execute(insert(rule_events), events)
+        return send
 
     async def withdraw_rule(self, rule_id: int, actor: str, reason: str = "") -> dict[str, Any]:
         now = utcnow()
@@ -444,12 +546,14 @@ class Service:
             elif row.state in (State.WITHDRAWN, State.EXPIRED):
                 raise Conflict(f"rule {rule_id} is already {row.state}", code="rule_not_active")
             else:
-                send = self._begin_withdraw(
-                    conn,
-                    row,
-                    State.WITHDRAWN,
-                    now=now,
-                    why=f"withdrawn by {actor}" + (f": {reason}" if reason else ""),
+                send = bool(
+                    self._begin_withdraw(
+                        conn,
+                        [row],
+                        State.WITHDRAWN,
+                        now=now,
+                        why=f"withdrawn by {actor}" + (f": {reason}" if reason else ""),
+                    )
                 )
                 self.audit.append(
                     conn,
@@ -472,7 +576,15 @@ class Service:
         to_send: dict[int, list[int]] = {}
         with self.engine.begin() as conn:
             rows = conn.execute(
-                select(rules)
+                select(
+                    rules.c.id,
+                    rules.c.key,
+                    rules.c.adapter_id,
+                    rules.c.dry_run,
+                    rules.c.kind,
+                    rules.c.state,
+                    rules.c.ttl,
+                )
                 .where(
                     and_(
                         rules.c.state.in_([s.value for s in HELD]),
@@ -483,10 +595,13 @@ class Service:
                 .order_by(rules.c.expires_at)
                 .limit(limit)
             ).all()
+            sent = set(
+                self._begin_withdraw(
+                    conn, rows, State.EXPIRED, now=now, why=lambda r: f"TTL of {r.ttl} s expired"
+                )
+            )
             for row in rows:
-                if self._begin_withdraw(
-                    conn, row, State.EXPIRED, now=now, why=f"TTL of {row.ttl} s expired"
-                ):
+                if row.id in sent:
                     to_send.setdefault(row.adapter_id, []).append(row.id)
             if rows:
                 self.audit.append(
@@ -676,15 +791,13 @@ class Service:
                     )
                 )
             ).all()
-            for row in rows:
-                if self._begin_withdraw(
-                    conn,
-                    row,
-                    State.WITHDRAWN,
-                    now=now,
-                    why=f"adapter {rec.name!r} deleted by {actor}",
-                ):
-                    ids.append(row.id)
+            ids = self._begin_withdraw(
+                conn,
+                rows,
+                State.WITHDRAWN,
+                now=now,
+                why=f"adapter {rec.name!r} deleted by {actor}",
+            )
             self.audit.append(
                 conn,
                 actor=actor,

@@ -5,15 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from policies.intents import intent_to_dict, parse_canonical
+from policies.intents import AnyIntent, intent_to_dict, parse_canonical
 
 
 def _iso(v: Any) -> str | None:
     return v.isoformat() if isinstance(v, datetime) else None
 
 
-def rule_view(row: dict[str, Any], adapter_name: str) -> dict[str, Any]:
-    intent = parse_canonical(row["intent"])
+def rule_view(
+    row: dict[str, Any], adapter_name: str, intent: AnyIntent | None = None
+) -> dict[str, Any]:
+    if intent is None:
+        intent = parse_canonical(row["intent"])
     fields = intent_to_dict(intent)
     fields.pop("kind", None)
     return {

@@ -501,7 +501,12 @@ def _action_from_text(action: str, arg: str) -> dict[str, Any]:
 
 def intent_key(intent: AnyIntent) -> str:
     """A stable key: equal intents (however written) have equal keys."""
-    return hashlib.sha256(canonical(intent).encode()).hexdigest()[:32]
+    return key_of(canonical(intent))
+
+
+def key_of(canonical_text: str) -> str:
+    """The key of an intent given its canonical text (saves rendering it twice)."""
+    return hashlib.sha256(canonical_text.encode()).hexdigest()[:32]
 
 
 def intent_to_dict(intent: AnyIntent) -> dict[str, Any]:

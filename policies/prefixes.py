@@ -15,7 +15,9 @@ from policies.intents import IPNetwork
 
 
 def interval(net: IPNetwork) -> tuple[int, int]:
-    return int(net.network_address), int(net.broadcast_address)
+    """First and last address as integers (without ipaddress's slow cached properties)."""
+    lo = int(net.network_address)
+    return lo, lo | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)
 
 
 class PrefixSet:

@@ -90,7 +90,7 @@ rules = Table(
     Column("dry_run", Boolean, nullable=False, default=False),
     Column("origin", String(16), nullable=False),  # manual | policy | runbook
     Column("reason", Text, nullable=False, default=""),
-    Column("explanation", JSON, nullable=True),
+    Column("explanation", JSON(none_as_null=True), nullable=True),
     Column("incident_id", String(64), nullable=True),
     Column("created_by", String(100), nullable=True),
     Column("ttl", Integer, nullable=False),
