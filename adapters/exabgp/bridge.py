@@ -59,7 +59,7 @@ from adapters.exabgp.render import route_entries
 ACKS = frozenset({"done", "error", "shutdown"})
 _IN_ORDER = re.compile(
     r"^(neighbor [^\s,]+(, neighbor [^\s,]+)* )?(announce|withdraw) (route|flow route|attributes) "
-    r"|^show adj-rib (in|out)\b"
+    r"|^show adj-rib (in|out)\b|^show neighbor summary$"
 )
 
 
@@ -122,7 +122,7 @@ class Bridge:
             self._ack(text)
             return
         m = _NEIGHBOR_STATE.match(text)
-        if m and not (self.pending and self.pending[0].command.startswith("show")):
+        if m:  # no show output line reads "neighbor X up|down|connected"
             self.neighbors[m.group(1)] = m.group(2)
             return
         if self.pending:
@@ -227,6 +227,15 @@ class Bridge:
         if isinstance(routes, dict):
             self.routes = {str(k): str(v) for k, v in routes.items()}
         return True
+
+    async def refresh_neighbors(self) -> None:
+        """Learn the sessions already up (``neighbor-changes`` only reports changes: a
+        respawned bridge would otherwise know none)."""
+        (result,) = await self.submit(["show neighbor summary"])
+        for line in result["output"]:
+            parts = line.split()
+            if len(parts) >= 4 and parts[0] != "Peer":
+                self.neighbors.setdefault(parts[0], "up" if parts[3] == "established" else "down")
 
     def status(self) -> dict[str, Any]:
         return {
@@ -380,12 +389,14 @@ async def run(args: argparse.Namespace) -> int:
             bridge.feed(line.decode(errors="replace"))
 
     task = asyncio.create_task(pump())
+    refresh = asyncio.create_task(bridge.refresh_neighbors())
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
     try:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     finally:
+        refresh.cancel()
         bridge.closed()
         for server in servers:
             server.close()

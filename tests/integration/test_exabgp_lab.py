@@ -186,6 +186,15 @@ def test_respawned_bridge_resumes_its_routes(exabgp_topology: Topology) -> None:
     )
     # the new bridge took over its predecessor's list: read-back still tells the truth
     assert run(read_back(make_adapter(exabgp_topology))) == {r.key for r in refs}
+    # and it asked ExaBGP which sessions are up (neighbor-changes only reports changes)
+    wait_for(
+        lambda: run(_check(make_adapter(exabgp_topology))).ok,
+        timeout=10,
+        what="check() healthy after the respawn",
+    )
+    health = run(_check(make_adapter(exabgp_topology)))
+    assert set(health.sessions.values()) == {"up"}
+    assert len(health.sessions) == 4
     assert all(o.ok for o in run(once(make_adapter(exabgp_topology), "withdraw", refs)))
     assert run(read_back(make_adapter(exabgp_topology))) == frozenset()
 

@@ -51,6 +51,9 @@ class ScriptedExaBgp:
             else:
                 if line.startswith("show adj-rib"):
                     self._due.append("neighbor 192.0.2.2 ipv4 unicast 192.0.2.1/32 next-hop self")
+                if line == "show neighbor summary":  # ExaBGP 4.2's layout; established only
+                    self._due.append("Peer            AS        up/down state       |     #sent")
+                    self._due.append("192.0.2.2       65010     0:01:02 established          4")
                 self._due.append("done")
 
     async def drain(self) -> None:
@@ -98,6 +101,13 @@ async def test_neighbor_changes_and_show_output() -> None:
     reply = await bridge.handle({"op": "adj-rib-out"})
     assert reply["lines"] == ["neighbor 192.0.2.2 ipv4 unicast 192.0.2.1/32 next-hop self"]
     assert bridge.neighbors["192.0.2.2"] == "up"
+
+
+async def test_refresh_learns_sessions_already_up() -> None:
+    bridge, _ = make_bridge()
+    bridge.feed("neighbor 192.0.2.6 down\n")
+    await bridge.refresh_neighbors()
+    assert bridge.neighbors == {"192.0.2.2": "up", "192.0.2.6": "down"}
 
 
 async def test_missing_ack_is_a_timeout_and_later_acks_still_line_up() -> None:
