@@ -112,6 +112,20 @@ class LpmIndex(Generic[T]):
         table[key] = payload
         return previous
 
+    def add_many(self, items: Iterable[tuple[Net, T]]) -> None:
+        """Insert many (later duplicates replace earlier ones, as :meth:`add`)."""
+        tables = self._tables
+        for (version, value, plen), payload in items:
+            family = tables[version]
+            table = family.get(plen)
+            if table is None:
+                table = family[plen] = {}
+                self._lengths.pop(version, None)
+            key = value >> ((32 if version == 4 else 128) - plen)
+            if key not in table:
+                self._count += 1
+            table[key] = payload
+
     def __len__(self) -> int:
         return self._count
 

@@ -142,13 +142,18 @@ class HostThresholds:
     def __init__(self, entries: Sequence[HostThreshold] = ()) -> None:
         self.entries: tuple[HostThreshold, ...] = tuple(entries)
         self._index: LpmIndex[HostThreshold] = LpmIndex()
+        self._index.add_many((e.net, e) for e in self.entries)
+        if len(self._index) == len(self.entries):
+            return
+        seen: set[Net] = set()  # a duplicate: find the first one, for the message
         for i, entry in enumerate(self.entries):
-            if self._index.add(entry.net, entry) is not None:
+            if entry.net in seen:
                 raise EntryInvalid(
                     ("thresholds", i, "target_ip"),
                     f"{entry.prefix} already has thresholds; one entry per prefix "
                     "(more specific prefixes override less specific ones)",
                 )
+            seen.add(entry.net)
 
     @classmethod
     def build(cls, raw: object, escalation: Escalation) -> HostThresholds:
@@ -305,8 +310,7 @@ class Allowlist:
         self._nodes: dict[str, LpmIndex[AllowEntry]] = {}
         ws = [(i, e) for i, e in enumerate(self.entries) if e.scope == "workspace"]
         self._check_overlaps(ws, None)
-        for _, e in ws:
-            self._workspace.add(e.net, e)
+        self._workspace.add_many((e.net, e) for _, e in ws)
         by_node: dict[str, list[tuple[int, AllowEntry]]] = {}
         for i, e in enumerate(self.entries):
             if e.node is not None:
@@ -353,9 +357,26 @@ class Allowlist:
         if not isinstance(raw, list):
             raise EntryInvalid(("allowlist",), "expected a list of entries")
         entries: list[AllowEntry] = []
+        keyset = _ALLOW_KEYS
         for i, item in enumerate(raw):
+            if (
+                type(item) is dict
+                and "ip_address" in item
+                and "node" not in item
+                and "scope" not in item
+                and keyset.issuperset(item)
+            ):  # the common case, kept cheap for 100,000 entries
+                try:
+                    net = parse_net(item["ip_address"])
+                except ValueError as exc:
+                    raise EntryInvalid(("allowlist", i, "ip_address"), str(exc)) from None
+                label = item.get("label") or ""
+                if type(label) is not str or len(label) > 200:
+                    label = _label(item, ("allowlist", i))
+                entries.append(AllowEntry(net, label, "workspace", None))
+                continue
             loc: Loc = ("allowlist", i)
-            m = _mapping(item, loc, _ALLOW_KEYS)
+            m = _mapping(item, loc, keyset)
             net = _net(m, "ip_address", loc)
             scope = m.get("scope", "workspace")
             node = m.get("node")
