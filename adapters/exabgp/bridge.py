@@ -1,7 +1,7 @@
 """The program ExaBGP runs as its ``process``: commands in from Sluice, acks back out.
 
     process sluice {
-        run /path/to/.venv/bin/python -m adapters.exabgp.bridge --socket /run/sluice/exabgp.sock;
+        run VENV/bin/python -m adapters.exabgp.bridge --socket SOCK --state-file FILE;
         encoder text;
     }
     neighbor ... { api { processes [ sluice ]; neighbor-changes; } }
@@ -79,6 +79,7 @@ def exabgp_identity(pid: int) -> str:
 
 
 _NEIGHBOR_STATE = re.compile(r"^neighbor (\S+) (up|down|connected)\b")
+HTTP_PORT = 5000
 TOKEN_ENV = "SLUICE_EXABGP_BRIDGE_TOKEN"  # noqa: S105 - the variable's name, not a token
 
 
@@ -372,7 +373,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.socket:
         servers.append(await serve_unix(bridge, Path(args.socket)))
     if args.http:
-        host, _, port = args.http.rpartition(":")
+        host, port = http_address(args.http)
         token = _token(args)
         servers.append(
             await serve_http(http_handler(bridge, token), host or "127.0.0.1", int(port))
@@ -405,6 +406,19 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def http_address(text: str) -> tuple[str, int]:
+    """``HOST``, ``:PORT``, ``HOST:PORT`` or ``[V6]:PORT`` (default 127.0.0.1 and 5000)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    return host or "127.0.0.1", int(port) if port else HTTP_PORT
+
+
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         Path(path).unlink()
@@ -419,7 +433,12 @@ def _token(args: argparse.Namespace) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Sluice's ExaBGP process bridge")
     parser.add_argument("--socket", help="unix socket path for the Sluice adapter")
-    parser.add_argument("--http", help="HOST:PORT for the HTTP listener (e.g. 127.0.0.1:5000)")
+    parser.add_argument(
+        "--http",
+        nargs="?",
+        const=f"127.0.0.1:{HTTP_PORT}",
+        help=f"[HOST][:PORT] for the HTTP listener (alone: 127.0.0.1:{HTTP_PORT})",
+    )
     parser.add_argument("--token-file", help=f"bearer token for HTTP (else ${TOKEN_ENV})")
     parser.add_argument("--ack-timeout", type=float, default=30.0)
     parser.add_argument(

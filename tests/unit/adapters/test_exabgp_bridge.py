@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from adapters.base import AdapterConfig, RuleRef
 from adapters.exabgp import ExaBgpAdapter
-from adapters.exabgp.bridge import Bridge, http_handler, in_order, serve_unix
+from adapters.exabgp.bridge import Bridge, http_address, http_handler, in_order, serve_unix
 from adapters.exabgp.httpserver import serve_http
 from policies.errors import AdapterConfigInvalid
 from policies.intents import build_intent
@@ -140,6 +140,14 @@ async def test_state_file_resumes_only_for_the_same_exabgp(tmp_path: Path) -> No
     other, _ = make_bridge(state, owner="100:9")  # ExaBGP restarted (pid reused)
     assert not other.load()
     assert other.routes == {}
+
+
+def test_http_address_defaults() -> None:
+    assert http_address("127.0.0.1:5000") == ("127.0.0.1", 5000)
+    assert http_address(":8080") == ("127.0.0.1", 8080)
+    assert http_address("192.0.2.1") == ("192.0.2.1", 5000)
+    assert http_address("[::1]:5001") == ("::1", 5001)
+    assert http_address("::1") == ("::1", 5000)
 
 
 async def test_bad_requests() -> None:
