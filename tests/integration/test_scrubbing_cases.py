@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.base import AdapterConfig
+from adapters.scrubbing.aws_shield import AwsShieldAdapter
 from adapters.scrubbing.cloudflare_magic_transit import MagicTransitAdapter
 from adapters.scrubbing.cloudflare_waf import CloudflareWafAdapter
 from adapters.scrubbing.common import ScrubbingAdapter
@@ -23,6 +24,7 @@ from adapters.scrubbing.ovh import OvhMitigationAdapter
 from adapters.scrubbing.vultr import VultrAdapter
 from labs.vendors import digitalocean as do_fake
 from labs.vendors import vultr as vultr_fake
+from labs.vendors.aws import ShieldServer
 from labs.vendors.cloudflare import CloudflareServer
 from labs.vendors.digitalocean import DigitalOceanServer
 from labs.vendors.hetzner import HetznerServer
@@ -332,4 +334,51 @@ LINODE = Case(
     refused_text="Firewall is locked",
 )
 
-CASES = [MAGIC_TRANSIT, CLOUDFLARE_WAF, OVH, HETZNER, DIGITALOCEAN, VULTR, LINODE]
+# ---------------------------------------------------------------- AWS Shield Advanced
+
+AWS_KEY, AWS_SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+EIP = "arn:aws:ec2:us-east-1:123456789012:eip-allocation/eipalloc-0123456789abcdef0"
+SHIELD_READS = ("ListProtections", "DescribeProtection", "GetSubscriptionState")
+
+
+def shield_auth(req: Request) -> None:
+    assert (req.header("authorization") or "").startswith(
+        f"AWS4-HMAC-SHA256 Credential={AWS_KEY}/"
+    ), req.headers
+    assert req.header("content-type") == "application/x-amz-json-1.1"
+    assert (req.header("x-amz-target") or "").startswith("AWSShield_20160616.")
+
+
+def shield_write(req: Request) -> Write | None:
+    op = (req.header("x-amz-target") or "").removeprefix("AWSShield_20160616.")
+    if op in SHIELD_READS:
+        return None
+    body = dict(req.body or {})
+    if "ProtectionId" in body:
+        body["ProtectionId"] = "<id>"
+    return (op, req.path, body)
+
+
+AWS_SHIELD = Case(
+    adapter_type="aws_shield",
+    cls=AwsShieldAdapter,
+    server=ShieldServer,
+    config=lambda srv, good: cfg(
+        "aws_shield",
+        srv,
+        AWS_SECRET if good else "wrongSecretKeyValue/abc",
+        access_key_id=AWS_KEY,
+        targets=[{"prefix": "203.0.113.64/26", "resource_arn": EIP}],
+    ),
+    prefix="203.0.113.70/32",
+    announce=[("CreateProtection", "/", {"Name": "sluice-203.0.113.64_26", "ResourceArn": EIP})],
+    withdraw=[("DeleteProtection", "/", {"ProtectionId": "<id>"})],
+    auth=shield_auth,
+    diverting=lambda srv: srv.protected(EIP),
+    secrets=(AWS_SECRET, "wrongSecretKeyValue/abc"),
+    refused_body={"__type": "InvalidParameterException", "message": "bad resource"},
+    refused_text="InvalidParameterException: bad resource",
+    summarize=shield_write,
+)
+
+CASES = [MAGIC_TRANSIT, CLOUDFLARE_WAF, OVH, HETZNER, DIGITALOCEAN, VULTR, LINODE, AWS_SHIELD]

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from adapters.scrubbing import ovh
+from adapters.scrubbing import aws_shield, hetzner, ovh, sigv4
 from adapters.scrubbing.common import Target, covering, disjoint, parse_prefix
 from policies.errors import AdapterRefused
 
@@ -75,3 +75,93 @@ def test_targets_must_be_valid_and_disjoint() -> None:
         parse_prefix("203.0.113.1/24")
     with pytest.raises(ValueError, match="not a valid prefix"):
         parse_prefix("bogus")
+
+
+# AWS's published Signature Version 4 examples (get-vanilla of the SigV4 test suite and
+# the IAM ListUsers walk-through of the SigV4 documentation).
+AKID, AKSECRET = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+
+
+def test_sigv4_matches_aws_get_vanilla() -> None:
+    headers = sigv4.sign(
+        method="GET",
+        url="https://example.amazonaws.com/",
+        headers={"Host": "example.amazonaws.com"},
+        payload=b"",
+        access_key=AKID,
+        secret_key=AKSECRET,
+        region="us-east-1",
+        service="service",
+        amz_date="20150830T123600Z",
+    )
+    assert headers == {
+        "X-Amz-Date": "20150830T123600Z",
+        "Authorization": "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/"
+        "aws4_request, SignedHeaders=host;x-amz-date, "
+        "Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31",
+    }
+
+
+def test_sigv4_matches_aws_iam_list_users() -> None:
+    headers = sigv4.sign(
+        method="GET",
+        url="https://iam.amazonaws.com/?Version=2010-05-08&Action=ListUsers",
+        headers={
+            "Host": "iam.amazonaws.com",
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+        },
+        payload=b"",
+        access_key=AKID,
+        secret_key=AKSECRET,
+        region="us-east-1",
+        service="iam",
+        amz_date="20150830T123600Z",
+    )
+    assert headers["Authorization"].endswith(
+        "SignedHeaders=content-type;host;x-amz-date, "
+        "Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
+    )
+
+
+def test_sigv4_session_token_is_signed() -> None:
+    headers = sigv4.sign(
+        method="POST",
+        url="https://shield.us-east-1.amazonaws.com/",
+        headers={"Host": "shield.us-east-1.amazonaws.com"},
+        payload=b"{}",
+        access_key=AKID,
+        secret_key=AKSECRET,
+        region="us-east-1",
+        service="shield",
+        amz_date="20240101T000000Z",
+        session_token="FQoGZXIvYXdzEXAMPLE",
+    )
+    assert headers["X-Amz-Security-Token"] == "FQoGZXIvYXdzEXAMPLE"
+    assert "SignedHeaders=host;x-amz-date;x-amz-security-token," in headers["Authorization"]
+
+
+def test_shield_request_rendering() -> None:
+    headers, body = aws_shield.request_body(
+        "CreateProtection", {"Name": "sluice-203.0.113.0_24", "ResourceArn": "arn:aws:x"}
+    )
+    assert headers == {
+        "Content-Type": "application/x-amz-json-1.1",
+        "X-Amz-Target": "AWSShield_20160616.CreateProtection",
+    }
+    assert body == b'{"Name":"sluice-203.0.113.0_24","ResourceArn":"arn:aws:x"}'
+    assert aws_shield.protection_name("2001:db8::/48") == "sluice-2001.db8.._48"
+    assert aws_shield.error_type(
+        {"__type": "com.amazonaws.shield#ResourceNotFoundException", "message": "gone"}
+    ) == ("ResourceNotFoundException", "gone")
+    assert aws_shield.error_type("x") == ("", "")
+
+
+def test_hetzner_rule_normalization_and_form() -> None:
+    rules = [
+        {"ip_version": "ipv4", "name": "a", "dst_ip": None, "src_port": "", "action": "accept"}
+    ]
+    assert hetzner.normalize_rules(rules) == [
+        {"ip_version": "ipv4", "name": "a", "action": "accept"}
+    ]
+    assert hetzner.normalize_rules(None) == []
+    assert hetzner.template_form("1002") == b"template_id=1002"
