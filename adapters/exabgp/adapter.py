@@ -18,9 +18,18 @@ burst of 10,000 routes spends about 2 s asleep. ``exabgp_reactor_speed=0.1`` (en
 ``[exabgp.reactor] speed``) took a 10,000-route burst here from ~2.9 s to ~1.2 s at the
 cost of ~5% of a core while idle.
 
+ExaBGP, like any BGP speaker, holds one route per NLRI and neighbour selection: a second
+intent for the same prefix (or flow match) replaces the first; the bridge's list follows.
+
 ``active()`` reads the announcements the bridge saw acknowledged and parses each back into
-its intent. Per-peer selection (``peers``) becomes ExaBGP's ``neighbor A, neighbor B``
-prefix; a peer ExaBGP has no session with makes it answer ``error``.
+its intent. That list is ExaBGP's RIB as changed through the bridge since ExaBGP started:
+routes added another way (ExaBGP's own config, its CLI, another process) are not in it.
+The bridge's ``adj-rib-out`` request shows ExaBGP's own view for comparison; it is not
+used for read-back because its text (per neighbour, ExaBGP's names for values) does not
+map back to intents reliably.
+
+Per-peer selection (``peers``) becomes ExaBGP's ``neighbor A, neighbor B`` prefix; a peer
+ExaBGP has no session with makes it answer ``error``.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ operator's policy configuration at run time. Run one adapter per gobgpd (or per 
 
 gRPC errors: ``UNAVAILABLE``/``DEADLINE_EXCEEDED`` (and the like) are retryable; any
 other error is gobgpd refusing the request, reported with its message, not retryable.
+
+gobgpd holds one local path per NLRI: two intents for the same prefix (or the same flow
+match) with different attributes replace each other, and read-back shows the later one.
+Withdrawing either removes the NLRI.
 """
 
 from __future__ import annotations
