@@ -45,7 +45,8 @@ debs:
 
 # GoBGP gRPC stubs are generated here from Debian's protos, never committed.
 stubs: .stamp-install
-	@if [ -f adapters/gobgp/build_stubs.py ]; then $(PY) -m adapters.gobgp.build_stubs; fi
+	@# run by path: importing the adapters.gobgp package needs the stubs this generates
+	$(PY) adapters/gobgp/build_stubs.py
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
