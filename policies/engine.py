@@ -527,6 +527,9 @@ def evaluate(signal: Signal, policy: Policy, state: EngineState, now: float) -> 
     entry = policy.allowlist.match(target.version, value, signal.node)
     if entry is not None:
         run.why.append(f"target {key} is allowlisted ({c.allow_text(entry)}): never mitigated")
+        if entry.scope == "node":
+            # Another node may see the same target unlisted: leave its rules alone.
+            return run.done("allowlisted", ts.tier)
         withdraw = tuple(ts.active)
         if withdraw:
             run.why.append(f"withdraw {len(withdraw)} rule(s) planned before it was allowlisted")

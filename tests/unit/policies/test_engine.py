@@ -418,3 +418,16 @@ def test_decision_to_dict_is_json_ready(policy: Policy) -> None:
     data = json.loads(json.dumps(d.to_dict()))
     assert data["rules"][0]["intent"]["kind"] == "flowspec"
     assert data["rules"][0]["key"] == d.rules[0].key
+
+
+def test_node_scoped_allowlist_does_not_undo_another_nodes_rules(tmp_path: Path) -> None:
+    policy = make_policy(
+        tmp_path, allowlist=[{"ip_address": "192.0.2.5", "scope": "node", "node": "edge-1"}]
+    )
+    state = EngineState()
+    b = evaluate(sig("192.0.2.5", 3e9, node="edge-2"), policy, state, 0)
+    a = evaluate(sig("192.0.2.5", 3e9, node="edge-1"), policy, state, 1)
+    assert b.tier == "tier3" and len(b.rules) == 1
+    assert a.status == "allowlisted" and a.withdraw == () and a.rules == ()
+    again = evaluate(sig("192.0.2.5", 3e9, node="edge-2"), policy, state, 2)
+    assert again.status == "steady"
