@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from adapters.base import Adapter, Capability, RuleRef
+from adapters.base import Adapter, Capability, Registry, RuleRef
 from adapters.scrubbing.common import ScrubbingAdapter
 from labs.vendors.server import FakeVendorServer, Fault
+from policies.errors import AdapterConfigInvalid
 from policies.intents import build_intent
 from tests.integration.test_scrubbing_cases import CASES, Case
 
@@ -190,3 +191,25 @@ async def test_prefixes_outside_the_targets_and_other_intents_are_refused(
         assert case.writes(server.journal.all()) == []
     finally:
         await adapter.close()
+
+
+async def test_declared_entry_point_and_settings_checked_at_creation(
+    case: Case, server: FakeVendorServer
+) -> None:
+    loaded: object = Registry().get(case.adapter_type)
+    assert loaded is case.cls
+    good = case.config(server, True)
+    no_token = good.model_copy(update={"auth_token": None})
+    with pytest.raises(AdapterConfigInvalid) as err:
+        case.cls.from_config(no_token)
+    assert err.value.field == "auth_token"
+    bare = good.model_copy(update={"config": {}})
+    with pytest.raises(AdapterConfigInvalid) as err:
+        case.cls.from_config(bare)
+    assert (err.value.field or "").startswith("config."), err.value
+    bad_endpoint = good.model_copy(update={"endpoint": "ftp://example.net"})
+    with pytest.raises(AdapterConfigInvalid) as err:
+        case.cls.from_config(bad_endpoint)
+    assert err.value.field == "endpoint"
+    for secret in case.secrets:
+        assert secret not in str(err.value)
