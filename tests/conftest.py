@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -29,5 +30,5 @@ def need_root() -> None:
 
 
 def need_binaries(*names: str) -> None:
-    missing = [n for n in names if shutil.which(n) is None and not os.path.exists(n)]
+    missing = [n for n in names if shutil.which(n) is None and not Path(n).exists()]
     need(not missing, f"missing binaries: {', '.join(missing)}")
