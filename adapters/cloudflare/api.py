@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx
 from pydantic import SecretStr
 
 from adapters.http import HttpClient, HttpSettings
@@ -66,8 +67,12 @@ class CloudflareApi:
         self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None
     ) -> Any:
         """Send one request and return the envelope's ``result`` (see module docstring)."""
-        what = f"{method} {path}"
         resp = await self.http.send(method, path, json=json, params=params, headers=self._headers())
+        result, _ = self._envelope(resp, f"{method} {path}")
+        return result
+
+    def _envelope(self, resp: httpx.Response, what: str) -> tuple[Any, dict[str, Any]]:
+        """``(result, whole body)`` of a successful envelope; raise for anything else."""
         try:
             body: Any = resp.json()
         except ValueError:
@@ -89,32 +94,26 @@ class CloudflareApi:
         if not body["success"]:
             text = errors_text(body) or "success is false and no error is given"
             raise AdapterRefused(self.http.redact(f"{self.http.label}: {what}: {text}"))
-        return body.get("result")
+        return body.get("result"), body
 
     async def call_paged(self, path: str, *, per_page: int = 500) -> list[Any]:
         """Every item of a cursor-paginated list (``result_info.cursors.after``)."""
         out: list[Any] = []
         params: dict[str, str] = {"per_page": str(per_page)}
+        what = f"GET {path}"
         for _ in range(1000):
-            what = f"GET {path}"
             resp = await self.http.send("GET", path, params=params, headers=self._headers())
-            if resp.status_code >= 400:
-                await self.call("GET", path, params=params)  # raises the translated error
-            body = self.http.json(resp, what)
-            if not isinstance(body, dict) or not isinstance(body.get("result"), list):
+            result, body = self._envelope(resp, what)
+            if not isinstance(result, list):
                 raise self.http.bad_response(what, "the answer has no result list")
-            if body.get("success") is not True:
-                raise AdapterRefused(
-                    self.http.redact(f"{self.http.label}: {what}: {errors_text(body)}")
-                )
-            out.extend(body["result"])
+            out.extend(result)
             info = body.get("result_info")
             cursors = info.get("cursors") if isinstance(info, dict) else None
             after = cursors.get("after") if isinstance(cursors, dict) else None
             if not after:
                 return out
             params = {"per_page": str(per_page), "cursor": str(after)}
-        raise self.http.bad_response(f"GET {path}", "more than 1000 pages")
+        raise self.http.bad_response(what, "more than 1000 pages")
 
     async def verify_token(self) -> str:
         """``GET /user/tokens/verify``: the token's id and status ("active")."""
