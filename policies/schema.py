@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -202,6 +202,72 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
 _PARSE_LINE = re.compile(r"line (\d+)")
 
 
+def _skip(events: Iterator[yaml.Event], first: yaml.Event) -> None:
+    """Consume the rest of the node that starts with ``first``."""
+    if not isinstance(first, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+        return
+    depth = 1
+    for event in events:
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            depth += 1
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            depth -= 1
+            if depth == 0:
+                return
+
+
+def _ev_line(event: yaml.Event) -> int:
+    mark = event.start_mark
+    return int(mark.line) + 1 if mark is not None else 0
+
+
+def _line_of_path(text: str, loc: tuple[int | str, ...]) -> int | None:
+    """The 1-based line of the node at ``loc``, reading events only as far as it.
+
+    An error in entry 50,000 of a large file is found without building the whole tree.
+    """
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    events = iter(yaml.parse(text, Loader=loader))
+    try:
+        current = next(events)
+        while isinstance(current, yaml.StreamStartEvent | yaml.DocumentStartEvent):
+            current = next(events)
+        line = _ev_line(current)
+        for part in loc:
+            if isinstance(current, yaml.MappingStartEvent):
+                while True:
+                    key = next(events)
+                    if isinstance(key, yaml.MappingEndEvent):
+                        return line
+                    value = next(events) if isinstance(key, yaml.ScalarEvent) else None
+                    if value is None:
+                        _skip(events, key)
+                        _skip(events, next(events))
+                        continue
+                    if isinstance(key, yaml.ScalarEvent) and key.value == str(part):
+                        line = _ev_line(key)
+                        current = value
+                        break
+                    _skip(events, value)
+            elif isinstance(current, yaml.SequenceStartEvent) and isinstance(part, int):
+                index = 0
+                while True:
+                    item = next(events)
+                    if isinstance(item, yaml.SequenceEndEvent):
+                        return line
+                    if index == part:
+                        line = _ev_line(item)
+                        current = item
+                        break
+                    _skip(events, item)
+                    index += 1
+            else:
+                return line
+    except (StopIteration, yaml.YAMLError):
+        return None
+    return line
+
+
 def _compose(text: str) -> yaml.Node | None:
     """The YAML node tree, for line numbers: only built when an error needs one."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -265,7 +331,7 @@ def _locate(
     field = ".".join(str(p) for p in loc)
     if path is None:
         return str(directory), field
-    line = _line_of(_compose(path.read_text()), loc)
+    line = _line_of_path(path.read_text(), loc)
     return (f"{path}:{line}" if line else str(path)), field
 
 
@@ -285,7 +351,7 @@ def load_policy(directory: str | Path, model: type[Policy] = Policy) -> Policy:
         for section, value in data.items():
             if section in merged:
                 first = origin[section]
-                line = _line_of(_compose(path.read_text()), (section,))
+                line = _line_of_path(path.read_text(), (section,))
                 raise PolicyInvalid(
                     f"section {section!r} is already defined in {first.name}",
                     location=f"{path}:{line}",

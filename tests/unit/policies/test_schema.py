@@ -307,3 +307,15 @@ def test_secrets_in_adapter_config_must_be_env_references(tmp_path: Path) -> Non
     ok = text.replace("password: s3cret", "password: ${F5_PASSWORD}")
     write(tmp_path, {"policy.yaml": ok})
     assert load_policy(tmp_path).adapters[0].config["password"] == "${F5_PASSWORD}"
+
+
+def test_error_deep_in_a_large_file_names_its_line(tmp_path: Path) -> None:
+    lines = ["# allowlist\n", "allowlist:\n"]
+    for i in range(3000):
+        if i == 2500:
+            lines.append("  - ip_address: 10.0.9.0/33\n    label: broken\n")
+        else:
+            lines.append(f"  - {{ip_address: 10.{i // 256}.{i % 256}.0/24, label: 'n{i}'}}\n")
+    err = _error(tmp_path, "".join(lines), "allowlist.yaml")
+    assert err.field == "allowlist.2500.ip_address"
+    assert err.location == f"{tmp_path / 'allowlist.yaml'}:2503"
