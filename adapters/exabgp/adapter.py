@@ -24,9 +24,11 @@ intent for the same prefix (or flow match) replaces the first; the bridge's list
 ``active()`` reads the announcements the bridge saw acknowledged and parses each back into
 its intent. That list is ExaBGP's RIB as changed through the bridge since ExaBGP started:
 routes added another way (ExaBGP's own config, its CLI, another process) are not in it.
-The bridge's ``adj-rib-out`` request shows ExaBGP's own view for comparison; it is not
-used for read-back because its text (per neighbour, ExaBGP's names for values) does not
-map back to intents reliably.
+With ``verify_rib`` (default) each listed route must also be in ExaBGP's own ``show
+adj-rib out`` (matched by prefix, or flow destination and source, and peer): ExaBGP answers
+``done`` even for a route it then drops as invalid, and such a route is not active. The
+adj-rib-out text (per neighbour, ExaBGP's names for values) is not parsed into intents
+itself: it does not map back reliably. Listing 20,000 adj-rib-out lines took ~2 s here.
 
 Per-peer selection (``peers``) becomes ExaBGP's ``neighbor A, neighbor B`` prefix; a peer
 ExaBGP has no session with makes it answer ``error``.
@@ -57,10 +59,13 @@ from adapters.exabgp.render import (
     SELF,
     Op,
     RenderOptions,
+    RibKey,
     group_key,
+    in_rib,
     parse,
     render,
     render_group,
+    rib_entries,
 )
 from policies.errors import (
     AdapterConfigInvalid,
@@ -68,7 +73,7 @@ from policies.errors import (
     AdapterUnavailable,
     CapabilityMissing,
 )
-from policies.intents import BlackholeIntent, Community, LargeCommunity, intent_key
+from policies.intents import AnyIntent, BlackholeIntent, Community, LargeCommunity, intent_key
 
 _HTTP = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?/?$")
 
@@ -113,6 +118,7 @@ class ExaBgpSettings(AdapterSettings):
     timeout: float = 10.0
     batch: int = 5000
     group: int = 100
+    verify_rib: bool = True
 
     @field_validator("endpoint", mode="before")
     @classmethod
@@ -174,6 +180,7 @@ class ExaBgpAdapter:
         self._options = settings.render_options()
         self._client: BridgeClient | None = None
         self._keys: dict[str, str] = {}  # announce command -> intent key
+        self._parsed: dict[str, tuple[str, AnyIntent]] = {}  # command -> (key, intent)
 
     @classmethod
     def from_config(cls, config: AdapterConfig) -> ExaBgpAdapter:
@@ -305,16 +312,32 @@ class ExaBgpAdapter:
 
     async def active(self) -> frozenset[str] | None:
         reply = await self._request({"op": "routes"}, extra=5.0)
-        keys: set[str] = set()
+        held: list[tuple[str, AnyIntent]] = []
         for command in reply.get("routes", []):
-            key = self._keys.get(command)
-            if key is None:
+            known = self._parsed.get(command)
+            if known is None:
                 intent = parse(command, self._options)
                 if intent is None:
                     continue
-                key = intent_key(intent)
-            keys.add(key)
-        return frozenset(keys)
+                known = self._parsed[command] = (intent_key(intent), intent)
+            # the key of the intent we announced wins over the parsed one (same text)
+            held.append((self._keys.get(command, known[0]), known[1]))
+        if len(self._parsed) > 200_000:
+            self._parsed.clear()
+        if not self.settings.verify_rib:
+            return frozenset(key for key, _ in held)
+        entries = await self._adj_rib_out(len(held))
+        return frozenset(key for key, intent in held if in_rib(intent, entries))
+
+    async def _adj_rib_out(self, expected: int) -> set[tuple[str, RibKey]]:
+        """ExaBGP's own adj-rib-out: a route it acknowledged but dropped (``done`` is
+        answered even for a route it then finds invalid) is not active."""
+        rib = await self._request({"op": "adj-rib-out"}, extra=30.0 + expected / 2000)
+        if rib.get("ack") != "done":
+            raise AdapterUnavailable(
+                f"ExaBGP did not list its adj-rib-out ({rib.get('ack')}); read-back unavailable"
+            )
+        return rib_entries([str(line) for line in rib.get("lines", [])])
 
     async def check(self) -> Health:
         start = monotonic_ms()

@@ -277,3 +277,52 @@ def _parse_flow(match: str, then: str) -> AnyIntent:
     else:
         raise IntentInvalid(f"unknown flow action {action!r}")
     return build_intent(data)
+
+
+# ---------------------------------------------------------------- ExaBGP's adj-rib-out
+
+_RIB_ROUTE = re.compile(r"^neighbor (\S+) (?:.*? )?(?:ipv4|ipv6) unicast (\S+)")
+_RIB_FLOW = re.compile(
+    r"^neighbor (\S+) (?:.*? )?(?:ipv4|ipv6) flow flow destination-ipv[46] (\S+)"
+    r"(?: source-ipv[46] (\S+))?"
+)
+
+RibKey = tuple[str, str, str]  # ("route", prefix, "") or ("flow", destination, source)
+
+
+def _net(text: str) -> str:
+    """ExaBGP prints IPv6 flow prefixes with their offset (``2001:db8::/48/0``)."""
+    parts = text.split("/")
+    if len(parts) == 3 and parts[2] == "0":
+        text = "/".join(parts[:2])
+    return str(ipaddress.ip_network(text))
+
+
+def rib_entries(lines: list[str]) -> set[tuple[str, RibKey]]:
+    """``(neighbor, key)`` for each line of ``show adj-rib out extensive``."""
+    out: set[tuple[str, RibKey]] = set()
+    for line in lines:
+        m = _RIB_ROUTE.match(line)
+        if m:
+            out.add((m.group(1), ("route", _net(m.group(2)), "")))
+            continue
+        m = _RIB_FLOW.match(line)
+        if m:
+            src = _net(m.group(3)) if m.group(3) else ""
+            out.add((m.group(1), ("flow", _net(m.group(2)), src)))
+    return out
+
+
+def rib_key(intent: AnyIntent) -> RibKey:
+    """What :func:`rib_entries` shows for ``intent`` (flows: their prefixes only)."""
+    if isinstance(intent, FlowSpecIntent):
+        src = str(intent.source) if intent.source is not None else ""
+        return ("flow", str(intent.destination), src)
+    return ("route", str(intent.target), "")
+
+
+def in_rib(intent: AnyIntent, entries: set[tuple[str, RibKey]]) -> bool:
+    """Whether ExaBGP's adj-rib-out holds ``intent`` (for one of its peers, if it names any)."""
+    key = rib_key(intent)
+    peers = {str(p) for p in intent.peers} if isinstance(intent, BlackholeIntent) else set()
+    return any(k == key and (not peers or n in peers) for n, k in entries)

@@ -88,6 +88,21 @@ def test_per_peer_blackhole_reaches_only_that_peer(exabgp_topology: Topology) ->
     wait_for(lambda: "203.0.113.1/32" not in bird.prefixes(4), timeout=15, what="route gone")
 
 
+def test_done_but_not_in_rib_is_not_active(exabgp_topology: Topology) -> None:
+    """ExaBGP answers done for an IPv6 route aimed at an IPv4-only session, then holds it
+    for no one: read-back checks ExaBGP's adj-rib-out and does not count it."""
+    bird_v4 = exabgp_topology.receivers["bird"].neighbors[0].address
+    orphan = RuleRef(1, build_intent({**CASES["blackhole-v6"], "peers": [bird_v4]}))
+    normal = RuleRef(2, build_intent(CASES["blackhole-v4"]))
+    outcomes = run(once(make_adapter(exabgp_topology), "announce", [orphan, normal]))
+    assert [o.ok for o in outcomes] == [True, True]
+    assert run(read_back(make_adapter(exabgp_topology))) == {normal.key}
+    unverified = make_adapter(exabgp_topology, verify_rib=False)
+    assert run(read_back(unverified)) == {orphan.key, normal.key}
+    assert all(o.ok for o in run(once(make_adapter(exabgp_topology), "withdraw", [orphan, normal])))
+    assert run(read_back(make_adapter(exabgp_topology, verify_rib=False))) == frozenset()
+
+
 def test_refusals_are_not_retryable(exabgp_topology: Topology) -> None:
     unknown_peer = RuleRef(1, build_intent({**CASES["blackhole-v4"], "peers": ["192.0.2.99"]}))
     ip_target = RuleRef(

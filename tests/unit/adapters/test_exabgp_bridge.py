@@ -49,8 +49,14 @@ class ScriptedExaBgp:
             elif any(word in line for word in self.refuse):
                 self._due.append("error")
             else:
-                if line.startswith("show adj-rib"):
-                    self._due.append("neighbor 192.0.2.2 ipv4 unicast 192.0.2.1/32 next-hop self")
+                if line.startswith("show adj-rib"):  # ExaBGP's layout, from what it accepted
+                    for held in sorted(self.bridge.routes.values()):
+                        prefix = held.split(" route ", 1)[1].split()[0]
+                        self._due.append(
+                            f"neighbor 192.0.2.2 local-ip 192.0.2.1 local-as 65001 peer-as 65010 "
+                            f"router-id 192.0.2.1 family-allowed in-open ipv4 unicast {prefix} "
+                            "next-hop self community blackhole"
+                        )
                 if line == "show neighbor summary":  # ExaBGP 4.2's layout; established only
                     self._due.append("Peer            AS        up/down state       |     #sent")
                     self._due.append("192.0.2.2       65010     0:01:02 established          4")
@@ -98,8 +104,10 @@ async def test_neighbor_changes_and_show_output() -> None:
     bridge.feed("neighbor 192.0.2.2 up\n")
     bridge.feed("neighbor 192.0.2.6 down\n")
     assert bridge.neighbors == {"192.0.2.2": "up", "192.0.2.6": "down"}
+    await bridge.submit([A])
     reply = await bridge.handle({"op": "adj-rib-out"})
-    assert reply["lines"] == ["neighbor 192.0.2.2 ipv4 unicast 192.0.2.1/32 next-hop self"]
+    assert len(reply["lines"]) == 1
+    assert " ipv4 unicast 192.0.2.1/32 next-hop self" in reply["lines"][0]
     assert bridge.neighbors["192.0.2.2"] == "up"
 
 

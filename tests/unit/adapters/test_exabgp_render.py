@@ -10,9 +10,11 @@ from adapters.exabgp.render import (
     RenderOptions,
     Unsupported,
     group_key,
+    in_rib,
     parse,
     render,
     render_group,
+    rib_entries,
     route_entries,
     split_selector,
 )
@@ -241,3 +243,43 @@ def test_every_bitmask_form_round_trips() -> None:
             "tcp_flags": flags,
         }
         assert round_trip(data) == build_intent(data)
+
+
+# ---------------------------------------------------------------- adj-rib-out
+
+# lines as ExaBGP 4.2.21 printed them for `show adj-rib out extensive` (captured here)
+HEAD = (
+    "neighbor 127.0.0.9 local-ip 127.0.0.1 local-as 65001 peer-as 65010 router-id 192.0.2.250 "
+    "family-allowed in-open "
+)
+RIB_LINES = [
+    HEAD + "ipv4 unicast 192.0.2.1/32 next-hop self community blackhole",
+    HEAD + "ipv6 unicast 2001:db8::/64 next-hop 2001:db8::1 community [ 64500:1 blackhole ] "
+    "large-community 64500:1:2",
+    HEAD + "ipv4 flow flow destination-ipv4 192.0.2.0/24 source-ipv4 198.51.100.0/24 "
+    "protocol =tcp tcp-flags [ syn&!ack =fin+rst ] extended-community redirect:64500:100",
+    HEAD + "ipv6 flow flow destination-ipv6 2001:db8::/48/0 next-header =unknown protocol type "
+    "58 icmp-type =unknown icmp type type 128 extended-community mark 10",
+    "Peer            AS        up/down state       |     #sent     #recvd",
+]
+
+
+def test_rib_entries_from_exabgp_lines() -> None:
+    assert rib_entries(RIB_LINES) == {
+        ("127.0.0.9", ("route", "192.0.2.1/32", "")),
+        ("127.0.0.9", ("route", "2001:db8::/64", "")),
+        ("127.0.0.9", ("flow", "192.0.2.0/24", "198.51.100.0/24")),
+        ("127.0.0.9", ("flow", "2001:db8::/48", "")),
+    }
+
+
+def test_in_rib_matches_prefix_flow_prefixes_and_peers() -> None:
+    entries = rib_entries(RIB_LINES)
+    assert in_rib(bh("192.0.2.1"), entries)
+    assert in_rib(bh("192.0.2.1", peers=["127.0.0.9"]), entries)
+    assert not in_rib(bh("192.0.2.1", peers=["192.0.2.2"]), entries)
+    assert not in_rib(bh("192.0.2.2"), entries)
+    flow = {"kind": "flowspec", "destination": "192.0.2.0/24"}
+    assert in_rib(build_intent({**flow, "source": "198.51.100.0/24"}), entries)
+    assert not in_rib(build_intent(flow), entries)  # same destination, no source: another flow
+    assert in_rib(build_intent({"kind": "flowspec", "destination": "2001:db8::/48"}), entries)
