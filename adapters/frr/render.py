@@ -251,10 +251,10 @@ def plan_announce(
         plan.tags[i] = tag
         route_cmds.append(route_line(intent, tag))
     if route_cmds:
-        plan.commands = ["configure terminal"]
+        # redistribution first: a wrong ASN is refused before anything else is applied
+        plan.commands = ["configure terminal", *redistribute_lines(asn, route_map)]
         for seq, group in new_groups:
             plan.commands += group_lines(route_map, seq, tag_base + seq, group, defaults)
-        plan.commands += redistribute_lines(asn, route_map)
         plan.commands += [*route_cmds, "end"]
     return plan
 

@@ -98,8 +98,9 @@ async def test_wrong_asn_is_refused_with_frrs_message(frr_topology: Topology) ->
     assert not out.ok and not out.retryable
     assert "FRR refused" in (out.error or "") and "65001" in (out.error or "")
     assert await ad.active() == frozenset()
-    # nothing half-applied is left behind for the rule
-    assert "203.0.113.31" not in speaker(frr_topology).vtysh("show running-config")
+    # nothing half-applied is left behind: the ASN is checked before anything is added
+    running = speaker(frr_topology).vtysh("show running-config")
+    assert "203.0.113.31" not in running and "route-map SLUICE-RTBH permit" not in running
 
 
 async def test_speaker_restart_active_tells_the_truth(
