@@ -13,7 +13,8 @@ I/O around the pure renderer (:mod:`adapters.bird2.render`):
 * ``active()`` reads what BIRD holds in the adapter's four static protocols
   (``show route table T protocol P``) and returns the keys of the rules whose network is
   there; a protocol BIRD does not know (the file is not included, or BIRD restarted
-  without it) holds nothing.
+  without it) holds nothing. An unreachable BIRD raises AdapterUnavailable: "unknown" is
+  not "empty".
 * ``check()`` runs ``show protocols``: reachability, latency and BGP session states.
 
 Next hops: a blackhole's ``next_hop`` (or the configured default) is set as
