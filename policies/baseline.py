@@ -40,12 +40,14 @@ def _rate(v: float) -> str:
 
 
 class _Ring:
-    __slots__ = ("bps", "pps", "stamp")
+    __slots__ = ("bps", "cached", "pps", "stamp")
 
     def __init__(self, slots: int) -> None:
         self.stamp = [-1] * slots  # interval number each slot holds
         self.bps = [0.0] * slots
         self.pps = [0.0] * slots
+        # (interval number, value) of the last computation; cleared by a new sample
+        self.cached: tuple[int, BaselineValue | None] | None = None
 
 
 def _percentile(values: list[float], pct: float) -> float:
@@ -78,6 +80,7 @@ class BaselineStore:
             self._rings.move_to_end(target)
         number = int(now // self.interval)
         i = number % self.cfg.slots
+        ring.cached = None
         if ring.stamp[i] != number:
             ring.stamp[i], ring.bps[i], ring.pps[i] = number, bps, pps
         else:
@@ -89,7 +92,15 @@ class BaselineStore:
         ring = self._rings.get(target)
         if ring is None:
             return None
-        oldest = int(now // self.interval) - self.cfg.slots + 1
+        number = int(now // self.interval)
+        if ring.cached is not None and ring.cached[0] == number:
+            return ring.cached[1]
+        value = self._compute(ring, number)
+        ring.cached = (number, value)
+        return value
+
+    def _compute(self, ring: _Ring, number: int) -> BaselineValue | None:
+        oldest = number - self.cfg.slots + 1
         live = [i for i, n in enumerate(ring.stamp) if n >= 0 and n >= oldest]
         if len(live) < self.cfg.min_slots:
             return None

@@ -75,7 +75,7 @@ class EngineState:
         """The baseline store for ``cfg`` (kept across reloads when the layout is unchanged)."""
         if self._baselines is None:
             self._baselines = BaselineStore(cfg)
-        elif self._baselines.cfg != cfg:
+        elif self._baselines.cfg is not cfg and self._baselines.cfg != cfg:
             self._baselines = BaselineStore.from_dict(cfg, self._baselines.to_dict())
         return self._baselines
 
