@@ -56,7 +56,7 @@ class Decision:
 
 
 STATUSES = (
-    "allowlisted",  # target allowlisted: nothing announced, anything planned withdrawn
+    "allowlisted",  # target allowlisted: nothing announced (workspace entry: all withdrawn)
     "below",  # traffic under every tier
     "held",  # hold-down: the attack has not lasted long enough yet
     "cooldown",  # a change was due but the target is in cooldown
