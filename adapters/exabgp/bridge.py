@@ -111,6 +111,7 @@ class Bridge:
         self.acks = {"done": 0, "error": 0, "shutdown": 0, "timeout": 0}
         self.shutting_down = False
         self._lock = asyncio.Lock()
+        self._dirty = False  # routes changed since the state file was written
 
     # ---------------------------------------------------------- from ExaBGP
 
@@ -143,8 +144,9 @@ class Bridge:
                 for key, announce in routes:
                     if op == "announce":
                         self.routes[key] = announce
+                        self._dirty = True
                     else:
-                        self.routes.pop(key, None)
+                        self._dirty = self.routes.pop(key, None) is not None or self._dirty
         if not item.future.done():
             item.future.set_result(ack)
 
@@ -207,8 +209,9 @@ class Bridge:
     # ---------------------------------------------------------- state file
 
     def _save(self) -> None:
-        if self.state_file is None:
+        if self.state_file is None or not self._dirty:
             return
+        self._dirty = False
         data = {"exabgp": self.owner, "routes": self.routes}
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
