@@ -24,6 +24,7 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -104,10 +105,43 @@ def _build_thresholds(raw: object, info: ValidationInfo) -> HostThresholds:
     return HostThresholds.build(raw, escalation)
 
 
+_THRESHOLDS_SCHEMA = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "target_ip": {"type": "string"},
+            "label": {"type": "string"},
+            "thresholds": {"type": "object", "additionalProperties": {"type": "integer"}},
+        },
+        "required": ["target_ip", "thresholds"],
+    },
+}
+_ALLOWLIST_SCHEMA = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "ip_address": {"type": "string"},
+            "label": {"type": "string"},
+            "scope": {"enum": ["workspace", "node"]},
+            "node": {"type": "string"},
+        },
+        "required": ["ip_address"],
+    },
+}
 ThresholdTable = Annotated[
-    HostThresholds, BeforeValidator(_build_thresholds), PlainSerializer(_dump_table)
+    HostThresholds,
+    BeforeValidator(_build_thresholds),
+    PlainSerializer(_dump_table),
+    WithJsonSchema(_THRESHOLDS_SCHEMA),
 ]
-AllowTable = Annotated[Allowlist, BeforeValidator(Allowlist.build), PlainSerializer(_dump_table)]
+AllowTable = Annotated[
+    Allowlist,
+    BeforeValidator(Allowlist.build),
+    PlainSerializer(_dump_table),
+    WithJsonSchema(_ALLOWLIST_SCHEMA),
+]
 
 
 class Policy(BaseModel):
@@ -120,8 +154,8 @@ class Policy(BaseModel):
     escalation: Escalation = Escalation()
     baseline: Baseline = Baseline()
     geo_lockdown: GeoLockdown | None = None
-    thresholds: ThresholdTable = HostThresholds()
-    allowlist: AllowTable = Allowlist()
+    thresholds: ThresholdTable = Field(default_factory=HostThresholds)
+    allowlist: AllowTable = Field(default_factory=Allowlist)
 
     @field_validator("adapters")
     @classmethod

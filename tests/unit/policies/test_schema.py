@@ -319,3 +319,9 @@ def test_error_deep_in_a_large_file_names_its_line(tmp_path: Path) -> None:
     err = _error(tmp_path, "".join(lines), "allowlist.yaml")
     assert err.field == "allowlist.2500.ip_address"
     assert err.location == f"{tmp_path / 'allowlist.yaml'}:2503"
+
+
+def test_policy_has_a_json_schema() -> None:
+    schema = Policy.model_json_schema()
+    assert schema["properties"]["allowlist"]["type"] == "array"
+    assert "thresholds" in schema["properties"]["thresholds"]["items"]["properties"]
