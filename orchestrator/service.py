@@ -37,7 +37,6 @@ from policies.errors import (
 )
 from policies.guardrails import GuardrailChecker
 from policies.intents import AnyIntent, canonical, key_of
-from policies.prefixes import PrefixSet
 from policies.schema import Policy, load_policy
 
 log = logging.getLogger("sluice.service")
@@ -142,7 +141,7 @@ class Service:
         self.policy = policy or (
             load_policy(settings.policy_dir) if settings.policy_dir else Policy()
         )
-        self.allowlist = PrefixSet()
+        self.allowlist = self.policy.allowlist.prefix_set()
         self.checker = GuardrailChecker(self.policy.guardrails, self.allowlist)
         self.dispatcher = Dispatcher(
             self.engine,
@@ -174,13 +173,21 @@ class Service:
         self.engine.dispose()
         self.started = False
 
-    def set_policy(self, policy: Policy, allowlist: PrefixSet | None = None) -> None:
-        """Put a validated policy in force (adapters synced, guardrails rebuilt)."""
+    def set_policy(self, policy: Policy) -> None:
+        """Put a validated policy in force (adapters synced, guardrails rebuilt).
+
+        The workspace-wide allowlist feeds the guardrails; node-scoped entries are the
+        engine's business (they apply only to signals from that node).
+        """
+        old = self.policy
         self.policy = policy
-        if allowlist is not None:
-            self.allowlist = allowlist
+        try:
+            self._sync_policy_adapters()
+        except Exception:
+            self.policy = old
+            raise
+        self.allowlist = policy.allowlist.prefix_set()
         self.checker = GuardrailChecker(policy.guardrails, self.allowlist)
-        self._sync_policy_adapters()
 
     def _sync_policy_adapters(self) -> None:
         configs = self.hub.policy_configs(self.policy.adapters)
@@ -389,7 +396,9 @@ class Service:
             return planned
 
         target = str(intent.target)
-        automatic = req.origin != "manual"
+        # Policy rules get their cooldown from the engine, which knows escalation from
+        # flapping; here it holds runbook rules (and manual ones when configured).
+        automatic = req.origin == "runbook"
         cooldown = self.policy.settings.cooldown_seconds
         if cooldown and (automatic or self.policy.settings.cooldown_applies_to_manual):
             last = self._cooldown.get((target, intent.kind))
@@ -568,6 +577,51 @@ class Service:
             if self.settings.api_wait_seconds:
                 await self.dispatcher.wait_for(rule_id, self.settings.api_wait_seconds)
         return self.get_rule(rule_id)
+
+    def withdraw_keys(self, keys: Sequence[str], *, actor: str, reason: str) -> list[int]:
+        """Start withdrawing the held policy rules with these intent keys; returns rule ids.
+
+        A key names one intent (destination included), so no target filter is needed.
+        """
+        now = utcnow()
+        cond = [
+            rules.c.key.in_(list(keys)),
+            rules.c.state.in_([s.value for s in HELD]),
+            rules.c.origin == "policy",
+        ]
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(
+                    rules.c.id,
+                    rules.c.key,
+                    rules.c.adapter_id,
+                    rules.c.dry_run,
+                    rules.c.kind,
+                    rules.c.state,
+                ).where(and_(*cond))
+            ).all()
+            if not rows:
+                return []
+            send = set(
+                self._begin_withdraw(
+                    conn, rows, State.WITHDRAWN, now=now, why=f"withdrawn by {actor}: {reason}"
+                )
+            )
+            self.audit.append(
+                conn,
+                actor=actor,
+                action="rule.withdraw",
+                target=f"{len(rows)} rules",
+                detail={"rules": [r.id for r in rows], "reason": reason},
+                at=now,
+            )
+        by_adapter: dict[int, list[int]] = {}
+        for r in rows:
+            if r.id in send:
+                by_adapter.setdefault(r.adapter_id, []).append(r.id)
+        for adapter_id, ids in by_adapter.items():
+            self.dispatcher.submit(adapter_id, "withdraw", ids)
+        return [r.id for r in rows]
 
     async def expire_due(self, limit: int | None = None) -> int:
         """Start withdrawing every held rule whose TTL has passed."""

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -145,6 +146,56 @@ audit_log = Table(
     Column("hash", String(64), nullable=False),
 )
 
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", String(36), primary_key=True),  # UUID
+    Column("target", String(64), nullable=False),
+    Column("node", String(64), nullable=True),
+    Column("status", String(16), nullable=False),  # open | resolved
+    Column("attack_family", String(32), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("peak_bps", Float, nullable=False, default=0.0),
+    Column("peak_pps", Float, nullable=False, default=0.0),
+    Column("last_signal", JSON, nullable=False),
+    Column("signals", Integer, nullable=False, default=0),
+    Column("opened_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("resolved_at", UTCDateTime(), nullable=True),
+    Index("ix_incidents_target_status", "target", "status"),
+    Index("ix_incidents_opened", "opened_at"),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("incident_id", String(36), ForeignKey("incidents.id"), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("tier", String(64), nullable=True),
+    Column("explanation", JSON, nullable=False),
+    Column("rules", JSON, nullable=False),  # [{rule_id, intent, adapter, deduplicated}]
+    Column("refused", JSON, nullable=False),  # [{intent, adapter, code, message}]
+    Column("withdrawn", JSON, nullable=False),  # [rule ids]
+    Index("ix_decisions_incident", "incident_id", "id"),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", String(36), primary_key=True),  # UUID
+    Column("name", String(100), nullable=False),
+    Column("ip", String(64), nullable=False),
+    Column("location", String(100), nullable=True),
+    Column("os", String(100), nullable=True),
+    Column("interface", String(32), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("agent_version", String(32), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime(), nullable=True),
+)
+
 kv = Table(
     "kv",
     metadata,
@@ -153,4 +204,15 @@ kv = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
-__all__ = ["adapters", "audit_log", "kv", "metadata", "rule_events", "rules", "tokens"]
+__all__ = [
+    "adapters",
+    "audit_log",
+    "decisions",
+    "incidents",
+    "kv",
+    "metadata",
+    "nodes",
+    "rule_events",
+    "rules",
+    "tokens",
+]

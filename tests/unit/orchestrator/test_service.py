@@ -93,15 +93,16 @@ async def test_global_dry_run(make_service: Any) -> None:
 async def test_cooldown_holds_automatic_rules_per_target_and_kind(make_service: Any) -> None:
     svc = await make_service(policy(cooldown_seconds=60))
     aid, _ = await add_fake(svc)
-    await svc.create_rule(req(fs(protocol="udp"), aid, origin="policy"))
+    await svc.create_rule(req(fs(protocol="udp"), aid, origin="runbook"))
     with pytest.raises(GuardrailViolation) as exc:
-        await svc.create_rule(req(fs(protocol="tcp"), aid, origin="policy"))
+        await svc.create_rule(req(fs(protocol="tcp"), aid, origin="runbook"))
     assert exc.value.code == "cooldown_active"
     # escalation to another kind is not held back; operators are not either
-    await svc.create_rule(req(bh(), aid, origin="policy"))
+    await svc.create_rule(req(bh(), aid, origin="runbook"))
     await svc.create_rule(req(fs(protocol="tcp"), aid, origin="manual"))
-    # another target is unaffected
-    await svc.create_rule(req(fs("203.0.113.6", protocol="tcp"), aid, origin="policy"))
+    # another target is unaffected; policy rules get their cooldown from the engine
+    await svc.create_rule(req(fs("203.0.113.6", protocol="tcp"), aid, origin="runbook"))
+    await svc.create_rule(req(fs(protocol="icmp"), aid, origin="policy"))
 
 
 async def test_cooldown_can_apply_to_manual_rules(make_service: Any) -> None:
