@@ -75,6 +75,7 @@ from policies.errors import (
 )
 from policies.intents import AnyIntent, BlackholeIntent, Community, LargeCommunity, intent_key
 
+FSM_STATE = {"up": "established", "connected": "connect", "down": "idle"}
 _HTTP = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?/?$")
 
 
@@ -346,10 +347,13 @@ class ExaBgpAdapter:
         except (AdapterUnavailable, AdapterRefused) as exc:
             return Health(False, None, exc.message)
         latency = monotonic_ms() - start
-        sessions = {str(k): str(v) for k, v in status.get("neighbors", {}).items()}
+        # ExaBGP's neighbor-changes words, in the BGP FSM terms the other adapters use
+        sessions = {
+            str(k): FSM_STATE.get(str(v), str(v)) for k, v in status.get("neighbors", {}).items()
+        }
         if status.get("shutting_down"):
             return Health(False, latency, "ExaBGP is shutting down", sessions)
-        up = sum(1 for s in sessions.values() if s == "up")
+        up = sum(1 for s in sessions.values() if s == "established")
         detail = (
             f"bridge pid {status.get('pid')} answers; ExaBGP holds {status.get('routes', 0)} "
             f"acknowledged routes; {up} of {len(sessions)} sessions up"

@@ -72,7 +72,7 @@ def test_every_action_reaches_both_receivers(exabgp_topology: Topology) -> None:
 def test_check_reports_sessions(exabgp_topology: Topology) -> None:
     health = run(_check(make_adapter(exabgp_topology)))
     assert health.ok, health.detail
-    assert set(health.sessions.values()) == {"up"}
+    assert set(health.sessions.values()) == {"established"}
     assert len(health.sessions) == 4
 
 
@@ -208,7 +208,7 @@ def test_respawned_bridge_resumes_its_routes(exabgp_topology: Topology) -> None:
         what="check() healthy after the respawn",
     )
     health = run(_check(make_adapter(exabgp_topology)))
-    assert set(health.sessions.values()) == {"up"}
+    assert set(health.sessions.values()) == {"established"}
     assert len(health.sessions) == 4
     assert all(o.ok for o in run(once(make_adapter(exabgp_topology), "withdraw", refs)))
     assert run(read_back(make_adapter(exabgp_topology))) == frozenset()
