@@ -3,18 +3,32 @@
 The orchestrator calls :meth:`PolicyWatcher.poll` periodically. A change is a change of
 content (SHA-256 over the names and bytes of the policy files and of the MMDB file the
 policy names), not of timestamps, so touching a file or rewriting it unchanged does
-nothing. A new policy that does not validate is reported and the old one stays in force;
+nothing; file sizes and modification times only decide whether the files are read and
+hashed at all. A new policy that does not validate is reported and the old one stays in force;
 the same broken content is reported once, not on every poll.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from policies.errors import PolicyInvalid
 from policies.schema import Policy, load_policy, policy_files
+
+
+def _stats(directory: Path, extra: tuple[Path, ...]) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for path in [*policy_files(directory), *extra]:
+        try:
+            st = path.stat()
+        except OSError:
+            out.append((str(path), -1, -1))
+        else:
+            out.append((str(path), st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def content_hash(directory: Path, extra: tuple[Path, ...] = ()) -> str:
@@ -46,6 +60,7 @@ class PolicyWatcher:
         self.directory = Path(directory)
         self.current = current if current is not None else load_policy(self.directory)
         self.digest = content_hash(self.directory, self._extra(self.current))
+        self._stats = _stats(self.directory, self._extra(self.current))
         self._refused: str | None = None
 
     @staticmethod
@@ -61,6 +76,13 @@ class PolicyWatcher:
                 return None
             self._refused = "<gone>"
             return Reload(None, error, "<gone>")
+        stats = _stats(self.directory, self._extra(self.current))
+        newest = max((mtime for _, _, mtime in stats), default=0)
+        if stats == self._stats and newest < time.time_ns() - 2_000_000_000:
+            # Same names, sizes and times, none of them recent (a coarse file-system
+            # clock could hide a same-size edit made within its tick): skip reading.
+            return None
+        self._stats = stats
         digest = content_hash(self.directory, self._extra(self.current))
         if digest in (self.digest, self._refused):
             return None
@@ -71,5 +93,6 @@ class PolicyWatcher:
             return Reload(None, exc, digest)
         self.current = policy
         self.digest = content_hash(self.directory, self._extra(policy))
+        self._stats = _stats(self.directory, self._extra(policy))
         self._refused = None
         return Reload(policy, None, self.digest)
