@@ -1,0 +1,109 @@
+"""The whole path with a real gobgpd: service -> dispatcher -> gobgp adapter -> BIRD.
+
+A rule is announced, survives a speaker restart through reconciliation (read-back says
+the routes are missing, so they are re-announced), expires on its TTL and is withdrawn.
+``service_round_trip`` is shared with test_exabgp_service.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.base import AdapterConfig
+from labs.gobgp import GoBgpSpeaker
+from labs.netns import wait_for
+from labs.topology import Topology, running
+from orchestrator.service import RuleRequest, Service
+from orchestrator.settings import Settings
+from policies.guardrails import Guardrails
+from policies.intents import build_intent
+from policies.schema import GlobalSettings, Policy
+from tests.integration.conftest import RECEIVER_BINARIES, require_lab
+from tests.integration.test_gobgp_lab import CASES, flow
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+
+def state_of(svc: Service, rule_id: int) -> str:
+    return str(svc.get_rule(rule_id, events=False)["state"])
+
+
+async def service_round_trip(topo: Topology, data_dir: Path) -> None:
+    bird = topo.receivers["bird"]
+    policy = Policy(
+        settings=GlobalSettings(cooldown_seconds=0, default_ttl=0),
+        guardrails=Guardrails(
+            max_active_rules=100, max_new_rules_per_minute=100, flowspec_budget_per_adapter=100
+        ),
+    )
+    svc = Service(Settings(data_dir=data_dir, api_wait_seconds=5), policy=policy)
+    await svc.start()
+    try:
+        rec, _ = await svc.upsert_adapter(
+            AdapterConfig(**topo.speaker.adapter_config("lab")), adapter_id=None, actor="test"
+        )
+        aid = rec["id"]
+        short = await svc.create_rule(
+            RuleRequest(build_intent(CASES["blackhole-v4"]), aid, ttl=4, reason="test")
+        )
+        lasting = await svc.create_rule(
+            RuleRequest(build_intent(CASES["flowspec-v4"]), aid, ttl=0, reason="test")
+        )
+        bh_id, fs_id = short.rule["id"], lasting.rule["id"]
+        await svc.dispatcher.drain(30)
+        assert state_of(svc, bh_id) == "active"
+        assert state_of(svc, fs_id) == "active"
+        wait_for(
+            lambda: (
+                "203.0.113.1/32" in bird.prefixes(4) and flow(bird, "203.0.113.5/32", 4) is not None
+            ),
+            timeout=15,
+            what="both rules in BIRD",
+        )
+
+        await asyncio.to_thread(topo.speaker.restart)
+        await asyncio.to_thread(topo.speaker.wait_established, None, 30)
+        report = await svc.reconcile(aid)
+        assert report.readback, report
+        assert report.missing == 2, report
+        await svc.dispatcher.drain(30)
+        wait_for(
+            lambda: (
+                "203.0.113.1/32" in bird.prefixes(4) and flow(bird, "203.0.113.5/32", 4) is not None
+            ),
+            timeout=15,
+            what="both rules back in BIRD after reconciliation",
+        )
+        assert (await svc.reconcile(aid)).missing == 0
+
+        deadline = time.monotonic() + 15
+        while state_of(svc, bh_id) != "expired" and time.monotonic() < deadline:
+            await svc.expire_due()
+            await svc.dispatcher.drain(30)
+            await asyncio.sleep(0.2)
+        assert state_of(svc, bh_id) == "expired"
+        wait_for(lambda: "203.0.113.1/32" not in bird.prefixes(4), timeout=15, what="expired")
+        assert flow(bird, "203.0.113.5/32", 4) is not None
+
+        await svc.withdraw_rule(fs_id, actor="test", reason="done")
+        await svc.dispatcher.drain(30)
+        assert state_of(svc, fs_id) == "withdrawn"
+        wait_for(lambda: not bird.flows(4), timeout=15, what="flow withdrawn")
+    finally:
+        await svc.stop()
+
+
+@pytest.fixture(scope="module")
+def gobgp_topology() -> Iterator[Topology]:
+    require_lab("gobgpd", "gobgp", *RECEIVER_BINARIES)
+    with running(GoBgpSpeaker(), receivers=("bird",)) as topo:
+        yield topo
+
+
+def test_rule_lifecycle_through_gobgp(gobgp_topology: Topology, tmp_path: Path) -> None:
+    asyncio.run(service_round_trip(gobgp_topology, tmp_path))
