@@ -322,6 +322,16 @@ class PolicyRuntime:
         with self.service.engine.connect() as conn:
             return [_incident_view(r) for r in conn.execute(q).all()]
 
+    def open_incident_for(self, target: str) -> dict[str, Any] | None:
+        with self.service.engine.connect() as conn:
+            row = conn.execute(
+                select(incidents)
+                .where(and_(incidents.c.target == target, incidents.c.status == "open"))
+                .order_by(incidents.c.updated_at.desc())
+                .limit(1)
+            ).first()
+        return _incident_view(row) if row is not None else None
+
     def resolve(self, incident_id: str, *, actor: str) -> dict[str, Any]:
         now = utcnow()
         with self.service.engine.begin() as conn:

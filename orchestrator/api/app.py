@@ -9,8 +9,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from orchestrator.api import admin, envelope, mitigation
+from orchestrator.api import admin, envelope, mitigation, policy, signals
 from orchestrator.api.deps import RateLimiter
+from orchestrator.nodes import NodeRegistry
+from orchestrator.policy_doc import PolicyDocument
+from orchestrator.runtime import PolicyRuntime
 from orchestrator.scheduler import build_scheduler
 from orchestrator.service import Service
 from orchestrator.tokens import TokenStore
@@ -38,15 +41,31 @@ def bootstrap_token(service: Service, tokens: TokenStore) -> str | None:
     return None
 
 
+def _async(fn: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        fn()
+
+    return run
+
+
 def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     tokens = TokenStore(service.engine, service.audit)
+    runtime = PolicyRuntime(service)
+    policy_doc = PolicyDocument(runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not service.started:
             await service.start()
         bootstrap_token(service, tokens)
-        sched = build_scheduler(service, app.state.extra_jobs) if run_scheduler else None
+        runtime.load_state()
+        policy_doc.load()
+        jobs = {
+            "policy-reload": (service.settings.policy_reload_interval, runtime.reload),
+            "engine-state": (30.0, _async(runtime.save_state)),
+            **app.state.extra_jobs,
+        }
+        sched = build_scheduler(service, jobs) if run_scheduler else None
         if sched is not None:
             sched.start()
         log.info("sluice ready: %d adapters", len(service.hub.records()))
@@ -55,6 +74,7 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
         finally:
             if sched is not None:
                 sched.shutdown(wait=False)
+            runtime.save_state()
             await service.stop()
 
     app = FastAPI(
@@ -70,6 +90,9 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.state.tokens = tokens
     app.state.limiter = RateLimiter(service.settings.rate_limit_per_minute)
     app.state.extra_jobs = {}
+    app.state.runtime = runtime
+    app.state.policy_doc = policy_doc
+    app.state.nodes = NodeRegistry(service.engine, service.audit)
     envelope.install(app)
 
     @app.middleware("http")
@@ -92,4 +115,6 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
 
     app.include_router(mitigation.router, prefix=API_PREFIX)
     app.include_router(admin.router, prefix=API_PREFIX)
+    app.include_router(policy.router, prefix=API_PREFIX)
+    app.include_router(signals.router, prefix=API_PREFIX)
     return app

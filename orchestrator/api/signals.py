@@ -1,0 +1,229 @@
+"""Signal intake: incidents, nodes and the agent API (modelled on Flowtriq's)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestrator.api.deps import require
+from orchestrator.api.envelope import ok
+from orchestrator.nodes import NodeRegistry
+from orchestrator.runtime import PolicyRuntime
+from orchestrator.tokens import TokenInfo
+from policies.errors import ValidationFailed
+from policies.signals import Signal
+
+router = APIRouter(tags=["signals"])
+Reader = Annotated[TokenInfo, Depends(require("read"))]
+Writer = Annotated[TokenInfo, Depends(require("write"))]
+Pct = Annotated[float, Field(ge=0, le=100)]
+Family = Literal[
+    "udp_flood", "syn_flood", "http_flood", "icmp_flood", "dns_flood", "multi_vector", "unknown"
+]
+
+
+def runtime_of(request: Request) -> PolicyRuntime:
+    rt: PolicyRuntime = request.app.state.runtime
+    return rt
+
+
+def nodes_of(request: Request) -> NodeRegistry:
+    reg: NodeRegistry = request.app.state.nodes
+    return reg
+
+
+Runtime = Annotated[PolicyRuntime, Depends(runtime_of)]
+Nodes = Annotated[NodeRegistry, Depends(nodes_of)]
+
+
+def _signal(data: dict[str, Any]) -> Signal:
+    try:
+        return Signal.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "signal"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        code = "missing_parameter" if err["type"] == "missing" else "invalid_parameter"
+        raise ValidationFailed(f"{field}: {msg}", field=field, code=code) from None
+
+
+# ---------------------------------------------------------------- incidents
+
+
+@router.post("/incidents")
+async def report_incident(request: Request, rt: Runtime, who: Writer) -> dict[str, Any]:
+    """Open or update an incident with a signal; the policy decides and acts."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ValidationFailed("the request body must be JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ValidationFailed("the request body must be a JSON object")
+    incident_id = body.pop("incident_id", None)
+    if incident_id is not None and not isinstance(incident_id, str):
+        raise ValidationFailed("incident_id must be a string", field="incident_id")
+    result = await rt.handle(_signal(body), actor=who.name, incident_id=incident_id)
+    return ok(**result)
+
+
+@router.get("/incidents")
+async def list_incidents(
+    rt: Runtime,
+    _: Reader,
+    status: Literal["open", "resolved"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    return ok(incidents=rt.list_incidents(status=status, limit=limit, offset=offset))
+
+
+@router.get("/incidents/{incident_id}")
+async def get_incident(incident_id: str, rt: Runtime, _: Reader) -> dict[str, Any]:
+    return ok(incident=rt.get_incident(incident_id))
+
+
+@router.post("/incidents/{incident_id}/resolve")
+async def resolve_incident(incident_id: str, rt: Runtime, who: Writer) -> dict[str, Any]:
+    return ok(incident=rt.resolve(incident_id, actor=who.name))
+
+
+# ---------------------------------------------------------------- nodes
+
+
+class RegisterNode(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    ip: str
+    location: str | None = None
+    os: str | None = None
+    interface: Annotated[str, Field(max_length=32)] = "eth0"
+
+
+@router.post("/nodes", status_code=201)
+async def register_node(body: RegisterNode, reg: Nodes, who: Writer) -> dict[str, Any]:
+    from policies.intents import parse_address
+
+    try:
+        ip = str(parse_address(body.ip))
+    except ValueError as exc:
+        raise ValidationFailed(f"ip: {exc}", field="ip") from None
+    node, key = reg.register(
+        name=body.name,
+        ip=ip,
+        location=body.location,
+        os=body.os,
+        interface=body.interface,
+        actor=who.name,
+    )
+    return ok(node=node, api_key=key)
+
+
+@router.get("/nodes")
+async def list_nodes(
+    reg: Nodes,
+    _: Reader,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    status: Literal["online", "offline", "attack", "elevated"] | None = None,
+) -> dict[str, Any]:
+    items, total = reg.list(limit=limit, offset=offset, status=status)
+    return ok(nodes=items, total=total)
+
+
+# ---------------------------------------------------------------- agent API
+
+
+async def agent(
+    reg: Nodes,
+    authorization: Annotated[str | None, Header()] = None,
+    x_node_uuid: Annotated[str | None, Header()] = None,
+) -> dict[str, Any]:
+    return reg.authenticate(authorization, x_node_uuid)
+
+
+Agent = Annotated[dict[str, Any], Depends(agent)]
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agent_version: str | None = None
+    uptime: Annotated[float, Field(ge=0)] | None = None
+    os: str | None = None
+
+
+class Metrics(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pps: Annotated[float, Field(ge=0)]
+    bps: Annotated[float, Field(ge=0)]
+    tcp_pct: Pct | None = None
+    udp_pct: Pct | None = None
+    icmp_pct: Pct | None = None
+    conn_count: Annotated[int, Field(ge=0)] | None = None
+    recorded_at: datetime | None = None
+
+
+class AgentIncident(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attack_family: Family
+    severity: Literal["low", "medium", "high", "critical"]
+    peak_pps: Annotated[float, Field(ge=0)] = 0.0
+    peak_bps: Annotated[float, Field(ge=0)] = 0.0
+    target_ip: str | None = None
+    tcp_pct: Pct | None = None
+    udp_pct: Pct | None = None
+    icmp_pct: Pct | None = None
+    top_source_ports: list[int] = []
+    top_destination_ports: list[int] = []
+    top_sources: list[str] = []
+    source_countries: dict[str, float] | list[str] = {}
+
+
+@router.post("/agent/heartbeat")
+async def heartbeat(body: Heartbeat, node: Agent, reg: Nodes) -> dict[str, Any]:
+    reg.seen(node["id"], body.agent_version, body.os)
+    return ok(node_id=node["id"])
+
+
+@router.post("/agent/metrics")
+async def metrics(body: Metrics, node: Agent, reg: Nodes, rt: Runtime) -> dict[str, Any]:
+    """One metrics batch: feeds the node's dynamic baseline, and an open attack's decisions."""
+    reg.seen(node["id"])
+    policy = rt.service.policy
+    learned = rt.state.observe(policy.baseline, node["ip"], time.time(), body.bps, body.pps)
+    open_incident = rt.open_incident_for(node["ip"])
+    result: dict[str, Any] = {"baseline_updated": learned}
+    if open_incident is not None:
+        sig = _signal(
+            {
+                "target_ip": node["ip"],
+                "node": node["id"],
+                "bps": body.bps,
+                "pps": body.pps,
+                "tcp_pct": body.tcp_pct,
+                "udp_pct": body.udp_pct,
+                "icmp_pct": body.icmp_pct,
+                "attack_family": open_incident["attack_family"],
+                "severity": open_incident["severity"],
+            }
+        )
+        result.update(await rt.handle(sig, actor=f"node:{node['name']}"))
+    return ok(**result)
+
+
+@router.post("/agent/incidents")
+async def agent_incident(
+    body: AgentIncident, node: Agent, reg: Nodes, rt: Runtime
+) -> dict[str, Any]:
+    reg.seen(node["id"])
+    data = body.model_dump(exclude={"peak_pps", "peak_bps"}, exclude_none=True)
+    data.update(
+        target_ip=body.target_ip or node["ip"],
+        node=node["id"],
+        bps=body.peak_bps,
+        pps=body.peak_pps,
+    )
+    return ok(**await rt.handle(_signal(data), actor=f"node:{node['name']}"))
