@@ -49,6 +49,7 @@ class EngineState:
         self.max_targets = max_targets
         self.targets: OrderedDict[str, TargetState] = OrderedDict()
         self._baselines: BaselineStore | None = None
+        self._pending: dict[str, Any] | None = None  # restored, waiting for its config
 
     def target(self, key: str) -> TargetState:
         ts = self.targets.get(key)
@@ -74,7 +75,11 @@ class EngineState:
     def baselines(self, cfg: Baseline) -> BaselineStore:
         """The baseline store for ``cfg`` (kept across reloads when the layout is unchanged)."""
         if self._baselines is None:
-            self._baselines = BaselineStore(cfg)
+            if self._pending is not None:
+                self._baselines = BaselineStore.from_dict(cfg, self._pending)
+                self._pending = None
+            else:
+                self._baselines = BaselineStore(cfg)
         elif self._baselines.cfg is not cfg and self._baselines.cfg != cfg:
             self._baselines = BaselineStore.from_dict(cfg, self._baselines.to_dict())
         return self._baselines
@@ -95,7 +100,7 @@ class EngineState:
         return {
             "version": STATE_VERSION,
             "targets": {k: asdict(v) for k, v in self.targets.items()},
-            "baselines": None if self._baselines is None else self._baselines.to_dict(),
+            "baselines": self._pending if self._baselines is None else self._baselines.to_dict(),
         }
 
     @classmethod
@@ -110,5 +115,8 @@ class EngineState:
             state.targets[key] = TargetState(**{k: v for k, v in raw.items() if k in known})
         raw_baselines = data.get("baselines")
         if raw_baselines is not None:
-            state._baselines = BaselineStore.from_dict(cfg or Baseline(), raw_baselines)
+            if cfg is None:  # restored with the config of the first evaluation that needs it
+                state._pending = raw_baselines
+            else:
+                state._baselines = BaselineStore.from_dict(cfg, raw_baselines)
         return state

@@ -116,3 +116,13 @@ def test_engine_state_round_trip_keeps_baselines(tmp_path: Path) -> None:
         state.observe(CFG, "h", minute * 60, 5e6, 50)
     restored = EngineState.from_dict(state.to_dict(), CFG)
     assert restored.baselines(CFG).value("h", 1199) == state.baselines(CFG).value("h", 1199)
+
+
+def test_restore_without_config_waits_for_the_policy_config() -> None:
+    state = EngineState()
+    for minute in range(20):
+        state.observe(CFG, "h", minute * 60, 5e6, 50)
+    snapshot = state.to_dict()
+    restored = EngineState.from_dict(snapshot)  # as an orchestrator that has no policy yet
+    assert restored.to_dict()["baselines"] == snapshot["baselines"]
+    assert restored.baselines(CFG).value("h", 1199) == state.baselines(CFG).value("h", 1199)
