@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +132,15 @@ def test_build_is_idempotent_and_importable(tmp_path: Path) -> None:
     assert "from . import gobgp_pb2" in text
     assert "\nimport gobgp_pb2" not in text
     assert not (out / "attribute_pb2_grpc.py").exists()
+
+
+def test_stub_builder_does_not_need_the_stubs() -> None:
+    """``python -m adapters.gobgp.build_stubs`` must run on a fresh checkout."""
+    code = (
+        "import sys, adapters.gobgp.build_stubs; "
+        "print(any(m.startswith('adapters.gobgp._generated') for m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "False"
