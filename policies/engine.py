@@ -28,7 +28,12 @@ from policies.schema import Policy
 from policies.signals import Signal
 from policies.state import EngineState, TargetState
 
-__all__ = ["STATUSES", "Decision", "PlannedRule", "compile_policy", "evaluate"]
+__all__ = ["STATUSES", "Decision", "PlannedRule", "compile_policy", "evaluate", "prepare"]
+
+
+def prepare(policy: Policy) -> None:
+    """Warm the per-policy caches (allowlist index, geo ranges) off the signal path."""
+    compile_policy(policy).prepare()
 
 
 @dataclass(frozen=True)  # no slots: a frozen slotted dataclass is twice as slow to build

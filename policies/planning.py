@@ -147,6 +147,17 @@ class Compiled:
             text = self._entry_texts[id(entry)] = entry.describe()
         return text
 
+    def prepare(self) -> None:
+        """Build now what the first decisions would otherwise build on the hot path.
+
+        The guardrail checker's allowlist index, and with geo lockdown the MMDB's country
+        ranges (a full GeoLite2 file takes seconds to walk). Call after loading a policy.
+        """
+        self.checker()
+        geo = self.policy.geo_lockdown
+        if geo is not None and geo.enabled:
+            self.geo().ranges()
+
     def checker(self) -> GuardrailChecker:
         if None not in self._checkers:
             self._checkers[None] = GuardrailChecker(

@@ -175,3 +175,13 @@ def test_top_sources_are_looked_up_in_the_mmdb(tmp_path: Path, mmdb: Path) -> No
     signal = sig("192.0.2.10", 600e6, top_sources=["203.0.113.5", "203.0.113.200", "192.0.2.99"])
     d = evaluate(signal, policy, EngineState(), 0)
     assert "geo lockdown: 1 of 3 top source(s) are in the countries it drops" in d.explanation
+
+
+def test_prepare_reads_the_country_ranges_up_front(tmp_path: Path, mmdb: Path) -> None:
+    from policies.engine import compile_policy, prepare
+
+    policy = _geo_policy(tmp_path, mmdb)
+    prepare(policy)
+    compiled = compile_policy(policy)
+    assert compiled.geo()._ranges is not None
+    assert "CN" in compiled.geo().ranges()
