@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import Any
 
+from pydantic import ValidationError
+
 from policies.errors import GuardrailViolation
 from policies.geo import Aggregate, GeoDB, aggregate, complement
 from policies.guardrails import GuardrailChecker
@@ -235,7 +237,11 @@ def _plan(
                 data["large_communities"] = spec.large_communities
             if spec.next_hop is not None:
                 data["next_hop"] = spec.next_hop
-            out.append((BlackholeIntent(**data), f"tier {tier.name}: blackhole"))
+            try:
+                out.append((BlackholeIntent(**data), f"tier {tier.name}: blackhole"))
+            except ValidationError as exc:  # e.g. an IPv4 next hop for an IPv6 target
+                msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                why.append(f"tier {tier.name}: no blackhole for {data['prefix']}: {msg}")
             continue
         if spec.type == "scrubbing":
             prefix = _covering(signal, spec)

@@ -431,3 +431,19 @@ def test_node_scoped_allowlist_does_not_undo_another_nodes_rules(tmp_path: Path)
     assert a.status == "allowlisted" and a.withdraw == () and a.rules == ()
     again = evaluate(sig("192.0.2.5", 3e9, node="edge-2"), policy, state, 2)
     assert again.status == "steady"
+
+
+def test_an_intent_that_cannot_be_built_is_explained_not_raised(tmp_path: Path) -> None:
+    tiers = [
+        {
+            "name": "tier1",
+            "bps": "1G",
+            "intents": [{"type": "blackhole", "next_hop": "192.0.2.1"}, {"type": "flowspec_drop"}],
+            "adapters": ["log"],
+        }
+    ]
+    policy = make_policy(tmp_path, escalation={"tiers": tiers})
+    (d,) = run(policy, [(0, {"target": "2001:db8::7", "bps": 2e9})])
+    assert d.tier == "tier1"
+    assert texts(d) == ["flowspec dst 2001:db8::7/128; then discard"]
+    assert any("no blackhole for 2001:db8::7/128" in line for line in d.explanation)
