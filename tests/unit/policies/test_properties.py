@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +13,7 @@ from policies.engine import evaluate
 from policies.geo import aggregate, merge_spans, subtract
 from policies.intents import FlowSpecIntent
 from policies.netindex import LpmIndex, addr_net, contains, parse_net
-from policies.schema import Policy
+from policies.schema import Policy, load_policy
 from policies.signals import Signal
 from policies.state import EngineState
 from tests.unit.policies.helpers import policy_data
@@ -219,3 +220,58 @@ def test_lpm_matches_brute_force(members: list[Any], probes: list[int]) -> None:
 def test_parse_net_agrees_with_ipaddress(net: Any) -> None:
     assert parse_net(str(net)) == (net.version, int(net.network_address), net.prefixlen)
     assert parse_net(net.with_prefixlen) == parse_net(str(net))
+
+
+_EXAMPLES = Path(__file__).resolve().parents[3] / "policies" / "examples"
+_EXAMPLE_POLICIES = [load_policy(_EXAMPLES / n) for n in ("default", "game-server")]
+addresses = st.one_of(
+    st.integers(0, 2**32 - 1).map(lambda a: str(ipaddress.IPv4Address(a))),
+    st.integers(0, 2**128 - 1)
+    .filter(lambda a: (a >> 32) != 0xFFFF)
+    .map(lambda a: str(ipaddress.IPv6Address(a))),
+)
+signals = st.fixed_dictionaries(
+    {
+        "target_ip": addresses,
+        "bps": st.floats(0, 1e11),
+        "pps": st.floats(0, 1e9),
+        "attack_family": st.sampled_from(
+            [
+                "udp_flood",
+                "syn_flood",
+                "http_flood",
+                "icmp_flood",
+                "dns_flood",
+                "multi_vector",
+                "unknown",
+            ]
+        ),
+    },
+    optional={
+        "node": st.sampled_from(["edge-1", "fra-1", "x"]),
+        "tcp_pct": st.floats(0, 100),
+        "udp_pct": st.floats(0, 100),
+        "icmp_pct": st.floats(0, 100),
+        "top_source_ports": st.lists(st.integers(0, 65535), max_size=5),
+        "top_destination_ports": st.lists(st.integers(0, 65535), max_size=5),
+        "top_sources": st.lists(addresses, max_size=5),
+    },
+)
+
+
+@FAST
+@given(which=st.integers(0, 1), raw=st.lists(signals, min_size=1, max_size=5))
+def test_any_signal_gives_a_decision_about_its_own_host(
+    which: int, raw: list[dict[str, Any]]
+) -> None:
+    policy = _EXAMPLE_POLICIES[which]
+    state = EngineState()
+    for t, data in enumerate(raw):
+        signal = Signal.model_validate(data)
+        d = evaluate(signal, policy, state, t * 3.0)
+        assert d.explanation
+        host = ipaddress.ip_address(data["target_ip"])
+        for rule in d.rules:
+            assert host in rule.intent.target
+            if isinstance(rule.intent, FlowSpecIntent):
+                assert rule.intent.destination.prefixlen == (32 if host.version == 4 else 128)
