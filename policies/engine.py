@@ -71,6 +71,7 @@ STATUSES = (
     "end",  # traffic fell below every tier long enough: withdraw everything
     "steady",  # tier unchanged, rules in place
     "refresh",  # tier unchanged, rules re-announced before their TTL runs out
+    "update",  # tier unchanged, the attack changed shape: new rules, stale ones withdrawn
 )
 
 
@@ -157,6 +158,7 @@ class _Run:
                 ts.last_action = now
             ts.tier = tier_name
             ts.below_since = None
+            ts.shape = _shape(self.signal)
             if rules or not ts.active:
                 keys = list(dict.fromkeys(r.key for r in rules))
                 withdraw = tuple(k for k in ts.active if k not in set(keys))
@@ -174,8 +176,23 @@ class _Run:
         )
 
     def steady(self, cur: int) -> Decision:
-        """Keep tier ``cur``; re-announce its rules when their TTL is about to run out."""
+        """Keep tier ``cur``; follow a changed attack signature; refresh before the TTL."""
         ts = self.ts
+        shape = _shape(self.signal)
+        if shape != ts.shape and ts.active:
+            notes: list[str] = []
+            keys = {r.key for r in rules_for(self.c, cur, self.signal, notes)}
+            if keys and keys != set(ts.active):
+                left = self.cooldown_left()
+                if left <= 0:
+                    self.why.append("the attack's signature or sources changed: updating rules")
+                    return self.move("update", cur)
+                self.why.append(
+                    "the attack's signature or sources changed; the rules follow when the "
+                    f"cooldown ends ({left:.0f} s)"
+                )
+            else:
+                ts.shape = shape
         if ts.ttl > 0 and ts.last_emit is not None:
             margin = min(30.0, ts.ttl / 5)
             if self.now >= ts.last_emit + ts.ttl - margin:
@@ -183,6 +200,19 @@ class _Run:
                 self.why.append(f"rules expire in {left:.0f} s: refreshing")
                 return self.move("refresh", cur)
         return self.done("steady", self.c.tiers[cur].name)
+
+
+def _shape(signal: Signal) -> tuple[object, ...]:
+    """What rule planning reads from a signal, apart from the target and the rates."""
+    return (
+        signal.node,
+        signal.attack_family,
+        signal.top_source_ports,
+        signal.top_destination_ports,
+        signal.top_sources,
+        (signal.tcp_pct, signal.udp_pct, signal.icmp_pct),
+        tuple(signal.source_countries),
+    )
 
 
 def evaluate(signal: Signal, policy: Policy, state: EngineState, now: float) -> Decision:

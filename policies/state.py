@@ -10,7 +10,7 @@ JSON types), so a restart does not forget an attack in progress or a learned bas
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from policies.baseline import BaselineStore
@@ -30,6 +30,8 @@ class TargetState:
     last_emit: float | None = None
     ttl: int = 0
     active: list[str] = field(default_factory=list)
+    # What the rules were planned from (not persisted: after a restart it is re-derived).
+    shape: tuple[object, ...] | None = field(default=None, compare=False)
 
     def end_episode(self) -> None:
         """Forget the attack; ``last_action`` stays for the cooldown."""
@@ -40,6 +42,14 @@ class TargetState:
         self.last_emit = None
         self.ttl = 0
         self.active = []
+        self.shape = None
+
+
+_PERSISTED = tuple(f for f in TargetState.__dataclass_fields__ if f != "shape")
+
+
+def _target_dict(ts: TargetState) -> dict[str, Any]:
+    return {f: getattr(ts, f) if f != "active" else list(ts.active) for f in _PERSISTED}
 
 
 class EngineState:
@@ -99,7 +109,7 @@ class EngineState:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
-            "targets": {k: asdict(v) for k, v in self.targets.items()},
+            "targets": {k: _target_dict(v) for k, v in self.targets.items()},
             "baselines": self._pending if self._baselines is None else self._baselines.to_dict(),
         }
 
@@ -110,7 +120,7 @@ class EngineState:
         state = cls(max_targets)
         if data.get("version") != STATE_VERSION:
             return state
-        known = set(TargetState.__dataclass_fields__)
+        known = set(_PERSISTED)
         for key, raw in data.get("targets", {}).items():
             state.targets[key] = TargetState(**{k: v for k, v in raw.items() if k in known})
         raw_baselines = data.get("baselines")

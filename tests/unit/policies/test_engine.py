@@ -447,3 +447,22 @@ def test_an_intent_that_cannot_be_built_is_explained_not_raised(tmp_path: Path) 
     assert d.tier == "tier1"
     assert texts(d) == ["flowspec dst 2001:db8::7/128; then discard"]
     assert any("no blackhole for 2001:db8::7/128" in line for line in d.explanation)
+
+
+def test_rules_follow_a_change_of_attack_vector(policy: Policy) -> None:
+    ntp = {"bps": 600e6, "attack_family": "udp_flood", "top_source_ports": [123]}
+    memcached = {"bps": 600e6, "attack_family": "udp_flood", "top_source_ports": [11211]}
+    a, b, c = run(policy, [(0, ntp), (5, ntp), (10, memcached)])
+    assert (a.status, b.status, c.status) == ("announce", "steady", "update")
+    assert texts(c) == ["flowspec dst 192.0.2.10/32; proto =17; sport =11211; then discard"]
+    assert c.withdraw == (a.rules[0].key,)
+    assert "signature or sources changed" in c.explanation[-2]
+
+
+def test_vector_change_waits_for_the_cooldown(tmp_path: Path) -> None:
+    policy = make_policy(tmp_path, settings={"cooldown_seconds": 60})
+    ntp = {"bps": 600e6, "attack_family": "udp_flood", "top_source_ports": [123]}
+    dns = {"bps": 600e6, "attack_family": "udp_flood", "top_source_ports": [53]}
+    decisions = run(policy, [(0, ntp), (10, dns), (61, dns), (70, dns)])
+    assert [d.status for d in decisions] == ["announce", "steady", "update", "steady"]
+    assert "when the cooldown ends (50 s)" in decisions[1].explanation[-1]
