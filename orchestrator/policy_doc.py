@@ -42,7 +42,18 @@ class PolicyDocument:
         with self.service.engine.connect() as conn:
             doc = conn.execute(select(kv.c.value).where(kv.c.key == DOC_KEY)).scalar()
         if doc:
-            self.service.set_policy(Policy.model_validate(doc))
+            self.service.set_policy(
+                Policy.model_validate(self._with_adapters(doc)), sync_adapters=False
+            )
+
+    def _with_adapters(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """In API mode the adapters live in the store: declare them for validation only."""
+        return {
+            **doc,
+            "adapters": [
+                {"name": r.name, "adapter_type": r.adapter_type} for r in self.service.hub.records()
+            ],
+        }
 
     def document(self) -> dict[str, Any]:
         doc: dict[str, Any] = self.service.policy.model_dump(mode="json")
@@ -57,14 +68,14 @@ class PolicyDocument:
         doc = copy.deepcopy(self.document())
         mutate(doc)
         try:
-            policy = Policy.model_validate(doc)
+            policy = Policy.model_validate(self._with_adapters(doc))
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"])
             msg = str(err["msg"]).removeprefix("Value error, ")
             raise PolicyInvalid(f"{field}: {msg}", field=field) from None
         now = datetime.now(UTC)
-        stored = policy.model_dump(mode="json")
+        stored = policy.model_dump(mode="json", exclude={"adapters"})
         with self.service.engine.begin() as conn:
             res = conn.execute(
                 update(kv).where(kv.c.key == DOC_KEY).values(value=stored, updated_at=now)

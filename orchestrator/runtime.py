@@ -122,7 +122,7 @@ class PolicyRuntime:
 
     def apply_document(self, policy: Any, *, actor: str, what: str) -> None:
         """Put an API-edited policy in force (only when not running from a directory)."""
-        self.service.set_policy(policy)
+        self.service.set_policy(policy, sync_adapters=False)
         with self.service.engine.begin() as conn:
             self.service.audit.append(
                 conn, actor=actor, action=f"policy.{what}", target="policy", detail={}
@@ -182,7 +182,9 @@ class PolicyRuntime:
             )
         return {
             "incident": self.get_incident(incident["id"], with_decisions=False),
-            "decision": {**decision.to_dict(), **applied},
+            # "planned": what the policy asked for; "rules": the rules it made (with ids);
+            # "refused": what guardrails stopped; "withdrawn": rule ids taken down
+            "decision": {**decision.to_dict(), "planned": decision.to_dict()["rules"], **applied},
         }
 
     def _incident_for(

@@ -173,7 +173,7 @@ class Service:
         self.engine.dispose()
         self.started = False
 
-    def set_policy(self, policy: Policy) -> None:
+    def set_policy(self, policy: Policy, *, sync_adapters: bool = True) -> None:
         """Put a validated policy in force (adapters synced, guardrails rebuilt).
 
         The workspace-wide allowlist feeds the guardrails; node-scoped entries are the
@@ -181,11 +181,12 @@ class Service:
         """
         old = self.policy
         self.policy = policy
-        try:
-            self._sync_policy_adapters()
-        except Exception:
-            self.policy = old
-            raise
+        if sync_adapters:
+            try:
+                self._sync_policy_adapters()
+            except Exception:
+                self.policy = old
+                raise
         self.allowlist = policy.allowlist.prefix_set()
         self.checker = GuardrailChecker(policy.guardrails, self.allowlist)
 
