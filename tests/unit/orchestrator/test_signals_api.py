@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,7 @@ async def test_signal_to_rules_with_explanation(api: Client) -> None:
     assert r.json()["incident"]["signals"] == 2
     r = await api("GET", f"/incidents/{body['incident']['id']}")
     inc = r.json()["incident"]
-    assert [x["status"] for x in inc["decisions"]][0] == "announce"
+    assert inc["decisions"][0]["status"] == "announce"
     assert inc["live_rules"] == [rule["id"]]
 
 
