@@ -80,11 +80,11 @@ STATUSES = (
 
 def _thresholds(run: _Run, state: EngineState, value: int) -> tuple[Ladder, str]:
     c, signal, key, now = run.c, run.signal, run.key, run.now
-    override = c.policy.thresholds.lookup(signal.target_ip.version, value)
+    override = c.thresholds.lookup(signal.target_ip.version, value)
     if override is not None:
         return override.ladder, c.override_text(override)
-    cfg = c.policy.baseline
-    if cfg.mode == "dynamic" and c.tiers:
+    cfg = c.baseline
+    if c.dynamic:
         base = state.baselines(cfg).value(key, now)
         if base is None:
             return c.ladder, "dynamic baseline still learning: workspace tiers apply"
@@ -132,14 +132,14 @@ class _Run:
     key: str
 
     def done(self, status: str, tier: str | None, withdraw: tuple[str, ...] = ()) -> Decision:
-        dry = self.c.policy.settings.dry_run
+        dry = self.c.dry_run
         return Decision(self.key, status, tier, (), withdraw, tuple(self.why), dry)
 
     def cooldown_left(self) -> float:
         last = self.ts.last_action
         if last is None:
             return 0.0
-        return max(0.0, self.c.policy.settings.cooldown_seconds - (self.now - last))
+        return max(0.0, self.c.cooldown - (self.now - last))
 
     def move(self, status: str, new_index: int | None) -> Decision:
         """Move the target to ``new_index`` (None: no tier) and plan its rules."""
@@ -171,9 +171,7 @@ class _Run:
                 why.append(f"tier {tier_name} planned no rule: the rules already in place stay")
         if withdraw:
             why.append(f"withdraw {len(withdraw)} rule(s) no longer wanted")
-        return Decision(
-            self.key, status, tier_name, rules, withdraw, tuple(why), c.policy.settings.dry_run
-        )
+        return Decision(self.key, status, tier_name, rules, withdraw, tuple(why), c.dry_run)
 
     def steady(self, cur: int) -> Decision:
         """Keep tier ``cur``; follow a changed attack signature; refresh before the TTL."""
@@ -218,16 +216,15 @@ def _shape(signal: Signal) -> tuple[object, ...]:
 def evaluate(signal: Signal, policy: Policy, state: EngineState, now: float) -> Decision:
     """Decide what to do about ``signal`` at time ``now`` (seconds, monotonic or epoch)."""
     c = compile_policy(policy)
-    esc = policy.escalation
     target = signal.target_ip
     value = int(target)
     key = c.key_of(target, value)
     ts = state.target(key)
     run = _Run(c, ts, signal, now, [], key)
-    if policy.settings.dry_run:
+    if c.dry_run:
         run.why.append("dry run: rules are logged, not announced")
 
-    entry = policy.allowlist.match(target.version, value, signal.node)
+    entry = c.allowlist.match(target.version, value, signal.node)
     if entry is not None:
         run.why.append(f"target {key} is allowlisted ({c.allow_text(entry)}): never mitigated")
         if entry.scope == "node":
@@ -239,7 +236,7 @@ def evaluate(signal: Signal, policy: Policy, state: EngineState, now: float) -> 
         ts.end_episode()
         return run.done("allowlisted", None, withdraw)
 
-    if ts.last_seen is not None and now - ts.last_seen > esc.episode_timeout_seconds:
+    if ts.last_seen is not None and now - ts.last_seen > c.episode_timeout:
         if ts.tier is not None or ts.attack_since is not None:
             run.why.append(f"previous attack ended (no signal for {now - ts.last_seen:.0f} s)")
         stale = list(ts.active)

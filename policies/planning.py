@@ -88,6 +88,14 @@ class Compiled:
         self._checkers: dict[str | None, GuardrailChecker] = {}
         self._geo: GeoDB | None = None
         self._geo_cache: dict[tuple[Any, ...], Aggregate] = {}
+        # Plain attributes for the hot path (pydantic attribute access is slower).
+        self.dry_run = policy.settings.dry_run
+        self.cooldown = policy.settings.cooldown_seconds
+        self.episode_timeout = policy.escalation.episode_timeout_seconds
+        self.thresholds = policy.thresholds
+        self.allowlist = policy.allowlist
+        self.baseline = policy.baseline
+        self.dynamic = policy.baseline.mode == "dynamic" and bool(self.tiers)
         self.keep_text = f"{1 - policy.escalation.hysteresis:.0%}"
         self.holds = [f"tier {t.name} holds: traffic " for t in self.tiers]
         self._flow_templates: dict[tuple[Any, ...], FlowSpecIntent] = {}
