@@ -139,8 +139,11 @@ class LpmIndex(Generic[T]):
     def lookup(self, version: int, value: int) -> tuple[int, T] | None:
         """The longest prefix containing address ``value``: ``(length, payload)`` or None."""
         tables = self._tables[version]
-        bits = BITS[version]
-        for plen in self.lengths(version):
+        bits = 32 if version == 4 else 128
+        lengths = self._lengths.get(version)
+        if lengths is None:
+            lengths = self.lengths(version)
+        for plen in lengths:
             hit = tables[plen].get(value >> (bits - plen))
             if hit is not None:
                 return plen, hit
