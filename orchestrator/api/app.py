@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from orchestrator.api import admin, envelope, mitigation, policy, signals
+from orchestrator.api import admin, envelope, mitigation, policy, scrubbing, signals
 from orchestrator.api.deps import RateLimiter
 from orchestrator.nodes import NodeRegistry
 from orchestrator.policy_doc import PolicyDocument
@@ -117,4 +117,5 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(admin.router, prefix=API_PREFIX)
     app.include_router(policy.router, prefix=API_PREFIX)
     app.include_router(signals.router, prefix=API_PREFIX)
+    app.include_router(scrubbing.router, prefix=API_PREFIX)
     return app
