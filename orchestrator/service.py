@@ -27,6 +27,7 @@ from orchestrator.store.audit import AuditLog, VerifyResult, verify
 from orchestrator.store.db import make_engine, migrate
 from orchestrator.store.models import rule_events, rules
 from orchestrator.views import rule_view
+from policies.engine import prepare
 from policies.errors import (
     AdapterUnavailable,
     Conflict,
@@ -143,6 +144,7 @@ class Service:
         )
         self.allowlist = self.policy.allowlist.prefix_set()
         self.checker = GuardrailChecker(self.policy.guardrails, self.allowlist)
+        prepare(self.policy)
         self.dispatcher = Dispatcher(
             self.engine,
             self.hub.live,
@@ -189,6 +191,7 @@ class Service:
                 raise
         self.allowlist = policy.allowlist.prefix_set()
         self.checker = GuardrailChecker(policy.guardrails, self.allowlist)
+        prepare(policy)  # warm the engine's per-policy indexes off the signal path
 
     def _sync_policy_adapters(self) -> None:
         configs = self.hub.policy_configs(self.policy.adapters)
