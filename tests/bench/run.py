@@ -22,7 +22,6 @@ def main() -> int:
     ap.add_argument(
         "names",
         nargs="*",
-        choices=[[], *names],
         metavar="NAME",
         help=f"benchmarks to run (default all: {', '.join(names)})",
     )
