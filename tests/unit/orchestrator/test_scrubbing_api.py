@@ -221,6 +221,22 @@ async def test_announce_one_address_inside_a_prefix(make_api: Any, cf: Cloudflar
     assert advertised(cf) == {"pfx1": True, "pfx2": False}
 
 
+async def test_announce_lists_refused_prefixes(make_api: Any, cf: CloudflareServer) -> None:
+    api = await make_api()
+    wide = [{"prefix": PFX1, "prefix_id": "pfx1"}, {"prefix": "10.0.0.0/8", "prefix_id": "pfx2"}]
+    iid = await api.magic_transit(cf, prefixes=wide)
+    body = await api.ok("POST", f"/scrubbing/{iid}/announce", 201)
+    assert [(x["target_ip"], x["state"]) for x in body["rules"]] == [(PFX1, "active")]
+    assert [(e["target_ip"], e["code"]) for e in body["errors"]] == [
+        ("10.0.0.0/8", "prefix_too_short")
+    ]
+    assert advertised(cf) == {"pfx1": True, "pfx2": False}
+    # every configured prefix refused: the first refusal is the answer
+    only = await api.magic_transit(cf, "cf-wide", prefixes=wide[1:])
+    r = await api.call("POST", f"/scrubbing/{only}/announce")
+    assert error(r) == (422, "prefix_too_short", "target_ip")
+
+
 async def test_provider_down_is_said_and_the_store_still_knows(
     make_api: Any, cf: CloudflareServer
 ) -> None:
