@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, bindparam, insert, select, update
 
 from orchestrator.lifecycle import HELD
 from orchestrator.service import RuleRequest, Service
@@ -143,45 +143,46 @@ class PolicyRuntime:
         incident = self._incident_for(signal, incident_id, now)
         decision = evaluate(signal, svc.policy, self.state, time.time())
         applied = self._apply(decision, incident["id"], actor)
-        with svc.engine.begin() as conn:
-            values = {
-                "updated_at": now,
-                "last_signal": signal.model_dump(mode="json"),
-                "signals": incident["signals"] + 1,
-                "peak_bps": max(incident["peak_bps"], signal.bps),
-                "peak_pps": max(incident["peak_pps"], signal.pps),
-                "attack_family": signal.attack_family,
-                "severity": signal.severity,
-            }
-            if incident["new"]:
-                conn.execute(
-                    insert(incidents).values(
-                        id=incident["id"],
-                        target=str(signal.target_ip),
-                        node=signal.node,
-                        status="open",
-                        opened_at=now,
-                        **values,
-                    )
-                )
-            else:
-                conn.execute(
-                    update(incidents).where(incidents.c.id == incident["id"]).values(**values)
-                )
-            conn.execute(
-                insert(decisions).values(
-                    incident_id=incident["id"],
-                    at=now,
-                    status=decision.status,
-                    tier=decision.tier,
-                    explanation=list(decision.explanation),
-                    rules=applied["rules"],
-                    refused=applied["refused"],
-                    withdrawn=applied["withdrawn"],
-                )
+        values: dict[str, Any] = {
+            "id": incident["id"],
+            "updated_at": now,
+            "last_signal": signal.model_dump(mode="json"),
+            "signals": incident["signals"] + 1,
+            "peak_bps": max(incident["peak_bps"], signal.bps),
+            "peak_pps": max(incident["peak_pps"], signal.pps),
+            "attack_family": signal.attack_family,
+            "severity": signal.severity,
+        }
+        if incident["new"]:
+            values.update(
+                target=str(signal.target_ip),
+                node=signal.node,
+                status="open",
+                opened_at=now,
+                resolved_at=None,
             )
+        with svc.engine.begin() as conn:
+            # parameters apart from the statements, so each compiles once and is cached
+            if incident["new"]:
+                conn.execute(insert(incidents), values)
+            else:
+                conn.execute(_UPDATE_INCIDENT, {f"b_{k}": v for k, v in values.items()})
+            conn.execute(
+                insert(decisions),
+                {
+                    "incident_id": incident["id"],
+                    "at": now,
+                    "status": decision.status,
+                    "tier": decision.tier,
+                    "explanation": list(decision.explanation),
+                    "rules": applied["rules"],
+                    "refused": applied["refused"],
+                    "withdrawn": applied["withdrawn"],
+                },
+            )
+        view = {**incident["row"], **values} if not incident["new"] else values
         return {
-            "incident": self.get_incident(incident["id"], with_decisions=False),
+            "incident": _incident_view(_Row(view)),
             # "planned": what the policy asked for; "rules": the rules it made (with ids);
             # "refused": what guardrails stopped; "withdrawn": rule ids taken down
             "decision": {**decision.to_dict(), "planned": decision.to_dict()["rules"], **applied},
@@ -227,6 +228,7 @@ class PolicyRuntime:
             "signals": row.signals,
             "peak_bps": row.peak_bps,
             "peak_pps": row.peak_pps,
+            "row": row._asdict(),
         }
 
     def _apply(self, decision: Decision, incident_id: str, actor: str) -> dict[str, Any]:
@@ -348,6 +350,33 @@ class PolicyRuntime:
                 conn, actor=actor, action="incident.resolve", target=f"incident:{incident_id}"
             )
         return self.get_incident(incident_id)
+
+
+class _Row:
+    """Attribute access over a dict, so a view can be built without reading the row back."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+_UPDATE_INCIDENT = (
+    update(incidents)
+    .where(incidents.c.id == bindparam("b_id"))
+    .values(
+        **{
+            c: bindparam(f"b_{c}")
+            for c in (
+                "updated_at",
+                "last_signal",
+                "signals",
+                "peak_bps",
+                "peak_pps",
+                "attack_family",
+                "severity",
+            )
+        }
+    )
+)
 
 
 def _incident_view(row: Any) -> dict[str, Any]:

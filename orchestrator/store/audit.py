@@ -66,17 +66,18 @@ class AuditLog:
         stamp = (at or datetime.now(UTC)).isoformat()
         detail_text = canonical_json(dict(detail or {}))
         digest = entry_hash((entry_id, stamp, actor, action, target, detail_text, prev))
-        conn.execute(
-            insert(audit_log).values(
-                id=entry_id,
-                at=stamp,
-                actor=actor,
-                action=action,
-                target=target,
-                detail=detail_text,
-                prev_hash=prev,
-                hash=digest,
-            )
+        conn.execute(  # parameters apart from the statement: compiled once, cached
+            insert(audit_log),
+            {
+                "id": entry_id,
+                "at": stamp,
+                "actor": actor,
+                "action": action,
+                "target": target,
+                "detail": detail_text,
+                "prev_hash": prev,
+                "hash": digest,
+            },
         )
         self._head = (entry_id, digest)
         return digest
