@@ -9,12 +9,12 @@ declared in the policy directory are synced in at start-up and on reload and mar
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from sqlalchemy import Engine, insert, select, update
 
 from adapters.base import Adapter, AdapterConfig, Capability, Health, Registry
@@ -40,6 +40,17 @@ class AdapterRecord:
     checked_at: datetime | None
     has_auth_token: bool
     error: str | None = None  # why the adapter could not be built, if it could not
+    secret_keys: tuple[str, ...] = ()  # config keys that are never shown nor logged
+
+    def public_config(self) -> dict[str, Any]:
+        """The config without its secrets (for the API and the audit log)."""
+        return {k: v for k, v in self.config.items() if k not in self.secret_keys}
+
+    def secrets_set(self) -> list[str]:
+        names = {k for k in self.secret_keys if k in self.config}
+        if self.has_auth_token:
+            names.add("auth_token")
+        return sorted(names)
 
     def to_api(self) -> dict[str, Any]:
         status = "error" if self.error else "unknown"
@@ -50,7 +61,8 @@ class AdapterRecord:
             "name": self.name,
             "adapter_type": self.adapter_type,
             "endpoint": self.endpoint,
-            "config": self.config,
+            "config": self.public_config(),
+            "secrets_set": self.secrets_set(),
             "capabilities": list(self.capabilities),
             "status": status,
             "health": self.health,
@@ -61,6 +73,21 @@ class AdapterRecord:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
+
+
+# Config keys that are secret whatever the adapter's settings model says.
+_SECRET_WORDS = ("secret", "password", "token", "consumer_key", "private_key", "key_id")
+
+
+def secret_keys(adapter: Adapter | None, config: Mapping[str, Any]) -> set[str]:
+    """Config keys never shown: SecretStr settings of the adapter, and secret-sounding names."""
+    keys = {k for k in config if any(w in k.lower() for w in _SECRET_WORDS)}
+    settings = getattr(adapter, "settings", None)
+    if isinstance(settings, BaseModel):
+        for name, info in type(settings).model_fields.items():
+            if "SecretStr" in repr(info.annotation):
+                keys.add(name)
+    return keys
 
 
 def _config_from_row(row: Any) -> AdapterConfig:
@@ -95,6 +122,7 @@ class AdapterHub:
     def _install(self, row: Any) -> AdapterRecord:
         error = None
         caps: tuple[str, ...] = tuple(row.capabilities or ())
+        adapter: Adapter | None = None
         try:
             adapter = self.registry.create(_config_from_row(row))
             self._live[row.id] = adapter
@@ -119,6 +147,7 @@ class AdapterHub:
             checked_at=row.checked_at,
             has_auth_token=bool(row.auth_token),
             error=error,
+            secret_keys=tuple(sorted(secret_keys(adapter, row.config or {}))),
         )
         self._records[row.id] = record
         return record

@@ -21,12 +21,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import and_, select
 
 from adapters.base import Adapter, AdapterConfig, Health
 from adapters.scrubbing.common import ScrubbingAdapter, ScrubbingStatus
-from orchestrator.hub import AdapterRecord
+from orchestrator.hub import AdapterRecord, secret_keys
 from orchestrator.lifecycle import HELD
 from orchestrator.service import RuleRequest, RuleResult, Service
 from orchestrator.store.models import rules
@@ -56,8 +55,6 @@ INTEGRATION_TYPES = (
     "linode",
 )
 PROVIDER_TIMEOUT = 15.0  # seconds for one provider read (status, list)
-# Config keys that are secret whatever the adapter's settings model says.
-_SECRET_WORDS = ("secret", "password", "token", "consumer_key", "private_key")
 
 
 def is_integration(rec: AdapterRecord) -> bool:
@@ -85,17 +82,6 @@ def integration(svc: Service, integration_id: int) -> AdapterRecord:
 
 
 # ------------------------------------------------------------------ secrets
-
-
-def secret_keys(adapter: Adapter | None, config: Mapping[str, Any]) -> set[str]:
-    """Config keys never shown: SecretStr settings of the adapter, and secret-sounding names."""
-    keys = {k for k in config if any(w in k.lower() for w in _SECRET_WORDS)}
-    settings = getattr(adapter, "settings", None)
-    if isinstance(settings, BaseModel):
-        for name, info in type(settings).model_fields.items():
-            if "SecretStr" in repr(info.annotation):
-                keys.add(name)
-    return keys
 
 
 def public_config(rec: AdapterRecord, adapter: Adapter | None) -> dict[str, Any]:

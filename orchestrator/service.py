@@ -821,7 +821,7 @@ class Service:
                     "name": rec.name,
                     "adapter_type": rec.adapter_type,
                     "endpoint": rec.endpoint,
-                    "config": rec.config,
+                    "config": rec.public_config(),
                     "auth_token": "set" if config.auth_token else "unchanged",
                 },
             )

@@ -432,3 +432,12 @@ async def test_openapi_audit_health(make_api: Any) -> None:
     assert r.json()["ready"] is True
     r = await api.call("GET", "/metrics")
     assert "sluice_adapter_operations_total" in r.text
+
+
+def test_secret_sounding_config_keys_are_hidden() -> None:
+    from orchestrator.hub import secret_keys
+
+    assert secret_keys(None, {"consumer_key": "x", "api_password": "y", "region": "z"}) == {
+        "consumer_key",
+        "api_password",
+    }

@@ -343,6 +343,16 @@ async def test_ovh_integration_hides_and_keeps_its_consumer_key(make_api: Any) -
         assert all(q.header("x-ovh-consumer") == "ck-test-consumer" for q in posts)
         r = await api.call("GET", f"/scrubbing/{iid}/status")
         assert r.json()["diverting"] is True
+        # the secret setting shows nowhere else either: adapter list, audit log
+        r = await api.call("GET", "/mitigation/adapters")
+        assert "ck-test-consumer" not in r.text and "as-test-secret" not in r.text
+        from sqlalchemy import select
+
+        from orchestrator.store.models import audit_log
+
+        with api.svc.engine.connect() as conn:
+            details = " ".join(conn.execute(select(audit_log.c.detail)).scalars())
+        assert "ck-test-consumer" not in details and "as-test-secret" not in details
         for text in (r.text, (await api.call("GET", "/scrubbing")).text):
             assert "ck-test-consumer" not in text and "as-test-secret" not in text
         await api.ok("POST", f"/scrubbing/{iid}/withdraw")
