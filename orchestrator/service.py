@@ -49,6 +49,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# What the in-memory indexes and a withdrawal start need to know about a rule.
+_HELD_COLUMNS = (
+    rules.c.id,
+    rules.c.key,
+    rules.c.adapter_id,
+    rules.c.dry_run,
+    rules.c.kind,
+    rules.c.state,
+)
+
+
 @dataclass(frozen=True)
 class RuleRequest:
     """What a caller asks for; ``adapter`` is an adapter id or name."""
@@ -207,14 +218,7 @@ class Service:
         """Rebuild the in-memory counters and indexes from the store."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(
-                    rules.c.id,
-                    rules.c.key,
-                    rules.c.adapter_id,
-                    rules.c.dry_run,
-                    rules.c.kind,
-                    rules.c.state,
-                ).where(rules.c.state.in_([s.value for s in LIVE]))
+                select(*_HELD_COLUMNS).where(rules.c.state.in_([s.value for s in LIVE]))
             ).all()
             since = utcnow() - timedelta(seconds=self.policy.settings.cooldown_seconds)
             recent = conn.execute(
@@ -594,16 +598,7 @@ class Service:
             rules.c.origin == "policy",
         ]
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                select(
-                    rules.c.id,
-                    rules.c.key,
-                    rules.c.adapter_id,
-                    rules.c.dry_run,
-                    rules.c.kind,
-                    rules.c.state,
-                ).where(and_(*cond))
-            ).all()
+            rows = conn.execute(select(*_HELD_COLUMNS).where(and_(*cond))).all()
             if not rows:
                 return []
             send = set(
@@ -634,15 +629,7 @@ class Service:
         to_send: dict[int, list[int]] = {}
         with self.engine.begin() as conn:
             rows = conn.execute(
-                select(
-                    rules.c.id,
-                    rules.c.key,
-                    rules.c.adapter_id,
-                    rules.c.dry_run,
-                    rules.c.kind,
-                    rules.c.state,
-                    rules.c.ttl,
-                )
+                select(*_HELD_COLUMNS, rules.c.ttl)
                 .where(
                     and_(
                         rules.c.state.in_([s.value for s in HELD]),
