@@ -7,7 +7,8 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.api import admin, envelope, mitigation, policy, scrubbing, signals
 from orchestrator.api.deps import RateLimiter
@@ -39,6 +40,46 @@ def bootstrap_token(service: Service, tokens: TokenStore) -> str | None:
         sys.stdout.flush()
         return token
     return None
+
+
+class HeadersMiddleware:
+    """Plain ASGI (BaseHTTPMiddleware costs a task and a stream per request).
+
+    * JSON is the only body this API takes: a POST/PUT/PATCH without a Content-Type (curl
+      -d sends form encoding by default) is read as JSON.
+    * The rate-limit headers the auth dependency computed go on every answer, errors too.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            ctype = dict(scope["headers"]).get(b"content-type", b"")
+            if not ctype or ctype.startswith(b"application/x-www-form-urlencoded"):
+                scope["headers"] = [*headers, (b"content-type", b"application/json")]
+        state = scope.setdefault("state", {})
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = state.get("rate_headers")
+                if extra:
+                    present = {k.lower() for k, _ in message.get("headers", [])}
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        *(
+                            (k.lower().encode(), v.encode())
+                            for k, v in extra.items()
+                            if k.lower().encode() not in present
+                        ),
+                    ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _async(fn: Callable[[], None]) -> Callable[[], Awaitable[None]]:
@@ -95,24 +136,7 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.state.nodes = NodeRegistry(service.engine, service.audit)
     envelope.install(app)
 
-    @app.middleware("http")
-    async def rate_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # JSON is the only body this API takes: accept it without a Content-Type header
-        # (curl -d sends form encoding by default).
-        if request.method in ("POST", "PUT", "PATCH") and (
-            "content-type" not in request.headers
-            or request.headers["content-type"].startswith("application/x-www-form-urlencoded")
-        ):
-            request.scope["headers"] = [
-                (k, v) for k, v in request.scope["headers"] if k != b"content-type"
-            ] + [(b"content-type", b"application/json")]
-        response = await call_next(request)
-        for k, v in getattr(request.state, "rate_headers", {}).items():
-            response.headers.setdefault(k, v)
-        return response
-
+    app.add_middleware(HeadersMiddleware)
     app.include_router(mitigation.router, prefix=API_PREFIX)
     app.include_router(admin.router, prefix=API_PREFIX)
     app.include_router(policy.router, prefix=API_PREFIX)
