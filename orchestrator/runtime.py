@@ -28,6 +28,7 @@ from orchestrator.service import RuleRequest, Service
 from orchestrator.store.models import decisions, incidents, kv, rules
 from policies.engine import Decision, evaluate
 from policies.errors import NotFound, PolicyInvalid, SluiceError
+from policies.intents import canonical
 from policies.signals import Signal
 from policies.state import EngineState
 from policies.watch import PolicyWatcher
@@ -35,6 +36,26 @@ from policies.watch import PolicyWatcher
 log = logging.getLogger("sluice.runtime")
 
 STATE_KEY = "engine_state"
+MAX_BATCH = 256  # signals handled in one group commit
+_INCIDENT_FIELDS = (
+    "id",
+    "target",
+    "node",
+    "signals",
+    "peak_bps",
+    "peak_pps",
+    "last_signal",
+    "attack_family",
+    "severity",
+)
+
+
+@dataclass
+class _Pending:
+    signal: Signal
+    actor: str
+    incident_id: str | None
+    future: asyncio.Future[dict[str, Any]]
 
 
 def utcnow() -> datetime:
@@ -57,7 +78,8 @@ class PolicyRuntime:
         if service.settings.policy_dir is not None:
             self.watcher = PolicyWatcher(service.settings.policy_dir, service.policy)
         self.reload_status = ReloadStatus(digest=self.watcher.digest if self.watcher else None)
-        self._lock = asyncio.Lock()
+        self._pending: list[_Pending] = []
+        self._worker: asyncio.Task[None] | None = None
 
     @property
     def from_directory(self) -> bool:
@@ -133,60 +155,195 @@ class PolicyRuntime:
     async def handle(
         self, signal: Signal, *, actor: str, incident_id: str | None = None
     ) -> dict[str, Any]:
-        """Evaluate one signal and apply the decision; returns incident + decision."""
-        async with self._lock:
-            return self._handle(signal, actor=actor, incident_id=incident_id)
+        """Evaluate one signal and apply the decision; returns incident + decision.
 
-    def _handle(self, signal: Signal, *, actor: str, incident_id: str | None) -> dict[str, Any]:
+        Signals that arrive together are handled as one batch (group commit): evaluated
+        one after the other, in arrival order, then written with one transaction for the
+        rules and one for the incidents and decisions, instead of three per signal.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending.append(_Pending(signal, actor, incident_id, fut))
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain(), name="signal-intake")
+        return await fut
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
+            try:
+                results = self._handle_batch(batch)
+            except Exception as exc:  # a database error: every signal of the batch fails
+                log.exception("handling %d signals", len(batch))
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+            else:
+                for p, res in zip(batch, results, strict=True):
+                    if p.future.done():
+                        continue
+                    if isinstance(res, Exception):
+                        p.future.set_exception(res)
+                    else:
+                        p.future.set_result(res)
+            await asyncio.sleep(0)  # let the next signals in
+
+    def _handle_batch(self, batch: list[_Pending]) -> list[dict[str, Any] | Exception]:
         svc = self.service
         now = utcnow()
-        incident = self._incident_for(signal, incident_id, now)
-        decision = evaluate(signal, svc.policy, self.state, time.time())
-        applied = self._apply(decision, incident["id"], actor)
-        values: dict[str, Any] = {
-            "id": incident["id"],
-            "updated_at": now,
-            "last_signal": signal.model_dump(mode="json"),
-            "signals": incident["signals"] + 1,
-            "peak_bps": max(incident["peak_bps"], signal.bps),
-            "peak_pps": max(incident["peak_pps"], signal.pps),
-            "attack_family": signal.attack_family,
-            "severity": signal.severity,
-        }
-        if incident["new"]:
-            values.update(
-                target=str(signal.target_ip),
-                node=signal.node,
-                status="open",
-                opened_at=now,
-                resolved_at=None,
+        open_incidents: dict[str, dict[str, Any]] = {}  # target -> incident, batch-local
+        items: list[tuple[_Pending, dict[str, Any], Decision] | Exception] = []
+        for p in batch:
+            target = str(p.signal.target_ip)
+            try:
+                if p.incident_id is None and target in open_incidents:
+                    incident = open_incidents[target]
+                else:
+                    incident = self._incident_for(p.signal, p.incident_id, now)
+            except SluiceError as exc:
+                items.append(exc)
+                continue
+            open_incidents.setdefault(target, incident)
+            decision = evaluate(p.signal, svc.policy, self.state, time.time())
+            incident.update(
+                signals=incident["signals"] + 1,
+                peak_bps=max(incident["peak_bps"], p.signal.bps),
+                peak_pps=max(incident["peak_pps"], p.signal.pps),
+                last_signal=p.signal.model_dump(mode="json"),
+                attack_family=p.signal.attack_family,
+                severity=p.signal.severity,
+                target=target,
+                node=p.signal.node,
             )
-        with svc.engine.begin() as conn:
-            # parameters apart from the statements, so each compiles once and is cached
-            if incident["new"]:
-                conn.execute(insert(incidents), values)
+            items.append((p, incident, decision))
+
+        done = [x for x in items if not isinstance(x, Exception)]
+        applied = self._apply_all(done)
+        if done:
+            self._record(done, applied, now)
+
+        out: list[dict[str, Any] | Exception] = []
+        k = 0
+        for item in items:
+            if isinstance(item, Exception):
+                out.append(item)
+                continue
+            _p, inc, d = item
+            view = {
+                **inc.get("row", {}),
+                **{key: inc[key] for key in _INCIDENT_FIELDS},
+                "updated_at": now,
+            }
+            if inc["new"]:
+                view.update(status="open", opened_at=now, resolved_at=None)
+            planned = d.to_dict()
+            out.append(
+                {
+                    "incident": _incident_view(_Row(view)),
+                    # "planned": what the policy asked for; "rules": the rules it made (ids);
+                    # "refused": what guardrails stopped; "withdrawn": rule ids taken down
+                    "decision": {**planned, "planned": planned["rules"], **applied[k]},
+                }
+            )
+            k += 1
+        return out
+
+    def _apply_all(
+        self, done: list[tuple[_Pending, dict[str, Any], Decision]]
+    ) -> list[dict[str, Any]]:
+        """Rules of every decision in one transaction, then withdrawals in decision order
+        (make before break: a tier's new rules exist before the old ones go)."""
+        svc = self.service
+        requests = [
+            (
+                k,
+                RuleRequest(
+                    intent=r.intent,
+                    adapter=r.adapter,
+                    ttl=r.ttl,
+                    reason=r.reason,
+                    origin="policy",
+                    dry_run=d.dry_run,
+                    explanation=d.explanation,
+                    incident_id=inc["id"],
+                    actor=p.actor,
+                ),
+            )
+            for k, (p, inc, d) in enumerate(done)
+            for r in d.rules
+        ]
+        results = svc.create_rules_sync([r for _, r in requests]) if requests else []
+        applied: list[dict[str, Any]] = [
+            {"rules": [], "refused": [], "withdrawn": []} for _ in done
+        ]
+        for (k, req), res in zip(requests, results, strict=True):
+            if isinstance(res, SluiceError):
+                applied[k]["refused"].append(
+                    {
+                        "intent": canonical(req.intent),
+                        "adapter": req.adapter,
+                        "code": res.code,
+                        "message": res.message,
+                    }
+                )
             else:
-                conn.execute(_UPDATE_INCIDENT, {f"b_{k}": v for k, v in values.items()})
+                applied[k]["rules"].append(
+                    {
+                        "rule_id": res.rule["id"],
+                        "intent": res.rule["intent"],
+                        "adapter": req.adapter,
+                        "deduplicated": res.deduplicated,
+                    }
+                )
+        for k, (p, _inc, d) in enumerate(done):
+            if d.withdraw:
+                applied[k]["withdrawn"] = svc.withdraw_keys(
+                    d.withdraw, actor=p.actor, reason=f"policy: {d.status}"
+                )
+
+        return applied
+
+    def _record(
+        self,
+        done: list[tuple[_Pending, dict[str, Any], Decision]],
+        applied: list[dict[str, Any]],
+        now: datetime,
+    ) -> None:
+        """Each incident once (its last state), and one decision row per signal."""
+        svc = self.service
+        with svc.engine.begin() as conn:
+            written: set[str] = set()
+            for _p, inc, _d in reversed(done):  # the last state of each incident wins
+                if inc["id"] in written:
+                    continue
+                written.add(inc["id"])
+                values = {key: inc[key] for key in _INCIDENT_FIELDS}
+                values["updated_at"] = now
+                if inc["new"]:
+                    conn.execute(
+                        insert(incidents),
+                        {**values, "status": "open", "opened_at": now, "resolved_at": None},
+                    )
+                else:
+                    conn.execute(
+                        _UPDATE_INCIDENT,
+                        {"b_id": values["id"], **{f"b_{k}": values[k] for k in _UPDATED_FIELDS}},
+                    )
             conn.execute(
                 insert(decisions),
-                {
-                    "incident_id": incident["id"],
-                    "at": now,
-                    "status": decision.status,
-                    "tier": decision.tier,
-                    "explanation": list(decision.explanation),
-                    "rules": applied["rules"],
-                    "refused": applied["refused"],
-                    "withdrawn": applied["withdrawn"],
-                },
+                [
+                    {
+                        "incident_id": inc["id"],
+                        "at": now,
+                        "status": d.status,
+                        "tier": d.tier,
+                        "explanation": list(d.explanation),
+                        **applied[k],
+                    }
+                    for k, (_p, inc, d) in enumerate(done)
+                ],
             )
-        view = {**incident["row"], **values} if not incident["new"] else values
-        return {
-            "incident": _incident_view(_Row(view)),
-            # "planned": what the policy asked for; "rules": the rules it made (with ids);
-            # "refused": what guardrails stopped; "withdrawn": rule ids taken down
-            "decision": {**decision.to_dict(), "planned": decision.to_dict()["rules"], **applied},
-        }
 
     def _incident_for(
         self, signal: Signal, incident_id: str | None, now: datetime
@@ -230,51 +387,6 @@ class PolicyRuntime:
             "peak_pps": row.peak_pps,
             "row": row._asdict(),
         }
-
-    def _apply(self, decision: Decision, incident_id: str, actor: str) -> dict[str, Any]:
-        svc = self.service
-        requests = [
-            RuleRequest(
-                intent=r.intent,
-                adapter=r.adapter,
-                ttl=r.ttl,
-                reason=r.reason,
-                origin="policy",
-                dry_run=decision.dry_run,
-                explanation=decision.explanation,
-                incident_id=incident_id,
-                actor=actor,
-            )
-            for r in decision.rules
-        ]
-        results = svc.create_rules_sync(requests) if requests else []
-        created: list[dict[str, Any]] = []
-        refused: list[dict[str, Any]] = []
-        for planned, res in zip(decision.rules, results, strict=True):
-            if isinstance(res, SluiceError):
-                refused.append(
-                    {
-                        "intent": planned.to_dict()["text"],
-                        "adapter": planned.adapter,
-                        "code": res.code,
-                        "message": res.message,
-                    }
-                )
-            else:
-                created.append(
-                    {
-                        "rule_id": res.rule["id"],
-                        "intent": res.rule["intent"],
-                        "adapter": planned.adapter,
-                        "deduplicated": res.deduplicated,
-                    }
-                )
-        withdrawn = (
-            svc.withdraw_keys(decision.withdraw, actor=actor, reason=f"policy: {decision.status}")
-            if decision.withdraw
-            else []
-        )
-        return {"rules": created, "refused": refused, "withdrawn": withdrawn}
 
     # ------------------------------------------------------------ queries
 
@@ -359,23 +471,19 @@ class _Row:
         self.__dict__.update(values)
 
 
+_UPDATED_FIELDS = (
+    "updated_at",
+    "last_signal",
+    "signals",
+    "peak_bps",
+    "peak_pps",
+    "attack_family",
+    "severity",
+)
 _UPDATE_INCIDENT = (
     update(incidents)
     .where(incidents.c.id == bindparam("b_id"))
-    .values(
-        **{
-            c: bindparam(f"b_{c}")
-            for c in (
-                "updated_at",
-                "last_signal",
-                "signals",
-                "peak_bps",
-                "peak_pps",
-                "attack_family",
-                "severity",
-            )
-        }
-    )
+    .values(**{c: bindparam(f"b_{c}") for c in _UPDATED_FIELDS})
 )
 
 

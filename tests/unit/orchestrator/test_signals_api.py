@@ -337,3 +337,25 @@ async def test_resolve_incident(api: Client) -> None:
     assert r.json()["incident"]["status"] == "resolved"
     assert (await api("GET", "/incidents", params={"status": "open"})).json()["incidents"] == []
     await asyncio.sleep(0)
+
+
+async def test_concurrent_signals_are_grouped_correctly(api: Client) -> None:
+    """Signals arriving together share a group commit but keep their own answers."""
+    bodies = [signal(target_ip=f"198.51.100.{i % 5 + 1}", bps="800M") for i in range(40)]
+    bodies.append({"target_ip": "not-an-ip"})
+    answers = await asyncio.gather(*(api("POST", "/incidents", json=b) for b in bodies))
+    assert answers[-1].status_code == 422
+    ok_answers = [a.json() for a in answers[:-1]]
+    assert all(a["ok"] for a in ok_answers)
+    incidents = {a["incident"]["target_ip"]: a["incident"]["id"] for a in ok_answers}
+    assert len(incidents) == 5  # one incident per target, however the batch fell
+    for a in ok_answers:
+        assert a["incident"]["id"] == incidents[a["incident"]["target_ip"]]
+    await api.svc.dispatcher.drain()
+    active = api.svc.list_active()[0]
+    assert sorted(r["target_ip"] for r in active) == [f"198.51.100.{i}/32" for i in range(1, 6)]
+    listed = (await api("GET", "/incidents")).json()["incidents"]
+    assert sum(i["signals"] for i in listed) == 40
+    for iid in incidents.values():
+        inc = (await api("GET", f"/incidents/{iid}")).json()["incident"]
+        assert len(inc["decisions"]) == inc["signals"] == 8
