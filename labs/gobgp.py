@@ -46,6 +46,9 @@ def render_config(spec: SpeakerSpec) -> str:
             "    connect-retry = 1",
             "    hold-time = 9",
             "    keepalive-interval = 3",
+            # a peer still applying its config may reset the first session; do not sit
+            # in Idle for the default 30 s after that
+            "    idle-hold-time-after-reset = 1",
         ]
         for fam in fams:
             lines += [
