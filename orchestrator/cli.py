@@ -75,6 +75,8 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # APScheduler logs every run of our sub-second jobs at INFO; its warnings still show
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
     settings = Settings(
         data_dir=data_dir, policy_dir=policy_dir, database_url=database_url, host=host, port=port
     )
@@ -83,7 +85,15 @@ def serve(
     except SluiceError as exc:
         err.print(f"[red]cannot start:[/red] {exc.message}")
         raise typer.Exit(2) from None
-    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, lifespan="on")
+    # log_config=None: uvicorn keeps our logging set-up (one format, quiet APScheduler)
+    uvicorn.run(
+        create_app(service),
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        log_config=None,
+    )
 
 
 # ---------------------------------------------------------------- client helpers
