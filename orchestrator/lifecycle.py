@@ -37,7 +37,6 @@ class State(enum.StrEnum):
 
 
 LIVE = frozenset({State.PENDING, State.ACTIVE, State.FAILED, State.WITHDRAWING})
-FINAL = frozenset({State.WITHDRAWN, State.EXPIRED})
 # States in which a rule should be (or may be) on the wire and so counts for quotas.
 HELD = frozenset({State.PENDING, State.ACTIVE, State.FAILED})
 

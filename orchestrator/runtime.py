@@ -27,7 +27,7 @@ from orchestrator.lifecycle import HELD
 from orchestrator.service import RuleRequest, Service
 from orchestrator.store.models import decisions, incidents, kv, rules
 from policies.engine import Decision, evaluate
-from policies.errors import NotFound, PolicyInvalid, SluiceError
+from policies.errors import NotFound, SluiceError
 from policies.intents import canonical
 from policies.signals import Signal
 from policies.state import EngineState
@@ -503,6 +503,3 @@ def _incident_view(row: Any) -> dict[str, Any]:
         "updated_at": row.updated_at.isoformat(),
         "resolved_at": row.resolved_at.isoformat() if row.resolved_at else None,
     }
-
-
-__all__ = ["PolicyInvalid", "PolicyRuntime", "ReloadStatus"]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Connection, and_, func, insert, select, update
 
-from adapters.base import AdapterConfig, Capability, Health, Registry, require_capability
+from adapters.base import AdapterConfig, Health, Registry, require_capability
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.hub import AdapterHub, AdapterRecord
 from orchestrator.lifecycle import HELD, LIVE, State, check_move
@@ -149,7 +149,6 @@ class Service:
         self.quotas = Quotas()
         self._live = _Live()
         self._cooldown: dict[tuple[str, str], datetime] = {}
-        self._policy_from_dir = policy is None and settings.policy_dir is not None
         self.policy = policy or (
             load_policy(settings.policy_dir) if settings.policy_dir else Policy()
         )
@@ -914,7 +913,3 @@ class Service:
     def verify_audit(self) -> VerifyResult:
         with self.engine.connect() as conn:
             return verify(conn)
-
-    def capabilities_of(self, adapter_id: int) -> frozenset[Capability]:
-        adapter = self.hub.live(adapter_id)
-        return adapter.capabilities if adapter else frozenset()

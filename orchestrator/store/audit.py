@@ -82,39 +82,6 @@ class AuditLog:
         self._head = (entry_id, digest)
         return digest
 
-    def append_many(
-        self, conn: Connection, entries: list[dict[str, Any]], at: datetime | None = None
-    ) -> None:
-        """Append several entries (each with actor, action, target, detail) in one statement."""
-        if not entries:
-            return
-        if self._head is None:
-            self._head = self._load_head(conn)
-        last_id, prev = self._head
-        stamp = (at or datetime.now(UTC)).isoformat()
-        rows = []
-        for e in entries:
-            last_id += 1
-            detail_text = canonical_json(dict(e.get("detail") or {}))
-            digest = entry_hash(
-                (last_id, stamp, e["actor"], e["action"], e["target"], detail_text, prev)
-            )
-            rows.append(
-                {
-                    "id": last_id,
-                    "at": stamp,
-                    "actor": e["actor"],
-                    "action": e["action"],
-                    "target": e["target"],
-                    "detail": detail_text,
-                    "prev_hash": prev,
-                    "hash": digest,
-                }
-            )
-            prev = digest
-        conn.execute(insert(audit_log), rows)
-        self._head = (last_id, prev)
-
     def forget_head(self) -> None:
         """Call after a rolled-back transaction so the next append re-reads the head."""
         self._head = None
