@@ -1,18 +1,26 @@
-"""The frr adapter: RTBH through vtysh (static blackhole + route-map + redistribution).
+"""The frr adapter: RTBH through vtysh, as bgpd ``network P route-map M`` statements.
 
-I/O around :mod:`adapters.frr.render`. Each batch reads ``show running-config`` once,
-plans the commands and runs them in one ``vtysh -c ... -c ...`` call, under one lock.
+I/O around :mod:`adapters.frr.render`. Each batch reads bgpd's running config once
+(``show running-config bgpd``), plans the commands and runs them in one ``vtysh -c ...
+-c ...`` call per chunk of :data:`CHUNK` network lines, under one lock. Origination is a
+``network`` statement with ``no bgp network import-check`` (no RIB route needed), not a
+static blackhole route redistributed into BGP: vtysh applied static routes at about 60 a
+second (1,000 /32s took 17 s, 10,000 exceeded the 30 s vtysh timeout, and one rule took
+p99 286 ms from API to a receiver's RIB), while 300 ``network`` statements apply in
+0.11 s in one call (2.08 s as static routes), measured in the lab.
+
 vtysh has no transactions: it stops at the first command FRR refuses, after applying the
 ones before it, so after a refusal the running config is read again and each rule's
 outcome is what FRR actually holds (present: ok; absent: refused with FRR's message).
-vtysh failing to reach the daemons (``failed to connect``, ``staticd is not running``)
+vtysh failing to reach the daemons (``failed to connect``, ``bgpd is not running``)
 fails the batch as retryable.
 
 FRR cannot originate FlowSpec, so the adapter supports blackholes only: a FlowSpec (or
 scrubbing) rule is refused with the capability error, never dropped. ``active()`` is
-rebuilt from the running config (the route-map entry descriptions carry the intents'
-attributes); nothing is written to FRR's startup config, so after an FRR restart the
-rules are gone and ``active()`` says so, and the reconciler announces them again.
+rebuilt from the running config (the network lines under the unicast address families,
+and the route-map descriptions carrying the intents' attributes); nothing is written to
+FRR's startup config, so after an FRR restart the rules are gone and ``active()`` says
+so, and the reconciler announces them again.
 """
 
 from __future__ import annotations
@@ -39,9 +47,9 @@ from adapters.base import (
     validate_settings,
 )
 from adapters.frr.render import (
-    MAX_SEQ,
     Config,
     Defaults,
+    Plan,
     held_intents,
     parse_running,
     plan_announce,
@@ -50,19 +58,18 @@ from adapters.frr.render import (
 from policies.errors import AdapterError, AdapterRefused, AdapterUnavailable
 from policies.intents import BlackholeIntent, Community, LargeCommunity, intent_key
 
-CHUNK = 2000  # commands per vtysh call (keeps argv well below ARG_MAX)
+CHUNK = 2000  # network lines per vtysh call (keeps argv well below ARG_MAX)
 UNREACHABLE = ("failed to connect", "is not running", "connection refused", "no such file")
 
 
 class FrrSettings(AdapterSettings):
-    """How to reach FRR's vtysh, the local ASN and the RTBH route-map."""
+    """How to reach FRR's vtysh, the local ASN and the RTBH route-maps' name prefix."""
 
     endpoint: str = ""
     vty_socket_dir: Path | None = None
     pathspace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
     asn: Annotated[int, Field(ge=1, le=4294967295)]
     route_map: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")] = "SLUICE-RTBH"
-    tag_base: Annotated[int, Field(ge=1, le=4294967295 - MAX_SEQ)] = 666000
     communities: tuple[Community, ...] = ()
     large_communities: tuple[LargeCommunity, ...] = ()
     next_hop_v4: ipaddress.IPv4Address | None = None
@@ -153,14 +160,13 @@ class FrrAdapter:
         return stdout
 
     async def _config(self) -> Config:
-        text = await self._vtysh(["show running-config"])
-        return parse_running(text, self.settings.route_map, self.settings.tag_base)
+        text = await self._vtysh(["show running-config bgpd"])
+        return parse_running(text, self.settings.route_map)
 
-    async def _run(self, commands: list[str]) -> None:
-        """Run a configure session, in chunks that each re-enter configure mode."""
-        body = [c for c in commands if c not in ("configure terminal", "end")]
-        for start in range(0, len(body), CHUNK):
-            await self._vtysh(["configure terminal", *body[start : start + CHUNK], "end"])
+    async def _run(self, plan: Plan) -> None:
+        """Run the plan's configure sessions (one vtysh call per chunk), in order."""
+        for commands in plan.sessions(self.settings.asn, CHUNK):
+            await self._vtysh(commands)
 
     # ------------------------------------------------------------ contract
 
@@ -173,7 +179,7 @@ class FrrAdapter:
             return f"adapter {self.name!r} (frr) carries blackhole intents only"
         if ref.intent.peers:
             return (
-                f"adapter {self.name!r} (frr) cannot select peers: redistributed routes go to "
+                f"adapter {self.name!r} (frr) cannot select peers: network routes go to "
                 "every neighbour of the address family; leave peers empty"
             )
         return ref.intent
@@ -198,19 +204,17 @@ class FrrAdapter:
                 intents,
                 asn=self.settings.asn,
                 route_map=self.settings.route_map,
-                tag_base=self.settings.tag_base,
                 defaults=self._defaults,
             )
             error: AdapterError | None = None
-            if plan.commands:
-                try:
-                    await self._run(plan.commands)
-                except AdapterError as exc:
-                    error = exc
+            try:
+                await self._run(plan)
+            except AdapterError as exc:
+                error = exc
             held: dict[str, BlackholeIntent] | None = None
             if isinstance(error, AdapterRefused):
                 try:
-                    held = held_intents(await self._config(), self.settings.tag_base)
+                    held = held_intents(await self._config(), self.settings.route_map)
                 except AdapterError:
                     held = None
             out: list[Outcome] = []
@@ -220,7 +224,7 @@ class FrrAdapter:
                 elif i in plan.refused:
                     out.append(Outcome.failure(ref, plan.refused[i], retryable=False))
                 elif error is None or (held is not None and held.get(str(c.prefix)) == c):
-                    out.append(Outcome.success(ref, tag=plan.tags.get(i)))
+                    out.append(Outcome.success(ref, route_map=plan.maps.get(i)))
                 else:
                     out.append(Outcome.failure(ref, str(error), retryable=error.retryable))
             return out
@@ -234,24 +238,18 @@ class FrrAdapter:
             mine = [
                 (i, r.intent) for i, r in enumerate(rules) if isinstance(r.intent, BlackholeIntent)
             ]
-            plan = plan_withdraw(
-                cfg,
-                [b for _, b in mine],
-                route_map=self.settings.route_map,
-                tag_base=self.settings.tag_base,
-            )
-            if plan.commands:
-                try:
-                    await self._run(plan.commands)
-                except AdapterError as exc:
-                    return [Outcome.failure(r, str(exc), retryable=exc.retryable) for r in rules]
-            removed = {mine[j][0] for j in plan.tags}
+            plan = plan_withdraw(cfg, [b for _, b in mine], route_map=self.settings.route_map)
+            try:
+                await self._run(plan)
+            except AdapterError as exc:
+                return [Outcome.failure(r, str(exc), retryable=exc.retryable) for r in rules]
+            removed = {mine[j][0] for j in plan.maps}
             return [Outcome.success(r, held=i in removed) for i, r in enumerate(rules)]
 
     async def active(self) -> frozenset[str] | None:
         async with self._lock:
             cfg = await self._config()
-        return frozenset(intent_key(i) for i in held_intents(cfg, self.settings.tag_base).values())
+        return frozenset(intent_key(i) for i in held_intents(cfg, self.settings.route_map).values())
 
     async def check(self) -> Health:
         start = time.monotonic()

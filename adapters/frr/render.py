@@ -1,25 +1,36 @@
 """Blackhole intents as FRR configuration: pure functions, no I/O.
 
-FRR originates an RTBH route as a static blackhole route redistributed into BGP through a
-route-map that sets the route's attributes. Routes with different attributes need
-different route-map entries, so each distinct attribute set (a :class:`Group`) gets one
-sequence number ``SEQ`` and its routes carry the tag ``tag_base + SEQ``::
+FRR originates an RTBH route as a bgpd ``network`` statement whose route-map sets the
+route's attributes. ``no bgp network import-check`` lets bgpd originate the prefix without
+a matching route in the RIB, so no static route (and no zebra/staticd round trip) is
+needed. Why not static routes redistributed into BGP (what this adapter did first): vtysh
+applies only about 60 static routes a second (1,000 /32s took 17 s and 10,000 exceeded a
+30 s vtysh timeout), while 300 ``network`` statements apply in 0.11 s in one vtysh call
+(2.08 s for the same 300 as static routes), measured in the lab.
 
-    route-map SLUICE-RTBH permit 3
+Routes with different attributes need different route-maps, so each distinct attribute
+set (a :class:`Group`) gets its own route-map ``<route_map>-<SEQ>`` with one entry::
+
+    router bgp 65001
+     no bgp network import-check
+    exit
+    route-map SLUICE-RTBH-3 permit 1
      description sluice v4 community 65535:666; large-community 64500:1:2
-     match tag 666003
      set community 65535:666
      set large-community 64500:1:2
     exit
-    ip route 203.0.113.5/32 blackhole tag 666003
     router bgp 65001
      address-family ipv4 unicast
-      redistribute static route-map SLUICE-RTBH
+      network 203.0.113.5/32 route-map SLUICE-RTBH-3
+     exit-address-family
+    exit
 
-The entry's ``description`` records the intent's own attributes (before the adapter's
-default communities are merged in), so :func:`held_intents` rebuilds every intent from
-``show running-config`` alone and read-back survives a restart of Sluice. Static routes
-whose tag is outside ``tag_base+1 .. tag_base+65535`` are not ours and are left alone.
+Withdrawal is ``no network P`` (and ``no route-map <route_map>-<SEQ>`` once no network
+uses it). The entry's ``description`` records the intent's own attributes (before the
+adapter's default communities are merged in), so :func:`held_intents` rebuilds every
+intent from ``show running-config`` alone and read-back survives a restart of Sluice.
+``network`` statements without one of our route-maps are the operator's: they are never
+changed or removed, and a rule for such a prefix is refused.
 """
 
 from __future__ import annotations
@@ -107,103 +118,123 @@ def _num(c: str) -> tuple[int, ...]:
 
 @dataclass
 class Config:
-    """What the running config holds for us: route-map entries and tagged blackholes."""
+    """What the running config holds: our route-maps and bgpd's unicast networks."""
 
     groups: dict[int, Group] = field(default_factory=dict)  # seq -> group
-    routes: dict[str, int] = field(default_factory=dict)  # prefix -> tag
-    redistributed: set[int] = field(default_factory=set)  # address families (4, 6)
+    networks: dict[str, str | None] = field(default_factory=dict)  # prefix -> route-map
+    taken: set[int] = field(default_factory=set)  # every <route_map>-SEQ defined
 
 
-_ROUTE = re.compile(r"^(ip|ipv6) route (\S+) blackhole tag (\d+)\s*$")
-_ROUTER = re.compile(r"^router bgp (\d+)")
+_ROUTER = re.compile(r"^router bgp (\d+)\s*$")
+_NETWORK = re.compile(r"^network (\S+)(?: route-map (\S+))?")
 
 
-def parse_running(text: str, route_map: str, tag_base: int) -> Config:
-    """Read our route-map entries, tagged blackhole routes and redistribution."""
+def map_name(route_map: str, seq: int) -> str:
+    return f"{route_map}-{seq}"
+
+
+def parse_running(text: str, route_map: str) -> Config:
+    """Read our route-maps and the ``network`` statements of the default BGP instance."""
     cfg = Config()
+    own = re.compile(rf"^route-map {re.escape(route_map)}-(\d+) permit \d+\s*$")
     seq: int | None = None
     afi: int | None = None
     in_bgp = False
     for raw in text.splitlines():
         line = raw.strip()
-        m = _ROUTE.match(line)
-        if m and not raw.startswith(" "):
-            tag = int(m.group(3))
-            if tag_base < tag <= tag_base + MAX_SEQ:
-                cfg.routes[m.group(2)] = tag
-            continue
-        if line.startswith(f"route-map {route_map} permit "):
-            seq = int(line.split()[-1])
+        top = not raw.startswith(" ")
+        if top:
+            seq, afi, in_bgp = None, None, False
+            m = own.match(line)
+            if m:
+                seq = int(m.group(1))
+                cfg.taken.add(seq)
+            elif _ROUTER.match(line):  # "router bgp N vrf X" is another instance
+                in_bgp = True
             continue
         if seq is not None:
             if line.startswith("description "):
                 group = Group.parse(line.removeprefix("description "))
                 if group is not None:
                     cfg.groups[seq] = group
-            elif line in ("exit", "!") or not raw.startswith(" "):
-                seq = None
-            continue
-        if _ROUTER.match(line):
-            in_bgp = True
             continue
         if in_bgp:
-            if line.startswith("address-family ipv4 unicast"):
+            if line in ("address-family ipv4 unicast", "address-family ipv4"):
                 afi = 4
-            elif line.startswith("address-family ipv6 unicast"):
+            elif line in ("address-family ipv6 unicast", "address-family ipv6"):
                 afi = 6
-            elif line == "exit-address-family":
+            elif line == "exit-address-family" or line.startswith("address-family "):
                 afi = None
-            elif line == "exit" and not raw.startswith(" "):
-                in_bgp = False
-            elif afi is not None and line == f"redistribute static route-map {route_map}":
-                cfg.redistributed.add(afi)
+            elif afi is not None:
+                m = _NETWORK.match(line)
+                if m:
+                    cfg.networks[m.group(1)] = m.group(2)
     return cfg
 
 
-def held_intents(cfg: Config, tag_base: int) -> dict[str, BlackholeIntent]:
-    """Prefix -> intent for every tagged route whose group is known and redistributed."""
+def _seq(name: str | None, route_map: str) -> int | None:
+    prefix = route_map + "-"
+    if name is None or not name.startswith(prefix) or not name[len(prefix) :].isdigit():
+        return None
+    return int(name[len(prefix) :])
+
+
+def held_intents(cfg: Config, route_map: str) -> dict[str, BlackholeIntent]:
+    """Prefix -> intent for every network that uses one of our (described) route-maps."""
     out: dict[str, BlackholeIntent] = {}
-    for prefix, tag in cfg.routes.items():
-        group = cfg.groups.get(tag - tag_base)
-        if group is None or group.version not in cfg.redistributed:
+    for prefix, name in cfg.networks.items():
+        seq = _seq(name, route_map)
+        group = None if seq is None else cfg.groups.get(seq)
+        if group is None or group.version != (6 if ":" in prefix else 4):
             continue
         out[prefix] = group.intent(prefix)
     return out
 
 
-def route_line(intent: BlackholeIntent, tag: int, *, remove: bool = False) -> str:
-    cmd = "ip" if intent.prefix.version == 4 else "ipv6"
-    return f"{'no ' if remove else ''}{cmd} route {intent.prefix} blackhole tag {tag}"
-
-
-def group_lines(route_map: str, seq: int, tag: int, group: Group, defaults: Defaults) -> list[str]:
+def group_lines(route_map: str, seq: int, group: Group, defaults: Defaults) -> list[str]:
     return [
-        f"route-map {route_map} permit {seq}",
+        f"route-map {map_name(route_map, seq)} permit 1",
         f"description {group.description()}",
-        f"match tag {tag}",
         *group.set_lines(defaults),
         "exit",
     ]
 
 
-def redistribute_lines(asn: int, route_map: str) -> list[str]:
-    lines = [f"router bgp {asn}"]
-    for afi in ("ipv4", "ipv6"):
-        lines += [
-            f"address-family {afi} unicast",
-            f"redistribute static route-map {route_map}",
-            "exit-address-family",
-        ]
-    return [*lines, "exit"]
-
-
 @dataclass
 class Plan:
-    """vtysh commands for a batch, and the rules refused before anything is sent."""
+    """What to send for a batch, and the rules refused before anything is sent.
 
-    commands: list[str] = field(default_factory=list)
+    ``prelude`` runs first (in configure mode), then ``networks`` (address family,
+    ``network`` / ``no network`` line) inside ``router bgp``, then ``epilogue``.
+    """
+
+    prelude: list[str] = field(default_factory=list)
+    networks: list[tuple[int, str]] = field(default_factory=list)
+    epilogue: list[str] = field(default_factory=list)
     refused: dict[int, str] = field(default_factory=dict)  # index in the batch -> why
-    tags: dict[int, int] = field(default_factory=dict)  # index -> tag used
+    maps: dict[int, str] = field(default_factory=dict)  # index -> route-map used / removed
+
+    def sessions(self, asn: int, chunk: int) -> list[list[str]]:
+        """vtysh command lists, each a whole configure session of at most ``chunk``
+        network lines (each re-enters ``router bgp`` and its address families)."""
+        if not self.networks:
+            return []
+        out: list[list[str]] = []
+        for start in range(0, len(self.networks), chunk):
+            part = self.networks[start : start + chunk]
+            cmds = ["configure terminal"]
+            if start == 0:
+                cmds += self.prelude
+            cmds.append(f"router bgp {asn}")
+            for version in (4, 6):
+                lines = [line for v, line in part if v == version]
+                if lines:
+                    cmds += [f"address-family ipv{version} unicast", *lines, "exit-address-family"]
+            cmds.append("exit")
+            if start + chunk >= len(self.networks):
+                cmds += self.epilogue
+            out.append([*cmds, "end"])
+        return out
 
 
 def plan_announce(
@@ -212,77 +243,79 @@ def plan_announce(
     *,
     asn: int,
     route_map: str,
-    tag_base: int,
     defaults: Defaults,
 ) -> Plan:
-    """Commands that make FRR originate every intent (``None`` entries are skipped)."""
+    """Commands that make FRR originate every intent (``None`` entries are skipped).
+
+    Every intent gets its ``network`` line even when the config already holds it (the
+    line is idempotent in bgpd), so a batch always asserts what it reports.
+    """
     plan = Plan()
     seq_of = {g: s for s, g in cfg.groups.items()}
-    groups = dict(cfg.groups)
+    used = set(cfg.groups) | cfg.taken
     new_groups: list[tuple[int, Group]] = []
-    routes = dict(cfg.routes)
-    route_cmds: list[str] = []
+    networks = dict(cfg.networks)
     for i, intent in enumerate(intents):
         if intent is None:
             continue
         group = Group.of(intent)
         prefix = str(intent.prefix)
         seq = seq_of.get(group)
-        held_tag = routes.get(prefix)
-        if held_tag is not None and (seq is None or held_tag != tag_base + seq):
-            other = groups.get(held_tag - tag_base)
-            what = other.description() if other is not None else f"tag {held_tag}"
-            plan.refused[i] = (
-                f"FRR holds one blackhole route per prefix and {prefix} is already announced "
-                f"with other attributes ({what}); withdraw that rule first"
-            )
-            continue
+        if prefix in networks:
+            held_seq = _seq(networks[prefix], route_map)
+            if held_seq is None or held_seq != seq:
+                other = None if held_seq is None else cfg.groups.get(held_seq)
+                if other is not None:
+                    why = f"is already announced with other attributes ({other.description()})"
+                elif networks[prefix] is None:
+                    why = "already has a network statement not placed by sluice"
+                else:
+                    why = f"already has a network statement with route-map {networks[prefix]}"
+                plan.refused[i] = (
+                    f"FRR holds one route per prefix and {prefix} {why}; withdraw that rule first"
+                )
+                continue
         if seq is None:
-            used = set(cfg.groups) | {s for s, _ in new_groups}
             seq = next((s for s in range(1, MAX_SEQ + 1) if s not in used), 0)
             if seq == 0:
-                plan.refused[i] = f"route-map {route_map} has no free sequence number left"
+                plan.refused[i] = f"no free route-map name {route_map}-N is left"
                 continue
+            used.add(seq)
             new_groups.append((seq, group))
-            groups[seq] = group
             seq_of[group] = seq
-        tag = tag_base + seq
-        routes[prefix] = tag
-        plan.tags[i] = tag
-        route_cmds.append(route_line(intent, tag))
-    if route_cmds:
-        # redistribution first: a wrong ASN is refused before anything else is applied
-        plan.commands = ["configure terminal", *redistribute_lines(asn, route_map)]
+        name = map_name(route_map, seq)
+        networks[prefix] = name
+        plan.maps[i] = name
+        plan.networks.append((intent.prefix.version, f"network {prefix} route-map {name}"))
+    if plan.networks:
+        # the router line first: a wrong ASN is refused before anything else is applied
+        plan.prelude = [f"router bgp {asn}", "no bgp network import-check", "exit"]
         for seq, group in new_groups:
-            plan.commands += group_lines(route_map, seq, tag_base + seq, group, defaults)
-        plan.commands += [*route_cmds, "end"]
+            plan.prelude += group_lines(route_map, seq, group, defaults)
     return plan
 
 
-def plan_withdraw(
-    cfg: Config, intents: Sequence[BlackholeIntent], *, route_map: str, tag_base: int
-) -> Plan:
-    """Commands removing the routes of ``intents`` and route-map entries left unused."""
+def plan_withdraw(cfg: Config, intents: Sequence[BlackholeIntent], *, route_map: str) -> Plan:
+    """Commands removing the networks of ``intents`` and route-maps left unused."""
     plan = Plan()
-    routes = dict(cfg.routes)
-    cmds: list[str] = []
+    networks = dict(cfg.networks)
     for i, intent in enumerate(intents):
         prefix = str(intent.prefix)
-        tag = routes.get(prefix)
-        if tag is None:
+        if prefix not in networks:
             continue
-        group = cfg.groups.get(tag - tag_base)
+        seq = _seq(networks[prefix], route_map)
+        if seq is None:
+            continue  # the operator's own network statement
+        group = cfg.groups.get(seq)
         if group is not None and group != Group.of(intent):
             continue  # the prefix carries another rule; this one is not held
-        cmds.append(route_line(intent, tag, remove=True))
-        plan.tags[i] = tag
-        del routes[prefix]
-    in_use = {t - tag_base for t in routes.values()}
-    unused = [
-        s for s in cfg.groups if s not in in_use and s in {t - tag_base for t in plan.tags.values()}
+        plan.networks.append((intent.prefix.version, f"no network {prefix}"))
+        plan.maps[i] = map_name(route_map, seq)
+        del networks[prefix]
+    in_use = {_seq(n, route_map) for n in networks.values()}
+    removed = {_seq(n, route_map) for n in plan.maps.values()}
+    plan.epilogue = [
+        f"no route-map {map_name(route_map, s)}"
+        for s in sorted(s for s in removed if s is not None and s not in in_use)
     ]
-    if cmds:
-        plan.commands = ["configure terminal", *cmds]
-        plan.commands += [f"no route-map {route_map} permit {s}" for s in sorted(unused)]
-        plan.commands.append("end")
     return plan

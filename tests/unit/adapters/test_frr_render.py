@@ -15,7 +15,7 @@ from adapters.frr.render import (
 )
 from policies.intents import BlackholeIntent, build_intent
 
-KW: dict[str, Any] = {"asn": 65001, "route_map": "RTBH", "tag_base": 666000}
+KW: dict[str, Any] = {"asn": 65001, "route_map": "RTBH"}
 
 
 def bh(**kw: Any) -> BlackholeIntent:
@@ -24,7 +24,7 @@ def bh(**kw: Any) -> BlackholeIntent:
     return intent
 
 
-def test_announce_plan_groups_attributes_into_route_map_entries() -> None:
+def test_announce_plan_groups_attributes_into_route_maps() -> None:
     a = bh(prefix="203.0.113.5/32", large_communities=["64500:1:2"])
     b = bh(prefix="203.0.113.6/32", large_communities=["64500:1:2"])
     c = bh(
@@ -32,34 +32,56 @@ def test_announce_plan_groups_attributes_into_route_map_entries() -> None:
     )
     plan = plan_announce(Config(), [a, None, b, c], defaults=Defaults(("64500:666",)), **KW)
     assert plan.refused == {}
-    assert plan.tags == {0: 666001, 2: 666001, 3: 666002}
-    assert plan.commands == [
+    assert plan.maps == {0: "RTBH-1", 2: "RTBH-1", 3: "RTBH-2"}
+    assert plan.sessions(65001, 2000) == [
+        [
+            "configure terminal",
+            "router bgp 65001",
+            "no bgp network import-check",
+            "exit",
+            "route-map RTBH-1 permit 1",
+            "description sluice v4 community 65535:666; large-community 64500:1:2",
+            "set community 64500:666 65535:666",
+            "set large-community 64500:1:2",
+            "exit",
+            "route-map RTBH-2 permit 1",
+            "description sluice v6 community 64500:100 65535:666; next-hop 2001:db8::3",
+            "set community 64500:100 64500:666 65535:666",
+            "set ipv6 next-hop global 2001:db8::3",
+            "exit",
+            "router bgp 65001",
+            "address-family ipv4 unicast",
+            "network 203.0.113.5/32 route-map RTBH-1",
+            "network 203.0.113.6/32 route-map RTBH-1",
+            "exit-address-family",
+            "address-family ipv6 unicast",
+            "network 2001:db8:1::5/128 route-map RTBH-2",
+            "exit-address-family",
+            "exit",
+            "end",
+        ]
+    ]
+
+
+def test_chunks_each_reenter_router_and_address_family() -> None:
+    intents = [bh(prefix=f"203.0.113.{i}/32") for i in range(5)]
+    plan = plan_announce(Config(), intents, defaults=Defaults(), **KW)
+    sessions = plan.sessions(65001, 2)
+    assert len(sessions) == 3
+    head = ["configure terminal", "router bgp 65001", "no bgp network import-check", "exit"]
+    assert sessions[0][:4] == head
+    assert sessions[2] == [
         "configure terminal",
         "router bgp 65001",
         "address-family ipv4 unicast",
-        "redistribute static route-map RTBH",
-        "exit-address-family",
-        "address-family ipv6 unicast",
-        "redistribute static route-map RTBH",
+        "network 203.0.113.4/32 route-map RTBH-1",
         "exit-address-family",
         "exit",
-        "route-map RTBH permit 1",
-        "description sluice v4 community 65535:666; large-community 64500:1:2",
-        "match tag 666001",
-        "set community 64500:666 65535:666",
-        "set large-community 64500:1:2",
-        "exit",
-        "route-map RTBH permit 2",
-        "description sluice v6 community 64500:100 65535:666; next-hop 2001:db8::3",
-        "match tag 666002",
-        "set community 64500:100 64500:666 65535:666",
-        "set ipv6 next-hop global 2001:db8::3",
-        "exit",
-        "ip route 203.0.113.5/32 blackhole tag 666001",
-        "ip route 203.0.113.6/32 blackhole tag 666001",
-        "ipv6 route 2001:db8:1::5/128 blackhole tag 666002",
         "end",
     ]
+    assert sum(c.startswith("network ") for s in sessions for c in s) == 5
+    assert sum(c.startswith("route-map ") for s in sessions for c in s) == 1
+    assert plan_announce(Config(), [None], defaults=Defaults(), **KW).sessions(65001, 2) == []
 
 
 def test_no_communities_and_default_next_hop() -> None:
@@ -69,37 +91,49 @@ def test_no_communities_and_default_next_hop() -> None:
 
 
 RUNNING = """\
-frr version 8.4.4
+Building configuration...
+
+Current configuration:
 !
-ip route 198.51.100.0/24 Null0
-ip route 203.0.113.5/32 blackhole tag 666001
-ip route 203.0.113.7/32 blackhole tag 5
-ipv6 route 2001:db8:1::5/128 blackhole tag 666002
+frr version 8.4.4
 !
 router bgp 65001
  bgp router-id 192.0.2.1
+ no bgp network import-check
  !
  address-family ipv4 unicast
-  redistribute static route-map RTBH
+  network 198.51.100.0/24
+  network 203.0.113.5/32 route-map RTBH-1
+  network 203.0.113.6/32 route-map RTBH-2
+  network 203.0.113.7/32 route-map OTHER
   neighbor 192.0.2.2 activate
  exit-address-family
  !
  address-family ipv6 unicast
+  network 2001:db8:1::5/128 route-map RTBH-2
   neighbor 2001:db8::2 activate
  exit-address-family
 exit
 !
-route-map RTBH permit 1
+router bgp 65001 vrf blue
+ address-family ipv4 unicast
+  network 203.0.113.9/32 route-map RTBH-1
+ exit-address-family
+exit
+!
+route-map RTBH-1 permit 1
  description sluice v4 community 65535:666; large-community 64500:1:2
- match tag 666001
  set community blackhole
  set large-community 64500:1:2
 exit
 !
-route-map RTBH permit 2
+route-map RTBH-2 permit 1
  description sluice v6 community 65535:666
- match tag 666002
  set community blackhole
+exit
+!
+route-map RTBH-3 permit 1
+ description hand-made
 exit
 !
 route-map OTHER permit 1
@@ -111,38 +145,67 @@ end
 
 
 def test_parse_running_config() -> None:
-    cfg = parse_running(RUNNING, "RTBH", 666000)
-    assert cfg.routes == {"203.0.113.5/32": 666001, "2001:db8:1::5/128": 666002}
-    assert set(cfg.groups) == {1, 2}
-    assert cfg.redistributed == {4}
-    held = held_intents(cfg, 666000)
-    # IPv6 is not redistributed, so its route is not on the wire and not held
-    assert held == {"203.0.113.5/32": bh(prefix="203.0.113.5/32", large_communities=["64500:1:2"])}
+    cfg = parse_running(RUNNING, "RTBH")
+    assert cfg.networks == {
+        "198.51.100.0/24": None,
+        "203.0.113.5/32": "RTBH-1",
+        "203.0.113.6/32": "RTBH-2",
+        "203.0.113.7/32": "OTHER",
+        "2001:db8:1::5/128": "RTBH-2",
+    }  # the vrf instance's networks are not ours
+    assert set(cfg.groups) == {1, 2} and cfg.taken == {1, 2, 3}
+    held = held_intents(cfg, "RTBH")
+    # 203.0.113.6/32 uses an IPv6 group, so it is not one of our intents
+    assert held == {
+        "203.0.113.5/32": bh(prefix="203.0.113.5/32", large_communities=["64500:1:2"]),
+        "2001:db8:1::5/128": bh(prefix="2001:db8:1::5/128"),
+    }
 
 
-def test_same_prefix_other_attributes_is_refused_and_reuses_existing_entries() -> None:
-    cfg = parse_running(RUNNING, "RTBH", 666000)
+def test_same_prefix_other_attributes_is_refused_and_reuses_existing_maps() -> None:
+    cfg = parse_running(RUNNING, "RTBH")
     same = bh(prefix="203.0.113.5/32", large_communities=["64500:1:2"])
     other = bh(prefix="203.0.113.5/32")
+    operators = bh(prefix="198.51.100.0/24")
+    foreign = bh(prefix="203.0.113.7/32")
     fresh = bh(prefix="203.0.113.9/32", large_communities=["64500:1:2"])
-    plan = plan_announce(cfg, [same, other, fresh], defaults=Defaults(), **KW)
-    assert list(plan.refused) == [1]
-    assert "withdraw that rule first" in plan.refused[1]
-    assert "route-map RTBH permit 1" not in plan.commands  # entry 1 already exists
-    assert "ip route 203.0.113.9/32 blackhole tag 666001" in plan.commands
+    new = bh(prefix="203.0.113.10/32", communities=["64500:7"])
+    plan = plan_announce(
+        cfg, [same, other, operators, foreign, fresh, new], defaults=Defaults(), **KW
+    )
+    assert sorted(plan.refused) == [1, 2, 3]
+    assert "other attributes" in plan.refused[1] and "withdraw that rule first" in plan.refused[1]
+    assert "not placed by sluice" in plan.refused[2]
+    assert "route-map OTHER" in plan.refused[3]
+    assert plan.maps == {0: "RTBH-1", 4: "RTBH-1", 5: "RTBH-4"}  # RTBH-3 exists: skipped
+    [cmds] = plan.sessions(65001, 2000)
+    assert "route-map RTBH-1 permit 1" not in cmds  # already exists
+    assert "route-map RTBH-4 permit 1" in cmds
+    assert "network 203.0.113.5/32 route-map RTBH-1" in cmds  # re-asserted, idempotent
+    assert "network 203.0.113.9/32 route-map RTBH-1" in cmds
 
 
-def test_withdraw_plan_removes_routes_and_unused_entries() -> None:
-    cfg = parse_running(RUNNING, "RTBH", 666000)
+def test_withdraw_plan_removes_networks_and_unused_route_maps() -> None:
+    cfg = parse_running(RUNNING, "RTBH")
     a = bh(prefix="203.0.113.5/32", large_communities=["64500:1:2"])
     wrong = bh(prefix="2001:db8:1::5/128", communities=["64500:1"])
     gone = bh(prefix="203.0.113.99/32")
-    plan = plan_withdraw(cfg, [a, wrong, gone], route_map="RTBH", tag_base=666000)
-    assert plan.tags == {0: 666001}
-    assert plan.commands == [
-        "configure terminal",
-        "no ip route 203.0.113.5/32 blackhole tag 666001",
-        "no route-map RTBH permit 1",
-        "end",
+    operators = bh(prefix="198.51.100.0/24")
+    plan = plan_withdraw(cfg, [a, wrong, gone, operators], route_map="RTBH")
+    assert plan.maps == {0: "RTBH-1"}
+    assert plan.sessions(65001, 2000) == [
+        [
+            "configure terminal",
+            "router bgp 65001",
+            "address-family ipv4 unicast",
+            "no network 203.0.113.5/32",
+            "exit-address-family",
+            "exit",
+            "no route-map RTBH-1",
+            "end",
+        ]
     ]
-    assert plan_withdraw(cfg, [gone], route_map="RTBH", tag_base=666000).commands == []
+    v6 = plan_withdraw(cfg, [bh(prefix="2001:db8:1::5/128")], route_map="RTBH")
+    # RTBH-2 still carries 203.0.113.6/32, so it stays
+    assert v6.sessions(65001, 2000)[0][-3:] == ["exit-address-family", "exit", "end"]
+    assert plan_withdraw(cfg, [gone], route_map="RTBH").sessions(65001, 2000) == []
