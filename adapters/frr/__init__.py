@@ -1,4 +1,4 @@
-"""FRR adapter: RTBH blackholes through vtysh; FlowSpec is refused (FRR cannot originate it).
+"""FRR adapter: RTBH blackholes as bgpd network statements through vtysh; no FlowSpec.
 
 See :mod:`adapters.frr.render` (pure planning) and :mod:`adapters.frr.adapter` (I/O).
 """

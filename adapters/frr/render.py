@@ -252,7 +252,8 @@ def plan_announce(
     """
     plan = Plan()
     seq_of = {g: s for s, g in cfg.groups.items()}
-    used = set(cfg.groups) | cfg.taken
+    groups = dict(cfg.groups)
+    used = set(groups) | cfg.taken
     new_groups: list[tuple[int, Group]] = []
     networks = dict(cfg.networks)
     for i, intent in enumerate(intents):
@@ -263,8 +264,10 @@ def plan_announce(
         seq = seq_of.get(group)
         if prefix in networks:
             held_seq = _seq(networks[prefix], route_map)
-            if held_seq is None or held_seq != seq:
-                other = None if held_seq is None else cfg.groups.get(held_seq)
+            other = None if held_seq is None else groups.get(held_seq)
+            # ours without a (described) route-map, e.g. after an FRR restart lost the
+            # route-map behind a half-applied batch: not a rule, so it is taken over
+            if held_seq is None or (other is not None and held_seq != seq):
                 if other is not None:
                     why = f"is already announced with other attributes ({other.description()})"
                 elif networks[prefix] is None:
@@ -281,6 +284,7 @@ def plan_announce(
                 plan.refused[i] = f"no free route-map name {route_map}-N is left"
                 continue
             used.add(seq)
+            groups[seq] = group
             new_groups.append((seq, group))
             seq_of[group] = seq
         name = map_name(route_map, seq)

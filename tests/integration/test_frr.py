@@ -136,3 +136,89 @@ async def test_check_reports_sessions(adapter: FrrAdapter) -> None:
     health = await adapter.check()
     assert health.ok and health.latency_ms is not None
     assert set(health.sessions.values()) == {"Established"} and len(health.sessions) == 4
+
+
+async def test_restart_behind_the_cache_is_repaired(frr_topology: Topology) -> None:
+    """The adapter plans from the config its last call read back; after FRR restarts (and
+    loses the route-maps) that plan is stale: the read-back catches it and the batch is
+    applied again from a fresh read, with the attributes on the wire."""
+    node = speaker(frr_topology)
+    rx = frr_topology.receivers["bird"]
+    ad = FrrAdapter.from_config(AdapterConfig(**node.adapter_config("cache")))
+    comm = {"kind": "blackhole", "communities": ["64500:61"], "large_communities": ["64500:6:1"]}
+    a = RuleRef(6, build_intent({**comm, "prefix": "203.0.113.61/32"}))
+    b = RuleRef(7, build_intent({**comm, "prefix": "203.0.113.62/32"}))
+    assert (await ad.announce([a]))[0].ok
+    wait_unicast(rx, 4, "203.0.113.61/32")
+    node.restart()
+    node.wait_established(timeout=30)
+    [out] = await ad.announce([b])  # no active() in between: the cache is stale
+    assert out.ok, out.error
+    route = wait_unicast(rx, 4, "203.0.113.62/32")
+    assert route.communities == {"64500:61"} and route.large_communities == {"64500:6:1"}
+    assert await ad.active() == frozenset({b.key})
+    assert (await ad.withdraw([b]))[0].ok
+    wait_unicast_gone(rx, 4, "203.0.113.62/32")
+    frr_topology.wait_established()
+
+
+async def test_one_route_per_prefix_and_operator_networks_are_left_alone(
+    frr_topology: Topology, adapter: FrrAdapter
+) -> None:
+    node = speaker(frr_topology)
+    asn = node.asn
+    node.vtysh(
+        "configure terminal",
+        f"router bgp {asn}",
+        "address-family ipv4 unicast",
+        "network 203.0.113.70/32",
+        "end",
+    )
+    try:
+        x = RuleRef(8, build_intent({"kind": "blackhole", "prefix": "203.0.113.71/32"}))
+        y = RuleRef(
+            9,
+            build_intent(
+                {"kind": "blackhole", "prefix": "203.0.113.71/32", "communities": ["64500:9"]}
+            ),
+        )
+        z = RuleRef(10, build_intent({"kind": "blackhole", "prefix": "203.0.113.70/32"}))
+        ox, oy, oz = await adapter.announce([x, y, z])
+        assert ox.ok, ox.error
+        assert not oy.ok and not oy.retryable and "other attributes" in (oy.error or "")
+        assert not oz.ok and not oz.retryable and "not placed by sluice" in (oz.error or "")
+        [again] = await adapter.announce([y])  # a later batch: still refused
+        assert not again.ok and not again.retryable
+        assert await adapter.active() == frozenset({x.key})
+        [wz] = await adapter.withdraw([z])
+        assert wz.ok and wz.detail["held"] is False
+        assert "network 203.0.113.70/32\n" in node.vtysh("show running-config")
+        assert (await adapter.withdraw([x]))[0].ok
+        assert await adapter.active() == frozenset()
+    finally:
+        node.vtysh(
+            "configure terminal",
+            f"router bgp {asn}",
+            "address-family ipv4 unicast",
+            "no network 203.0.113.70/32",
+            "end",
+        )
+
+
+async def test_large_batches_are_chunked(
+    frr_topology: Topology, adapter: FrrAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("adapters.frr.adapter.CHUNK", 3)
+    prefixes = [f"203.0.113.{80 + i}/32" for i in range(4)]
+    prefixes += [f"2001:db8:ff::{0x80 + i:x}/128" for i in range(3)]
+    refs = [
+        RuleRef(20 + i, build_intent({"kind": "blackhole", "prefix": p, "communities": [c]}))
+        for i, (p, c) in enumerate(zip(prefixes, ["64500:1", "64500:2"] * 4, strict=False))
+    ]
+    assert all(o.ok for o in await adapter.announce(refs))
+    assert await adapter.active() == frozenset(r.key for r in refs)
+    for p in prefixes:
+        wait_unicast(frr_topology.receivers["bird"], 6 if ":" in p else 4, p)
+    assert all(o.ok and o.detail["held"] for o in await adapter.withdraw(refs))
+    assert await adapter.active() == frozenset()
+    assert "route-map SLUICE-RTBH-" not in speaker(frr_topology).vtysh("show running-config")

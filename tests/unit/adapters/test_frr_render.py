@@ -209,3 +209,16 @@ def test_withdraw_plan_removes_networks_and_unused_route_maps() -> None:
     # RTBH-2 still carries 203.0.113.6/32, so it stays
     assert v6.sessions(65001, 2000)[0][-3:] == ["exit-address-family", "exit", "end"]
     assert plan_withdraw(cfg, [gone], route_map="RTBH").sessions(65001, 2000) == []
+
+
+def test_our_network_without_its_route_map_is_taken_over() -> None:
+    # FRR restarted behind a cached plan: the network line arrived, the route-map did not
+    cfg = parse_running(
+        "router bgp 65001\n address-family ipv4 unicast\n"
+        "  network 203.0.113.5/32 route-map RTBH-1\n exit-address-family\nexit\n",
+        "RTBH",
+    )
+    assert held_intents(cfg, "RTBH") == {}
+    plan = plan_announce(cfg, [bh(prefix="203.0.113.5/32")], defaults=Defaults(), **KW)
+    assert plan.refused == {} and plan.maps == {0: "RTBH-1"}
+    assert "route-map RTBH-1 permit 1" in plan.sessions(65001, 2000)[0]
