@@ -60,6 +60,7 @@ from adapters.frr.render import (
     Defaults,
     Plan,
     held_intents,
+    holds,
     parse_running,
     plan_announce,
     plan_withdraw,
@@ -241,9 +242,9 @@ class FrrAdapter:
             if cached is None:
                 return plan, None, exc
         else:
-            held = held_intents(after, self.settings.route_map)
+            rm = self.settings.route_map
             if cached is None or all(
-                held.get(str(b.prefix)) == b
+                holds(after, b, rm)
                 for i, b in enumerate(intents)
                 if b is not None and i in plan.maps
             ):
@@ -274,14 +275,13 @@ class FrrAdapter:
                     after = await self._config()
                 except AdapterError:
                     after = Config()
-            held = held_intents(after, self.settings.route_map)
             out: list[Outcome] = []
             for i, (ref, c) in enumerate(zip(rules, checked, strict=True)):
                 if isinstance(c, str):
                     out.append(Outcome.failure(ref, c, retryable=False))
                 elif i in plan.refused:
                     out.append(Outcome.failure(ref, plan.refused[i], retryable=False))
-                elif held.get(str(c.prefix)) == c:
+                elif holds(after, c, self.settings.route_map):
                     out.append(Outcome.success(ref, route_map=plan.maps.get(i)))
                 elif error is not None:
                     out.append(Outcome.failure(ref, str(error), retryable=error.retryable))

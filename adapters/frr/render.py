@@ -191,6 +191,13 @@ def held_intents(cfg: Config, route_map: str) -> dict[str, BlackholeIntent]:
     return out
 
 
+def holds(cfg: Config, intent: BlackholeIntent, route_map: str) -> bool:
+    """Whether ``cfg`` originates exactly ``intent`` (what :func:`held_intents` would say
+    for its prefix, without building an intent per network)."""
+    seq = _seq(cfg.networks.get(str(intent.prefix)), route_map)
+    return seq is not None and cfg.groups.get(seq) == Group.of(intent)
+
+
 def group_lines(route_map: str, seq: int, group: Group, defaults: Defaults) -> list[str]:
     return [
         f"route-map {map_name(route_map, seq)} permit 1",

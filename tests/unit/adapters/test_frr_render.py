@@ -9,6 +9,7 @@ from adapters.frr.render import (
     Defaults,
     Group,
     held_intents,
+    holds,
     parse_running,
     plan_announce,
     plan_withdraw,
@@ -222,3 +223,20 @@ def test_our_network_without_its_route_map_is_taken_over() -> None:
     plan = plan_announce(cfg, [bh(prefix="203.0.113.5/32")], defaults=Defaults(), **KW)
     assert plan.refused == {} and plan.maps == {0: "RTBH-1"}
     assert "route-map RTBH-1 permit 1" in plan.sessions(65001, 2000)[0]
+
+
+def test_holds_agrees_with_held_intents() -> None:
+    cfg = parse_running(RUNNING, "RTBH")
+    held = held_intents(cfg, "RTBH")
+    cases = [
+        bh(prefix="203.0.113.5/32", large_communities=["64500:1:2"]),
+        bh(prefix="203.0.113.5/32"),
+        bh(prefix="203.0.113.6/32"),
+        bh(prefix="203.0.113.7/32"),
+        bh(prefix="198.51.100.0/24"),
+        bh(prefix="2001:db8:1::5/128"),
+        bh(prefix="2001:db8:1::5/128", next_hop="2001:db8::1"),
+    ]
+    for intent in cases:
+        assert holds(cfg, intent, "RTBH") == (held.get(str(intent.prefix)) == intent), intent
+    assert [holds(cfg, i, "RTBH") for i in cases] == [True, False, False, False, False, True, False]
