@@ -219,14 +219,16 @@ class FrrAdapter:
 
     async def _announce(
         self, intents: Sequence[BlackholeIntent | None]
-    ) -> tuple[Plan, Config | None, AdapterError | None]:
+    ) -> tuple[Plan, set[int] | None, AdapterError | None]:
         """Plan from the cache when there is one, else from a fresh read, and apply.
 
         Planning from the cache saves a vtysh call per batch. It is checked, not trusted:
         a refusal is only ever decided on a fresh read, and when FRR refuses a command or
         the read-back (same vtysh call) does not hold every planned rule (FRR restarted
         and lost the route-maps, or someone edited the config), the batch is planned
-        again from that fresh state and applied once more.
+        again from that fresh state and applied once more. Returns the plan, the indexes
+        of the planned rules FRR holds afterwards (None: unknown, FRR refused a command)
+        and FRR's refusal.
         """
         cached = self._cache
         cfg = cached if cached is not None else await self._config()
@@ -235,32 +237,32 @@ class FrrAdapter:
             cached, cfg = None, await self._config()
             plan = self._plan(cfg, intents)
         if not plan.networks:
-            return plan, cfg, None
+            return plan, set(), None
         try:
-            after = await self._run(plan)
+            ok = self._held(await self._run(plan), intents, plan)
         except AdapterRefused as exc:
             if cached is None:
                 return plan, None, exc
         else:
-            rm = self.settings.route_map
-            if cached is None or all(
-                holds(after, b, rm)
-                for i, b in enumerate(intents)
-                if b is not None and i in plan.maps
-            ):
-                return plan, after, None
+            if cached is None or len(ok) == len(plan.maps):
+                return plan, ok, None
         plan = self._plan(await self._config(), intents)
         try:
-            return plan, await self._run(plan), None
+            return plan, self._held(await self._run(plan), intents, plan), None
         except AdapterRefused as exc:
             return plan, None, exc
+
+    def _held(self, cfg: Config, intents: Sequence[BlackholeIntent | None], plan: Plan) -> set[int]:
+        """Indexes of the planned intents that ``cfg`` originates exactly."""
+        rm = self.settings.route_map
+        return {i for i in plan.maps if (b := intents[i]) is not None and holds(cfg, b, rm)}
 
     async def announce(self, rules: Sequence[RuleRef]) -> list[Outcome]:
         checked = [self._blackhole(r) for r in rules]
         intents = [c if isinstance(c, BlackholeIntent) else None for c in checked]
         async with self._lock:
             try:
-                plan, after, error = await self._announce(intents)
+                plan, ok, error = await self._announce(intents)
             except AdapterError as exc:
                 return [
                     Outcome.failure(
@@ -270,18 +272,18 @@ class FrrAdapter:
                     )
                     for r, c in zip(rules, checked, strict=True)
                 ]
-            if after is None:  # FRR refused a command: what does it hold now?
+            if ok is None:  # FRR refused a command: what does it hold now?
                 try:
-                    after = await self._config()
+                    ok = self._held(await self._config(), intents, plan)
                 except AdapterError:
-                    after = Config()
+                    ok = set()
             out: list[Outcome] = []
             for i, (ref, c) in enumerate(zip(rules, checked, strict=True)):
                 if isinstance(c, str):
                     out.append(Outcome.failure(ref, c, retryable=False))
                 elif i in plan.refused:
                     out.append(Outcome.failure(ref, plan.refused[i], retryable=False))
-                elif holds(after, c, self.settings.route_map):
+                elif i in ok:
                     out.append(Outcome.success(ref, route_map=plan.maps.get(i)))
                 elif error is not None:
                     out.append(Outcome.failure(ref, str(error), retryable=error.retryable))
