@@ -222,3 +222,25 @@ async def test_large_batches_are_chunked(
     assert all(o.ok and o.detail["held"] for o in await adapter.withdraw(refs))
     assert await adapter.active() == frozenset()
     assert "route-map SLUICE-RTBH-" not in speaker(frr_topology).vtysh("show running-config")
+
+
+async def test_partial_refusal_reports_what_frr_holds(
+    frr_topology: Topology, adapter: FrrAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bgpd refuses a link-local prefix; vtysh stops there, after applying the chunks and
+    lines before it: those rules are ok, the refused one carries FRR's message."""
+    monkeypatch.setattr("adapters.frr.adapter.CHUNK", 2)
+    good = [
+        RuleRef(30 + i, build_intent({"kind": "blackhole", "prefix": f"203.0.113.{90 + i}/32"}))
+        for i in range(3)
+    ]
+    bad = RuleRef(33, build_intent({"kind": "blackhole", "prefix": "fe80::5/128"}))
+    outs = await adapter.announce([*good, bad])
+    assert [o.ok for o in outs] == [True, True, True, False], outs
+    assert not outs[3].retryable and "FRR refused" in (outs[3].error or "")
+    assert "link-local" in (outs[3].error or "")
+    assert await adapter.active() == frozenset(r.key for r in good)
+    for r in good:
+        wait_unicast(frr_topology.receivers["bird"], 4, str(r.intent.target))
+    assert [o.detail["held"] for o in await adapter.withdraw([*good, bad])] == [True] * 3 + [False]
+    assert await adapter.active() == frozenset()
