@@ -33,7 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, field_validator
+import httpx
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
 from adapters.base import (
     AdapterConfig,
@@ -341,3 +342,34 @@ def field_of(http: HttpClient, body: Any, what: str, *keys: str) -> Any:
             raise http.bad_response(what, f"the answer has no {'.'.join(keys)}")
         cur = cur[k]
     return cur
+
+
+class BearerSettings(HttpSettings):
+    """Settings of a provider whose API takes ``Authorization: Bearer <auth_token>``."""
+
+    auth_token: SecretStr
+
+
+B = TypeVar("B", bound=BearerSettings)
+
+
+class BearerScrubbingAdapter(ScrubbingAdapter[B]):
+    """An integration authenticated with a bearer token (DigitalOcean, Vultr, Linode)."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: B,
+        capabilities: frozenset[Capability],
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        token = settings.auth_token.get_secret_value()
+        http = HttpClient(
+            settings,
+            label=f"{self.adapter_type} integration {name!r}",
+            transport=transport,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        super().__init__(name, settings, capabilities, http)
+        http.add_secret(token)

@@ -25,13 +25,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
-import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
-from adapters.base import AdapterConfig, Capability, resolve_capabilities, validate_settings
-from adapters.http import HttpClient, HttpSettings
+from adapters.base import AdapterConfig, resolve_capabilities, validate_settings
 from adapters.scrubbing.common import (
-    ScrubbingAdapter,
+    BearerScrubbingAdapter,
+    BearerSettings,
     Target,
     Unit,
     UnitState,
@@ -51,9 +50,8 @@ class DropletTarget(Target):
     droplet_ids: Annotated[tuple[int, ...], Field(min_length=1)]
 
 
-class DigitalOceanSettings(HttpSettings):
+class DigitalOceanSettings(BearerSettings):
     endpoint: str = DEFAULT_ENDPOINT
-    auth_token: SecretStr
     targets: tuple[DropletTarget, ...]
     lockdown_firewall_id: Annotated[str, Field(pattern=FW_ID)]
     normal_firewall_id: Annotated[str | None, Field(pattern=FW_ID)] = None
@@ -64,29 +62,11 @@ class DigitalOceanSettings(HttpSettings):
         return tuple(disjoint(v))
 
 
-class DigitalOceanAdapter(ScrubbingAdapter[DigitalOceanSettings]):
+class DigitalOceanAdapter(BearerScrubbingAdapter[DigitalOceanSettings]):
     adapter_type: ClassVar[str] = "digitalocean"
     mechanism: ClassVar[str] = (
         "DigitalOcean Cloud Firewall: droplets moved to the lockdown firewall"
     )
-
-    def __init__(
-        self,
-        name: str,
-        settings: DigitalOceanSettings,
-        capabilities: frozenset[Capability],
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        token = settings.auth_token.get_secret_value()
-        http = HttpClient(
-            settings,
-            label=f"digitalocean integration {name!r}",
-            transport=transport,
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        super().__init__(name, settings, capabilities, http)
-        http.add_secret(token)
 
     @classmethod
     def from_config(cls, config: AdapterConfig) -> DigitalOceanAdapter:

@@ -20,13 +20,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import httpx
-from pydantic import SecretStr, field_validator
+from pydantic import field_validator
 
-from adapters.base import AdapterConfig, Capability, resolve_capabilities, validate_settings
-from adapters.http import HttpClient, HttpSettings
+from adapters.base import AdapterConfig, resolve_capabilities, validate_settings
 from adapters.scrubbing.common import (
-    ScrubbingAdapter,
+    BearerScrubbingAdapter,
+    BearerSettings,
     Target,
     Unit,
     UnitState,
@@ -45,9 +44,8 @@ class FirewallTarget(Target):
     firewall_id: int
 
 
-class LinodeSettings(HttpSettings):
+class LinodeSettings(BearerSettings):
     endpoint: str = DEFAULT_ENDPOINT
-    auth_token: SecretStr
     targets: tuple[FirewallTarget, ...]
 
     @field_validator("targets")
@@ -56,27 +54,9 @@ class LinodeSettings(HttpSettings):
         return tuple(disjoint(v))
 
 
-class LinodeAdapter(ScrubbingAdapter[LinodeSettings]):
+class LinodeAdapter(BearerScrubbingAdapter[LinodeSettings]):
     adapter_type: ClassVar[str] = "linode"
     mechanism: ClassVar[str] = "Linode Cloud Firewall: the lockdown firewall is enabled"
-
-    def __init__(
-        self,
-        name: str,
-        settings: LinodeSettings,
-        capabilities: frozenset[Capability],
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        token = settings.auth_token.get_secret_value()
-        http = HttpClient(
-            settings,
-            label=f"linode integration {name!r}",
-            transport=transport,
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        super().__init__(name, settings, capabilities, http)
-        http.add_secret(token)
 
     @classmethod
     def from_config(cls, config: AdapterConfig) -> LinodeAdapter:

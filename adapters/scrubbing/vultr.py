@@ -21,13 +21,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
-import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
-from adapters.base import AdapterConfig, Capability, resolve_capabilities, validate_settings
-from adapters.http import HttpClient, HttpSettings
+from adapters.base import AdapterConfig, resolve_capabilities, validate_settings
 from adapters.scrubbing.common import (
-    ScrubbingAdapter,
+    BearerScrubbingAdapter,
+    BearerSettings,
     Target,
     Unit,
     UnitState,
@@ -49,9 +48,8 @@ class InstanceTarget(Target):
     ]
 
 
-class VultrSettings(HttpSettings):
+class VultrSettings(BearerSettings):
     endpoint: str = DEFAULT_ENDPOINT
-    auth_token: SecretStr
     targets: tuple[InstanceTarget, ...]
     lockdown_group_id: Annotated[str, Field(pattern=VULTR_ID)]
     normal_group_id: Annotated[str, Field(pattern=r"^([0-9a-fA-F-]{1,64})?$")] = ""
@@ -62,27 +60,9 @@ class VultrSettings(HttpSettings):
         return tuple(disjoint(v))
 
 
-class VultrAdapter(ScrubbingAdapter[VultrSettings]):
+class VultrAdapter(BearerScrubbingAdapter[VultrSettings]):
     adapter_type: ClassVar[str] = "vultr"
     mechanism: ClassVar[str] = "Vultr firewall group: instances switched to the lockdown group"
-
-    def __init__(
-        self,
-        name: str,
-        settings: VultrSettings,
-        capabilities: frozenset[Capability],
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        token = settings.auth_token.get_secret_value()
-        http = HttpClient(
-            settings,
-            label=f"vultr integration {name!r}",
-            transport=transport,
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        super().__init__(name, settings, capabilities, http)
-        http.add_secret(token)
 
     @classmethod
     def from_config(cls, config: AdapterConfig) -> VultrAdapter:
