@@ -108,27 +108,26 @@ class Dispatcher:
 
     def submit(self, adapter_id: int, op: Op, rule_ids: Iterable[int]) -> int:
         """Queue operations; returns how many were new (not already queued)."""
-        lane = self._lanes.get(adapter_id)
-        if lane is None:
-            lane = self._lanes[adapter_id] = _Lane()
-        added = 0
+        jobs = []
         for rid in rule_ids:
-            if (op, rid) in self._queued:
-                continue
-            self._queued.add((op, rid))
-            lane.queue.put_nowait(Job(op, rid))
-            added += 1
+            if (op, rid) not in self._queued:
+                self._queued.add((op, rid))
+                jobs.append(Job(op, rid))
+        self._enqueue(adapter_id, jobs)
+        return len(jobs)
+
+    def submit_orphan(self, adapter_id: int, ref: RuleRef) -> None:
+        self._enqueue(adapter_id, [Job("orphan", ref.rule_id, ref)])
+
+    def _enqueue(self, adapter_id: int, jobs: Iterable[Job]) -> None:
+        """Put jobs on the adapter's lane and make sure its worker runs."""
+        lane = self._lanes.setdefault(adapter_id, _Lane())
+        for job in jobs:
+            lane.queue.put_nowait(job)
         if self._running and (lane.task is None or lane.task.done()):
             lane.task = asyncio.get_running_loop().create_task(
                 self._work(adapter_id, lane), name=f"dispatch-{adapter_id}"
             )
-        return added
-
-    def submit_orphan(self, adapter_id: int, ref: RuleRef) -> None:
-        lane = self._lanes.setdefault(adapter_id, _Lane())
-        lane.queue.put_nowait(Job("orphan", ref.rule_id, ref))
-        if self._running and (lane.task is None or lane.task.done()):
-            lane.task = asyncio.get_running_loop().create_task(self._work(adapter_id, lane))
 
     def is_queued(self, op: Op, rule_id: int) -> bool:
         return (op, rule_id) in self._queued
