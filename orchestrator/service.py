@@ -817,6 +817,17 @@ class Service:
             asyncio.get_running_loop().create_task(self.reconcile(rec.id, startup=True))
         return rec.to_api(), created
 
+    def _withdrawing_ids(self, adapter_id: int) -> list[int]:
+        """Rules of the adapter whose withdrawal is not confirmed yet."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(rules.c.id).where(
+                        and_(rules.c.adapter_id == adapter_id, rules.c.state == State.WITHDRAWING)
+                    )
+                ).scalars()
+            )
+
     async def delete_adapter(self, adapter_id: int, actor: str) -> dict[str, Any]:
         rec = self.hub.get(adapter_id)
         if rec.source == "policy":
@@ -851,29 +862,11 @@ class Service:
                 at=now,
             )
         self.dispatcher.submit(adapter_id, "withdraw", ids)
-        with self.engine.connect() as conn:
-            pending = [
-                r.id
-                for r in conn.execute(
-                    select(rules.c.id).where(
-                        and_(rules.c.adapter_id == adapter_id, rules.c.state == State.WITHDRAWING)
-                    )
-                ).all()
-            ]
         deadline = time.monotonic() + max(self.settings.api_wait_seconds, 1.0)
+        pending = self._withdrawing_ids(adapter_id)
         while pending and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            with self.engine.connect() as conn:
-                pending = [
-                    r.id
-                    for r in conn.execute(
-                        select(rules.c.id).where(
-                            and_(
-                                rules.c.adapter_id == adapter_id, rules.c.state == State.WITHDRAWING
-                            )
-                        )
-                    ).all()
-                ]
+            pending = self._withdrawing_ids(adapter_id)
         if pending:
             raise Conflict(
                 f"{len(pending)} rules of adapter {rec.name!r} are still being withdrawn "
