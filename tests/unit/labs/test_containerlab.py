@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -111,10 +112,20 @@ def test_daemons_accept_the_configs(tmp_path: Path) -> None:
         )
         assert res.returncode == 0, f"{conf}: {res.stderr}"
     bgpd = shutil.which("bgpd") or "/usr/lib/frr/bgpd"
-    for conf in (cfg / "frr/frr.conf", cfg / "speaker-frr/frr.conf"):
-        res = subprocess.run(
-            [bgpd, "-C", "-f", str(conf)], capture_output=True, text=True, check=False
-        )
-        out = res.stdout + res.stderr
-        # bgpd -C exits 0 even when it rejects lines; it logs them as [EC ...] errors
-        assert res.returncode == 0 and not re.search(r"\[EC \d+\]", out), f"{conf}: {out}"
+    # bgpd drops to user frr before it reads the file: check a copy that user can read,
+    # whatever the permissions of the checkout (a 0700 temporary clone is common)
+    readable = Path(tempfile.mkdtemp(prefix="sluice-clab-"))
+    readable.chmod(0o755)
+    try:
+        for conf in (cfg / "frr/frr.conf", cfg / "speaker-frr/frr.conf"):
+            local = readable / f"{conf.parent.name}.conf"
+            local.write_text(conf.read_text())
+            local.chmod(0o644)
+            res = subprocess.run(
+                [bgpd, "-C", "-f", str(local)], capture_output=True, text=True, check=False
+            )
+            out = res.stdout + res.stderr
+            # bgpd -C exits 0 even when it rejects lines; it logs them as [EC ...] errors
+            assert res.returncode == 0 and not re.search(r"\[EC \d+\]", out), f"{conf}: {out}"
+    finally:
+        shutil.rmtree(readable, ignore_errors=True)
