@@ -102,6 +102,20 @@ def flow(receiver: Receiver, destination: str, version: int) -> FlowRoute | None
     return next((f for f in receiver.flows(version) if f.destination == destination), None)
 
 
+def _state(topo: Topology, version: int) -> str:
+    """What gobgpd and the receivers hold, for a timeout's message (seen intermittently in
+    full-suite runs: a FlowSpec withdrawal that FRR did not reflect)."""
+    speaker = topo.speaker
+    assert isinstance(speaker, GoBgpNode)
+    fam = "ipv4-flowspec" if version == 4 else "ipv6-flowspec"
+    parts = [
+        "gobgpd " + fam + ":\n" + speaker.gobgp("global", "rib", "-a", fam).stdout,
+        "gobgpd neighbors:\n" + speaker.gobgp("neighbor").stdout,
+    ]
+    parts += [f"{name} flows: {rx.flows(version)}" for name, rx in topo.receivers.items()]
+    return "\n".join(parts)
+
+
 def check_case(topo: Topology, receiver_kind: str, case: str) -> None:
     """Announce CASES[case], find it on the receiver with its attributes, withdraw it."""
     intent = build_intent(CASES[case])
@@ -139,7 +153,12 @@ def check_case(topo: Topology, receiver_kind: str, case: str) -> None:
 
     (outcome,) = run(once(make_adapter(topo), "withdraw", [ref]))
     assert outcome.ok, outcome.error
-    wait_for(lambda: not present(), timeout=15, what=f"{case} gone from {receiver_kind}'s RIB")
+    wait_for(
+        lambda: not present(),
+        timeout=15,
+        what=f"{case} gone from {receiver_kind}'s RIB",
+        diagnose=lambda: _state(topo, version),
+    )
     assert ref.key not in (run(read_back(make_adapter(topo))) or set())
 
 
