@@ -27,6 +27,7 @@ from policies.planning import Compiled, Ladder, PlannedRule, compile_policy, fmt
 from policies.schema import Policy
 from policies.signals import Signal
 from policies.state import EngineState, TargetState
+from policies.tables import AllowEntry, HostThreshold
 
 __all__ = ["STATUSES", "Decision", "PlannedRule", "compile_policy", "evaluate", "prepare"]
 
@@ -78,11 +79,31 @@ STATUSES = (
 # ---------------------------------------------------------------- thresholds
 
 
-def _thresholds(run: _Run, state: EngineState, value: int) -> tuple[Ladder, str]:
-    c, signal, key, now = run.c, run.signal, run.key, run.now
-    override = c.thresholds.lookup(signal.target_ip.version, value)
+def _lookups(c: Compiled, ts: TargetState, signal: Signal, value: int) -> tuple[Any, ...]:
+    """The allowlist entry and per-host override for the signal's target and node.
+
+    Both depend only on the compiled policy, the address and the node, so they are kept
+    on the target's state and looked up again when the policy or the node changes:
+    signals for an attack in progress repeat the same target many times a second.
+    Returns ``(generation, node, allow entry | None, override | None, override text)``.
+    """
+    memo = ts.memo
+    node = signal.node
+    if memo is not None and memo[0] == c.generation and memo[1] == node:
+        return memo
+    version = signal.target_ip.version
+    entry = c.allowlist.match(version, value, node)
+    override = c.thresholds.lookup(version, value)
+    text = None if override is None else c.override_text(override)
+    memo = ts.memo = (c.generation, node, entry, override, text)
+    return memo
+
+
+def _thresholds(run: _Run, state: EngineState, memo: tuple[Any, ...]) -> tuple[Ladder, str]:
+    c, key, now = run.c, run.key, run.now
+    override: HostThreshold | None = memo[3]
     if override is not None:
-        return override.ladder, c.override_text(override)
+        return override.ladder, memo[4]
     cfg = c.baseline
     if c.dynamic:
         base = state.baselines(cfg).value(key, now)
@@ -224,7 +245,8 @@ def evaluate(signal: Signal, policy: Policy, state: EngineState, now: float) -> 
     if c.dry_run:
         run.why.append("dry run: rules are logged, not announced")
 
-    entry = c.allowlist.match(target.version, value, signal.node)
+    memo = _lookups(c, ts, signal, value)
+    entry: AllowEntry | None = memo[2]
     if entry is not None:
         run.why.append(f"target {key} is allowlisted ({c.allow_text(entry)}): never mitigated")
         if entry.scope == "node":
@@ -244,7 +266,7 @@ def evaluate(signal: Signal, policy: Policy, state: EngineState, now: float) -> 
         ts.active = stale  # withdrawn below unless a tier is chosen again
     ts.last_seen = now
 
-    ladder, source = _thresholds(run, state, value)
+    ladder, source = _thresholds(run, state, memo)
     run.why.append(source)
     raw = _crossed(ladder, signal.bps, signal.pps)
     cur = c.index.get(ts.tier) if ts.tier is not None else None

@@ -10,6 +10,7 @@ dropped and the reason added to the explanation).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import Any
@@ -77,11 +78,16 @@ def fmt_rate(v: float | None, unit: str) -> str:
     return f"{v:.4g} {unit}"
 
 
+_GENERATIONS = itertools.count(1)
+
+
 class Compiled:
     """Per-policy indexes and caches, built once and reused for every signal."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        # Tells engine state which compiled policy a memoised lookup came from.
+        self.generation = next(_GENERATIONS)
         self.tiers: list[Tier] = list(policy.escalation.tiers)
         self.index = {t.name: i for i, t in enumerate(self.tiers)}
         self.ladder: Ladder = tuple((t.bps, t.pps) for t in self.tiers)

@@ -32,6 +32,8 @@ class TargetState:
     active: list[str] = field(default_factory=list)
     # What the rules were planned from (not persisted: after a restart it is re-derived).
     shape: tuple[object, ...] | None = field(default=None, compare=False)
+    # The policy lookups for this target (not persisted): see policies.engine._lookups.
+    memo: tuple[Any, ...] | None = field(default=None, compare=False)
 
     def end_episode(self) -> None:
         """Forget the attack; ``last_action`` stays for the cooldown."""
@@ -45,7 +47,7 @@ class TargetState:
         self.shape = None
 
 
-_PERSISTED = tuple(f for f in TargetState.__dataclass_fields__ if f != "shape")
+_PERSISTED = tuple(f for f in TargetState.__dataclass_fields__ if f not in ("shape", "memo"))
 
 
 def _target_dict(ts: TargetState) -> dict[str, Any]:

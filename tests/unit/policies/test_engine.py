@@ -195,6 +195,21 @@ def test_per_host_override_by_longest_prefix(tmp_path: Path) -> None:
     assert "workspace tiers apply" in other.explanation
 
 
+def test_per_host_override_added_by_a_reload_applies_to_a_known_target(tmp_path: Path) -> None:
+    # The engine keeps each target's lookups between signals; a new policy must redo them.
+    before = make_policy(tmp_path / "a")
+    thresholds = {"tier1_bps": "1G", "tier2_bps": "1500M"}
+    override = {"target_ip": "192.0.2.10", "label": "big", "thresholds": thresholds}
+    after = make_policy(tmp_path / "b", thresholds=[override])
+    state = EngineState()
+    assert evaluate(sig(bps=150e6), before, state, 0).status == "announce"
+    d = evaluate(sig(bps=150e6), after, state, 1)
+    assert "per-host thresholds 192.0.2.10/32 ('big') apply" in d.explanation
+    assert any("de-escalation to no tier" in line for line in d.explanation)
+    back = evaluate(sig(bps=150e6), before, state, 2)
+    assert "workspace tiers apply" in back.explanation
+
+
 # ---------------------------------------------------------------- allowlist
 
 
