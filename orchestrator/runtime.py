@@ -193,16 +193,25 @@ class PolicyRuntime:
         svc = self.service
         now = utcnow()
         open_incidents: dict[str, dict[str, Any]] = {}  # target -> incident, batch-local
+        by_target, by_id = self._incident_rows(batch, now)
+        known: dict[str, dict[str, Any]] = {}  # incident id -> its state in this batch
         items: list[tuple[_Pending, dict[str, Any], Decision] | Exception] = []
         for p in batch:
             target = str(p.signal.target_ip)
-            try:
-                if p.incident_id is None and target in open_incidents:
-                    incident = open_incidents[target]
-                else:
-                    incident = self._incident_for(p.signal, p.incident_id, now)
-            except SluiceError as exc:
-                items.append(exc)
+            if p.incident_id is None and target in open_incidents:
+                incident = open_incidents[target]
+            elif p.incident_id is None:
+                incident = _incident_state(by_target.get(target), known)
+            elif p.incident_id in by_id:
+                incident = _incident_state(by_id[p.incident_id], known)
+            else:
+                items.append(
+                    NotFound(
+                        f"incident {p.incident_id} does not exist",
+                        code="incident_not_found",
+                        field="incident_id",
+                    )
+                )
                 continue
             open_incidents.setdefault(target, incident)
             decision = evaluate(p.signal, svc.policy, self.state, time.time())
@@ -314,6 +323,8 @@ class PolicyRuntime:
         svc = self.service
         with svc.engine.begin() as conn:
             written: set[str] = set()
+            new: list[dict[str, Any]] = []
+            updated: list[dict[str, Any]] = []
             for _p, inc, _d in reversed(done):  # the last state of each incident wins
                 if inc["id"] in written:
                     continue
@@ -321,15 +332,15 @@ class PolicyRuntime:
                 values = {key: inc[key] for key in _INCIDENT_FIELDS}
                 values["updated_at"] = now
                 if inc["new"]:
-                    conn.execute(
-                        insert(incidents),
-                        {**values, "status": "open", "opened_at": now, "resolved_at": None},
-                    )
+                    new.append({**values, "status": "open", "opened_at": now, "resolved_at": None})
                 else:
-                    conn.execute(
-                        _UPDATE_INCIDENT,
-                        {"b_id": values["id"], **{f"b_{k}": values[k] for k in _UPDATED_FIELDS}},
+                    updated.append(
+                        {"b_id": values["id"], **{f"b_{k}": values[k] for k in _UPDATED_FIELDS}}
                     )
+            if new:
+                conn.execute(insert(incidents), new)
+            if updated:
+                conn.execute(_UPDATE_INCIDENT, updated)
             conn.execute(
                 insert(decisions),
                 [
@@ -345,48 +356,38 @@ class PolicyRuntime:
                 ],
             )
 
-    def _incident_for(
-        self, signal: Signal, incident_id: str | None, now: datetime
-    ) -> dict[str, Any]:
+    def _incident_rows(
+        self, batch: list[_Pending], now: datetime
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The incidents a batch of signals updates, in two queries for the whole batch.
+
+        Returns ``(open incident by target, incident by id)``: a signal without an incident
+        id updates its target's latest incident that is open and was updated within the
+        episode timeout; one with an id updates that incident.
+        """
+        targets = {str(p.signal.target_ip) for p in batch if p.incident_id is None}
+        ids = {p.incident_id for p in batch if p.incident_id is not None}
+        by_target: dict[str, Any] = {}
+        by_id: dict[str, Any] = {}
         with self.service.engine.connect() as conn:
-            if incident_id is not None:
-                row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).first()
-                if row is None:
-                    raise NotFound(
-                        f"incident {incident_id} does not exist",
-                        code="incident_not_found",
-                        field="incident_id",
-                    )
-            else:
+            if targets:
                 quiet = timedelta(seconds=self.service.policy.escalation.episode_timeout_seconds)
-                row = conn.execute(
+                rows = conn.execute(
                     select(incidents)
                     .where(
                         and_(
-                            incidents.c.target == str(signal.target_ip),
+                            incidents.c.target.in_(sorted(targets)),
                             incidents.c.status == "open",
                             incidents.c.updated_at >= now - quiet,
                         )
                     )
-                    .order_by(incidents.c.updated_at.desc())
-                    .limit(1)
-                ).first()
-        if row is None:
-            return {
-                "id": str(uuid.uuid4()),
-                "new": True,
-                "signals": 0,
-                "peak_bps": 0.0,
-                "peak_pps": 0.0,
-            }
-        return {
-            "id": row.id,
-            "new": False,
-            "signals": row.signals,
-            "peak_bps": row.peak_bps,
-            "peak_pps": row.peak_pps,
-            "row": row._asdict(),
-        }
+                    .order_by(incidents.c.updated_at)
+                ).all()
+                by_target = {row.target: row for row in rows}  # the latest one wins
+            if ids:
+                rows = conn.execute(select(incidents).where(incidents.c.id.in_(sorted(ids)))).all()
+                by_id = {row.id: row for row in rows}
+        return by_target, by_id
 
     # ------------------------------------------------------------ queries
 
@@ -485,6 +486,33 @@ _UPDATE_INCIDENT = (
     .where(incidents.c.id == bindparam("b_id"))
     .values(**{c: bindparam(f"b_{c}") for c in _UPDATED_FIELDS})
 )
+
+
+def _incident_state(row: Any, known: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The running state of the incident a signal updates (a new one when ``row`` is None).
+
+    ``known`` holds the states already taken in this batch, so two signals for one
+    incident both count.
+    """
+    if row is None:
+        return {
+            "id": str(uuid.uuid4()),
+            "new": True,
+            "signals": 0,
+            "peak_bps": 0.0,
+            "peak_pps": 0.0,
+        }
+    state = known.get(row.id)
+    if state is None:
+        state = known[row.id] = {
+            "id": row.id,
+            "new": False,
+            "signals": row.signals,
+            "peak_bps": row.peak_bps,
+            "peak_pps": row.peak_pps,
+            "row": row._asdict(),
+        }
+    return state
 
 
 def _incident_view(row: Any) -> dict[str, Any]:

@@ -359,3 +359,17 @@ async def test_concurrent_signals_are_grouped_correctly(api: Client) -> None:
     for iid in incidents.values():
         inc = (await api("GET", f"/incidents/{iid}")).json()["incident"]
         assert len(inc["decisions"]) == inc["signals"] == 8
+
+
+async def test_concurrent_updates_naming_one_incident_all_count(api: Client) -> None:
+    first = (await api("POST", "/incidents", json=signal(bps="800M"))).json()
+    iid = first["incident"]["id"]
+    bodies = [{**signal(bps=f"{900 + i}M"), "incident_id": iid} for i in range(10)]
+    bodies.append({**signal(), "incident_id": "no-such-incident"})
+    answers = await asyncio.gather(*(api("POST", "/incidents", json=b) for b in bodies))
+    assert answers[-1].status_code == 404
+    assert answers[-1].json()["error"]["code"] == "incident_not_found"
+    assert {a.json()["incident"]["id"] for a in answers[:-1]} == {iid}
+    inc = (await api("GET", f"/incidents/{iid}")).json()["incident"]
+    assert inc["signals"] == len(inc["decisions"]) == 11
+    assert inc["peak_bps"] == 909e6
