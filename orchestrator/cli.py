@@ -93,6 +93,7 @@ def serve(
         log_level=log_level,
         lifespan="on",
         log_config=None,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
     )
 
 
