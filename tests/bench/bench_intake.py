@@ -47,11 +47,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def run(n: int, concurrency: int, url: str) -> None:
+async def run(n: int, concurrency: int, url: str) -> int:
+    """Post ``n`` signals; returns how many failed."""
     base = int(ipaddress.IPv4Address("198.18.0.0"))
     latencies: list[float] = []
     errors: list[str] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
+    t0 = time.perf_counter()
     for i in range(n):
         queue.put_nowait(i)
 
@@ -68,7 +70,12 @@ async def run(n: int, concurrency: int, url: str) -> None:
                 "udp_pct": 97,
             }
             t = time.perf_counter()
-            r = await client.post("/incidents", json=body)
+            try:
+                r = await client.post("/incidents", json=body)
+            except httpx.TransportError as exc:
+                took = time.perf_counter() - t
+                errors.append(f"{type(exc).__name__} after {took:.2f} s, at {t - t0:.1f} s")
+                continue
             latencies.append(time.perf_counter() - t)
             if r.status_code != 200 or not r.json()["decision"]["rules"]:
                 errors.append(r.text[:200])
@@ -100,9 +107,11 @@ async def run(n: int, concurrency: int, url: str) -> None:
     )
     print(
         f"latency p50 {statistics.median(latencies) * 1000:.1f} ms, "
-        f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms"
+        f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms, "
+        f"max {latencies[-1] * 1000:.0f} ms"
     )
     print(f"rules stored: {total}; errors: {len(errors)} {errors[:3]}")
+    return len(errors)
 
 
 def main() -> None:
@@ -149,7 +158,15 @@ def main() -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.2)
-            asyncio.run(run(args.signals, args.concurrency, url))
+            if asyncio.run(run(args.signals, args.concurrency, url)):
+                log_text = (Path(tmp) / "serve.log").read_text()
+                print("server warnings and errors:")
+                for line in log_text.splitlines():
+                    if " WARNING " in line or " ERROR " in line or "Error" in line:
+                        print("  " + line[:300])
+        except BaseException:
+            print("server log (tail):", (Path(tmp) / "serve.log").read_text()[-4000:])
+            raise
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(20)
