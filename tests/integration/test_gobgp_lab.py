@@ -127,10 +127,10 @@ def check_case(topo: Topology, receiver_kind: str, case: str) -> None:
     assert outcome.ok, outcome.error
     assert ref.key in (run(read_back(make_adapter(topo))) or set())
 
-    def present() -> bool:
+    def present(on: Receiver = receiver) -> bool:
         if intent.kind == "blackhole":
-            return unicast(receiver, target, version) is not None
-        return flow(receiver, target, version) is not None
+            return unicast(on, target, version) is not None
+        return flow(on, target, version) is not None
 
     wait_for(present, timeout=15, what=f"{case} in {receiver_kind}'s RIB")
     if intent.kind == "blackhole":
@@ -153,12 +153,15 @@ def check_case(topo: Topology, receiver_kind: str, case: str) -> None:
 
     (outcome,) = run(once(make_adapter(topo), "withdraw", [ref]))
     assert outcome.ok, outcome.error
-    wait_for(
-        lambda: not present(),
-        timeout=15,
-        what=f"{case} gone from {receiver_kind}'s RIB",
-        diagnose=lambda: _state(topo, version),
-    )
+    # Gone from every receiver, not only the one under test: the speaker announced it to
+    # all of them, and the next case must not start while one still holds it.
+    for kind, rx in topo.receivers.items():
+        wait_for(
+            lambda rx=rx: not present(rx),  # type: ignore[misc]
+            timeout=15,
+            what=f"{case} gone from {kind}'s RIB",
+            diagnose=lambda: _state(topo, version),
+        )
     assert ref.key not in (run(read_back(make_adapter(topo))) or set())
 
 
