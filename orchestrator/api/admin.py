@@ -18,7 +18,7 @@ router = APIRouter(tags=["workspace"])
 Svc = Annotated[Service, Depends(service_of)]
 
 
-def tokens_of(request: Request) -> TokenStore:
+async def tokens_of(request: Request) -> TokenStore:
     store: TokenStore = request.app.state.tokens
     return store
 

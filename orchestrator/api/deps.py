@@ -49,7 +49,9 @@ class RateLimiter:
         }
 
 
-def service_of(request: Request) -> Service:
+# The accessors are ``async``: FastAPI runs a plain ``def`` dependency in a worker thread,
+# a hand-off that cost more than the attribute read itself on every request.
+async def service_of(request: Request) -> Service:
     svc: Service = request.app.state.service
     return svc
 

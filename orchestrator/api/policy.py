@@ -17,7 +17,7 @@ from policies.intents import parse_prefix
 router = APIRouter(tags=["policy"])
 
 
-def doc_of(request: Request) -> PolicyDocument:
+async def doc_of(request: Request) -> PolicyDocument:
     doc: PolicyDocument = request.app.state.policy_doc
     return doc
 

@@ -26,12 +26,12 @@ Family = Literal[
 ]
 
 
-def runtime_of(request: Request) -> PolicyRuntime:
+async def runtime_of(request: Request) -> PolicyRuntime:
     rt: PolicyRuntime = request.app.state.runtime
     return rt
 
 
-def nodes_of(request: Request) -> NodeRegistry:
+async def nodes_of(request: Request) -> NodeRegistry:
     reg: NodeRegistry = request.app.state.nodes
     return reg
 
