@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 TOKEN = "d" * 64
 POLICY = """
@@ -169,7 +170,20 @@ def main() -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.2)
-            if asyncio.run(run(args.signals, args.concurrency, url, args.targets or args.signals)):
+            server = psutil.Process(proc.pid)
+            server_cpu = sum(server.cpu_times()[:2])
+            client_cpu = time.process_time()
+            failed = asyncio.run(
+                run(args.signals, args.concurrency, url, args.targets or args.signals)
+            )
+            server_cpu = sum(server.cpu_times()[:2]) - server_cpu
+            client_cpu = time.process_time() - client_cpu
+            print(
+                f"CPU: server {server_cpu * 1000 / args.signals:.2f} ms per signal, "
+                f"this client {client_cpu * 1000 / args.signals:.2f} ms per signal "
+                f"({os.cpu_count()} CPUs shared by both)"
+            )
+            if failed:
                 log_text = (Path(tmp) / "serve.log").read_text()
                 print("server warnings and errors:")
                 for line in log_text.splitlines():
