@@ -126,7 +126,11 @@ class AdapterSettings(BaseModel):
 
 @runtime_checkable
 class Adapter(Protocol):
-    """What the orchestrator needs from every backend."""
+    """What the orchestrator needs from every backend.
+
+    A BGP speaker also sets ``speaks_bgp = True`` and reports its sessions in
+    :meth:`check`: the dispatcher does not call a rule active while no session is up.
+    """
 
     adapter_type: ClassVar[str]
     supported: ClassVar[frozenset[Capability]]

@@ -39,6 +39,9 @@ class FakeSettings(AdapterSettings):
     fail_withdraw: str | None = None
     fail_retryable: bool = True
     healthy: bool = True
+    # Set: the fake plays a BGP speaker with these sessions (peer -> state), which the
+    # dispatcher checks before calling an announced rule active.
+    sessions: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,8 @@ class FakeAdapter:
         self.fail_retryable = self.settings.fail_retryable
         self.readback = self.settings.readback
         self.healthy = self.settings.healthy
+        self.speaks_bgp = self.settings.sessions is not None
+        self.sessions = dict(self.settings.sessions or {})
         self._path = self.settings.state_file
         if self._path is not None and self._path.exists():
             for line in self._path.read_text().splitlines():
@@ -135,7 +140,9 @@ class FakeAdapter:
         await self._delay()
         if not self.healthy:
             return Health(False, None, "fake adapter told to be unhealthy")
-        return Health(True, self.settings.latency_ms, f"holding {len(self.held)} rules")
+        return Health(
+            True, self.settings.latency_ms, f"holding {len(self.held)} rules", dict(self.sessions)
+        )
 
     async def close(self) -> None:
         return None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,8 @@ from orchestrator.store.models import rule_events, rules
 from policies.intents import AnyIntent, parse_canonical
 
 log = logging.getLogger("sluice.dispatcher")
+
+SESSIONS_TRUSTED_SECONDS = 1.0
 
 Op = Literal["announce", "reannounce", "withdraw", "orphan"]
 
@@ -90,6 +93,7 @@ class Dispatcher:
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self.intents: dict[int, AnyIntent] = {}  # rule id -> intent, for live rules
         self._running = False
+        self._sessions_up: dict[int, float] = {}  # adapter id -> when a session was seen up
 
     # ------------------------------------------------------------ lifecycle
 
@@ -259,9 +263,48 @@ class Dispatcher:
                     or Outcome.failure(r, "adapter returned no outcome", retryable=True)
                     for r in refs
                 ]
+            if op == "announce" and any(o.ok for o in outcomes):
+                down = await self._no_session(adapter_id, adapter)
+                if down is not None:
+                    outcomes = [
+                        Outcome(o.rule_id, False, down, retryable=True) if o.ok else o
+                        for o in outcomes
+                    ]
         for o in outcomes:
             OPS_TOTAL.labels(name, op, "ok" if o.ok else "failed").inc()
         self._apply(op, refs, outcomes)
+
+    async def _no_session(self, adapter_id: int, adapter: Adapter) -> str | None:
+        """Why a route a BGP speaker accepted reaches no peer yet, or None.
+
+        A speaker takes routes into its RIB whether or not a session is up; with every
+        session down the rule is not on the wire, so it is not reported active: the
+        announce counts as a retryable failure with the sessions' states. The speaker
+        keeps the route and sends it when a session comes up; the retry then finds a
+        session established. A check that found a session up is trusted for
+        :data:`SESSIONS_TRUSTED_SECONDS`; adapters without BGP sessions are not checked.
+        """
+        if not getattr(adapter, "speaks_bgp", False):
+            return None
+        now = time.monotonic()
+        seen = self._sessions_up.get(adapter_id)
+        if seen is not None and now - seen < SESSIONS_TRUSTED_SECONDS:
+            return None
+        try:
+            health = await adapter.check()
+        except Exception:  # the announce itself succeeded; do not fail it on a bad check
+            log.exception("adapter %s raised on check", self.adapter_name(adapter_id))
+            return None
+        states = health.sessions
+        if not states or any(s.lower() == "established" for s in states.values()):
+            self._sessions_up[adapter_id] = now
+            return None
+        self._sessions_up.pop(adapter_id, None)
+        listed = ", ".join(f"{peer} {state}" for peer, state in sorted(states.items()))
+        return (
+            "the speaker holds the route but no BGP session is established "
+            f"({listed}): not on the wire yet"
+        )
 
     # ------------------------------------------------------------ outcomes
 

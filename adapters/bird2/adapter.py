@@ -142,6 +142,8 @@ def write_atomically(path: Path, text: str) -> None:
 
 class Bird2Adapter:
     adapter_type: ClassVar[str] = "bird2"
+    # a BGP speaker: the dispatcher checks a session is up before calling a rule active
+    speaks_bgp: ClassVar[bool] = True
     supported: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.BLACKHOLE, Capability.FLOWSPEC}
     )

@@ -165,6 +165,8 @@ class ExaBgpSettings(AdapterSettings):
 
 class ExaBgpAdapter:
     adapter_type: ClassVar[str] = "exabgp"
+    # a BGP speaker: the dispatcher checks a session is up before calling a rule active
+    speaks_bgp: ClassVar[bool] = True
     supported: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.BLACKHOLE, Capability.FLOWSPEC}
     )

@@ -121,6 +121,8 @@ class FrrSettings(AdapterSettings):
 
 class FrrAdapter:
     adapter_type: ClassVar[str] = "frr"
+    # a BGP speaker: the dispatcher checks a session is up before calling a rule active
+    speaks_bgp: ClassVar[bool] = True
     supported: ClassVar[frozenset[Capability]] = frozenset({Capability.BLACKHOLE})
 
     def __init__(

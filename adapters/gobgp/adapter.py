@@ -153,6 +153,8 @@ def _delete_request(path: Any | None) -> Any:
 
 class GoBgpAdapter:
     adapter_type: ClassVar[str] = "gobgp"
+    # a BGP speaker: the dispatcher checks a session is up before calling a rule active
+    speaks_bgp: ClassVar[bool] = True
     supported: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.BLACKHOLE, Capability.FLOWSPEC}
     )

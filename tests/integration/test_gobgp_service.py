@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from adapters.base import AdapterConfig
-from labs.gobgp import GoBgpSpeaker
+from labs.gobgp import ESTABLISHED, GoBgpNode, GoBgpSpeaker
 from labs.netns import wait_for
 from labs.topology import Topology, running
 from orchestrator.service import RuleRequest, Service
@@ -107,3 +107,58 @@ def gobgp_topology() -> Iterator[Topology]:
 
 def test_rule_lifecycle_through_gobgp(gobgp_topology: Topology, tmp_path: Path) -> None:
     asyncio.run(service_round_trip(gobgp_topology, tmp_path))
+
+
+async def sessions_down_round_trip(topo: Topology, data_dir: Path) -> None:
+    """With every session down a rule is not active; it becomes active once one is up."""
+    speaker = topo.speaker
+    assert isinstance(speaker, GoBgpNode)
+    bird = topo.receivers["bird"]
+    svc = Service(
+        Settings(data_dir=data_dir, api_wait_seconds=5, retry_base=0.2, retry_max=0.5),
+        policy=Policy(settings=GlobalSettings(cooldown_seconds=0, default_ttl=0)),
+    )
+    await svc.start()
+    neighbors = [nb.address for nb in speaker.spec.neighbors]
+    try:
+        rec, _ = await svc.upsert_adapter(
+            AdapterConfig(**speaker.adapter_config("lab")), adapter_id=None, actor="test"
+        )
+        for address in neighbors:
+            assert speaker.gobgp("neighbor", address, "disable").returncode == 0
+        wait_for(
+            lambda: not any(s == ESTABLISHED for s in speaker.sessions().values()),
+            timeout=15,
+            what="every gobgpd session down",
+        )
+        res = await svc.create_rule(
+            RuleRequest(build_intent(CASES["blackhole-v4"]), rec["id"], ttl=0, reason="test")
+        )
+        rule_id = res.rule["id"]
+        await svc.dispatcher.drain(30)
+        rule = svc.get_rule(rule_id, events=False)
+        assert rule["state"] == "failed", rule
+        assert "no BGP session is established" in rule["error"], rule["error"]
+        assert "not on the wire" in rule["error"]
+
+        for address in neighbors:
+            assert speaker.gobgp("neighbor", address, "enable").returncode == 0
+        await asyncio.to_thread(speaker.wait_established, None, 30)
+        wait_for(lambda: "203.0.113.1/32" in bird.prefixes(4), timeout=15, what="route in BIRD")
+        deadline = time.monotonic() + 15
+        while state_of(svc, rule_id) != "active" and time.monotonic() < deadline:
+            await svc.retry_due()
+            await svc.dispatcher.drain(30)
+            await asyncio.sleep(0.2)
+        assert state_of(svc, rule_id) == "active"
+        await svc.withdraw_rule(rule_id, actor="test", reason="done")
+        await svc.dispatcher.drain(30)
+        wait_for(lambda: "203.0.113.1/32" not in bird.prefixes(4), timeout=15, what="withdrawn")
+    finally:
+        for address in neighbors:
+            speaker.gobgp("neighbor", address, "enable")
+        await svc.stop()
+
+
+def test_no_established_session_means_not_active(gobgp_topology: Topology, tmp_path: Path) -> None:
+    asyncio.run(sessions_down_round_trip(gobgp_topology, tmp_path))

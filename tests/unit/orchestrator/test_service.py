@@ -131,6 +131,32 @@ async def test_retryable_failure_backs_off_then_succeeds(make_service: Any) -> N
     assert [e["event"] for e in rule["events"]] == ["failed", "retry", "announced"]
 
 
+async def test_speaker_without_an_established_session_does_not_make_a_rule_active(
+    make_service: Any,
+) -> None:
+    svc = await make_service()
+    down = {"192.0.2.2": "active", "2001:db8::2": "idle"}
+    aid, fake = await add_fake(svc, sessions=down)
+    res = await svc.create_rule(req(bh(), aid))
+    await settle(svc)
+    rule = svc.get_rule(res.rule["id"])
+    assert rule["state"] == "failed" and rule["next_attempt_at"] is not None
+    assert rule["error"] == (
+        "the speaker holds the route but no BGP session is established "
+        "(192.0.2.2 active, 2001:db8::2 idle): not on the wire yet"
+    )
+    assert res.rule["key"] in fake.held  # sent as soon as a session comes up
+    assert [r["state"] for r in svc.list_active()[0]] == ["failed"]
+    fake.sessions["2001:db8::2"] = "Established"  # one session is enough
+    await asyncio.sleep(0.1)
+    assert await svc.retry_due() == 1
+    await settle(svc)
+    assert svc.get_rule(res.rule["id"])["state"] == "active"
+    second = await svc.create_rule(req(bh("203.0.113.6"), aid))
+    await settle(svc)
+    assert svc.get_rule(second.rule["id"])["state"] == "active"
+
+
 async def test_refusal_is_final_and_attempts_are_bounded(make_service: Any) -> None:
     svc = await make_service(max_attempts=2)
     aid, fake = await add_fake(svc, fail_announce="malformed NLRI", fail_retryable=False)
