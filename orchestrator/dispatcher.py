@@ -245,6 +245,12 @@ class Dispatcher:
             ]
         else:
             send = adapter.announce if op in ("announce", "reannounce") else adapter.withdraw
+            # The session check runs beside the announce, so it adds no latency.
+            probe = (
+                asyncio.ensure_future(self._no_session(adapter_id, adapter))
+                if op == "announce" and self._session_unknown(adapter_id, adapter)
+                else None
+            )
             with BATCH_SECONDS.labels(name, op).time():
                 try:
                     outcomes = await send(refs)
@@ -253,6 +259,10 @@ class Dispatcher:
                     outcomes = [
                         Outcome.failure(r, f"adapter error: {exc}", retryable=True) for r in refs
                     ]
+                except BaseException:  # cancelled: do not leave the check running
+                    if probe is not None:
+                        probe.cancel()
+                    raise
             if len(outcomes) != len(refs):
                 log.error(
                     "adapter %s returned %d outcomes for %d rules", name, len(outcomes), len(refs)
@@ -263,16 +273,21 @@ class Dispatcher:
                     or Outcome.failure(r, "adapter returned no outcome", retryable=True)
                     for r in refs
                 ]
-            if op == "announce" and any(o.ok for o in outcomes):
-                down = await self._no_session(adapter_id, adapter)
-                if down is not None:
-                    outcomes = [
-                        Outcome(o.rule_id, False, down, retryable=True) if o.ok else o
-                        for o in outcomes
-                    ]
+            down = None if probe is None else await probe
+            if down is not None:
+                outcomes = [
+                    Outcome(o.rule_id, False, down, retryable=True) if o.ok else o for o in outcomes
+                ]
         for o in outcomes:
             OPS_TOTAL.labels(name, op, "ok" if o.ok else "failed").inc()
         self._apply(op, refs, outcomes)
+
+    def _session_unknown(self, adapter_id: int, adapter: Adapter) -> bool:
+        """Whether a BGP speaker's sessions need a check (none seen up recently)."""
+        if not getattr(adapter, "speaks_bgp", False):
+            return False
+        seen = self._sessions_up.get(adapter_id)
+        return seen is None or time.monotonic() - seen >= SESSIONS_TRUSTED_SECONDS
 
     async def _no_session(self, adapter_id: int, adapter: Adapter) -> str | None:
         """Why a route a BGP speaker accepted reaches no peer yet, or None.
@@ -282,14 +297,9 @@ class Dispatcher:
         announce counts as a retryable failure with the sessions' states. The speaker
         keeps the route and sends it when a session comes up; the retry then finds a
         session established. A check that found a session up is trusted for
-        :data:`SESSIONS_TRUSTED_SECONDS`; adapters without BGP sessions are not checked.
+        :data:`SESSIONS_TRUSTED_SECONDS` (see :meth:`_session_unknown`).
         """
-        if not getattr(adapter, "speaks_bgp", False):
-            return None
         now = time.monotonic()
-        seen = self._sessions_up.get(adapter_id)
-        if seen is not None and now - seen < SESSIONS_TRUSTED_SECONDS:
-            return None
         try:
             health = await adapter.check()
         except Exception:  # the announce itself succeeded; do not fail it on a bad check
