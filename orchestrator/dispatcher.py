@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -93,7 +94,8 @@ class Dispatcher:
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self.intents: dict[int, AnyIntent] = {}  # rule id -> intent, for live rules
         self._running = False
-        self._sessions_up: dict[int, float] = {}  # adapter id -> when a session was seen up
+        # adapter id -> (when a session was last seen up, peer -> lower-case state)
+        self._sessions: dict[int, tuple[float, dict[str, str]]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -247,7 +249,7 @@ class Dispatcher:
             send = adapter.announce if op in ("announce", "reannounce") else adapter.withdraw
             # The session check runs beside the announce, so it adds no latency.
             probe = (
-                asyncio.ensure_future(self._no_session(adapter_id, adapter))
+                asyncio.ensure_future(self._check_sessions(adapter_id, adapter))
                 if op == "announce" and self._session_unknown(adapter_id, adapter)
                 else None
             )
@@ -273,11 +275,19 @@ class Dispatcher:
                     or Outcome.failure(r, "adapter returned no outcome", retryable=True)
                     for r in refs
                 ]
-            down = None if probe is None else await probe
-            if down is not None:
-                outcomes = [
-                    Outcome(o.rule_id, False, down, retryable=True) if o.ok else o for o in outcomes
-                ]
+            if probe is not None:
+                await probe
+            if op == "announce" and adapter_id in self._sessions:
+                by_id = {r.rule_id: r for r in refs}
+                checked = []
+                for o in outcomes:
+                    down = self._off_the_wire(adapter_id, by_id[o.rule_id]) if o.ok else None
+                    checked.append(
+                        o if down is None else Outcome(o.rule_id, False, down, retryable=True)
+                    )
+                if checked != list(outcomes):  # the retries look again, not at this answer
+                    self._sessions[adapter_id] = (float("-inf"), self._sessions[adapter_id][1])
+                outcomes = checked
         for o in outcomes:
             OPS_TOTAL.labels(name, op, "ok" if o.ok else "failed").inc()
         self._apply(op, refs, outcomes)
@@ -286,33 +296,45 @@ class Dispatcher:
         """Whether a BGP speaker's sessions need a check (none seen up recently)."""
         if not getattr(adapter, "speaks_bgp", False):
             return False
-        seen = self._sessions_up.get(adapter_id)
-        return seen is None or time.monotonic() - seen >= SESSIONS_TRUSTED_SECONDS
+        seen = self._sessions.get(adapter_id)
+        return seen is None or time.monotonic() - seen[0] >= SESSIONS_TRUSTED_SECONDS
 
-    async def _no_session(self, adapter_id: int, adapter: Adapter) -> str | None:
-        """Why a route a BGP speaker accepted reaches no peer yet, or None.
-
-        A speaker takes routes into its RIB whether or not a session is up; with every
-        session down the rule is not on the wire, so it is not reported active: the
-        announce counts as a retryable failure with the sessions' states. The speaker
-        keeps the route and sends it when a session comes up; the retry then finds a
-        session established. A check that found a session up is trusted for
-        :data:`SESSIONS_TRUSTED_SECONDS` (see :meth:`_session_unknown`).
-        """
-        now = time.monotonic()
+    async def _check_sessions(self, adapter_id: int, adapter: Adapter) -> None:
+        """Ask the speaker for its sessions; trust the answer a while when one is up."""
         try:
             health = await adapter.check()
         except Exception:  # the announce itself succeeded; do not fail it on a bad check
             log.exception("adapter %s raised on check", self.adapter_name(adapter_id))
+            self._sessions.pop(adapter_id, None)
+            return
+        states = {_peer_key(peer): state.lower() for peer, state in health.sessions.items()}
+        if any(s == "established" for s in states.values()):
+            self._sessions[adapter_id] = (time.monotonic(), states)
+        else:  # checked again on the next announce, so a session coming up is seen at once
+            self._sessions[adapter_id] = (float("-inf"), states)
+
+    def _off_the_wire(self, adapter_id: int, ref: RuleRef) -> str | None:
+        """Why a route a BGP speaker accepted reaches no peer yet, or None.
+
+        A speaker takes routes into its RIB whether or not a session is up. With no
+        session established (or none to the peers a rule is pinned to) the rule is not
+        on the wire, so it is not reported active: its announce counts as a retryable
+        failure naming the sessions' states. The speaker keeps the route and sends it
+        when a session comes up; the retry then finds the session established. A check
+        that found a session up is trusted for :data:`SESSIONS_TRUSTED_SECONDS`.
+        """
+        seen = self._sessions.get(adapter_id)
+        if seen is None or not seen[1]:
+            return None  # not a speaker, no sessions reported, or the check failed
+        states = seen[1]
+        pinned = [_peer_key(str(p)) for p in getattr(ref.intent, "peers", ())]
+        relevant = {p: states.get(p, "not configured") for p in pinned} if pinned else states
+        if any(s == "established" for s in relevant.values()):
             return None
-        states = health.sessions
-        if not states or any(s.lower() == "established" for s in states.values()):
-            self._sessions_up[adapter_id] = now
-            return None
-        self._sessions_up.pop(adapter_id, None)
-        listed = ", ".join(f"{peer} {state}" for peer, state in sorted(states.items()))
+        listed = ", ".join(f"{peer} {state}" for peer, state in sorted(relevant.items()))
+        which = "to the rule's peers " if pinned else ""
         return (
-            "the speaker holds the route but no BGP session is established "
+            f"the speaker holds the route but no BGP session {which}is established "
             f"({listed}): not on the wire yet"
         )
 
@@ -486,3 +508,11 @@ def _context(op: Op, row: Any) -> dict[str, Any]:
 
 def _event(rule_id: int, at: datetime, event: str, detail: str | None) -> dict[str, Any]:
     return {"rule_id": rule_id, "at": at, "event": event, "detail": detail}
+
+
+def _peer_key(peer: str) -> str:
+    """A peer address in one spelling (speakers print IPv6 addresses differently)."""
+    try:
+        return str(ipaddress.ip_address(peer.partition("%")[0]))
+    except ValueError:
+        return peer

@@ -157,6 +157,29 @@ async def test_speaker_without_an_established_session_does_not_make_a_rule_activ
     assert svc.get_rule(second.rule["id"])["state"] == "active"
 
 
+async def test_rule_pinned_to_peers_needs_one_of_them_established(make_service: Any) -> None:
+    svc = await make_service()
+    sessions = {"192.0.2.2": "Established", "2001:0db8:0:0::2": "Active"}
+    aid, fake = await add_fake(svc, sessions=sessions)
+    pinned = await svc.create_rule(req(bh(peers=["2001:db8::2"]), aid))
+    anywhere = await svc.create_rule(req(bh("203.0.113.6"), aid))
+    elsewhere = await svc.create_rule(req(bh("203.0.113.7", peers=["192.0.2.9"]), aid))
+    await settle(svc)
+    rule = svc.get_rule(pinned.rule["id"])
+    assert rule["state"] == "failed"
+    assert rule["error"] == (
+        "the speaker holds the route but no BGP session to the rule's peers is established "
+        "(2001:db8::2 active): not on the wire yet"
+    )
+    assert svc.get_rule(anywhere.rule["id"])["state"] == "active"
+    assert "(192.0.2.9 not configured)" in svc.get_rule(elsewhere.rule["id"])["error"]
+    fake.sessions["2001:0db8:0:0::2"] = "Established"
+    await asyncio.sleep(0.1)
+    await svc.retry_due()
+    await settle(svc)
+    assert svc.get_rule(pinned.rule["id"])["state"] == "active"
+
+
 async def test_refusal_is_final_and_attempts_are_bounded(make_service: Any) -> None:
     svc = await make_service(max_attempts=2)
     aid, fake = await add_fake(svc, fail_announce="malformed NLRI", fail_retryable=False)
