@@ -30,7 +30,7 @@ from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 
 from adapters.base import AdapterConfig, Capability, resolve_capabilities, validate_settings
 from adapters.http import HttpClient, HttpSettings
@@ -38,11 +38,11 @@ from adapters.scrubbing import sigv4
 from adapters.scrubbing.common import (
     ScrubbingAdapter,
     Target,
+    Targets,
     Unit,
     UnitState,
     covering,
     default_endpoint,
-    disjoint,
 )
 from policies.errors import AdapterRefused, AdapterUnavailable
 from policies.intents import ScrubbingIntent
@@ -93,12 +93,7 @@ class ShieldSettings(HttpSettings):
     access_key_id: Annotated[str, Field(pattern=r"^[A-Z0-9]{16,128}$")]
     auth_token: SecretStr  # the secret access key
     session_token: SecretStr | None = None
-    targets: tuple[ArnTarget, ...]
-
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, v: tuple[ArnTarget, ...]) -> tuple[ArnTarget, ...]:
-        return tuple(disjoint(v))
+    targets: Targets[ArnTarget]
 
 
 class AwsShieldAdapter(ScrubbingAdapter[ShieldSettings]):

@@ -35,11 +35,11 @@ from adapters.http import HttpClient
 from adapters.scrubbing.common import (
     ScrubbingAdapter,
     Target,
+    Targets,
     Unit,
     UnitState,
     covering,
     default_endpoint,
-    disjoint,
 )
 from policies.intents import ScrubbingIntent
 
@@ -62,12 +62,7 @@ class ZoneTarget(Target):
 
 
 class WafSettings(CloudflareBase):
-    targets: tuple[ZoneTarget, ...]
-
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, v: tuple[ZoneTarget, ...]) -> tuple[ZoneTarget, ...]:
-        return tuple(disjoint(v))
+    targets: Targets[ZoneTarget]
 
 
 class CloudflareWafAdapter(ScrubbingAdapter[WafSettings]):

@@ -31,10 +31,10 @@ import ipaddress
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr, field_validator
 
 from adapters.base import (
     AdapterConfig,
@@ -89,6 +89,14 @@ def disjoint(targets: Sequence[T]) -> Sequence[T]:
                 raise ValueError(f"targets {other} and {t.prefix} overlap")
         seen.append(t.prefix)
     return targets
+
+
+def _disjoint_tuple(targets: Sequence[T]) -> tuple[T, ...]:
+    return tuple(disjoint(targets))
+
+
+# A settings field of target prefixes: at least one, none overlapping (``Targets[ZoneTarget]``).
+Targets = Annotated[tuple[T, ...], AfterValidator(_disjoint_tuple)]
 
 
 def covering(targets: Iterable[T], prefix: IPNetwork, *, what: str) -> T:

@@ -25,19 +25,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from adapters.base import AdapterConfig, resolve_capabilities, validate_settings
 from adapters.scrubbing.common import (
     BearerScrubbingAdapter,
     BearerSettings,
     Target,
+    Targets,
     Unit,
     UnitState,
     call_json,
     covering,
     default_endpoint,
-    disjoint,
     field_of,
 )
 from policies.intents import ScrubbingIntent
@@ -52,14 +52,9 @@ class DropletTarget(Target):
 
 class DigitalOceanSettings(BearerSettings):
     endpoint: str = DEFAULT_ENDPOINT
-    targets: tuple[DropletTarget, ...]
+    targets: Targets[DropletTarget]
     lockdown_firewall_id: Annotated[str, Field(pattern=FW_ID)]
     normal_firewall_id: Annotated[str | None, Field(pattern=FW_ID)] = None
-
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, v: tuple[DropletTarget, ...]) -> tuple[DropletTarget, ...]:
-        return tuple(disjoint(v))
 
 
 class DigitalOceanAdapter(BearerScrubbingAdapter[DigitalOceanSettings]):

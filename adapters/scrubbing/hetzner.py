@@ -26,18 +26,18 @@ from typing import Annotated, Any, ClassVar
 from urllib.parse import urlencode
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 
 from adapters.base import AdapterConfig, Capability, resolve_capabilities, validate_settings
 from adapters.http import HttpClient, HttpSettings
 from adapters.scrubbing.common import (
     ScrubbingAdapter,
     Target,
+    Targets,
     Unit,
     UnitState,
     covering,
     default_endpoint,
-    disjoint,
     field_of,
 )
 from policies.errors import AdapterUnavailable
@@ -72,14 +72,9 @@ class HetznerSettings(HttpSettings):
     endpoint: str = DEFAULT_ENDPOINT
     username: Annotated[str, Field(min_length=1)]
     auth_token: SecretStr  # the webservice user's password
-    targets: tuple[ServerTarget, ...]
+    targets: Targets[ServerTarget]
     attack_template_id: Annotated[str, Field(min_length=1, pattern=r"^[0-9A-Za-z_-]+$")]
     normal_template_id: Annotated[str, Field(min_length=1, pattern=r"^[0-9A-Za-z_-]+$")]
-
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, v: tuple[ServerTarget, ...]) -> tuple[ServerTarget, ...]:
-        return tuple(disjoint(v))
 
 
 class HetznerAdapter(ScrubbingAdapter[HetznerSettings]):

@@ -20,19 +20,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pydantic import field_validator
-
 from adapters.base import AdapterConfig, resolve_capabilities, validate_settings
 from adapters.scrubbing.common import (
     BearerScrubbingAdapter,
     BearerSettings,
     Target,
+    Targets,
     Unit,
     UnitState,
     call_json,
     covering,
     default_endpoint,
-    disjoint,
     field_of,
 )
 from policies.intents import ScrubbingIntent
@@ -46,12 +44,7 @@ class FirewallTarget(Target):
 
 class LinodeSettings(BearerSettings):
     endpoint: str = DEFAULT_ENDPOINT
-    targets: tuple[FirewallTarget, ...]
-
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, v: tuple[FirewallTarget, ...]) -> tuple[FirewallTarget, ...]:
-        return tuple(disjoint(v))
+    targets: Targets[FirewallTarget]
 
 
 class LinodeAdapter(BearerScrubbingAdapter[LinodeSettings]):

@@ -21,19 +21,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from adapters.base import AdapterConfig, resolve_capabilities, validate_settings
 from adapters.scrubbing.common import (
     BearerScrubbingAdapter,
     BearerSettings,
     Target,
+    Targets,
     Unit,
     UnitState,
     call_json,
     covering,
     default_endpoint,
-    disjoint,
     field_of,
 )
 from policies.intents import ScrubbingIntent
@@ -50,14 +50,9 @@ class InstanceTarget(Target):
 
 class VultrSettings(BearerSettings):
     endpoint: str = DEFAULT_ENDPOINT
-    targets: tuple[InstanceTarget, ...]
+    targets: Targets[InstanceTarget]
     lockdown_group_id: Annotated[str, Field(pattern=VULTR_ID)]
     normal_group_id: Annotated[str, Field(pattern=r"^([0-9a-fA-F-]{1,64})?$")] = ""
-
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, v: tuple[InstanceTarget, ...]) -> tuple[InstanceTarget, ...]:
-        return tuple(disjoint(v))
 
 
 class VultrAdapter(BearerScrubbingAdapter[VultrSettings]):
