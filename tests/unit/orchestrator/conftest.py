@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from adapters.base import AdapterConfig, Capability
 from adapters.fake import FakeAdapter
+from orchestrator.api.app import bootstrap_token, create_app
 from orchestrator.service import RuleRequest, Service
 from orchestrator.settings import Settings
 from policies.guardrails import Guardrails
@@ -80,3 +82,64 @@ def fs(dst: str = "203.0.113.5", **kw: Any) -> AnyIntent:
 
 def req(intent: AnyIntent, adapter: int | str, **kw: Any) -> RuleRequest:
     return RuleRequest(intent=intent, adapter=adapter, **kw)
+
+
+# ---------------------------------------------------------------- the REST API in-process
+
+ADMIN = "a" * 64
+
+
+class Api:
+    """The app over an in-process transport, with the admin token by default."""
+
+    def __init__(self, client: httpx.AsyncClient, svc: Service) -> None:
+        self.client = client
+        self.svc = svc
+
+    async def call(
+        self, method: str, path: str, token: str | None = ADMIN, **kw: Any
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(kw.pop("headers", {}))
+        return await self.client.request(method, "/api/v1" + path, headers=headers, **kw)
+
+    async def ok(self, method: str, path: str, status: int = 200, **kw: Any) -> dict[str, Any]:
+        r = await self.call(method, path, **kw)
+        assert r.status_code == status, r.text
+        body: dict[str, Any] = r.json()
+        assert body["ok"] is True
+        return body
+
+    async def token(self, scope: str, **kw: Any) -> str:
+        r = await self.call("POST", "/workspace/tokens", json={"name": scope, "scope": scope, **kw})
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+
+    async def fake(self, name: str = "edge", **config: Any) -> int:
+        r = await self.call(
+            "POST",
+            "/mitigation/adapters",
+            json={"adapter_type": "fake", "name": name, "endpoint": "", "config": config},
+        )
+        assert r.status_code == 201, r.text
+        return int(r.json()["adapter"]["id"])
+
+
+@pytest.fixture
+async def make_api(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    made: list[Service] = []
+
+    async def make(**settings_kw: Any) -> Api:
+        settings_kw.setdefault("admin_token", ADMIN)
+        svc = Service(settings_for(tmp_path, **settings_kw), policy=policy(cooldown_seconds=0))
+        await svc.start()
+        made.append(svc)
+        app = create_app(svc, run_scheduler=False)
+        bootstrap_token(svc, app.state.tokens)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sluice")
+        return Api(client, svc)
+
+    yield make
+    for svc in made:
+        if svc.started:
+            await svc.stop()

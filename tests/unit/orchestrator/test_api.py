@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,55 +11,7 @@ import pytest
 from adapters.fake import FakeAdapter
 from orchestrator.api.app import bootstrap_token, create_app
 from orchestrator.service import Service
-from tests.unit.orchestrator.conftest import policy, settings_for
-
-ADMIN = "a" * 64
-
-
-class Api:
-    def __init__(self, client: httpx.AsyncClient, svc: Service) -> None:
-        self.client = client
-        self.svc = svc
-
-    async def call(
-        self, method: str, path: str, token: str | None = ADMIN, **kw: Any
-    ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        headers.update(kw.pop("headers", {}))
-        return await self.client.request(method, "/api/v1" + path, headers=headers, **kw)
-
-    async def token(self, scope: str, **kw: Any) -> str:
-        r = await self.call("POST", "/workspace/tokens", json={"name": scope, "scope": scope, **kw})
-        assert r.status_code == 201, r.text
-        return str(r.json()["token"])
-
-    async def fake(self, name: str = "edge", **config: Any) -> int:
-        r = await self.call(
-            "POST",
-            "/mitigation/adapters",
-            json={"adapter_type": "fake", "name": name, "endpoint": "", "config": config},
-        )
-        assert r.status_code == 201, r.text
-        return int(r.json()["adapter"]["id"])
-
-
-@pytest.fixture
-async def make_api(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    made: list[Service] = []
-
-    async def make(**settings_kw: Any) -> Api:
-        settings_kw.setdefault("admin_token", ADMIN)
-        svc = Service(settings_for(tmp_path, **settings_kw), policy=policy(cooldown_seconds=0))
-        await svc.start()
-        made.append(svc)
-        app = create_app(svc, run_scheduler=False)
-        bootstrap_token(svc, app.state.tokens)
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sluice")
-        return Api(client, svc)
-
-    yield make
-    for svc in made:
-        await svc.stop()
+from tests.unit.orchestrator.conftest import ADMIN, settings_for
 
 
 def error(r: httpx.Response) -> tuple[int, str]:

@@ -7,7 +7,7 @@ loopback; the assertions read the provider's requests and state, not Sluice's wo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,9 @@ from adapters.scrubbing.cloudflare_magic_transit import MagicTransitAdapter
 from labs.vendors.cloudflare import CloudflareServer
 from labs.vendors.ovh import OvhServer
 from labs.vendors.server import Fault
-from orchestrator.api.app import bootstrap_token, create_app
 from orchestrator.scrubbing import configured_prefixes
-from orchestrator.service import Service
-from tests.unit.orchestrator.conftest import policy, settings_for
+from tests.unit.orchestrator.conftest import Api
 
-ADMIN = "s" * 64
 CF_TOKEN = "cf-test-token"
 FAST = {"timeout": 0.5, "retries": 1, "backoff": 0.0}
 PFX1, PFX2 = "203.0.113.0/24", "198.51.100.0/24"
@@ -34,27 +31,9 @@ STATUS1 = "/accounts/acc1/addressing/prefixes/pfx1/bgp/status"
 STATUS2 = "/accounts/acc1/addressing/prefixes/pfx2/bgp/status"
 
 
-class Api:
-    def __init__(self, client: httpx.AsyncClient, svc: Service) -> None:
-        self.client = client
-        self.svc = svc
-
-    async def call(
-        self, method: str, path: str, token: str | None = ADMIN, **kw: Any
-    ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return await self.client.request(method, "/api/v1" + path, headers=headers, **kw)
-
-    async def ok(self, method: str, path: str, status: int = 200, **kw: Any) -> dict[str, Any]:
-        r = await self.call(method, path, **kw)
-        assert r.status_code == status, r.text
-        body: dict[str, Any] = r.json()
-        assert body["ok"] is True
-        return body
-
-    async def magic_transit(self, srv: CloudflareServer, name: str = "cf", **kw: Any) -> int:
-        body = await self.ok("POST", "/scrubbing", 201, json=magic_transit(srv, name, **kw))
-        return int(body["integration"]["id"])
+async def add_magic_transit(api: Api, srv: CloudflareServer, name: str = "cf", **kw: Any) -> int:
+    body = await api.ok("POST", "/scrubbing", 201, json=magic_transit(srv, name, **kw))
+    return int(body["integration"]["id"])
 
 
 def magic_transit(srv: CloudflareServer, name: str = "cf", **kw: Any) -> dict[str, Any]:
@@ -93,26 +72,6 @@ def writes(srv: CloudflareServer) -> list[tuple[str, str, Any]]:
 def cf() -> Iterator[CloudflareServer]:
     with CloudflareServer(prefixes={"pfx1": PFX1, "pfx2": PFX2}) as srv:
         yield srv
-
-
-@pytest.fixture
-async def make_api(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    made: list[Service] = []
-
-    async def make(**settings_kw: Any) -> Api:
-        settings_kw.setdefault("admin_token", ADMIN)
-        svc = Service(settings_for(tmp_path, **settings_kw), policy=policy(cooldown_seconds=0))
-        await svc.start()
-        made.append(svc)
-        app = create_app(svc, run_scheduler=False)
-        bootstrap_token(svc, app.state.tokens)
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sluice")
-        return Api(client, svc)
-
-    yield make
-    for svc in made:
-        if svc.started:
-            await svc.stop()
 
 
 async def test_create_list_update_without_secrets(make_api: Any, cf: CloudflareServer) -> None:
@@ -159,7 +118,7 @@ async def test_announce_configured_prefixes_status_and_withdraw(
     make_api: Any, cf: CloudflareServer
 ) -> None:
     api = await make_api()
-    iid = await api.magic_transit(cf)
+    iid = await add_magic_transit(api, cf)
     body = await api.ok("POST", f"/scrubbing/{iid}/announce", 201, json={"reason": "40 Gbps UDP"})
     assert body["created"] == 2 and body["errors"] == []
     assert [(x["target_ip"], x["state"], x["intent_type"]) for x in body["rules"]] == [
@@ -206,7 +165,7 @@ async def test_announce_configured_prefixes_status_and_withdraw(
 
 async def test_announce_one_address_inside_a_prefix(make_api: Any, cf: CloudflareServer) -> None:
     api = await make_api()
-    iid = await api.magic_transit(cf)
+    iid = await add_magic_transit(api, cf)
     body = await api.ok(
         "POST", f"/scrubbing/{iid}/announce", 201, json={"target_ip": "203.0.113.7", "ttl": 60}
     )
@@ -224,7 +183,7 @@ async def test_announce_one_address_inside_a_prefix(make_api: Any, cf: Cloudflar
 async def test_announce_lists_refused_prefixes(make_api: Any, cf: CloudflareServer) -> None:
     api = await make_api()
     wide = [{"prefix": PFX1, "prefix_id": "pfx1"}, {"prefix": "10.0.0.0/8", "prefix_id": "pfx2"}]
-    iid = await api.magic_transit(cf, prefixes=wide)
+    iid = await add_magic_transit(api, cf, prefixes=wide)
     body = await api.ok("POST", f"/scrubbing/{iid}/announce", 201)
     assert [(x["target_ip"], x["state"]) for x in body["rules"]] == [(PFX1, "active")]
     assert [(e["target_ip"], e["code"]) for e in body["errors"]] == [
@@ -232,7 +191,7 @@ async def test_announce_lists_refused_prefixes(make_api: Any, cf: CloudflareServ
     ]
     assert advertised(cf) == {"pfx1": True, "pfx2": False}
     # every configured prefix refused: the first refusal is the answer
-    only = await api.magic_transit(cf, "cf-wide", prefixes=wide[1:])
+    only = await add_magic_transit(api, cf, "cf-wide", prefixes=wide[1:])
     r = await api.call("POST", f"/scrubbing/{only}/announce")
     assert error(r) == (422, "prefix_too_short", "target_ip")
 
@@ -241,7 +200,7 @@ async def test_provider_down_is_said_and_the_store_still_knows(
     make_api: Any, cf: CloudflareServer
 ) -> None:
     api = await make_api()
-    iid = await api.magic_transit(cf)
+    iid = await add_magic_transit(api, cf)
     await api.ok("POST", f"/scrubbing/{iid}/announce", 201, json={"target_ip": PFX1})
     cf.faults.add(Fault.answer(503, {"success": False, "errors": []}), times=50)
     st = await api.ok("GET", f"/scrubbing/{iid}/status")
@@ -259,7 +218,7 @@ async def test_wrong_token_fails_the_test_without_leaking(
     make_api: Any, cf: CloudflareServer
 ) -> None:
     api = await make_api()
-    iid = await api.magic_transit(cf, token="not-the-token")
+    iid = await add_magic_transit(api, cf, token="not-the-token")
     r = await api.call("POST", f"/scrubbing/{iid}/test")
     assert r.status_code == 200 and "not-the-token" not in r.text
     assert r.json()["test"]["ok"] is False
@@ -270,7 +229,7 @@ async def test_wrong_token_fails_the_test_without_leaking(
 
 async def test_delete_withdraws_first(make_api: Any, cf: CloudflareServer) -> None:
     api = await make_api()
-    iid = await api.magic_transit(cf)
+    iid = await add_magic_transit(api, cf)
     body = await api.ok("POST", f"/scrubbing/{iid}/announce", 201)
     assert advertised(cf) == {"pfx1": True, "pfx2": True}
     gone = await api.ok("DELETE", f"/scrubbing/{iid}")
@@ -285,7 +244,7 @@ async def test_still_diverting_after_a_restart(
     make_api: Any, cf: CloudflareServer, tmp_path: Path
 ) -> None:
     api = await make_api()
-    iid = await api.magic_transit(cf)
+    iid = await add_magic_transit(api, cf)
     [rule] = (await api.ok("POST", f"/scrubbing/{iid}/announce", 201, json={"target_ip": PFX1}))[
         "rules"
     ]
@@ -361,7 +320,7 @@ async def test_ovh_integration_hides_and_keeps_its_consumer_key(make_api: Any) -
 
 async def test_error_paths(make_api: Any, cf: CloudflareServer) -> None:
     api = await make_api()
-    iid = await api.magic_transit(cf)
+    iid = await add_magic_transit(api, cf)
     fake = await api.ok(
         "POST", "/mitigation/adapters", 201, json={"adapter_type": "fake", "name": "edge"}
     )
