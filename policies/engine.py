@@ -26,8 +26,7 @@ from typing import Any, NamedTuple
 from policies.planning import Compiled, Ladder, PlannedRule, compile_policy, fmt_rate, rules_for
 from policies.schema import Policy
 from policies.signals import Signal
-from policies.state import EngineState, TargetState
-from policies.tables import AllowEntry, HostThreshold
+from policies.state import EngineState, Lookups, TargetState
 
 __all__ = ["STATUSES", "Decision", "PlannedRule", "compile_policy", "evaluate", "prepare"]
 
@@ -82,31 +81,33 @@ STATUSES = (
 # ---------------------------------------------------------------- thresholds
 
 
-def _lookups(c: Compiled, ts: TargetState, signal: Signal, value: int) -> tuple[Any, ...]:
+def _lookups(c: Compiled, ts: TargetState, signal: Signal, value: int) -> Lookups:
     """The allowlist entry and per-host override for the signal's target and node.
 
     Both depend only on the compiled policy, the address and the node, so they are kept
     on the target's state and looked up again when the policy or the node changes:
     signals for an attack in progress repeat the same target many times a second.
-    Returns ``(generation, node, allow entry | None, override | None, override text)``.
     """
     memo = ts.memo
     node = signal.node
-    if memo is not None and memo[0] == c.generation and memo[1] == node:
+    if memo is not None and memo.generation == c.generation and memo.node == node:
         return memo
     version = signal.target_ip.version
-    entry = c.allowlist.match(version, value, node)
     override = c.thresholds.lookup(version, value)
-    text = None if override is None else c.override_text(override)
-    memo = ts.memo = (c.generation, node, entry, override, text)
+    memo = ts.memo = Lookups(
+        c.generation,
+        node,
+        c.allowlist.match(version, value, node),
+        override,
+        "" if override is None else c.override_text(override),
+    )
     return memo
 
 
-def _thresholds(run: _Run, state: EngineState, memo: tuple[Any, ...]) -> tuple[Ladder, str]:
+def _thresholds(run: _Run, state: EngineState, memo: Lookups) -> tuple[Ladder, str]:
     c, key, now = run.c, run.key, run.now
-    override: HostThreshold | None = memo[3]
-    if override is not None:
-        return override.ladder, memo[4]
+    if memo.override is not None:
+        return memo.override.ladder, memo.override_text
     cfg = c.baseline
     if c.dynamic:
         base = state.baselines(cfg).value(key, now)
@@ -249,7 +250,7 @@ def evaluate(signal: Signal, policy: Policy, state: EngineState, now: float) -> 
         run.why.append("dry run: rules are logged, not announced")
 
     memo = _lookups(c, ts, signal, value)
-    entry: AllowEntry | None = memo[2]
+    entry = memo.allow
     if entry is not None:
         run.why.append(f"target {key} is allowlisted ({c.allow_text(entry)}): never mitigated")
         if entry.scope == "node":

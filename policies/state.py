@@ -11,12 +11,23 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from policies.baseline import BaselineStore
+from policies.tables import AllowEntry, HostThreshold
 from policies.tiers import Baseline
 
 STATE_VERSION = 1
+
+
+class Lookups(NamedTuple):
+    """A target's policy lookups, valid for one compiled policy and one node."""
+
+    generation: int  # of the compiled policy they came from
+    node: str | None
+    allow: AllowEntry | None
+    override: HostThreshold | None
+    override_text: str  # '' without an override
 
 
 @dataclass(slots=True)
@@ -33,7 +44,7 @@ class TargetState:
     # What the rules were planned from (not persisted: after a restart it is re-derived).
     shape: tuple[object, ...] | None = field(default=None, compare=False)
     # The policy lookups for this target (not persisted): see policies.engine._lookups.
-    memo: tuple[Any, ...] | None = field(default=None, compare=False)
+    memo: Lookups | None = field(default=None, compare=False)
 
     def end_episode(self) -> None:
         """Forget the attack; ``last_action`` stays for the cooldown."""
