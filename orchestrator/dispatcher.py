@@ -282,10 +282,11 @@ class Dispatcher:
                 checked = []
                 for o in outcomes:
                     down = self._off_the_wire(adapter_id, by_id[o.rule_id]) if o.ok else None
-                    checked.append(
-                        o if down is None else Outcome(o.rule_id, False, down, retryable=True)
-                    )
-                if checked != list(outcomes):  # the retries look again, not at this answer
+                    if down is None:
+                        checked.append(o)
+                        continue
+                    checked.append(Outcome(o.rule_id, False, down, retryable=True))
+                    # the retry looks at the sessions again, not at this answer
                     self._sessions[adapter_id] = (float("-inf"), self._sessions[adapter_id][1])
                 outcomes = checked
         for o in outcomes:
