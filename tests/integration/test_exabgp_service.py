@@ -12,17 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from adapters.base import AdapterConfig
 from labs.exabgp import ExaBgpSpeaker
 from labs.netns import wait_for
 from labs.topology import Topology, running
-from orchestrator.service import RuleRequest, Service
-from orchestrator.settings import Settings
+from orchestrator.service import RuleRequest
 from policies.intents import build_intent
 from policies.schema import GlobalSettings, Policy
 from tests.integration.conftest import RECEIVER_BINARIES, require_lab
 from tests.integration.test_gobgp_lab import CASES
-from tests.integration.test_gobgp_service import service_round_trip, state_of
+from tests.integration.test_gobgp_service import lab_service, service_round_trip, state_of
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
@@ -43,19 +41,12 @@ async def pinned_rule_round_trip(topo: Topology, data_dir: Path) -> None:
     one pinned to a peer it does not know stays failed and says so."""
     bird = topo.receivers["bird"]
     bird_v4 = bird.neighbors[0].address
-    svc = Service(
-        Settings(data_dir=data_dir, api_wait_seconds=5),
-        policy=Policy(settings=GlobalSettings(cooldown_seconds=0, default_ttl=0)),
-    )
-    await svc.start()
-    try:
-        rec, _ = await svc.upsert_adapter(
-            AdapterConfig(**topo.speaker.adapter_config("lab")), adapter_id=None, actor="test"
-        )
+    policy = Policy(settings=GlobalSettings(cooldown_seconds=0, default_ttl=0))
+    async with lab_service(topo, data_dir, policy) as (svc, aid):
         intent = {**CASES["blackhole-v4"], "peers": [bird_v4]}
-        pinned = await svc.create_rule(RuleRequest(build_intent(intent), rec["id"], reason="t"))
+        pinned = await svc.create_rule(RuleRequest(build_intent(intent), aid, reason="t"))
         stray = {**CASES["blackhole-v4"], "prefix": "203.0.113.2", "peers": ["192.0.2.99"]}
-        lost = await svc.create_rule(RuleRequest(build_intent(stray), rec["id"], reason="t"))
+        lost = await svc.create_rule(RuleRequest(build_intent(stray), aid, reason="t"))
         await svc.dispatcher.drain(30)
         assert state_of(svc, pinned.rule["id"]) == "active"
         wait_for(lambda: "203.0.113.1/32" in bird.prefixes(4), timeout=15, what="route in BIRD")
@@ -65,8 +56,6 @@ async def pinned_rule_round_trip(topo: Topology, data_dir: Path) -> None:
         await svc.withdraw_rule(lost.rule["id"], actor="test", reason="done")
         await svc.dispatcher.drain(30)
         wait_for(lambda: "203.0.113.1/32" not in bird.prefixes(4), timeout=15, what="withdrawn")
-    finally:
-        await svc.stop()
 
 
 def test_rule_pinned_to_a_peer(exabgp_topology: Topology, tmp_path: Path) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +35,22 @@ def state_of(svc: Service, rule_id: int) -> str:
     return str(svc.get_rule(rule_id, events=False)["state"])
 
 
+@asynccontextmanager
+async def lab_service(
+    topo: Topology, data_dir: Path, policy: Policy, **settings: Any
+) -> AsyncIterator[tuple[Service, int]]:
+    """A started service on ``data_dir`` with the lab speaker as its adapter: (service, id)."""
+    svc = Service(Settings(data_dir=data_dir, api_wait_seconds=5, **settings), policy=policy)
+    await svc.start()
+    try:
+        rec, _ = await svc.upsert_adapter(
+            AdapterConfig(**topo.speaker.adapter_config("lab")), adapter_id=None, actor="test"
+        )
+        yield svc, rec["id"]
+    finally:
+        await svc.stop()
+
+
 async def service_round_trip(topo: Topology, data_dir: Path) -> None:
     bird = topo.receivers["bird"]
     policy = Policy(
@@ -41,13 +59,7 @@ async def service_round_trip(topo: Topology, data_dir: Path) -> None:
             max_active_rules=100, max_new_rules_per_minute=100, flowspec_budget_per_adapter=100
         ),
     )
-    svc = Service(Settings(data_dir=data_dir, api_wait_seconds=5), policy=policy)
-    await svc.start()
-    try:
-        rec, _ = await svc.upsert_adapter(
-            AdapterConfig(**topo.speaker.adapter_config("lab")), adapter_id=None, actor="test"
-        )
-        aid = rec["id"]
+    async with lab_service(topo, data_dir, policy) as (svc, aid):
         short = await svc.create_rule(
             RuleRequest(build_intent(CASES["blackhole-v4"]), aid, ttl=4, reason="test")
         )
@@ -94,8 +106,6 @@ async def service_round_trip(topo: Topology, data_dir: Path) -> None:
         await svc.dispatcher.drain(30)
         assert state_of(svc, fs_id) == "withdrawn"
         wait_for(lambda: not bird.flows(4), timeout=15, what="flow withdrawn")
-    finally:
-        await svc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -114,50 +124,44 @@ async def sessions_down_round_trip(topo: Topology, data_dir: Path) -> None:
     speaker = topo.speaker
     assert isinstance(speaker, GoBgpNode)
     bird = topo.receivers["bird"]
-    svc = Service(
-        Settings(data_dir=data_dir, api_wait_seconds=5, retry_base=0.2, retry_max=0.5),
-        policy=Policy(settings=GlobalSettings(cooldown_seconds=0, default_ttl=0)),
-    )
-    await svc.start()
+    policy = Policy(settings=GlobalSettings(cooldown_seconds=0, default_ttl=0))
     neighbors = [nb.address for nb in speaker.spec.neighbors]
+    service = lab_service(topo, data_dir, policy, retry_base=0.2, retry_max=0.5)
     try:
-        rec, _ = await svc.upsert_adapter(
-            AdapterConfig(**speaker.adapter_config("lab")), adapter_id=None, actor="test"
-        )
-        for address in neighbors:
-            assert speaker.gobgp("neighbor", address, "disable").returncode == 0
-        wait_for(
-            lambda: not any(s == ESTABLISHED for s in speaker.sessions().values()),
-            timeout=15,
-            what="every gobgpd session down",
-        )
-        res = await svc.create_rule(
-            RuleRequest(build_intent(CASES["blackhole-v4"]), rec["id"], ttl=0, reason="test")
-        )
-        rule_id = res.rule["id"]
-        await svc.dispatcher.drain(30)
-        rule = svc.get_rule(rule_id, events=False)
-        assert rule["state"] == "failed", rule
-        assert "no BGP session is established" in rule["error"], rule["error"]
-        assert "not on the wire" in rule["error"]
-
-        for address in neighbors:
-            assert speaker.gobgp("neighbor", address, "enable").returncode == 0
-        await asyncio.to_thread(speaker.wait_established, None, 30)
-        wait_for(lambda: "203.0.113.1/32" in bird.prefixes(4), timeout=15, what="route in BIRD")
-        deadline = time.monotonic() + 15
-        while state_of(svc, rule_id) != "active" and time.monotonic() < deadline:
-            await svc.retry_due()
+        async with service as (svc, aid):
+            for address in neighbors:
+                assert speaker.gobgp("neighbor", address, "disable").returncode == 0
+            wait_for(
+                lambda: not any(s == ESTABLISHED for s in speaker.sessions().values()),
+                timeout=15,
+                what="every gobgpd session down",
+            )
+            res = await svc.create_rule(
+                RuleRequest(build_intent(CASES["blackhole-v4"]), aid, ttl=0, reason="test")
+            )
+            rule_id = res.rule["id"]
             await svc.dispatcher.drain(30)
-            await asyncio.sleep(0.2)
-        assert state_of(svc, rule_id) == "active"
-        await svc.withdraw_rule(rule_id, actor="test", reason="done")
-        await svc.dispatcher.drain(30)
-        wait_for(lambda: "203.0.113.1/32" not in bird.prefixes(4), timeout=15, what="withdrawn")
+            rule = svc.get_rule(rule_id, events=False)
+            assert rule["state"] == "failed", rule
+            assert "no BGP session is established" in rule["error"], rule["error"]
+            assert "not on the wire" in rule["error"]
+
+            for address in neighbors:
+                assert speaker.gobgp("neighbor", address, "enable").returncode == 0
+            await asyncio.to_thread(speaker.wait_established, None, 30)
+            wait_for(lambda: "203.0.113.1/32" in bird.prefixes(4), timeout=15, what="route in BIRD")
+            deadline = time.monotonic() + 15
+            while state_of(svc, rule_id) != "active" and time.monotonic() < deadline:
+                await svc.retry_due()
+                await svc.dispatcher.drain(30)
+                await asyncio.sleep(0.2)
+            assert state_of(svc, rule_id) == "active"
+            await svc.withdraw_rule(rule_id, actor="test", reason="done")
+            await svc.dispatcher.drain(30)
+            wait_for(lambda: "203.0.113.1/32" not in bird.prefixes(4), timeout=15, what="withdrawn")
     finally:
         for address in neighbors:
             speaker.gobgp("neighbor", address, "enable")
-        await svc.stop()
 
 
 def test_no_established_session_means_not_active(gobgp_topology: Topology, tmp_path: Path) -> None:
