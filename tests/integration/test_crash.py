@@ -12,14 +12,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from labs.netns import wait_for
 
 TOKEN = "c" * 64
 
@@ -98,6 +103,90 @@ class Server:
         # one client for the whole test: building one per request costs ~40 ms (TLS setup)
         return self.client.request(method, f"/api/v1{path}", **kw)
 
+    def rule(self, rule_id: int) -> dict[str, Any]:
+        """One rule read by id (never from a page of the history, which may not hold it)."""
+        r = self.api("GET", f"/mitigation/rules/{rule_id}")
+        assert r.status_code == 200, r.text
+        rule: dict[str, Any] = r.json()["rule"]
+        return rule
+
+    def all_rules(self) -> list[dict[str, Any]]:
+        """Every rule in the store, read page by page from the history."""
+        rules: list[dict[str, Any]] = []
+        while True:
+            page = self.api(
+                "GET", "/mitigation/rules/history", params={"limit": 500, "offset": len(rules)}
+            ).json()
+            rules.extend(page["rules"])
+            if not page["rules"] or len(rules) >= page["total"]:
+                return rules
+
+    def live_rules(self) -> list[dict[str, Any]]:
+        rules: list[dict[str, Any]] = self.api(
+            "GET", "/mitigation/rules", params={"limit": 10000}
+        ).json()["rules"]
+        return rules
+
+    def wait_all_live_active(self, timeout: float = 60) -> None:
+        """Wait until no live rule is pending or failed; fail loudly at the deadline."""
+        wait_for(
+            lambda: all(r["state"] == "active" for r in self.live_rules()),
+            timeout=timeout,
+            interval=0.2,
+            what="every live rule to be active after the restart",
+            diagnose=lambda: str(Counter(r["state"] for r in self.live_rules())),
+        )
+
+
+def storm_then_kill(
+    srv: Server, jobs: Sequence[Callable[[], int | None]], kill_after: int
+) -> list[int]:
+    """Run ``jobs`` (each creates one rule) on 8 connections; ``kill -9`` the service as soon
+    as ``kill_after`` of them were acknowledged, whatever the machine's speed.
+
+    The kill is made by the worker whose acknowledgement reached the count, so the other
+    workers are mid-request. Returns the ids of every acknowledged rule, and asserts that
+    the storm was still under way (some requests had not been answered) when it died.
+    """
+    assert 0 < kill_after < len(jobs)
+    acked: list[int] = []
+    lock = threading.Lock()
+    killed = threading.Event()
+    started = finished = 0
+    at_kill: dict[str, int] = {}
+
+    def run(job: Callable[[], int | None]) -> int | None:
+        nonlocal started, finished
+        with lock:
+            if killed.is_set():
+                return None  # the storm goes on against a dead service: nothing to send
+            started += 1
+        rid = job()
+        with lock:
+            finished += 1
+            if rid is None:
+                return None
+            acked.append(rid)  # an answer that arrived just before the kill still counts
+            if len(acked) == kill_after and not killed.is_set():
+                at_kill.update(unanswered=len(jobs) - finished, in_flight=started - finished)
+                srv.kill9()
+                killed.set()
+        return rid
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(run, job) for job in jobs]
+        if not killed.wait(timeout=180):
+            raise AssertionError(f"only {len(acked)} of {kill_after} rules acknowledged in 180 s")
+        for f in futures:
+            f.result()
+    assert at_kill["unanswered"] > 0, "the kill came after every request was answered"
+    assert len(acked) >= kill_after
+    print(
+        f"kill -9 after {len(acked)} of {len(jobs)} storm rules were acknowledged; "
+        f"{at_kill['in_flight']} requests in flight, {at_kill['unanswered']} unanswered"
+    )
+    return acked
+
 
 @pytest.fixture
 def server(tmp_path: Path) -> Any:
@@ -141,35 +230,25 @@ def test_kill9_mid_storm_then_restart(server: Server, tmp_path: Path) -> None:
     # rules that will expire while the service is down
     short = [create(server, i, ttl=2) for i in range(10)]
     assert all(short)
-    acked: list[int] = []
-    with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(create, server, i, 600) for i in range(10, 400)]
-        time.sleep(0.5)
-        server.kill9()  # mid-storm: some requests are in flight
-        for f in futures:
-            rid = f.result()
-            if rid is not None:
-                acked.append(rid)
-    assert acked, "the storm should have been under way when the service was killed"
-    print(f"{len(acked)} of 390 storm rules acknowledged before kill -9")
+    storm = [partial(create, server, i, 600) for i in range(10, 400)]
+    acked = storm_then_kill(server, storm, kill_after=130)
     time.sleep(2.5)  # the short rules' TTL passes while nothing runs
 
     server.start()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        rules = server.api("GET", "/mitigation/rules", params={"limit": 10000}).json()["rules"]
-        if all(r["state"] == "active" for r in rules):
-            break
-        time.sleep(0.2)
-    history = server.api("GET", "/mitigation/rules/history", params={"limit": 500}).json()
-    by_id = {r["id"]: r for r in history["rules"]}
+    server.wait_all_live_active()
 
-    # every acknowledged rule is present, and nothing is left half-way
+    # every acknowledged rule is present and active, the short ones expired, nothing is
+    # left half-way (rules committed but not acknowledged before the kill count too)
     for rid in acked:
-        assert by_id[rid]["state"] == "active", by_id[rid]
-    for rid in short:
-        assert rid is not None and by_id[rid]["state"] == "expired", by_id[rid]
-    assert {r["state"] for r in by_id.values()} <= {"active", "expired"}
+        rule = server.rule(rid)
+        assert rule["state"] == "active", rule
+    for short_id in short:
+        assert short_id is not None
+        rule = server.rule(short_id)
+        assert rule["state"] == "expired", rule
+    every = server.all_rules()
+    assert len(every) >= len(acked) + len(short)
+    assert {r["state"] for r in every} <= {"active", "expired"}
 
     # the router holds exactly the active rules; nothing was announced twice
     calls = fake_log(tmp_path / "router.jsonl")
@@ -181,9 +260,9 @@ def test_kill9_mid_storm_then_restart(server: Server, tmp_path: Path) -> None:
             held.add(c["key"])
         else:
             held.discard(c["key"])
-    active_keys = {r["key"] for r in by_id.values() if r["state"] == "active"}
+    active_keys = {r["key"] for r in every if r["state"] == "active"}
     assert held == active_keys
-    expired_keys = {r["key"] for r in by_id.values() if r["state"] == "expired"}
+    expired_keys = {r["key"] for r in every if r["state"] == "expired"}
     assert expired_keys.isdisjoint(held)
 
     verify = server.api("GET", "/audit/verify").json()
