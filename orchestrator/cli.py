@@ -68,6 +68,7 @@ def serve(
     import uvicorn
 
     from orchestrator.api.app import create_app
+    from orchestrator.instance import InstanceLock
     from orchestrator.service import Service
     from orchestrator.settings import Settings
     from policies.errors import SluiceError
@@ -80,21 +81,49 @@ def serve(
     settings = Settings(
         data_dir=data_dir, policy_dir=policy_dir, database_url=database_url, host=host, port=port
     )
+    # one service per data directory: taken before the store, the policy or any speaker is
+    # touched, so a second `serve` changes nothing (the kernel drops it when we die)
+    lock = InstanceLock(settings.data_dir)
     try:
+        lock.acquire()
         service = Service(settings)
     except SluiceError as exc:
         err.print(f"[red]cannot start:[/red] {exc.message}")
         raise typer.Exit(2) from None
-    # log_config=None: uvicorn keeps our logging set-up (one format, quiet APScheduler)
-    uvicorn.run(
-        create_app(service),
-        host=host,
-        port=port,
-        log_level=log_level,
-        lifespan="on",
-        log_config=None,
-        timeout_keep_alive=settings.http_keep_alive_seconds,
-    )
+    try:
+        # log_config=None: uvicorn keeps our logging set-up (one format, quiet APScheduler)
+        uvicorn.run(
+            create_app(service),
+            host=host,
+            port=port,
+            log_level=log_level,
+            lifespan="on",
+            log_config=None,
+            timeout_keep_alive=settings.http_keep_alive_seconds,
+        )
+    finally:
+        lock.release()
+
+
+@app.command()
+def backup(
+    output: Annotated[Path, typer.Argument(help="A new directory to write the backup into.")],
+    data_dir: Annotated[Path, typer.Option(envvar="SLUICE_DATA_DIR")] = Path("./var"),
+    as_json: AsJson = False,
+) -> None:
+    """Copy a (running) service's SQLite store and key files into OUTPUT, consistently."""
+    from orchestrator.instance import backup as make_backup
+    from policies.errors import SluiceError
+
+    try:
+        res = make_backup(data_dir, output)
+    except SluiceError as exc:
+        err.print(f"[red]backup failed:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps({"directory": str(res.directory), "pages": res.pages, "files": res.files}))
+        return
+    console.print(f"backup written to {res.directory}: {', '.join(res.files)} ({res.pages} pages)")
 
 
 # ---------------------------------------------------------------- client helpers
