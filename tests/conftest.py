@@ -7,11 +7,15 @@ CI sets, the same condition is a failure, so a CI run cannot go green by skippin
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from labs.postgres import ThrowawayPostgres, postgres_bin
 
 REQUIRE_LAB = os.environ.get("SLUICE_REQUIRE_LAB") == "1"
 
@@ -32,3 +36,20 @@ def need_root() -> None:
 def need_binaries(*names: str) -> None:
     missing = [n for n in names if shutil.which(n) is None and not Path(n).exists()]
     need(not missing, f"missing binaries: {', '.join(missing)}")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[ThrowawayPostgres]:
+    """One throwaway PostgreSQL cluster for the whole run (see labs/postgres.py)."""
+    need(postgres_bin() is not None, "PostgreSQL server missing (Debian package postgresql)")
+    with ThrowawayPostgres() as pg:
+        yield pg
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres: ThrowawayPostgres) -> str:
+    """A new, empty database in the session's cluster, for this test alone."""
+    return postgres.create_database(f"test_{next(_databases)}")

@@ -1,4 +1,4 @@
-"""Fixtures: a real service on a temporary SQLite store with fake adapters."""
+"""Fixtures: a real service on a temporary store (SQLite and PostgreSQL) with fake adapters."""
 
 from __future__ import annotations
 
@@ -38,11 +38,21 @@ def policy(**kw: Any) -> Policy:
     return Policy(settings=GlobalSettings(**kw), guardrails=g)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """The store every service test runs on: SQLite (the default) and PostgreSQL."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture
-async def make_service(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def make_service(tmp_path: Path, store_url: str | None) -> AsyncIterator[Callable[..., Any]]:
     started: list[Service] = []
 
     async def make(pol: Policy | None = None, **settings_kw: Any) -> Service:
+        settings_kw.setdefault("database_url", store_url)
         svc = Service(settings_for(tmp_path, **settings_kw), policy=pol or policy())
         await svc.start()
         started.append(svc)
@@ -126,11 +136,12 @@ class Api:
 
 
 @pytest.fixture
-async def make_api(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+async def make_api(tmp_path: Path, store_url: str | None) -> AsyncIterator[Callable[..., Any]]:
     made: list[Service] = []
 
     async def make(**settings_kw: Any) -> Api:
         settings_kw.setdefault("admin_token", ADMIN)
+        settings_kw.setdefault("database_url", store_url)
         svc = Service(settings_for(tmp_path, **settings_kw), policy=policy(cooldown_seconds=0))
         await svc.start()
         made.append(svc)

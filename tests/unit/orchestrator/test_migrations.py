@@ -21,3 +21,15 @@ def test_migrations_match_models(tmp_path: Path) -> None:
     with engine.connect() as conn:
         mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
     assert mode == "wal"
+
+
+def test_migrations_match_models_on_postgresql(postgres_url: str) -> None:
+    engine = make_engine(postgres_url)
+    try:
+        migrate(engine)
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        assert diff == []
+        migrate(engine)  # idempotent
+    finally:
+        engine.dispose()
