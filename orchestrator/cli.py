@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+from datetime import datetime
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,10 +25,14 @@ rules_app = typer.Typer(help="Mitigation rules.", no_args_is_help=True)
 adapters_app = typer.Typer(help="Adapters.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens (admin scope).", no_args_is_help=True)
+incidents_app = typer.Typer(
+    help="Incidents: attacks as the detectors report them.", no_args_is_help=True
+)
 app.add_typer(rules_app, name="rules")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(audit_app, name="audit")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(incidents_app, name="incidents")
 
 console = Console()
 err = Console(stderr=True)
@@ -50,6 +56,22 @@ def _mount_optional(name: str, module: str, attr: str, help_text: str) -> None:
 
 _mount_optional("policy", "policies.cli", "app", "Lint, explain and plan policy directories.")
 _mount_optional("lab", "labs.cli", "app", "Real BGP peers in network namespaces to try Sluice.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"sluice {package_version('sluice')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version_flag: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Sluice: BGP mitigation orchestration."""
 
 
 # ---------------------------------------------------------------- serve
@@ -128,8 +150,29 @@ def backup(
 
 # ---------------------------------------------------------------- client helpers
 
+STATE_STYLE = {
+    "active": "green",
+    "pending": "yellow",
+    "withdrawing": "yellow",
+    "failed": "bold red",
+    "withdrawn": "dim",
+    "expired": "dim",
+    "open": "bold red",
+    "mitigating": "yellow",
+    "resolved": "green",
+    "ok": "green",
+    "connected": "green",
+    "degraded": "yellow",
+    "down": "bold red",
+    "error": "bold red",
+}
+
 
 def _call(method: str, url: str, token: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    """One API call; every way it can fail ends the command with a one-line reason."""
+    if not token:
+        err.print("[red]no API token:[/red] pass --token or set SLUICE_TOKEN")
+        raise typer.Exit(2)
     try:
         resp = httpx.request(
             method,
@@ -139,37 +182,75 @@ def _call(method: str, url: str, token: str, path: str, **kwargs: Any) -> dict[s
             **kwargs,
         )
     except httpx.HTTPError as exc:
-        err.print(f"[red]cannot reach {url}:[/red] {exc}")
+        err.print(f"[red]cannot reach the service at {url}:[/red] {exc or type(exc).__name__}")
         raise typer.Exit(2) from None
     try:
         body: dict[str, Any] = resp.json()
     except ValueError:
-        err.print(f"[red]{resp.status_code}: not a JSON answer[/red]")
+        err.print(f"[red]{resp.status_code} from {url}: not a Sluice answer (no JSON)[/red]")
         raise typer.Exit(1) from None
     if not body.get("ok"):
-        e = body.get("error", {})
-        err.print(f"[red]{e.get('code', resp.status_code)}:[/red] {e.get('message', '')}")
+        e = body.get("error") or {}
+        field = f" ({e['field']})" if e.get("field") else ""
+        err.print(f"[red]{e.get('code', resp.status_code)}{field}:[/red] {e.get('message', '')}")
         raise typer.Exit(1)
     return body
+
+
+def _emit_json(body: object) -> None:
+    """Plain JSON on stdout, never wrapped or coloured: safe to pipe into jq."""
+    print(json.dumps(body, indent=2))
+
+
+def _when(value: str | None) -> str:
+    """A timestamp as compact local time (``12-01 19:40:05``); ``-`` for none."""
+    if not value:
+        return "-"
+    try:
+        return datetime.fromisoformat(value).astimezone().strftime("%m-%d %H:%M:%S")
+    except ValueError:
+        return value
+
+
+def _styled(state: str) -> str:
+    style = STATE_STYLE.get(state)
+    return f"[{style}]{state}[/{style}]" if style else state
 
 
 def _rules_table(rules: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
     for col in ("id", "state", "type", "target", "adapter", "expires", "origin", "intent"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in rules:
-        state = r["state"] + (" (dry-run)" if r["dry_run"] else "")
+        state = _styled(r["state"]) + (" (dry-run)" if r["dry_run"] else "")
         table.add_row(
             str(r["id"]),
             state,
             r["intent_type"],
             r["target_ip"],
             r["adapter_name"],
-            r["expires_at"] or "never",
+            _when(r["expires_at"]) if r["expires_at"] else "never",
             r["origin"],
             r["intent"],
         )
     return table
+
+
+def _adapter_id(ref: str, url: str, token: str) -> int:
+    """An adapter named by id or by name."""
+    if ref.isdigit():
+        return int(ref)
+    for a in _call("GET", url, token, "/mitigation/adapters")["adapters"]:
+        if a["name"] == ref:
+            return int(a["id"])
+    err.print(f"[red]adapter_not_found:[/red] no adapter is named {ref!r}")
+    raise typer.Exit(1)
+
+
+def _rule_outcome(rule: dict[str, Any]) -> None:
+    """Exit non-zero when the rule did not make it (failed), after printing it."""
+    if rule["state"] == "failed":
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------- rules
@@ -180,7 +261,7 @@ def rules_list(url: Url = DEFAULT_URL, token: Token = "", as_json: AsJson = Fals
     """Rules that are live (pending, active, failed, withdrawing)."""
     body = _call("GET", url, token, "/mitigation/rules")
     if as_json:
-        console.print_json(json.dumps(body))
+        _emit_json(body)
         return
     console.print(_rules_table(body["rules"], f"{body['total']} live rules"))
 
@@ -195,15 +276,42 @@ def rules_history(
     """All rules, newest first, including withdrawn and expired ones."""
     body = _call("GET", url, token, "/mitigation/rules/history", params={"limit": limit})
     if as_json:
-        console.print_json(json.dumps(body))
+        _emit_json(body)
         return
     console.print(_rules_table(body["rules"], f"history ({body['total']} rules)"))
 
 
 @rules_app.command("show")
-def rules_show(rule_id: int, url: Url = DEFAULT_URL, token: Token = "") -> None:
+def rules_show(
+    rule_id: int, url: Url = DEFAULT_URL, token: Token = "", as_json: AsJson = False
+) -> None:
     """One rule with its event history."""
-    console.print_json(json.dumps(_call("GET", url, token, f"/mitigation/rules/{rule_id}")))
+    body = _call("GET", url, token, f"/mitigation/rules/{rule_id}")
+    if as_json:
+        _emit_json(body)
+        return
+    r = body["rule"]
+    console.print(f"[bold]rule {r['id']}[/bold] {_styled(r['state'])}: {r['intent']}")
+    rows = [
+        ("adapter", f"{r['adapter_name']} ({r['adapter_id']})"),
+        ("origin", f"{r['origin']}" + (f", by {r['created_by']}" if r.get("created_by") else "")),
+        ("reason", r["reason"] or "-"),
+        ("why", r.get("explanation") or "-"),
+        ("incident", r.get("incident_id") or "-"),
+        ("created", _when(r["created_at"])),
+        ("active since", _when(r.get("activated_at"))),
+        ("expires", _when(r["expires_at"]) if r["expires_at"] else "never"),
+        ("ended", _when(r.get("ended_at"))),
+        ("error", r.get("error") or "-"),
+    ]
+    for label, value in rows:
+        console.print(f"  {label:<13}{value}", highlight=False)
+    events = Table(title="events")
+    for col in ("at", "event", "detail"):
+        events.add_column(col, overflow="fold")
+    for e in r.get("events", []):
+        events.add_row(_when(e["at"]), _styled(e["event"]), e.get("detail") or "")
+    console.print(events)
 
 
 @rules_app.command("add")
@@ -222,7 +330,7 @@ def rules_add(
     token: Token = "",
     as_json: AsJson = False,
 ) -> None:
-    """Announce a manual rule."""
+    """Announce a manual rule; exits 1 if it ends failed."""
     body: dict[str, Any] = {
         "target_ip": target_ip,
         "intent_type": intent_type,
@@ -239,19 +347,26 @@ def rules_add(
             raise typer.Exit(2)
         body[k] = v.split(",") if k in ("communities", "large_communities", "peers") else v
     res = _call("POST", url, token, "/mitigation/rules", json=body)
-    if as_json:
-        console.print_json(json.dumps(res))
-        return
     r = res["rule"]
-    note = " (already existed; expiry extended)" if res["deduplicated"] else ""
-    console.print(f"rule {r['id']}: {r['state']}{note}: {r['intent']} via {r['adapter_name']}")
-    if r.get("error"):
-        console.print(f"[yellow]adapter said:[/yellow] {r['error']}")
+    if as_json:
+        _emit_json(res)
+    else:
+        note = " (already existed; expiry extended)" if res["deduplicated"] else ""
+        console.print(
+            f"rule {r['id']}: {_styled(r['state'])}{note}: {r['intent']} via {r['adapter_name']}"
+        )
+        if r.get("error"):
+            console.print(f"[yellow]adapter said:[/yellow] {r['error']}")
+    _rule_outcome(r)
 
 
 @rules_app.command("withdraw")
 def rules_withdraw(
-    rule_id: int, reason: str = "", url: Url = DEFAULT_URL, token: Token = ""
+    rule_id: int,
+    reason: str = "",
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+    as_json: AsJson = False,
 ) -> None:
     """Withdraw a rule now."""
     res = _call(
@@ -261,8 +376,11 @@ def rules_withdraw(
         f"/mitigation/rules/{rule_id}",
         content=json.dumps({"reason": reason}) if reason else None,
     )
+    if as_json:
+        _emit_json(res)
+        return
     r = res["rule"]
-    console.print(f"rule {r['id']}: {r['state']}")
+    console.print(f"rule {r['id']}: {_styled(r['state'])}")
 
 
 # ---------------------------------------------------------------- adapters
@@ -273,17 +391,17 @@ def adapters_list(url: Url = DEFAULT_URL, token: Token = "", as_json: AsJson = F
     """Adapters with their status and capabilities."""
     body = _call("GET", url, token, "/mitigation/adapters")
     if as_json:
-        console.print_json(json.dumps(body))
+        _emit_json(body)
         return
     table = Table(title="adapters")
     for col in ("id", "name", "type", "status", "capabilities", "endpoint", "managed by"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for a in body["adapters"]:
         table.add_row(
             str(a["id"]),
             a["name"],
             a["adapter_type"],
-            a["status"],
+            _styled(a["status"]),
             ", ".join(a["capabilities"]),
             a["endpoint"],
             a["managed_by"],
@@ -292,11 +410,113 @@ def adapters_list(url: Url = DEFAULT_URL, token: Token = "", as_json: AsJson = F
 
 
 @adapters_app.command("test")
-def adapters_test(adapter_id: int, url: Url = DEFAULT_URL, token: Token = "") -> None:
-    """Check an adapter's connectivity, auth and latency."""
-    console.print_json(
-        json.dumps(_call("POST", url, token, f"/mitigation/adapters/{adapter_id}/test"))
+def adapters_test(
+    adapter: Annotated[str, typer.Argument(help="Adapter id or name.")],
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
+    """Check an adapter's connectivity, auth and latency; exits 1 when it is not healthy."""
+    body = _call(
+        "POST", url, token, f"/mitigation/adapters/{_adapter_id(adapter, url, token)}/test"
     )
+    result: dict[str, Any] = body["test"]
+    healthy = bool(result["ok"])
+    if as_json:
+        _emit_json(body)
+    else:
+        verdict = "[green]ok[/green]" if healthy else "[bold red]not healthy[/bold red]"
+        console.print(f"adapter {adapter}: {verdict}")
+        latency = result.get("latency_ms")
+        console.print(f"  latency      {'-' if latency is None else f'{latency} ms'}")
+        console.print(f"  detail       {result.get('detail') or '-'}", highlight=False)
+        for peer, state in (result.get("sessions") or {}).items():
+            console.print(f"  session      {peer}: {_styled(str(state))}", highlight=False)
+    if not healthy:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- incidents
+
+
+@incidents_app.command("list")
+def incidents_list(
+    status: Annotated[str | None, typer.Option(help="Only incidents in this state.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 50,
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
+    """Incidents, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    body = _call("GET", url, token, "/incidents", params=params)
+    if as_json:
+        _emit_json(body)
+        return
+    table = Table(title=f"{len(body['incidents'])} incidents")
+    for col in ("id", "status", "target", "family", "severity", "signals", "opened", "updated"):
+        table.add_column(col, overflow="fold")
+    for i in body["incidents"]:
+        table.add_row(
+            i["id"],
+            _styled(i["status"]),
+            i["target_ip"],
+            i.get("attack_family") or "-",
+            i.get("severity") or "-",
+            str(i.get("signals", "")),
+            _when(i.get("opened_at")),
+            _when(i.get("updated_at")),
+        )
+    console.print(table)
+
+
+@incidents_app.command("show")
+def incidents_show(
+    incident_id: str, url: Url = DEFAULT_URL, token: Token = "", as_json: AsJson = False
+) -> None:
+    """One incident with each decision and its explanation."""
+    body = _call("GET", url, token, f"/incidents/{incident_id}")
+    if as_json:
+        _emit_json(body)
+        return
+    i = body["incident"]
+    console.print(
+        f"[bold]incident {i['id']}[/bold] {_styled(i['status'])}: {i['target_ip']} "
+        f"{i.get('attack_family') or ''} {i.get('severity') or ''}"
+    )
+    console.print(
+        f"  opened {_when(i.get('opened_at'))}, updated {_when(i.get('updated_at'))}, "
+        f"resolved {_when(i.get('resolved_at'))}; live rules: "
+        f"{', '.join(str(r) for r in i.get('live_rules', [])) or 'none'}",
+        highlight=False,
+    )
+    decisions = Table(title="decisions")
+    for col in ("at", "status", "tier", "why", "rules"):
+        decisions.add_column(col, overflow="fold")
+    for d in i.get("decisions", []):
+        decisions.add_row(
+            _when(d.get("at")),
+            str(d.get("status", "")),
+            str(d.get("tier") or "-"),
+            str(d.get("explanation") or ""),
+            ", ".join(str(x) for x in d.get("rules") or []),
+        )
+    console.print(decisions)
+
+
+@incidents_app.command("resolve")
+def incidents_resolve(
+    incident_id: str, url: Url = DEFAULT_URL, token: Token = "", as_json: AsJson = False
+) -> None:
+    """Resolve an incident (its live rules are withdrawn unless the policy keeps them)."""
+    body = _call("POST", url, token, f"/incidents/{incident_id}/resolve")
+    if as_json:
+        _emit_json(body)
+        return
+    i = body["incident"]
+    console.print(f"incident {i['id']}: {_styled(i['status'])}")
 
 
 # ---------------------------------------------------------------- audit and tokens
