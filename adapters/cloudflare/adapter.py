@@ -1,13 +1,15 @@
 """The Cloudflare adapter: Magic Transit prefix advertisement, WAF source blocks, UAM.
 
 * **scrubbing**: a scrubbing intent maps to the configured BYOIP prefix covering it
-  (``prefixes: [{prefix, prefix_id}]``). Announce sets the prefix's on-demand
-  advertisement (``PATCH .../addressing/prefixes/{prefix_id}/bgp/status``
-  ``{"advertised": true}``): Cloudflare then announces the prefix from its edge and
-  traffic to it is scrubbed there before reaching the operator over Magic Transit
-  tunnels. Withdraw sets ``advertised`` false (unless another announced intent still
-  needs the prefix). Read-back is the same ``GET``. A prefix outside every configured
-  BYOIP prefix is refused.
+  (``prefixes: [{prefix, prefix_id, bgp_prefix_id?}]``). Announce sets the on-demand
+  advertisement of the prefix's BGP prefix for its whole CIDR (``PATCH .../addressing/
+  prefixes/{prefix_id}/bgp/prefixes/{bgp_prefix_id}`` ``{"on_demand": {"advertised":
+  true}}``; the id is looked up by CIDR in ``GET .../bgp/prefixes`` unless configured):
+  Cloudflare then announces the prefix from its edge and traffic to it is scrubbed there
+  before reaching the operator over Magic Transit tunnels. Withdraw sets ``advertised``
+  false (unless another announced intent still needs the prefix). Read-back lists the
+  BGP prefixes. The older ``.../bgp/status`` endpoint is deprecated by Cloudflare and not
+  used. A prefix outside every configured BYOIP prefix is refused.
 * **flowspec**: only "discard all from a source prefix" (see
   :func:`adapters.cloudflare.render.waf_source`) becomes an item of the account IP list
   ``block_list_id``; the operator's WAF custom rule ``ip.src in $<list>`` with action
@@ -17,7 +19,8 @@
   (the ``cloudflare_uam`` runbook step).
 
 Auth is an API token sent as ``Authorization: Bearer``; ``check()`` calls
-``GET /user/tokens/verify``.
+``GET /accounts/{account_id}/tokens/verify`` (account-owned token, the default) or
+``GET /user/tokens/verify`` (``token_owner: user``).
 """
 
 from __future__ import annotations
@@ -56,11 +59,12 @@ from policies.intents import FlowSpecIntent, ScrubbingIntent
 
 class PrefixTarget(Target):
     prefix_id: str  # the BYOIP prefix's Cloudflare id
+    bgp_prefix_id: str | None = None  # its BGP prefix for the whole CIDR (else looked up)
 
-    @field_validator("prefix_id")
+    @field_validator("prefix_id", "bgp_prefix_id")
     @classmethod
-    def _id(cls, v: str) -> str:
-        return check_id(v)
+    def _id(cls, v: str | None) -> str | None:
+        return None if v is None else check_id(v)
 
 
 class ZoneSetting(BaseModel):
@@ -131,6 +135,7 @@ class PrefixAdvertisement(ScrubbingAdapter[PS]):
         )
         super().__init__(name, settings, capabilities, http)
         self.api = CloudflareApi(http, settings.auth_token)
+        self._bgp_ids: dict[str, str] = {}  # BYOIP prefix id -> its whole-CIDR BGP prefix
 
     def units(self, intent: ScrubbingIntent) -> list[Unit]:
         if not self.settings.prefixes:
@@ -140,17 +145,50 @@ class PrefixAdvertisement(ScrubbingAdapter[PS]):
         t = covering(self.settings.prefixes, intent.prefix, what=self.label)
         return [Unit(t.prefix_id, t.prefix, "BYOIP prefix")]
 
-    def _path(self, unit: Unit) -> str:
-        return render.bgp_status_path(self.settings.account_id, unit.uid)
+    def _target(self, unit: Unit) -> PrefixTarget:
+        return next(t for t in self.settings.prefixes if t.prefix_id == unit.uid)
+
+    async def _bgp_prefixes(self, t: PrefixTarget) -> list[dict[str, Any]]:
+        path = render.bgp_prefixes_path(self.settings.account_id, t.prefix_id)
+        result = await self.api.call("GET", path)
+        if not isinstance(result, list):
+            raise self.http.bad_response(f"GET {path}", "the answer has no list of BGP prefixes")
+        return [b for b in result if isinstance(b, dict)]
+
+    def _whole(self, t: PrefixTarget, found: list[dict[str, Any]]) -> dict[str, Any]:
+        """The BGP prefix covering ``t``'s whole CIDR (by configured id, else by CIDR)."""
+        for b in found:
+            if (t.bgp_prefix_id and b.get("id") == t.bgp_prefix_id) or (
+                not t.bgp_prefix_id and b.get("cidr") == str(t.prefix)
+            ):
+                return b
+        which = f"id {t.bgp_prefix_id}" if t.bgp_prefix_id else f"CIDR {t.prefix}"
+        raise AdapterRefused(
+            f"{self.label}: BYOIP prefix {t.prefix_id} has no BGP prefix with {which}",
+            field="prefixes",
+        )
+
+    async def _bgp_id(self, t: PrefixTarget) -> str:
+        if t.bgp_prefix_id:
+            return t.bgp_prefix_id
+        if t.prefix_id not in self._bgp_ids:
+            self._bgp_ids[t.prefix_id] = str(self._whole(t, await self._bgp_prefixes(t))["id"])
+        return self._bgp_ids[t.prefix_id]
 
     async def _set(self, unit: Unit, advertised: bool) -> Mapping[str, Any]:
-        path = self._path(unit)
+        t = self._target(unit)
+        bgp_id = await self._bgp_id(t)
+        path = render.bgp_prefix_path(self.settings.account_id, t.prefix_id, bgp_id)
         result = await self.api.call("PATCH", path, json=render.advertise_body(advertised))
-        if not isinstance(result, dict) or result.get("advertised") is not advertised:
-            raise self.http.bad_response(f"PATCH {path}", f"advertised is not {advertised}")
+        if render.advertised_of(result) is not advertised:
+            raise self.http.bad_response(
+                f"PATCH {path}", f"on_demand.advertised is not {advertised}"
+            )
+        on_demand = result["on_demand"]
         return {
             "advertised": advertised,
-            "advertised_modified_at": result.get("advertised_modified_at"),
+            "bgp_prefix_id": bgp_id,
+            "advertised_modified_at": on_demand.get("advertised_modified_at"),
         }
 
     async def enable(self, unit: Unit) -> Mapping[str, Any]:
@@ -163,17 +201,24 @@ class PrefixAdvertisement(ScrubbingAdapter[PS]):
         out = []
         for t in self.settings.prefixes:
             unit = Unit(t.prefix_id, t.prefix, "BYOIP prefix")
-            path = self._path(unit)
-            result = await self.api.call("GET", path)
-            adv = result.get("advertised") if isinstance(result, dict) else None
-            if not isinstance(adv, bool):
-                raise self.http.bad_response(f"GET {path}", "the answer has no boolean advertised")
-            detail = {"advertised_modified_at": result.get("advertised_modified_at")}
+            bgp = self._whole(t, await self._bgp_prefixes(t))
+            adv = render.advertised_of(bgp)
+            if adv is None:
+                path = render.bgp_prefixes_path(self.settings.account_id, t.prefix_id)
+                raise self.http.bad_response(
+                    f"GET {path}", "the BGP prefix has no boolean on_demand.advertised"
+                )
+            detail = {
+                "bgp_prefix_id": bgp.get("id"),
+                "advertised_modified_at": bgp["on_demand"].get("advertised_modified_at"),
+                "on_demand_locked": bgp["on_demand"].get("on_demand_locked"),
+            }
             out.append(UnitState(unit, adv, detail))
         return out
 
     async def probe(self) -> str:
-        return await self.api.verify_token()
+        s = self.settings
+        return await self.api.verify_token(s.account_id if s.token_owner == "account" else None)
 
     def provider_details(self) -> dict[str, Any]:
         return {

@@ -12,10 +12,10 @@ an error (the HTTP helper redacts it).
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal, Self
 
 import httpx
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 
 from adapters.http import HttpClient, HttpSettings
 from policies.errors import AdapterRefused, AdapterUnavailable
@@ -32,10 +32,29 @@ def check_id(value: str) -> str:
 
 
 class CloudflareBase(HttpSettings):
-    """Settings every Cloudflare-backed adapter shares."""
+    """Settings every Cloudflare-backed adapter shares.
+
+    ``token_owner`` says which kind of API token ``auth_token`` is, because Cloudflare
+    verifies them at different places: an account-owned token (the default, and what
+    Cloudflare recommends for services) at ``/accounts/{account_id}/tokens/verify``, a
+    user token at ``/user/tokens/verify``.
+    """
 
     endpoint: str = DEFAULT_ENDPOINT
     auth_token: SecretStr  # an API token (Authorization: Bearer)
+    token_owner: Literal["account", "user"] = "account"
+    account_id: str | None = None
+
+    @model_validator(mode="after")
+    def _owner(self) -> Self:
+        if self.account_id is not None:
+            check_id(self.account_id)
+        elif self.token_owner == "account":
+            raise ValueError(
+                "account_id is required to verify an account-owned API token "
+                "(or set token_owner: user for a user API token)"
+            )
+        return self
 
 
 def errors_text(body: Any) -> str:
@@ -115,9 +134,12 @@ class CloudflareApi:
             params = {"per_page": str(per_page), "cursor": str(after)}
         raise self.http.bad_response(what, "more than 1000 pages")
 
-    async def verify_token(self) -> str:
-        """``GET /user/tokens/verify``: the token's id and status ("active")."""
-        result = await self.call("GET", "/user/tokens/verify")
+    async def verify_token(self, account_id: str | None) -> str:
+        """The token's id and status ("active"): ``GET /accounts/{account_id}/tokens/verify``
+        for an account-owned token, ``GET /user/tokens/verify`` (``account_id`` None) for a
+        user token."""
+        path = f"/accounts/{account_id}/tokens/verify" if account_id else "/user/tokens/verify"
+        result = await self.call("GET", path)
         status = result.get("status") if isinstance(result, dict) else None
         if status != "active":
             raise AdapterRefused(

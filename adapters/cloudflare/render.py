@@ -1,9 +1,11 @@
 """Pure request rendering for the Cloudflare adapter (no I/O; golden-tested).
 
-* Magic Transit on-demand advertisement of a BYOIP prefix:
-  ``GET``/``PATCH /accounts/{account}/addressing/prefixes/{prefix}/bgp/status`` with
-  ``{"advertised": true|false}``; the answer's ``result`` holds ``advertised`` and
-  ``advertised_modified_at``.
+* Magic Transit on-demand advertisement of a BYOIP prefix, through its BGP prefixes
+  (the whole-prefix ``.../bgp/status`` endpoint is deprecated in their favour):
+  ``GET /accounts/{account}/addressing/prefixes/{prefix}/bgp/prefixes`` lists them (each
+  ``{"id", "cidr", "on_demand": {"advertised", ...}}``) and
+  ``PATCH .../bgp/prefixes/{bgp_prefix}`` with ``{"on_demand": {"advertised": true|false}}``
+  switches one; the answer's ``result`` is the BGP prefix.
 * Under Attack Mode: ``PATCH /zones/{zone}/settings/security_level`` with
   ``{"value": "under_attack"}`` (and back to the zone's normal level).
 * WAF source blocking: items of an account IP list (``/accounts/{account}/rules/lists/
@@ -26,12 +28,23 @@ SECURITY_LEVELS = ("off", "essentially_off", "low", "medium", "high", "under_att
 COMMENT_PREFIX = "sluice "
 
 
-def bgp_status_path(account_id: str, prefix_id: str) -> str:
-    return f"/accounts/{account_id}/addressing/prefixes/{prefix_id}/bgp/status"
+def bgp_prefixes_path(account_id: str, prefix_id: str) -> str:
+    return f"/accounts/{account_id}/addressing/prefixes/{prefix_id}/bgp/prefixes"
+
+
+def bgp_prefix_path(account_id: str, prefix_id: str, bgp_prefix_id: str) -> str:
+    return f"{bgp_prefixes_path(account_id, prefix_id)}/{bgp_prefix_id}"
 
 
 def advertise_body(advertised: bool) -> dict[str, Any]:
-    return {"advertised": advertised}
+    return {"on_demand": {"advertised": advertised}}
+
+
+def advertised_of(bgp_prefix: Any) -> bool | None:
+    """``on_demand.advertised`` of a BGP prefix object, or None when it has none."""
+    on_demand = bgp_prefix.get("on_demand") if isinstance(bgp_prefix, dict) else None
+    value = on_demand.get("advertised") if isinstance(on_demand, dict) else None
+    return value if isinstance(value, bool) else None
 
 
 def security_level_path(zone_id: str) -> str:

@@ -210,6 +210,10 @@ class F5Adapter:
         return f"{ADDRESS_LISTS}/{render.object_path(self.settings.partition, name)}"
 
     async def _afm_entries(self) -> list[dict[str, Any]]:
+        return (await self._afm_list())[0]
+
+    async def _afm_list(self) -> tuple[list[dict[str, Any]], bool]:
+        """The list's address entries, and whether it has members of other kinds."""
         resp = await self._call("GET", self._afm_url())
         if resp.status_code == 404:
             raise AdapterRefused(
@@ -221,15 +225,17 @@ class F5Adapter:
         addresses = body.get("addresses", []) if isinstance(body, dict) else None
         if not isinstance(addresses, list):
             raise self.http.bad_response(f"GET {self._afm_path()}", "addresses is not a list")
-        return [a for a in addresses if isinstance(a, dict) and isinstance(a.get("name"), str)]
+        entries = [a for a in addresses if isinstance(a, dict) and isinstance(a.get("name"), str)]
+        return entries, render.has_other_members(body)
 
     async def _afm(self, blocks: list[tuple[int, RuleRef, str]], *, add: bool) -> None:
         async with self._afm_lock:  # read-modify-write of one list
-            current = await self._afm_entries()
+            current, others = await self._afm_list()
             if add:
                 wanted = render.add_entries(current, [(src, ref.key) for _, ref, src in blocks])
             else:
-                wanted = render.remove_entries(current, [ref.key for _, ref, _ in blocks])
+                keys = [ref.key for _, ref, _ in blocks]
+                wanted = render.remove_entries(current, keys, other_members=others)
             if wanted == current:
                 return
             resp = await self._call("PATCH", self._afm_url(), {"addresses": wanted})
@@ -262,7 +268,7 @@ class F5Adapter:
                 raise self.http.bad_response(f"GET {VERSION}", str(exc)) from None
             detail = version
             if Capability.FLOWSPEC in self.capabilities:
-                entries = await self._afm_entries()
+                entries = [e for e in await self._afm_entries() if not render.is_placeholder(e)]
                 detail += f"; AFM list {self._afm_path()} holds {len(entries)} entries"
         except AdapterError as err:
             return Health(False, None, str(err))

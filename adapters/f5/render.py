@@ -21,6 +21,14 @@ Several rules may block the same source; the entry's description lists the keys 
 rules that hold it (``sluice:<key>,<key>``) so a withdraw removes the entry only when the
 last of them goes, and read-back finds every rule. Entries without that prefix belong to
 the operator and are never changed or removed.
+
+An AFM address list may not be empty: F5's own SDK (f5-common-python,
+``f5/bigip/tm/security/firewall.py``, ``Address_List``) requires at least one of
+``addresses``, ``addressLists``, ``geo`` or ``fqdns``. When removing Sluice's last entry
+would leave the list with no member at all, the entry :data:`PLACEHOLDER` stays instead:
+``100::/128``, inside RFC 6666's discard-only block, which no real source ever uses.
+The placeholder is never removed by Sluice, so a list the operator created holding only
+the placeholder returns exactly to that after announce and withdraw.
 """
 
 from __future__ import annotations
@@ -33,6 +41,12 @@ from policies.intents import BLACKHOLE, BlackholeIntent, Discard, FlowSpecIntent
 
 ROUTE_PREFIX = "sluice-"
 DESC_PREFIX = "sluice:"
+PLACEHOLDER_NAME = "100::/128"  # RFC 6666 discard-only space: never a real source
+PLACEHOLDER = {
+    "name": PLACEHOLDER_NAME,
+    "description": "placeholder: an AFM address list may not be empty",
+}
+OTHER_MEMBERS = ("addressLists", "geo", "fqdns")  # the other kinds of address-list member
 
 
 def route_name(key: str) -> str:
@@ -124,10 +138,18 @@ def add_entries(
     return out
 
 
+def is_placeholder(entry: dict[str, Any]) -> bool:
+    return entry.get("name") == PLACEHOLDER_NAME
+
+
 def remove_entries(
-    addresses: Sequence[dict[str, Any]], keys: Iterable[str]
+    addresses: Sequence[dict[str, Any]], keys: Iterable[str], *, other_members: bool = False
 ) -> list[dict[str, Any]]:
-    """``addresses`` without ``keys``; an entry of ours goes when no key holds it."""
+    """``addresses`` without ``keys``; an entry of ours goes when no key holds it.
+
+    The result is never empty unless ``other_members`` (the list also holds address
+    lists, geo locations or FQDNs): then :data:`PLACEHOLDER` is left in it.
+    """
     gone = set(keys)
     out = []
     for entry in addresses:
@@ -138,7 +160,14 @@ def remove_entries(
         left = [k for k in held if k not in gone]
         if left:
             out.append({**entry, "description": _describe(left)})
+    if not out and not other_members:
+        out.append(dict(PLACEHOLDER))
     return out
+
+
+def has_other_members(address_list: dict[str, Any]) -> bool:
+    """Whether an address-list object holds members besides ``addresses``."""
+    return any(address_list.get(kind) for kind in OTHER_MEMBERS)
 
 
 def keys_in(addresses: Sequence[dict[str, Any]]) -> set[str]:

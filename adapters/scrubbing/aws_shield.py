@@ -15,7 +15,12 @@ edge and access to the Shield Response Team; traffic is not re-routed.
 
 Protocol: AWS JSON 1.1 (``POST /``, ``Content-Type: application/x-amz-json-1.1``,
 ``X-Amz-Target: AWSShield_20160616.<Operation>``), signed with Signature Version 4
-(:mod:`adapters.scrubbing.sigv4`, service ``shield``, region ``us-east-1`` by default).
+(:mod:`adapters.scrubbing.sigv4`, service ``shield``). Shield is a global service with one
+endpoint, ``shield.us-east-1.amazonaws.com``, whose credential scope is always
+``us-east-1`` (botocore ``endpoints.json``: ``shield`` ``aws-global``, ``credentialScope``
+``us-east-1``), so the signing region is fixed; a ``region`` setting other than
+``us-east-1`` is refused when the integration is created instead of failing every call
+with a bad signature.
 The secret access key (``auth_token``) and a session token are secrets. Errors keep
 AWS's ``__type`` and ``message``; throttling is retryable. ``check()`` calls
 ``GetSubscriptionState`` and fails when there is no active Shield Advanced subscription.
@@ -26,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -48,6 +53,7 @@ from policies.errors import AdapterRefused, AdapterUnavailable
 from policies.intents import ScrubbingIntent
 
 DEFAULT_ENDPOINT = "https://shield.us-east-1.amazonaws.com"
+SIGNING_REGION = "us-east-1"  # Shield's only credential scope (botocore endpoints.json)
 TARGET_PREFIX = "AWSShield_20160616."
 CONTENT_TYPE = "application/x-amz-json-1.1"
 AUTH_ERRORS = (
@@ -89,7 +95,8 @@ class ArnTarget(Target):
 
 class ShieldSettings(HttpSettings):
     endpoint: str = DEFAULT_ENDPOINT
-    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")] = "us-east-1"
+    # accepted for old configurations, but it can only be the one region Shield signs for
+    region: Literal["us-east-1"] = SIGNING_REGION
     access_key_id: Annotated[str, Field(pattern=r"^[A-Z0-9]{16,128}$")]
     auth_token: SecretStr  # the secret access key
     session_token: SecretStr | None = None
@@ -136,7 +143,7 @@ class AwsShieldAdapter(ScrubbingAdapter[ShieldSettings]):
                 payload=body,
                 access_key=s.access_key_id,
                 secret_key=s.auth_token.get_secret_value(),
-                region=s.region,
+                region=SIGNING_REGION,
                 service="shield",
                 amz_date=amz_date,
                 session_token=s.session_token.get_secret_value() if s.session_token else None,

@@ -2,16 +2,18 @@
 
 What it does: the integration's targets are BYOIP prefixes onboarded to Magic Transit
 with on-demand advertisement (``prefixes: [{prefix, prefix_id}]`` plus ``account_id``).
-Announce calls ``PATCH /accounts/{account_id}/addressing/prefixes/{prefix_id}/bgp/status``
-with ``{"advertised": true}``; Cloudflare then originates the prefix from its network,
+Announce calls ``PATCH /accounts/{account_id}/addressing/prefixes/{prefix_id}/bgp/prefixes/
+{bgp_prefix_id}`` with ``{"on_demand": {"advertised": true}}`` on the BGP prefix that
+covers the whole BYOIP prefix; Cloudflare then originates the prefix from its network,
 scrubs the traffic and hands the clean part to the operator through the Magic Transit
-tunnels. Withdraw sends ``{"advertised": false}`` (unless another announced intent still
-needs the prefix). ``active()``/``status()`` read the same ``GET .../bgp/status``.
+tunnels. Withdraw sends ``false`` (unless another announced intent still needs the
+prefix). ``active()``/``status()`` list ``GET .../bgp/prefixes``. See
+:mod:`adapters.cloudflare.adapter`.
 
 The operator must still withdraw the prefix from its own upstreams (or let
 Cloudflare's more attractive path win); Sluice does not touch the operator's own BGP
-here. Auth: API token (``Authorization: Bearer``), checked with
-``GET /user/tokens/verify``.
+here. Auth: API token (``Authorization: Bearer``), checked at
+``/accounts/{account_id}/tokens/verify`` (or ``/user/tokens/verify``, ``token_owner: user``).
 """
 
 from __future__ import annotations

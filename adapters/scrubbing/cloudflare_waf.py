@@ -12,7 +12,9 @@ zone's level with ``GET`` on the same path; a zone is "diverting" while it is at
 
 It does not change DNS, proxying or any traffic that does not go through Cloudflare's
 proxy (attacks on the origin IP directly are not affected). Auth: API token
-(``Authorization: Bearer``), checked with ``GET /user/tokens/verify``.
+(``Authorization: Bearer``), checked with ``GET /accounts/{account_id}/tokens/verify``
+for an account-owned token (``account_id`` then required) or ``GET /user/tokens/verify``
+with ``token_owner: user``.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ class CloudflareWafAdapter(ScrubbingAdapter[WafSettings]):
         return out
 
     async def probe(self) -> str:
-        return await self.api.verify_token()
+        s = self.settings
+        return await self.api.verify_token(s.account_id if s.token_owner == "account" else None)
 
     def provider_details(self) -> dict[str, Any]:
         return {

@@ -8,7 +8,11 @@ instance_ids: [...]}]``); the settings name ``lockdown_group_id`` and the
 ``normal_group_id`` the instances normally use (empty: no firewall group).
 
 Announce: ``PATCH /v2/instances/{id}`` ``{"firewall_group_id": "<lockdown>"}``;
-withdraw: the same with the normal group. ``active()``/``status()`` read
+withdraw: the same with the normal group. "No group" is sent as ``"0"``, the value the
+official CLI documents for unsetting (vultr-cli ``instance update-firewall-group``: "0
+Value will unset the firewall-group"); the official Go client (govultr) never sends an
+empty string, its fields are ``omitempty``. An instance without a group reads back as
+``""``. ``active()``/``status()`` read
 ``GET /v2/instances/{id}``: an instance is "diverting" while its ``firewall_group_id``
 is the lockdown group. Nothing is scrubbed: what the lockdown group does not accept is
 dropped, the rest still reaches the instance.
@@ -40,6 +44,7 @@ from policies.intents import ScrubbingIntent
 
 DEFAULT_ENDPOINT = "https://api.vultr.com"
 VULTR_ID = r"^[0-9a-fA-F-]{1,64}$"
+UNSET = "0"  # firewall_group_id that detaches the group (vultr-cli)
 
 
 class InstanceTarget(Target):
@@ -81,7 +86,7 @@ class VultrAdapter(BearerScrubbingAdapter[VultrSettings]):
         return await self._set(unit, self.settings.lockdown_group_id)
 
     async def disable(self, unit: Unit) -> Mapping[str, Any]:
-        return await self._set(unit, self.settings.normal_group_id)
+        return await self._set(unit, self.settings.normal_group_id or UNSET)
 
     async def read(self) -> list[UnitState]:
         out = []

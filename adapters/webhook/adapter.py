@@ -4,9 +4,11 @@ Each rule in ``announce``/``withdraw`` becomes one message (see
 :mod:`adapters.webhook.render`) signed per Standard Webhooks with the adapter's
 ``whsec_`` secret (its ``auth_token``; see :mod:`adapters.webhook.signing`). Messages of
 a batch are sent concurrently, at most ``max_concurrency`` at a time. A message is
-retried with exponential backoff on 5xx answers, timeouts and connection errors (same
-``webhook-id``, so a receiver can drop duplicates); a 4xx answer is final, and so is a
-redirect (never followed). Only a 2xx answer counts as delivered.
+retried with exponential backoff on 5xx answers, timeouts and connection errors: every
+attempt keeps the ``webhook-id`` (so a receiver can drop duplicates) and gets a fresh
+``webhook-timestamp`` and signature, as the Standard Webhooks spec asks, so a retry late
+in the backoff is not refused as a replay. A 4xx answer is final, and so is a redirect
+(never followed). Only a 2xx answer counts as delivered.
 
 The target must pass the operator's allowlist (:mod:`adapters.webhook.targets`): it is
 checked when the adapter is created (for an address literal) and at every delivery (the
@@ -22,7 +24,7 @@ import asyncio
 import ipaddress
 import secrets as pysecrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,10 +40,15 @@ from adapters.base import (
     resolve_capabilities,
     validate_settings,
 )
-from adapters.http import HttpClient, HttpSettings, failed
+from adapters.http import MAX_BACKOFF, HttpClient, HttpSettings, failed
 from adapters.webhook import render, signing
 from adapters.webhook.targets import TargetPolicy, TargetRefused, parse_entry
-from policies.errors import AdapterConfigInvalid, AdapterError, AdapterRefused
+from policies.errors import (
+    AdapterConfigInvalid,
+    AdapterError,
+    AdapterRefused,
+    AdapterUnavailable,
+)
 
 USER_AGENT = "sluice-webhook/1"
 
@@ -86,8 +93,10 @@ class WebhookAdapter:
         capabilities: frozenset[Capability],
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
+        self._clock = clock  # Unix seconds for webhook-timestamp
         self.settings = settings
         self.capabilities = capabilities
         self.policy = TargetPolicy.from_entries(settings.allowed_targets)
@@ -149,16 +158,38 @@ class WebhookAdapter:
         body = render.body_bytes(message)
         msg_id = msg_id or "msg_" + pysecrets.token_urlsafe(16)
         secret = self.settings.auth_token.get_secret_value()
+        attempts = 1 + self.settings.retries
         async with self._limit:
-            url, extensions, host = await self._target()
-            headers = {
-                **host,
-                "Content-Type": "application/json",
-                **signing.headers_for(secret, msg_id, int(time.time()), body),
-            }
-            resp = await self.http.send(
-                "POST", url, content=body, headers=headers, extensions=extensions, what=self._what
-            )
+            for attempt in range(attempts):
+                if attempt:
+                    backoff = self.settings.backoff * 2 ** (attempt - 1)
+                    await asyncio.sleep(min(backoff, MAX_BACKOFF))
+                url, extensions, host = await self._target()
+                headers = {
+                    **host,
+                    "Content-Type": "application/json",
+                    # signed again per attempt: each one carries its own timestamp
+                    **signing.headers_for(secret, msg_id, int(self._clock()), body),
+                }
+                try:
+                    resp = await self.http.send(
+                        "POST",
+                        url,
+                        content=body,
+                        headers=headers,
+                        extensions=extensions,
+                        what=self._what,
+                        retry=False,
+                    )
+                except AdapterUnavailable as err:
+                    if attempt + 1 < attempts:
+                        continue
+                    if attempts > 1:
+                        raise AdapterUnavailable(
+                            f"{err} (after {attempts} attempts)", code=err.code
+                        ) from None
+                    raise
+                break
         self.http.check(resp, self._what)
         if not 200 <= resp.status_code < 300:
             raise AdapterRefused(

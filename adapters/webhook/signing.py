@@ -1,7 +1,7 @@
 """Standard Webhooks signatures: signing (sender) and verification (receiver).
 
-The secret is ``whsec_`` followed by base64 of 24 to 64 random bytes; the key is the
-decoded bytes. A message is signed as::
+The secret is ``whsec_`` followed by base64 of 24 to 64 random bytes, with or without
+its ``=`` padding (the reference libraries accept both); the key is the decoded bytes. A message is signed as::
 
     webhook-id:        a unique id per message (kept across retries of the same message)
     webhook-timestamp: integer Unix seconds when it was sent
@@ -39,8 +39,10 @@ def secret_key(secret: str) -> bytes:
     """The HMAC key inside a ``whsec_<base64>`` secret (ValueError when malformed)."""
     if not secret.startswith(PREFIX):
         raise ValueError("a webhook secret starts with 'whsec_'")
+    text = secret.removeprefix(PREFIX)
+    text += "=" * (-len(text) % 4)  # padding is optional, as in the reference libraries
     try:
-        key = base64.b64decode(secret.removeprefix(PREFIX), validate=True)
+        key = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("the part after 'whsec_' is not base64") from None
     if not MIN_KEY <= len(key) <= MAX_KEY:

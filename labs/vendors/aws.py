@@ -6,8 +6,9 @@ errors are HTTP 400/403 with ``{"__type": "<Type>", "message": "..."}``.
 
 Every request's Signature Version 4 is verified with this module's own implementation
 (written from AWS's description, independent of the adapter's signer): the credential
-scope must name a known access key, the request date, the configured region and the
-``shield`` service; ``X-Amz-Date`` must be within 5 minutes; ``host``, ``x-amz-date``
+scope must name a known access key, the request date, region ``us-east-1`` and the
+``shield`` service (Shield has one global endpoint whose credential scope is
+``us-east-1``: botocore ``data/endpoints.json``, service ``shield``, ``aws-global``); ``X-Amz-Date`` must be within 5 minutes; ``host``, ``x-amz-date``
 and ``x-amz-target`` must be signed; the signature is recomputed from the headers listed
 in ``SignedHeaders`` and the raw body. Failures answer like AWS:
 ``MissingAuthenticationTokenException`` (400), ``UnrecognizedClientException`` (403,
@@ -92,13 +93,12 @@ class ShieldServer(FakeVendorServer):
         port: int = 0,
         *,
         keys: dict[str, str] | None = None,
-        region: str = "us-east-1",
         subscribed: bool = True,
         page_size: int = 2,
     ) -> None:
         super().__init__(host, port)
         self.keys = keys or {"AKIAIOSFODNN7EXAMPLE": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
-        self.region = region
+        self.region = "us-east-1"  # the only scope Shield accepts (botocore endpoints.json)
         self.subscribed = subscribed
         self.page_size = page_size
         self.protections: dict[str, dict[str, Any]] = {}  # id -> protection

@@ -5,9 +5,17 @@ Shapes follow Cloudflare's published API: every answer is the envelope ``{"succe
 API token in ``Authorization: Bearer`` (missing header -> 400 code 6003, unknown token ->
 403 code 10000 "Authentication error").
 
-* ``GET /user/tokens/verify`` -> ``{"id", "status": "active"}``.
-* ``GET``/``PATCH /accounts/{a}/addressing/prefixes/{p}/bgp/status`` ``{"advertised"}``
-  -> ``{"advertised", "advertised_modified_at"}``.
+* ``GET /user/tokens/verify`` (user-owned tokens) and ``GET /accounts/{a}/tokens/verify``
+  (account-owned tokens) -> ``{"id", "status": "active"}``; each endpoint knows only its
+  own kind of token.
+* BGP prefixes of a BYOIP prefix: ``GET /accounts/{a}/addressing/prefixes/{p}/bgp/prefixes``
+  -> ``[{"id", "cidr", "on_demand": {"advertised", "advertised_modified_at",
+  "on_demand_enabled", "on_demand_locked"}, ...}]``; ``GET``/``PATCH .../bgp/prefixes/{b}``
+  ``{"on_demand": {"advertised"}}`` -> the BGP prefix. Each BYOIP prefix has one BGP prefix
+  for its whole CIDR, id ``<p>-bgp``.
+* The deprecated ``GET``/``PATCH /accounts/{a}/addressing/prefixes/{p}/bgp/status``
+  ``{"advertised"}`` -> ``{"advertised", "advertised_modified_at"}`` still answers, as it
+  does at Cloudflare, on the same state.
 * ``GET``/``PATCH /zones/{z}/settings/security_level`` ``{"value"}`` -> the setting
   ``{"id": "security_level", "value", "editable", "modified_on"}``.
 * ``/accounts/{a}/rules/lists/{l}/items``: ``GET`` (cursor pagination with ``per_page`` and
@@ -63,6 +71,7 @@ class CloudflareServer(FakeVendorServer):
         port: int = 0,
         *,
         tokens: tuple[str, ...] = ("cf-test-token",),
+        user_tokens: tuple[str, ...] = (),
         account: str = "acc1",
         prefixes: dict[str, str] | None = None,
         zones: tuple[str, ...] = ("zone1",),
@@ -70,10 +79,17 @@ class CloudflareServer(FakeVendorServer):
         pending_polls: int = 1,
     ) -> None:
         super().__init__(host, port)
-        self.tokens = set(tokens)
+        self.tokens = set(tokens)  # account-owned tokens of ``account``
+        self.user_tokens = set(user_tokens)  # user-owned tokens
         self.account = account
         self.prefixes = {
-            pid: {"cidr": cidr, "advertised": False, "advertised_modified_at": None}
+            pid: {
+                "cidr": cidr,
+                "advertised": False,
+                "advertised_modified_at": None,
+                "on_demand_enabled": True,
+                "on_demand_locked": False,
+            }
             for pid, cidr in (prefixes or {"pfx1": "203.0.113.0/24"}).items()
         }
         self.zones = {z: {"value": "medium", "modified_on": None} for z in zones}
@@ -87,7 +103,7 @@ class CloudflareServer(FakeVendorServer):
         if not (req.header("authorization") or "").strip():
             raise cf_error(400, 6003, "Invalid request headers")
         token = req.bearer()
-        if token is None or token not in self.tokens:
+        if token is None or token not in self.tokens | self.user_tokens:
             raise cf_error(403, 10000, "Authentication error")
         return token
 
@@ -108,12 +124,74 @@ class CloudflareServer(FakeVendorServer):
 
     # -- tokens
 
+    # Cloudflare API reference: user tokens verify at GET /user/tokens/verify, account-owned
+    # tokens at GET /accounts/{account_id}/tokens/verify (cloudflare-python
+    # resources/user/tokens/tokens.py and resources/accounts/tokens/tokens.py, verify()).
+    # Each endpoint knows only its own kind; the other kind is an invalid token there.
+
     @route("GET", r"/user/tokens/verify")
     def verify(self, req: Request, params: dict[str, str]) -> Response:
-        self._auth(req)
-        return Response(200, envelope({"id": "tok-1", "status": "active"}))
+        if self._auth(req) not in self.user_tokens:
+            raise cf_error(401, 1000, "Invalid API Token")
+        return Response(200, envelope({"id": "tok-user", "status": "active"}))
 
-    # -- Magic Transit on-demand advertisement
+    @route("GET", ACC + r"/tokens/verify")
+    def verify_account(self, req: Request, params: dict[str, str]) -> Response:
+        if self._auth(req) not in self.tokens or params["account"] != self.account:
+            raise cf_error(401, 1000, "Invalid API Token")
+        return Response(200, envelope({"id": "tok-account", "status": "active"}))
+
+    # -- Magic Transit on-demand advertisement through BGP prefixes (cloudflare-python
+    # resources/addressing/prefixes/bgp_prefixes.py; types/.../bgp_prefix.py)
+
+    def _bgp_view(self, pid: str) -> dict[str, Any]:
+        p = self.prefixes[pid]
+        return {
+            "id": f"{pid}-bgp",
+            "cidr": p["cidr"],
+            "on_demand": {
+                "advertised": p["advertised"],
+                "advertised_modified_at": p["advertised_modified_at"],
+                "on_demand_enabled": p["on_demand_enabled"],
+                "on_demand_locked": p["on_demand_locked"],
+            },
+        }
+
+    def _bgp(self, req: Request, params: dict[str, str]) -> str:
+        self._account(req, params["account"])
+        pid = params["pid"]
+        self._prefix(pid)
+        if params.get("bid") not in (None, f"{pid}-bgp"):
+            raise cf_error(404, 1002, "BGP prefix not found")
+        return pid
+
+    @route("GET", ACC + r"/addressing/prefixes/(?P<pid>[^/]+)/bgp/prefixes")
+    def list_bgp(self, req: Request, params: dict[str, str]) -> Response:
+        return Response(200, envelope([self._bgp_view(self._bgp(req, params))]))
+
+    @route("GET", ACC + r"/addressing/prefixes/(?P<pid>[^/]+)/bgp/prefixes/(?P<bid>[^/]+)")
+    def get_bgp(self, req: Request, params: dict[str, str]) -> Response:
+        return Response(200, envelope(self._bgp_view(self._bgp(req, params))))
+
+    @route("PATCH", ACC + r"/addressing/prefixes/(?P<pid>[^/]+)/bgp/prefixes/(?P<bid>[^/]+)")
+    def edit_bgp(self, req: Request, params: dict[str, str]) -> Response:
+        pid = self._bgp(req, params)
+        p = self.prefixes[pid]
+        on_demand = req.json_object().get("on_demand")
+        wanted = on_demand.get("advertised") if isinstance(on_demand, dict) else None
+        if not isinstance(wanted, bool):
+            raise cf_error(400, 1001, "on_demand.advertised must be a boolean")
+        # bgp_prefix.py: advertisement may change only while on_demand_enabled, and
+        # "on_demand_locked: ... locked, meaning it cannot be changed"
+        if not p["on_demand_enabled"] or p["on_demand_locked"]:
+            raise cf_error(400, 1003, "on-demand advertisement is not enabled or is locked")
+        if p["advertised"] != wanted:
+            p["advertised"] = wanted
+            p["advertised_modified_at"] = _now()
+        return Response(200, envelope(self._bgp_view(pid)))
+
+    # -- the deprecated whole-prefix endpoint: cloudflare-python marks advertisement_status
+    # edit/get @deprecated ("Prefer the BGP Prefixes endpoints"); Cloudflare still serves it
 
     @route("GET", ACC + r"/addressing/prefixes/(?P<pid>[^/]+)/bgp/status")
     def get_status(self, req: Request, params: dict[str, str]) -> Response:

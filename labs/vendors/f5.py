@@ -11,6 +11,8 @@ Shapes follow the published iControl REST API:
   exists), ``GET``/``DELETE /mgmt/tm/net/route/~Common~<name>`` (404 when absent).
 * ``/mgmt/tm/security/firewall/address-list/~Common~<name>``: ``GET`` and ``PATCH``
   (``addresses`` replaces the entries, each ``{"name": prefix, "description": ...}``).
+  A list must keep at least one member (an address, address list, geo location or FQDN);
+  the lists start with the placeholder entry ``100::/128`` an operator creates them with.
 
 Errors use the iControl body ``{"code": N, "message": "...", "errorStack": [],
 "apiError": N}``. Run ``python -m labs.vendors.f5 --port 8443`` for manual trials
@@ -23,6 +25,13 @@ import time
 from typing import Any
 
 from labs.vendors.server import FakeVendorServer, HttpError, Request, Response, Sessions, route
+
+# the entry the operator creates an address list with (see adapters.f5.render.PLACEHOLDER;
+# written out here so the fake does not import the adapter it checks)
+PLACEHOLDER = {
+    "name": "100::/128",
+    "description": "placeholder: an AFM address list may not be empty",
+}
 
 OBJ = r"~(?P<partition>[A-Za-z0-9_.-]+)~(?P<name>[A-Za-z0-9_.:-]+)"
 
@@ -50,8 +59,14 @@ class F5Server(FakeVendorServer):
         self.users = users if users is not None else {"admin": "admin-pw"}
         self.sessions = Sessions(ttl=token_timeout)
         self.routes: dict[str, dict[str, Any]] = {}  # full path "/Common/name" -> object
+        # created as the operator would: F5 refuses an address list without members
         self.address_lists: dict[str, dict[str, Any]] = {
-            f"/Common/{n}": {"name": n, "partition": "Common", "fullPath": f"/Common/{n}"}
+            f"/Common/{n}": {
+                "name": n,
+                "partition": "Common",
+                "fullPath": f"/Common/{n}",
+                "addresses": [dict(PLACEHOLDER)],
+            }
             for n in address_lists
         }
         self.version = version
@@ -224,6 +239,15 @@ class F5Server(FakeVendorServer):
             isinstance(a, dict) and isinstance(a.get("name"), str) for a in addresses
         ):
             raise f5_error(400, "addresses must be a list of {name, description}")
+        if not addresses and not any(obj.get(k) for k in ("addressLists", "geo", "fqdns")):
+            # F5's SDK (f5-common-python f5/bigip/tm/security/firewall.py, Address_List,
+            # minimum_additional_parameters) requires one of addresses, addressLists,
+            # geo or fqdns: a list left with no member at all is refused.
+            raise f5_error(
+                400,
+                f"address list {obj['fullPath']} must have at least one address, "
+                "address list, geo location or FQDN",
+            )
         if addresses:
             obj["addresses"] = [dict(a) for a in addresses]
         else:

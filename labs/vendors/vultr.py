@@ -6,8 +6,9 @@ Shapes follow the published API: ``Authorization: Bearer <key>`` (bad key -> 401
 * ``GET /v2/account`` -> ``{"account": {"name", "email", "acls", "balance", ...}}``.
 * ``GET /v2/instances/{id}`` -> ``{"instance": {"id", "main_ip", "firewall_group_id",
   ...}}``.
-* ``PATCH /v2/instances/{id}`` ``{"firewall_group_id": "<group>"|""}`` -> 202 with the
-  instance; an unknown group -> 400.
+* ``PATCH /v2/instances/{id}`` ``{"firewall_group_id": "<group>"|"0"}`` -> 202 with the
+  instance (``"0"`` detaches the group, which then reads back as ``""``); an unknown
+  group or an empty string -> 400.
 
 Run ``python -m labs.vendors.vultr --port 8084`` for manual trials (key
 ``vultr-test-key``).
@@ -85,7 +86,17 @@ class VultrServer(FakeVendorServer):
         body = req.json_object()
         if "firewall_group_id" in body:
             group = body["firewall_group_id"]
-            if group != "" and group not in self.groups:
+            if group == "0":
+                # vultr-cli cmd/instance/instance.go, update-firewall-group: "0 Value will
+                # unset the firewall-group"; the instance then reports "".
+                inst["firewall_group_id"] = ""
+                return Response(202, {"instance": dict(inst)})
+            if group == "":
+                # govultr's InstanceUpdateReq has firewall_group_id `omitempty`: no
+                # official client sends "", and Vultr documents no meaning for it. The
+                # fake refuses it rather than guess that it detaches.
+                raise vultr_error(400, "Invalid firewall group: use 0 to unset it.")
+            if group not in self.groups:
                 raise vultr_error(400, "Invalid firewall group.")
             inst["firewall_group_id"] = group
         return Response(202, {"instance": dict(inst)})

@@ -1,7 +1,11 @@
 """A webhook receiver that verifies Standard Webhooks signatures, for tests and trials.
 
-``POST <path>`` (default ``/hooks/sluice``) is checked with
-:func:`adapters.webhook.verify` against the receiver's ``whsec_`` secret: a good message
+``POST <path>`` (default ``/hooks/sluice``) is checked against the receiver's ``whsec_``
+secret by the official Standard Webhooks library (PyPI ``standardwebhooks``, a dev
+dependency), not by Sluice's own :func:`adapters.webhook.verify`, so a signing mistake
+shared by our signer and our verifier cannot hide. The receiver also refuses a
+``webhook-timestamp`` more than ``tolerance`` seconds from its ``clock`` (the library's
+own window is 5 minutes of the real clock). A good message
 is kept in :attr:`WebhookReceiver.messages` and answered ``200 {"ok": true}``; a message
 whose ``webhook-id`` was already received is answered 200 again but not kept twice (as
 receivers should treat retries); a bad one is answered ``401 {"message": why}`` and its
@@ -14,11 +18,27 @@ the secret to configure in the webhook adapter.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.webhook import WebhookVerificationError, new_secret, verify
+import standardwebhooks
+
+from adapters.webhook import new_secret
 from labs.vendors.server import FakeVendorServer, Request, Response
+
+
+def reference_verify(
+    secret: str, headers: dict[str, str], raw: bytes, *, tolerance: int, now: float
+) -> None:
+    """Raise ``standardwebhooks.WebhookVerificationError`` unless the message is good."""
+    stamp = {k.lower(): v for k, v in headers.items()}.get("webhook-timestamp", "")
+    if stamp.isdigit() and abs(now - int(stamp)) > tolerance:
+        raise standardwebhooks.WebhookVerificationError(
+            f"webhook-timestamp is {int(now - int(stamp))} s from the receiver's clock"
+        )
+    standardwebhooks.Webhook(secret).verify(raw, headers, json_parse=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +61,13 @@ class WebhookReceiver(FakeVendorServer):
         secret: str | None = None,
         path: str = "/hooks/sluice",
         tolerance: int = 300,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(host, port)
         self.secret = secret or new_secret()
         self.path = path
         self.tolerance = tolerance
+        self.clock = clock
         self.messages: list[Received] = []
         self.duplicates = 0
         self.rejected: list[str] = []
@@ -62,8 +84,10 @@ class WebhookReceiver(FakeVendorServer):
             return Response(405, {"message": f"method {req.method} not allowed"}, {"Allow": "POST"})
         with self.lock:
             try:
-                verify(self.secret, req.headers, req.raw, self.tolerance)
-            except WebhookVerificationError as exc:
+                reference_verify(
+                    self.secret, req.headers, req.raw, tolerance=self.tolerance, now=self.clock()
+                )
+            except standardwebhooks.WebhookVerificationError as exc:
                 self.rejected.append(str(exc))
                 return Response(401, {"message": str(exc)})
             msg_id = req.headers["webhook-id"]

@@ -16,7 +16,7 @@ from policies.intents import build_intent
 
 TOKEN = "cf-test-token"
 PREFIX = "203.0.113.0/24"
-STATUS = "/accounts/acc1/addressing/prefixes/pfx1/bgp/status"
+STATUS = "/accounts/acc1/addressing/prefixes/pfx1/bgp/prefixes/pfx1-bgp"
 ITEMS = "/accounts/acc1/rules/lists/list1/items"
 
 
@@ -63,7 +63,11 @@ async def test_scrubbing_advertises_the_byoip_prefix_and_reads_it_back(
         [out] = await ad.announce([ref])
         assert out.ok, out.error
         req = cf.journal.last()
-        assert (req.method, req.path, req.body) == ("PATCH", STATUS, {"advertised": True})
+        assert (req.method, req.path, req.body) == (
+            "PATCH",
+            STATUS,
+            {"on_demand": {"advertised": True}},
+        )
         assert req.header("authorization") == f"Bearer {TOKEN}"
         assert cf.prefixes["pfx1"]["advertised"] is True
         assert ref.key in (await ad.active() or set())
@@ -76,7 +80,7 @@ async def test_scrubbing_advertises_the_byoip_prefix_and_reads_it_back(
 
         [out] = await ad.withdraw([ref])
         assert out.ok, out.error
-        assert cf.journal.last().body == {"advertised": False}
+        assert cf.journal.last().body == {"on_demand": {"advertised": False}}
         assert cf.prefixes["pfx1"]["advertised"] is False
         assert await ad.active() == frozenset()
         assert (await ad.status()).diverting is False

@@ -79,7 +79,7 @@ def cfg(
 # ---------------------------------------------------------------- Cloudflare
 
 CF_TOKEN = "cf-test-token"
-CF_STATUS = "/accounts/acc1/addressing/prefixes/pfx1/bgp/status"
+CF_BGP = "/accounts/acc1/addressing/prefixes/pfx1/bgp/prefixes/pfx1-bgp"
 
 
 def cf_auth(req: Request) -> None:
@@ -100,8 +100,8 @@ MAGIC_TRANSIT = Case(
         prefixes=[{"prefix": "203.0.113.0/24", "prefix_id": "pfx1"}],
     ),
     prefix="203.0.113.0/24",
-    announce=[("PATCH", CF_STATUS, {"advertised": True})],
-    withdraw=[("PATCH", CF_STATUS, {"advertised": False})],
+    announce=[("PATCH", CF_BGP, {"on_demand": {"advertised": True}})],
+    withdraw=[("PATCH", CF_BGP, {"on_demand": {"advertised": False}})],
     auth=cf_auth,
     diverting=lambda srv: srv.prefixes["pfx1"]["advertised"],
     secrets=(CF_TOKEN, "bad-cf-token"),
@@ -119,6 +119,7 @@ CLOUDFLARE_WAF = Case(
         "cloudflare_waf",
         srv,
         CF_TOKEN if good else "bad-cf-token",
+        account_id="acc1",
         targets=[
             {"prefix": "203.0.113.0/25", "zone_ids": ["zone1", "zone2"], "normal_level": "high"}
         ],

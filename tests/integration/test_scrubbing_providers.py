@@ -127,7 +127,8 @@ async def test_a_partly_diverted_target_is_shown_but_not_reported_as_held() -> N
             await ad.close()
 
 
-async def test_vultr_can_return_instances_to_no_firewall_group() -> None:
+async def test_vultr_returns_instances_to_no_firewall_group_with_0() -> None:
+    """vultr-cli unsets a group with "0"; the fake refuses the "" the adapter used to send."""
     with VultrServer() as srv:
         iid = next(iter(vultr_fake.INSTANCES))
         srv.instances[iid]["firewall_group_id"] = ""
@@ -141,11 +142,15 @@ async def test_vultr_can_return_instances_to_no_firewall_group() -> None:
             )
         )
         try:
-            await ad.announce([scrub("203.0.113.20/32")])
+            before = dict(srv.instances[iid])
+            [out] = await ad.announce([scrub("203.0.113.20/32")])
+            assert out.ok, out.error
+            assert await ad.active() == frozenset({scrub("203.0.113.20/32").key})
             [out] = await ad.withdraw([scrub("203.0.113.20/32")])
-            assert out.ok
-            assert srv.journal.last().body == {"firewall_group_id": ""}
-            assert srv.instances[iid]["firewall_group_id"] == ""
+            assert out.ok, out.error
+            assert srv.journal.last().body == {"firewall_group_id": "0"}
+            assert srv.instances[iid] == before
+            assert await ad.active() == frozenset()
         finally:
             await ad.close()
 
@@ -186,24 +191,12 @@ async def test_shield_read_back_follows_pages() -> None:
             await ad.close()
 
 
-async def test_shield_subscription_region_and_throttling() -> None:
+async def test_shield_subscription_and_throttling() -> None:
     with ShieldServer(subscribed=False) as srv:
         ad = shield(srv)
         try:
             health = await ad.check()
             assert not health.ok and "INACTIVE" in health.detail
-        finally:
-            await ad.close()
-    with ShieldServer(region="eu-west-1") as srv:
-        ad = shield(srv)  # signs for us-east-1: the fake refuses the scope
-        try:
-            [out] = await ad.announce([scrub("203.0.113.64/26")])
-            assert (
-                not out.ok
-                and not out.retryable
-                and "InvalidSignatureException" in (out.error or "")
-            )
-            assert AWS_SECRET not in (out.error or "")
         finally:
             await ad.close()
     with ShieldServer() as srv:
@@ -230,6 +223,7 @@ async def test_cloudflare_waf_status_shows_each_zone_level() -> None:
                 "cloudflare_waf",
                 srv,
                 "cf-test-token",
+                account_id="acc1",
                 targets=[
                     {"prefix": "203.0.113.0/25", "zone_ids": ["zone1"]},
                     {"prefix": "203.0.113.128/25", "zone_ids": ["zone2"]},

@@ -20,9 +20,17 @@ def flow(**spec: Any) -> FlowSpecIntent:
 
 def test_paths_and_bodies() -> None:
     assert (
-        render.bgp_status_path("acc", "pfx") == "/accounts/acc/addressing/prefixes/pfx/bgp/status"
+        render.bgp_prefixes_path("acc", "pfx")
+        == "/accounts/acc/addressing/prefixes/pfx/bgp/prefixes"
     )
-    assert render.advertise_body(True) == {"advertised": True}
+    assert (
+        render.bgp_prefix_path("acc", "pfx", "b1")
+        == "/accounts/acc/addressing/prefixes/pfx/bgp/prefixes/b1"
+    )
+    assert render.advertise_body(True) == {"on_demand": {"advertised": True}}
+    assert render.advertised_of({"on_demand": {"advertised": False}}) is False
+    assert render.advertised_of({"on_demand": {}}) is None
+    assert render.advertised_of({"advertised": True}) is None  # the deprecated shape
     assert render.security_level_path("z") == "/zones/z/settings/security_level"
     assert render.security_level_body("under_attack") == {"value": "under_attack"}
     with pytest.raises(ValueError, match="security level"):

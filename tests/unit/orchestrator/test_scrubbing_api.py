@@ -27,8 +27,10 @@ from tests.unit.orchestrator.conftest import Api
 CF_TOKEN = "cf-test-token"
 FAST = {"timeout": 0.5, "retries": 1, "backoff": 0.0}
 PFX1, PFX2 = "203.0.113.0/24", "198.51.100.0/24"
-STATUS1 = "/accounts/acc1/addressing/prefixes/pfx1/bgp/status"
-STATUS2 = "/accounts/acc1/addressing/prefixes/pfx2/bgp/status"
+READ1 = "/accounts/acc1/addressing/prefixes/pfx1/bgp/prefixes"
+READ2 = "/accounts/acc1/addressing/prefixes/pfx2/bgp/prefixes"
+STATUS1 = READ1 + "/pfx1-bgp"
+STATUS2 = READ2 + "/pfx2-bgp"
 
 
 async def add_magic_transit(api: Api, srv: CloudflareServer, name: str = "cf", **kw: Any) -> int:
@@ -101,7 +103,7 @@ async def test_create_list_update_without_secrets(make_api: Any, cf: CloudflareS
     assert set(r.json()["integration_types"]) >= {"cloudflare_magic_transit", "ovh_mitigation"}
     # the list read the provider, authenticated
     reads = cf.journal.find("GET")
-    assert {q.path for q in reads} == {STATUS1, STATUS2}
+    assert {q.path for q in reads} == {READ1, READ2}
     assert all(q.header("authorization") == f"Bearer {CF_TOKEN}" for q in reads)
 
     # update by name without auth_token: the stored token is kept and still works
@@ -127,7 +129,7 @@ async def test_announce_configured_prefixes_status_and_withdraw(
     ]
     assert all(x["origin"] == "manual" and x["created_by"] == "admin" for x in body["rules"])
     assert sorted(writes(cf)) == sorted(
-        [("PATCH", STATUS1, {"advertised": True}), ("PATCH", STATUS2, {"advertised": True})]
+        [("PATCH", STATUS1, {"on_demand": {"advertised": True}}), ("PATCH", STATUS2, {"on_demand": {"advertised": True}})]
     )
     assert advertised(cf) == {"pfx1": True, "pfx2": True}
 
@@ -149,7 +151,7 @@ async def test_announce_configured_prefixes_status_and_withdraw(
     cf.journal.clear()
     one = await api.ok("POST", f"/scrubbing/{iid}/withdraw", json={"target_ip": PFX2})
     assert [(x["target_ip"], x["state"]) for x in one["rules"]] == [(PFX2, "withdrawn")]
-    assert writes(cf) == [("PATCH", STATUS2, {"advertised": False})]
+    assert writes(cf) == [("PATCH", STATUS2, {"on_demand": {"advertised": False}})]
     assert advertised(cf) == {"pfx1": True, "pfx2": False}
 
     rest = await api.ok("POST", f"/scrubbing/{iid}/withdraw", json={"reason": "attack over"})
@@ -258,7 +260,7 @@ async def test_still_diverting_after_a_restart(
     assert st["diversion"]["store"] is True and st["diversion"]["provider"] is True
     assert [(x["id"], x["state"]) for x in st["rules"]] == [(rule["id"], "active")]
     assert [t["diverting"] for t in st["provider"]["targets"]] == [True, False]
-    assert {q.path for q in cf.journal.find("GET")} >= {STATUS1, STATUS2}  # read back now
+    assert {q.path for q in cf.journal.find("GET")} >= {READ1, READ2}  # read back now
     # and it can still be withdrawn with the token the store kept
     await api.ok("POST", f"/scrubbing/{iid}/withdraw")
     assert advertised(cf) == {"pfx1": False, "pfx2": False}
