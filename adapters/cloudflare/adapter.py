@@ -217,8 +217,7 @@ class PrefixAdvertisement(ScrubbingAdapter[PS]):
         return out
 
     async def probe(self) -> str:
-        s = self.settings
-        return await self.api.verify_token(s.account_id if s.token_owner == "account" else None)
+        return await self.api.verify_token(self.settings.verify_account)
 
     def provider_details(self) -> dict[str, Any]:
         return {

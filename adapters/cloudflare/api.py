@@ -42,14 +42,19 @@ class CloudflareBase(HttpSettings):
 
     endpoint: str = DEFAULT_ENDPOINT
     auth_token: SecretStr  # an API token (Authorization: Bearer)
-    token_owner: Literal["account", "user"] = "account"
+    token_owner: Literal["account", "user"] = "account"  # noqa: S105  (a kind, not a secret)
     account_id: str | None = None
+
+    @property
+    def verify_account(self) -> str | None:
+        """The account whose endpoint verifies the token; None for a user token."""
+        return self.account_id if self.token_owner == "account" else None  # noqa: S105
 
     @model_validator(mode="after")
     def _owner(self) -> Self:
         if self.account_id is not None:
             check_id(self.account_id)
-        elif self.token_owner == "account":
+        elif self.token_owner == "account":  # noqa: S105  (a kind of token, not a secret)
             raise ValueError(
                 "account_id is required to verify an account-owned API token "
                 "(or set token_owner: user for a user API token)"

@@ -53,7 +53,9 @@ from policies.errors import AdapterRefused, AdapterUnavailable
 from policies.intents import ScrubbingIntent
 
 DEFAULT_ENDPOINT = "https://shield.us-east-1.amazonaws.com"
-SIGNING_REGION = "us-east-1"  # Shield's only credential scope (botocore endpoints.json)
+SIGNING_REGION: Literal["us-east-1"] = (
+    "us-east-1"  # Shield's only credential scope (botocore endpoints.json)
+)
 TARGET_PREFIX = "AWSShield_20160616."
 CONTENT_TYPE = "application/x-amz-json-1.1"
 AUTH_ERRORS = (

@@ -116,8 +116,7 @@ class CloudflareWafAdapter(ScrubbingAdapter[WafSettings]):
         return out
 
     async def probe(self) -> str:
-        s = self.settings
-        return await self.api.verify_token(s.account_id if s.token_owner == "account" else None)
+        return await self.api.verify_token(self.settings.verify_account)
 
     def provider_details(self) -> dict[str, Any]:
         return {

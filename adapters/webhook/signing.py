@@ -1,7 +1,8 @@
 """Standard Webhooks signatures: signing (sender) and verification (receiver).
 
 The secret is ``whsec_`` followed by base64 of 24 to 64 random bytes, with or without
-its ``=`` padding (the reference libraries accept both); the key is the decoded bytes. A message is signed as::
+its ``=`` padding (the reference libraries accept both); the key is the decoded bytes.
+A message is signed as::
 
     webhook-id:        a unique id per message (kept across retries of the same message)
     webhook-timestamp: integer Unix seconds when it was sent

@@ -8,7 +8,8 @@ Every request's Signature Version 4 is verified with this module's own implement
 (written from AWS's description, independent of the adapter's signer): the credential
 scope must name a known access key, the request date, region ``us-east-1`` and the
 ``shield`` service (Shield has one global endpoint whose credential scope is
-``us-east-1``: botocore ``data/endpoints.json``, service ``shield``, ``aws-global``); ``X-Amz-Date`` must be within 5 minutes; ``host``, ``x-amz-date``
+``us-east-1``: botocore ``data/endpoints.json``, service ``shield``, ``aws-global``);
+``X-Amz-Date`` must be within 5 minutes; ``host``, ``x-amz-date``
 and ``x-amz-target`` must be signed; the signature is recomputed from the headers listed
 in ``SignedHeaders`` and the raw body. Failures answer like AWS:
 ``MissingAuthenticationTokenException`` (400), ``UnrecognizedClientException`` (403,

@@ -19,7 +19,7 @@ the secret to configure in the webhook adapter.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from labs.vendors.server import FakeVendorServer, Request, Response
 
 
 def reference_verify(
-    secret: str, headers: dict[str, str], raw: bytes, *, tolerance: int, now: float
+    secret: str, headers: Mapping[str, str], raw: bytes, *, tolerance: int, now: float
 ) -> None:
     """Raise ``standardwebhooks.WebhookVerificationError`` unless the message is good."""
     stamp = {k.lower(): v for k, v in headers.items()}.get("webhook-timestamp", "")
@@ -38,7 +38,7 @@ def reference_verify(
         raise standardwebhooks.WebhookVerificationError(
             f"webhook-timestamp is {int(now - int(stamp))} s from the receiver's clock"
         )
-    standardwebhooks.Webhook(secret).verify(raw, headers, json_parse=False)
+    standardwebhooks.Webhook(secret).verify(raw, dict(headers), json_parse=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,7 +129,10 @@ async def test_announce_configured_prefixes_status_and_withdraw(
     ]
     assert all(x["origin"] == "manual" and x["created_by"] == "admin" for x in body["rules"])
     assert sorted(writes(cf)) == sorted(
-        [("PATCH", STATUS1, {"on_demand": {"advertised": True}}), ("PATCH", STATUS2, {"on_demand": {"advertised": True}})]
+        [
+            ("PATCH", STATUS1, {"on_demand": {"advertised": True}}),
+            ("PATCH", STATUS2, {"on_demand": {"advertised": True}}),
+        ]
     )
     assert advertised(cf) == {"pfx1": True, "pfx2": True}
 
