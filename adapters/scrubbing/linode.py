@@ -1,15 +1,28 @@
-"""``linode``: enable a lockdown Cloud Firewall attached to the Linodes.
+"""``linode``: swap the Linodes of a prefix from their normal Cloud Firewall to a lockdown one.
 
 What it does: Linode (Akamai) has no on-demand diversion API; its Cloud Firewalls filter
 traffic before it reaches a Linode and can be enabled or disabled as a whole, so the
 closest honest action is a lockdown firewall the operator prepared, attached to the
-Linodes of a prefix and kept **disabled** in peacetime. Targets map prefixes to that
-firewall (``targets: [{prefix, firewall_id}]``). Announce:
-``PUT /v4/networking/firewalls/{id}`` ``{"status": "enabled"}``; withdraw: ``{"status":
-"disabled"}``. ``active()``/``status()`` read ``GET /v4/networking/firewalls/{id}``: the
-target is "diverting" while the firewall's ``status`` is ``enabled`` (its label and
-inbound policy are shown). Nothing is scrubbed: what the firewall's rules do not accept
-is dropped, the rest still reaches the Linodes.
+Linodes of a prefix and kept **disabled** in peacetime. A Linode can have only one
+*enabled* firewall at a time (Linode API, "Create a firewall": "A service can have one
+assigned firewall enabled at a time"), so the lockdown firewall can be enabled only once
+the Linodes' normal firewall is disabled. Targets name both
+(``targets: [{prefix, firewall_id, normal_firewall_id}]``; ``normal_firewall_id`` may be
+left out only when the Linodes have no other firewall).
+
+Announce: ``PUT /v4/networking/firewalls/{normal}`` ``{"status": "disabled"}``, then the
+same on the lockdown firewall with ``{"status": "enabled"}``; if that is refused, the
+normal firewall is enabled again before the error is reported. Withdraw: lockdown
+``disabled``, then normal ``enabled``; the normal firewall is the peacetime state, so
+withdraw always ends with it enabled. Between the two calls the Linodes briefly have no
+enabled firewall. Both are whole-firewall switches: every Linode attached to the normal
+firewall loses it, not only those of the prefix, so attach the normal firewall only to
+Linodes the lockdown firewall also covers.
+
+``active()``/``status()`` read ``GET /v4/networking/firewalls/{id}`` of both: the target
+is "diverting" while the lockdown firewall is ``enabled`` and the normal one is not
+(labels, statuses and inbound policy are shown). Nothing is scrubbed: what the lockdown
+firewall's rules do not accept is dropped, the rest still reaches the Linodes.
 
 Auth: personal access token (``Authorization: Bearer``); ``check()`` reads
 ``GET /v4/profile``. Linode's errors (``{"errors": [{"reason"}]}``) are kept verbatim.
@@ -17,6 +30,7 @@ Auth: personal access token (``Authorization: Bearer``); ``check()`` reads
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -33,13 +47,15 @@ from adapters.scrubbing.common import (
     default_endpoint,
     field_of,
 )
+from policies.errors import AdapterError
 from policies.intents import ScrubbingIntent
 
 DEFAULT_ENDPOINT = "https://api.linode.com"
 
 
 class FirewallTarget(Target):
-    firewall_id: int
+    firewall_id: int  # the lockdown firewall, disabled in peacetime
+    normal_firewall_id: int | None = None  # enabled in peacetime, disabled while locked down
 
 
 class LinodeSettings(BearerSettings):
@@ -62,8 +78,12 @@ class LinodeAdapter(BearerScrubbingAdapter[LinodeSettings]):
         t = covering(self.settings.targets, intent.prefix, what=self.label)
         return [Unit(str(t.firewall_id), t.prefix, "firewall")]
 
-    async def _set(self, unit: Unit, status: str) -> Mapping[str, Any]:
-        path = f"/v4/networking/firewalls/{unit.uid}"
+    def _normal(self, unit: Unit) -> int | None:
+        t = next(t for t in self.settings.targets if str(t.firewall_id) == unit.uid)
+        return t.normal_firewall_id
+
+    async def _set(self, fid: int | str, status: str) -> Mapping[str, Any]:
+        path = f"/v4/networking/firewalls/{fid}"
         body = await call_json(self.http, "PUT", path, json={"status": status})
         now = field_of(self.http, body, f"PUT {path}", "status")
         if now != status:
@@ -71,25 +91,47 @@ class LinodeAdapter(BearerScrubbingAdapter[LinodeSettings]):
         return {"status": now}
 
     async def enable(self, unit: Unit) -> Mapping[str, Any]:
-        return await self._set(unit, "enabled")
+        normal = self._normal(unit)
+        if normal is not None:
+            await self._set(normal, "disabled")  # only one enabled firewall per Linode
+        try:
+            done = await self._set(unit.uid, "enabled")
+        except AdapterError:
+            if normal is not None:
+                with contextlib.suppress(AdapterError):  # the first error is the one to report
+                    await self._set(normal, "enabled")
+            raise
+        return {**done, "normal_firewall_id": normal, "normal_status": "disabled"}
 
     async def disable(self, unit: Unit) -> Mapping[str, Any]:
-        return await self._set(unit, "disabled")
+        normal = self._normal(unit)
+        done = await self._set(unit.uid, "disabled")
+        if normal is not None:
+            await self._set(normal, "enabled")
+        return {**done, "normal_firewall_id": normal, "normal_status": "enabled"}
+
+    async def _get(self, fid: int) -> dict[str, Any]:
+        path = f"/v4/networking/firewalls/{fid}"
+        body = await call_json(self.http, "GET", path)
+        field_of(self.http, body, f"GET {path}", "status")
+        return dict(body)
 
     async def read(self) -> list[UnitState]:
         out = []
         for t in self.settings.targets:
             unit = Unit(str(t.firewall_id), t.prefix, "firewall")
-            path = f"/v4/networking/firewalls/{unit.uid}"
-            body = await call_json(self.http, "GET", path)
-            status = field_of(self.http, body, f"GET {path}", "status")
-            rules = body.get("rules") if isinstance(body.get("rules"), dict) else {}
+            lock = await self._get(t.firewall_id)
+            normal = await self._get(t.normal_firewall_id) if t.normal_firewall_id else None
+            rules = lock.get("rules") if isinstance(lock.get("rules"), dict) else {}
             detail = {
-                "status": status,
-                "label": body.get("label"),
+                "status": lock["status"],
+                "label": lock.get("label"),
                 "inbound_policy": rules.get("inbound_policy"),
+                "normal_firewall_id": t.normal_firewall_id,
+                "normal_status": normal["status"] if normal else None,
             }
-            out.append(UnitState(unit, status == "enabled", detail))
+            on = lock["status"] == "enabled" and (normal is None or normal["status"] != "enabled")
+            out.append(UnitState(unit, on, detail))
         return out
 
     async def probe(self) -> str:
@@ -101,4 +143,7 @@ class LinodeAdapter(BearerScrubbingAdapter[LinodeSettings]):
         return {
             "endpoint": self.settings.endpoint,
             "firewalls": {str(t.prefix): t.firewall_id for t in self.settings.targets},
+            "normal_firewalls": {
+                str(t.prefix): t.normal_firewall_id for t in self.settings.targets
+            },
         }

@@ -322,14 +322,22 @@ LINODE = Case(
         "linode",
         srv,
         "linode-test-token" if good else "linode-wrong-token",
-        targets=[{"prefix": "2001:db8:100::/48", "firewall_id": 7001}],
+        targets=[{"prefix": "2001:db8:100::/48", "firewall_id": 7001, "normal_firewall_id": 7000}],
     ),
     prefix="2001:db8:100:1::/64",
     outside="2001:db8:200::/48",
-    announce=[("PUT", "/v4/networking/firewalls/7001", {"status": "enabled"})],
-    withdraw=[("PUT", "/v4/networking/firewalls/7001", {"status": "disabled"})],
+    announce=[
+        ("PUT", "/v4/networking/firewalls/7000", {"status": "disabled"}),
+        ("PUT", "/v4/networking/firewalls/7001", {"status": "enabled"}),
+    ],
+    withdraw=[
+        ("PUT", "/v4/networking/firewalls/7001", {"status": "disabled"}),
+        ("PUT", "/v4/networking/firewalls/7000", {"status": "enabled"}),
+    ],
     auth=bearer("linode-test-token"),
-    diverting=lambda srv: srv.firewalls[7001]["status"] == "enabled",
+    diverting=lambda srv: (
+        srv.firewalls[7001]["status"] == "enabled" and srv.firewalls[7000]["status"] == "disabled"
+    ),
     secrets=("linode-test-token", "linode-wrong-token"),
     refused_body={"errors": [{"reason": "Firewall is locked", "field": "status"}]},
     refused_text="Firewall is locked",

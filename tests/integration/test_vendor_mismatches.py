@@ -7,8 +7,8 @@ refuses what the real API refuses, and fails on the code before the fix. Round t
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
-import json
 import time
 from typing import Any
 
@@ -22,10 +22,12 @@ from adapters.f5 import F5Adapter
 from adapters.scrubbing import sigv4
 from adapters.scrubbing.aws_shield import AwsShieldAdapter
 from adapters.scrubbing.cloudflare_waf import CloudflareWafAdapter
+from adapters.scrubbing.linode import LinodeAdapter
 from adapters.webhook import WebhookAdapter
 from labs.vendors.aws import ShieldServer
 from labs.vendors.cloudflare import CloudflareServer
 from labs.vendors.f5 import F5Server
+from labs.vendors.linode import LinodeServer
 from labs.vendors.server import Fault
 from labs.vendors.webhook_receiver import WebhookReceiver
 from policies.errors import AdapterConfigInvalid
@@ -179,7 +181,7 @@ def f5(srv: F5Server) -> F5Adapter:
 async def test_f5_withdrawing_the_last_entry_never_empties_the_address_list() -> None:
     with F5Server() as srv:
         lst = srv.address_lists["/Common/sluice_blocked_sources"]
-        before = json.loads(json.dumps(lst))
+        before = copy.deepcopy(lst)
         ad = f5(srv)
         spec = {"kind": "flowspec", "destination": "192.0.2.1/32", "source": "198.51.100.0/24"}
         rule = RuleRef(7, build_intent(spec))
@@ -301,3 +303,64 @@ def test_cloudflare_account_token_needs_the_account_id() -> None:
                 targets=[{"prefix": "203.0.113.0/25", "zone_ids": ["zone1"]}],
             )
         )
+
+
+# ---------------------------------------------------------------- Linode (item 2)
+
+
+def linode(srv: LinodeServer, **target: Any) -> LinodeAdapter:
+    t = {"prefix": "2001:db8:100::/48", "firewall_id": 7001, **target}
+    return LinodeAdapter.from_config(config("linode", srv.url, "linode-test-token", targets=[t]))
+
+
+async def test_linode_disables_the_normal_firewall_before_enabling_the_lockdown() -> None:
+    with LinodeServer() as srv:
+        before = copy.deepcopy(srv.firewalls)
+        ad = linode(srv, normal_firewall_id=7000)
+        rule = scrub("2001:db8:100::/48")
+        try:
+            assert await ad.active() == frozenset()
+            [out] = await ad.announce([rule])
+            assert out.ok, out.error
+            assert (srv.firewalls[7000]["status"], srv.firewalls[7001]["status"]) == (
+                "disabled",
+                "enabled",
+            )
+            assert await ad.active() == frozenset({rule.key})
+            [out] = await ad.withdraw([rule])
+            assert out.ok, out.error
+            assert await ad.active() == frozenset()
+        finally:
+            await ad.close()
+        assert srv.firewalls == before
+
+
+async def test_linode_lockdown_is_refused_while_the_normal_firewall_is_enabled() -> None:
+    with LinodeServer() as srv:
+        ad = linode(srv)  # no normal firewall named: the Linodes' normal one stays enabled
+        try:
+            [out] = await ad.announce([scrub("2001:db8:100::/48")])
+            assert not out.ok and "only one enabled firewall" in (out.error or "")
+            assert (await ad.status()).diverting is False
+        finally:
+            await ad.close()
+        assert srv.firewalls[7001]["status"] == "disabled"
+
+
+async def test_linode_a_refused_lockdown_re_enables_the_normal_firewall() -> None:
+    with LinodeServer() as srv:
+        locked = {"errors": [{"reason": "Firewall 7001 is being updated", "field": "status"}]}
+        srv.faults.add(Fault.answer(400, locked), method="PUT", path=r".*/7001")
+        ad = linode(srv, normal_firewall_id=7000)
+        try:
+            [out] = await ad.announce([scrub("2001:db8:100::/48")])
+        finally:
+            await ad.close()
+        assert not out.ok and "being updated" in (out.error or "")
+        statuses = {fid: fw["status"] for fid, fw in srv.firewalls.items()}
+        assert statuses == {7000: "enabled", 7001: "disabled"}
+        assert [(r.method, r.path.rsplit("/", 1)[-1], r.body) for r in srv.journal.all()] == [
+            ("PUT", "7000", {"status": "disabled"}),
+            ("PUT", "7001", {"status": "enabled"}),
+            ("PUT", "7000", {"status": "enabled"}),
+        ]
