@@ -122,7 +122,7 @@ class LinodeAdapter(BearerScrubbingAdapter[LinodeSettings]):
             unit = Unit(str(t.firewall_id), t.prefix, "firewall")
             lock = await self._get(t.firewall_id)
             normal = await self._get(t.normal_firewall_id) if t.normal_firewall_id else None
-            rules = lock.get("rules") if isinstance(lock.get("rules"), dict) else {}
+            rules: dict[str, Any] = lock["rules"] if isinstance(lock.get("rules"), dict) else {}
             detail = {
                 "status": lock["status"],
                 "label": lock.get("label"),
