@@ -243,6 +243,29 @@ def undroplets(fw: str, *ids: int) -> Write:
     return ("DELETE", f"/v2/firewalls/{fw}/droplets", {"droplet_ids": list(ids)})
 
 
+def tagged(method: str, tag: str, droplet: int) -> Write:
+    body = {"resources": [{"resource_id": str(droplet), "resource_type": "droplet"}]}
+    return (method, f"/v2/tags/{tag}/resources", body)
+
+
+def do_announce(droplet: int) -> list[Write]:
+    """Into the lockdown firewall; the marker records that the normal one had it by id."""
+    return [
+        droplets(do_fake.LOCKDOWN, droplet),
+        ("POST", "/v2/tags", {"name": "sluice-normal-id"}),
+        tagged("POST", "sluice-normal-id", droplet),
+        undroplets(do_fake.NORMAL, droplet),
+    ]
+
+
+def do_withdraw(droplet: int) -> list[Write]:
+    return [
+        droplets(do_fake.NORMAL, droplet),
+        tagged("DELETE", "sluice-normal-id", droplet),
+        undroplets(do_fake.LOCKDOWN, droplet),
+    ]
+
+
 DIGITALOCEAN = Case(
     adapter_type="digitalocean",
     cls=DigitalOceanAdapter,
@@ -256,18 +279,8 @@ DIGITALOCEAN = Case(
         normal_firewall_id=do_fake.NORMAL,
     ),
     prefix="203.0.113.32/28",
-    announce=[
-        droplets(do_fake.LOCKDOWN, 1001),
-        undroplets(do_fake.NORMAL, 1001),
-        droplets(do_fake.LOCKDOWN, 1002),
-        undroplets(do_fake.NORMAL, 1002),
-    ],
-    withdraw=[
-        droplets(do_fake.NORMAL, 1001),
-        undroplets(do_fake.LOCKDOWN, 1001),
-        droplets(do_fake.NORMAL, 1002),
-        undroplets(do_fake.LOCKDOWN, 1002),
-    ],
+    announce=do_announce(1001) + do_announce(1002),
+    withdraw=do_withdraw(1001) + do_withdraw(1002),
     auth=bearer("do-test-token"),
     diverting=lambda srv: (
         srv.firewalls[do_fake.LOCKDOWN]["droplet_ids"] == [1001, 1002]

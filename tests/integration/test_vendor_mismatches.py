@@ -22,10 +22,13 @@ from adapters.f5 import F5Adapter
 from adapters.scrubbing import sigv4
 from adapters.scrubbing.aws_shield import AwsShieldAdapter
 from adapters.scrubbing.cloudflare_waf import CloudflareWafAdapter
+from adapters.scrubbing.digitalocean import DigitalOceanAdapter
 from adapters.scrubbing.linode import LinodeAdapter
 from adapters.webhook import WebhookAdapter
+from labs.vendors import digitalocean as do_fake
 from labs.vendors.aws import ShieldServer
 from labs.vendors.cloudflare import CloudflareServer
+from labs.vendors.digitalocean import DigitalOceanServer
 from labs.vendors.f5 import F5Server
 from labs.vendors.linode import LinodeServer
 from labs.vendors.server import Fault
@@ -364,3 +367,79 @@ async def test_linode_a_refused_lockdown_re_enables_the_normal_firewall() -> Non
             ("PUT", "7001", {"status": "enabled"}),
             ("PUT", "7000", {"status": "enabled"}),
         ]
+
+
+# ---------------------------------------------------------------- DigitalOcean (item 4)
+
+
+def digitalocean(srv: DigitalOceanServer, *droplets: int) -> DigitalOceanAdapter:
+    return DigitalOceanAdapter.from_config(
+        config(
+            "digitalocean",
+            srv.url,
+            "do-test-token",
+            targets=[{"prefix": "203.0.113.32/28", "droplet_ids": list(droplets)}],
+            lockdown_firewall_id=do_fake.LOCKDOWN,
+            normal_firewall_id=do_fake.NORMAL,
+        )
+    )
+
+
+@pytest.mark.parametrize("by_id", [False, True])
+async def test_digitalocean_droplet_reached_through_a_tag_leaves_and_returns(by_id: bool) -> None:
+    with DigitalOceanServer() as srv:
+        normal = srv.firewalls[do_fake.NORMAL]
+        normal["droplet_ids"] = [1001, 1002] if by_id else [1002]
+        normal["tags"] = ["web"]
+        srv.tags |= {"web", "prod"}
+        srv.droplet_tags[1001] = ["prod", "web"]
+        state = (copy.deepcopy(srv.firewalls), copy.deepcopy(srv.droplet_tags))
+        ad = digitalocean(srv, 1001)
+        rule = scrub("203.0.113.32/28")
+        try:
+            assert await ad.active() == frozenset()
+            [out] = await ad.announce([rule])
+            assert out.ok, out.error
+            assert 1001 not in srv.reached(do_fake.NORMAL)  # the rules no longer add up
+            assert srv.reached(do_fake.LOCKDOWN) == [1001]
+            assert srv.reached(do_fake.NORMAL) == [1002]  # the other droplet keeps it
+            assert await ad.active() == frozenset({rule.key})
+            [out] = await ad.withdraw([rule])
+            assert out.ok, out.error
+            assert await ad.active() == frozenset()
+        finally:
+            await ad.close()
+        assert (srv.firewalls, srv.droplet_tags) == state
+
+
+async def test_digitalocean_restart_restores_from_the_markers_at_the_provider() -> None:
+    with DigitalOceanServer() as srv:
+        srv.firewalls[do_fake.NORMAL]["tags"] = ["web"]
+        srv.firewalls[do_fake.NORMAL]["droplet_ids"] = [1002]
+        srv.tags.add("web")
+        srv.droplet_tags[1001] = ["web"]
+        state = (copy.deepcopy(srv.firewalls), copy.deepcopy(srv.droplet_tags))
+        first = digitalocean(srv, 1001)
+        try:
+            [out] = await first.announce([scrub("203.0.113.32/28")])
+            assert out.ok, out.error
+        finally:
+            await first.close()
+        second = digitalocean(srv, 1001)  # a new process: nothing in memory
+        try:
+            assert (await second.status()).diverting is True
+            [out] = await second.withdraw([scrub("203.0.113.32/28")])
+            assert out.ok, out.error
+        finally:
+            await second.close()
+        assert (srv.firewalls, srv.droplet_tags) == state
+
+
+def test_digitalocean_fake_refuses_unknown_tags_and_bad_names() -> None:
+    with DigitalOceanServer() as srv:
+        auth = {"Authorization": "Bearer do-test-token"}
+        one = {"resources": [{"resource_id": "1001", "resource_type": "droplet"}]}
+        r = httpx.post(srv.url + "/v2/tags/nope/resources", json=one, headers=auth)
+        assert r.status_code == 404
+        r = httpx.post(srv.url + "/v2/tags", json={"name": "bad tag!"}, headers=auth)
+        assert r.status_code == 422
