@@ -1,16 +1,21 @@
-"""``ovh_mitigation``: OVHcloud permanent anti-DDoS mitigation, per IPv4 address.
+"""``ovh_mitigation``: OVHcloud anti-DDoS status only; announcing is refused.
 
-What it does: OVHcloud's VAC mitigation is switched per IPv4 address of an IP block the
-account owns. Targets are those blocks (``targets: [{prefix: "203.0.113.0/28"}]``). A
-scrubbing intent inside a block (IPv4, at most ``max_addresses`` addresses) puts every
-address of its prefix on **permanent mitigation**:
-``POST /ip/{block}/mitigation`` ``{"ipOnMitigation": "<address>"}`` (or ``PUT
-/ip/{block}/mitigation/{address}`` ``{"permanent": true}`` when OVH's automatic
-mitigation already holds it). OVH then routes all traffic to the address through its
-scrubbing centres, not only while an attack is detected. Withdraw ``DELETE``\\ s the
-permanent entries (automatic ones are OVH's and are left alone). ``active()`` and
-``status()`` list ``GET /ip/{block}/mitigation`` and read each entry: an address whose
-state is ``ok`` or ``creationPending`` is diverting (``permanent``/``auto`` shown).
+What OVH offers today: OVHcloud's VAC scrubbing is automatic. Traffic to an address goes
+through the scrubbing centres while OVH detects an attack on it. The only thing Sluice
+could switch, **permanent mitigation** (``POST /ip/{block}/mitigation``, ``permanent``),
+reached end of life on 8 September 2025: the control-panel option is gone and the API
+attribute has no effect (ovh/infrastructure-roadmap#282; ovh/docs#8205 "Permanent
+Mitigation removal"; terraform-provider-ovh#1132 deprecates ``permanent`` because it
+"has no effect already"). OVH publishes no replacement that diverts an address on
+demand, so this integration cannot divert anything.
+
+What it does: a scrubbing intent inside a configured block is **refused** with
+``ovh_permanent_mitigation_withdrawn`` before any call to OVH. Withdraw makes no call
+and succeeds (there is nothing OVH still holds for Sluice). ``status()`` lists
+``GET /ip/{block}/mitigation`` and reads each entry: an address under OVH's automatic
+mitigation (``auto: true``) is shown as diverting, because OVH is scrubbing it; it is
+OVH's doing, not a rule of Sluice's, so ``active()`` is always empty. Targets are the
+IPv4 blocks (``targets: [{prefix: "203.0.113.0/28"}]``).
 
 Auth: OVH's signed requests. Each request carries ``X-Ovh-Application`` (application
 key), ``X-Ovh-Consumer`` (consumer key), ``X-Ovh-Timestamp`` (OVH's clock, from
@@ -43,11 +48,11 @@ from adapters.scrubbing.common import (
     default_endpoint,
     disjoint,
 )
-from policies.errors import AdapterRefused, AdapterUnavailable
+from policies.errors import AdapterRefused, AdapterUnavailable, CapabilityMissing
 from policies.intents import ScrubbingIntent
 
 DEFAULT_ENDPOINT = "https://eu.api.ovh.com/1.0"
-DIVERTING_STATES = ("ok", "creationPending")
+WITHDRAWN = "ovh_permanent_mitigation_withdrawn"
 
 
 def signature(secret: str, consumer: str, *, method: str, url: str, body: str, ts: int) -> str:
@@ -70,6 +75,7 @@ class OvhSettings(HttpSettings):
     auth_token: SecretStr  # the application secret
     consumer_key: SecretStr
     targets: tuple[Target, ...]
+    # unused since announcing is refused; still accepted so stored configurations load
     max_addresses: Annotated[int, Field(ge=1, le=256)] = 16
 
     @field_validator("targets")
@@ -83,7 +89,10 @@ class OvhSettings(HttpSettings):
 
 class OvhMitigationAdapter(ScrubbingAdapter[OvhSettings]):
     adapter_type: ClassVar[str] = "ovh_mitigation"
-    mechanism: ClassVar[str] = "OVHcloud permanent mitigation (VAC) of each IPv4 address"
+    mechanism: ClassVar[str] = (
+        "none: OVHcloud ended permanent mitigation (2025-09-08); status shows OVH's automatic "
+        "mitigation"
+    )
 
     def __init__(
         self,
@@ -173,38 +182,23 @@ class OvhMitigationAdapter(ScrubbingAdapter[OvhSettings]):
 
     def units(self, intent: ScrubbingIntent) -> list[Unit]:
         target = covering(self.settings.targets, intent.prefix, what=self.label)
-        net = intent.prefix
-        if net.num_addresses > self.settings.max_addresses:
-            raise AdapterRefused(
-                f"{self.label}: {net} has {net.num_addresses} addresses; OVH mitigation is "
-                f"per address and this integration allows at most {self.settings.max_addresses}"
-                " (config.max_addresses)",
-                field="target_ip",
-            )
-        block = str(target.prefix)
-        return [Unit(str(a), ipaddress.ip_network(f"{a}/32"), block) for a in net]
+        return [Unit(str(intent.prefix), intent.prefix, str(target.prefix))]
 
     async def _entry(self, unit: Unit) -> dict[str, Any] | None:
         got = await self._call("GET", f"{block_path(unit.label)}/{unit.uid}")
         return got if isinstance(got, dict) else None
 
     async def enable(self, unit: Unit) -> Mapping[str, Any]:
-        entry = await self._entry(unit)
-        base = block_path(unit.label)
-        if entry is None:
-            entry = await self._call("POST", base, mitigation_body(unit.uid))
-        elif not entry.get("permanent"):
-            entry = await self._call("PUT", f"{base}/{unit.uid}", '{"permanent": true}')
-            entry = await self._entry(unit) or {}
-        return {"state": (entry or {}).get("state"), "permanent": True}
+        raise CapabilityMissing(
+            f"{self.label}: cannot divert {unit.prefix}: OVHcloud ended permanent mitigation on "
+            "2025-09-08 and offers no on-demand diversion; its automatic mitigation starts "
+            "by itself when OVH detects an attack (see docs/scrubbing.md)",
+            code=WITHDRAWN,
+            field="intent_type",
+        )
 
     async def disable(self, unit: Unit) -> Mapping[str, Any]:
-        entry = await self._entry(unit)
-        if entry is None or not entry.get("permanent"):
-            return {"state": None if entry is None else entry.get("state"), "removed": False}
-        gone = await self._call("DELETE", f"{block_path(unit.label)}/{unit.uid}")
-        state = gone.get("state") if isinstance(gone, dict) else None
-        return {"state": state, "removed": True}
+        return {"removed": False, "note": "nothing to withdraw: OVH holds no diversion for Sluice"}
 
     async def read(self) -> list[UnitState]:
         out = []
@@ -219,13 +213,13 @@ class OvhMitigationAdapter(ScrubbingAdapter[OvhSettings]):
                 if entry is None:
                     continue
                 state = entry.get("state")
-                detail = {
-                    "state": state,
-                    "permanent": entry.get("permanent"),
-                    "auto": entry.get("auto"),
-                }
-                out.append(UnitState(unit, state in DIVERTING_STATES, detail))
+                detail = {"state": state, "auto": entry.get("auto")}
+                out.append(UnitState(unit, entry.get("auto") is True, detail))
         return out
+
+    async def active(self) -> frozenset[str] | None:
+        """Nothing: OVH's automatic mitigation is not a rule Sluice announced."""
+        return frozenset()
 
     async def probe(self) -> str:
         cred = await self._call("GET", "/auth/currentCredential")

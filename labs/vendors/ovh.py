@@ -16,7 +16,11 @@ Shapes follow the published OVHcloud API:
   (``{"permanent"}``)/``DELETE /1.0/ip/{block}/mitigation/{address}``; an entry is
   ``{"ipOnMitigation", "permanent", "auto", "state"}``, ``state`` is ``creationPending``
   until the next read, then ``ok``. The block in the path is URL-encoded
-  (``203.0.113.0%2F28``).
+  (``203.0.113.0%2F28``). Permanent mitigation ended on 2025-09-08: the routes still
+  answer (terraform-provider-ovh still calls them) but ``permanent`` has no effect, so an
+  entry created or updated through them stays ``permanent: false`` and diverts nothing.
+  Only OVH's automatic mitigation (``auto: true``, see :meth:`OvhServer.attack`) means
+  traffic goes through the scrubbing centres.
 
 Run ``python -m labs.vendors.ovh --port 8081`` for manual trials (application key
 ``ak-test``, secret ``as-test-secret``, consumer key ``ck-test-consumer``, block
@@ -138,9 +142,11 @@ class OvhServer(FakeVendorServer):
             raise ovh_error(400, "INVALID_ARGUMENT", f"{address} is not an IPv4 address of {block}")
         if str(address) in entries:
             raise ovh_error(409, "ALREADY_EXISTS", f"{address} is already on mitigation")
+        # Permanent mitigation EOL 2025-09-08 (ovh/infrastructure-roadmap#282, ovh/docs#8205);
+        # terraform-provider-ovh#1132: the `permanent` attribute "has no effect already".
         entry = {
             "ipOnMitigation": str(address),
-            "permanent": True,
+            "permanent": False,
             "auto": False,
             "state": "creationPending",
         }
@@ -170,20 +176,36 @@ class OvhServer(FakeVendorServer):
 
     @route("PUT", BLOCK + r"/(?P<address>[^/]+)")
     def put_entry(self, req: Request, params: dict[str, str]) -> Response:
-        _, entry = self._entry(req, params)
+        self._entry(req, params)  # 404 for an unknown address
         permanent = req.json_object().get("permanent")
         if not isinstance(permanent, bool):
             raise ovh_error(400, "INVALID_ARGUMENT", "permanent must be a boolean")
-        entry["permanent"] = permanent
-        return Response(200, None)
+        return Response(200, None)  # accepted, no effect since 2025-09-08 (see add_mitigation)
 
     @route("DELETE", BLOCK + r"/(?P<address>[^/]+)")
     def delete_entry(self, req: Request, params: dict[str, str]) -> Response:
         entries, entry = self._entry(req, params)
-        if not entry["permanent"]:
-            raise ovh_error(400, "INVALID_ARGUMENT", "only a permanent mitigation can be removed")
+        if entry["auto"]:
+            # OVH's detection holds it, not the customer (kept from the pre-EOL fake; not
+            # checked against the live API, whose answer here is unpublished)
+            raise ovh_error(400, "INVALID_ARGUMENT", "an automatic mitigation cannot be removed")
         del entries[params["address"]]
         return Response(200, {**entry, "state": "removalPending"})
+
+    # -- OVH's own detection, for tests
+
+    def attack(self, address: str) -> None:
+        """OVH detects an attack on ``address``: its automatic mitigation holds it."""
+        block = next(
+            b for b in self.blocks if ipaddress.ip_address(address) in ipaddress.ip_network(b)
+        )
+        entry = {"ipOnMitigation": address, "permanent": False, "auto": True, "state": "ok"}
+        self.blocks[block][address] = entry
+
+    def calm(self, address: str) -> None:
+        """The attack is over: OVH releases ``address``."""
+        for entries in self.blocks.values():
+            entries.pop(address, None)
 
 
 def main() -> None:

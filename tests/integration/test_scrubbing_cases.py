@@ -20,7 +20,6 @@ from adapters.scrubbing.common import ScrubbingAdapter
 from adapters.scrubbing.digitalocean import DigitalOceanAdapter
 from adapters.scrubbing.hetzner import HetznerAdapter
 from adapters.scrubbing.linode import LinodeAdapter
-from adapters.scrubbing.ovh import OvhMitigationAdapter
 from adapters.scrubbing.vultr import VultrAdapter
 from labs.vendors import digitalocean as do_fake
 from labs.vendors import vultr as vultr_fake
@@ -29,7 +28,6 @@ from labs.vendors.cloudflare import CloudflareServer
 from labs.vendors.digitalocean import DigitalOceanServer
 from labs.vendors.hetzner import HetznerServer
 from labs.vendors.linode import LinodeServer
-from labs.vendors.ovh import OvhServer
 from labs.vendors.server import FakeVendorServer, Request
 from labs.vendors.vultr import VultrServer
 
@@ -140,53 +138,8 @@ CLOUDFLARE_WAF = Case(
     refused_text="1004: DNS Validation Error",
 )
 
-# ---------------------------------------------------------------- OVH
-
-OVH_SECRET, OVH_CK = "as-test-secret", "ck-test-consumer"
-OVH_BLOCK = "/1.0/ip/203.0.113.0%2F28/mitigation"
-
-
-def ovh_auth(req: Request) -> None:
-    assert req.header("x-ovh-application") == "ak-test"
-    if req.path == "/1.0/auth/time":
-        return
-    assert req.header("x-ovh-consumer") == OVH_CK
-    assert (req.header("x-ovh-signature") or "").startswith("$1$")
-    assert (req.header("x-ovh-timestamp") or "").isdigit()
-
-
-OVH = Case(
-    adapter_type="ovh_mitigation",
-    cls=OvhMitigationAdapter,
-    server=OvhServer,
-    config=lambda srv, good: cfg(
-        "ovh_mitigation",
-        srv,
-        OVH_SECRET if good else "as-wrong-secret",
-        suffix="/1.0",
-        application_key="ak-test",
-        consumer_key=OVH_CK,
-        targets=[{"prefix": "203.0.113.0/28"}],
-    ),
-    prefix="203.0.113.4/31",
-    announce=[
-        ("POST", OVH_BLOCK, {"ipOnMitigation": "203.0.113.4"}),
-        ("POST", OVH_BLOCK, {"ipOnMitigation": "203.0.113.5"}),
-    ],
-    withdraw=[
-        ("DELETE", OVH_BLOCK + "/203.0.113.4", None),
-        ("DELETE", OVH_BLOCK + "/203.0.113.5", None),
-    ],
-    auth=ovh_auth,
-    diverting=lambda srv: set(srv.blocks["203.0.113.0/28"]) == {"203.0.113.4", "203.0.113.5"},
-    secrets=(OVH_SECRET, OVH_CK, "as-wrong-secret"),
-    refused_body={
-        "errorCode": "INVALID_ARGUMENT",
-        "httpCode": "400 Bad Request",
-        "message": "Invalid IP",
-    },
-    refused_text="INVALID_ARGUMENT: Invalid IP",
-)
+# OVH is not in the contract: it cannot divert since OVH ended permanent mitigation
+# (tests/integration/test_scrubbing_ovh.py checks the refusal and the status read-back).
 
 # ---------------------------------------------------------------- Hetzner Robot
 
@@ -403,4 +356,4 @@ AWS_SHIELD = Case(
     summarize=shield_write,
 )
 
-CASES = [MAGIC_TRANSIT, CLOUDFLARE_WAF, OVH, HETZNER, DIGITALOCEAN, VULTR, LINODE, AWS_SHIELD]
+CASES = [MAGIC_TRANSIT, CLOUDFLARE_WAF, HETZNER, DIGITALOCEAN, VULTR, LINODE, AWS_SHIELD]

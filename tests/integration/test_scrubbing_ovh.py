@@ -57,15 +57,9 @@ async def test_requests_use_ovh_time_and_verify(ovh: OvhServer) -> None:
         ]
         ts = int(ovh.journal.last().header("x-ovh-timestamp") or 0)
         assert abs(ts - ovh.now()) <= 2
-        [out] = await ad.announce([scrub("203.0.113.9/32")])
-        assert out.ok, out.error
-        post = ovh.journal.find("POST")[0]
-        assert post.raw == b'{"ipOnMitigation": "203.0.113.9"}'
-        assert post.header("content-type") == "application/json"
-        assert (
-            ovh.journal.find("GET", "/1.0/auth/time")
-            and len(ovh.journal.find("GET", "/1.0/auth/time")) == 1
-        )
+        status = await ad.status()  # signed reads of the block
+        assert status.error is None and status.diverting is False
+        assert len(ovh.journal.find("GET", "/1.0/auth/time")) == 1
     finally:
         await ad.close()
 
@@ -73,46 +67,42 @@ async def test_requests_use_ovh_time_and_verify(ovh: OvhServer) -> None:
 async def test_a_wrong_consumer_key_is_an_auth_failure(ovh: OvhServer) -> None:
     ad = make(ovh, consumer_key="ck-unknown-consumer")
     try:
-        [out] = await ad.announce([scrub("203.0.113.9/32")])
-        assert not out.ok and not out.retryable
-        assert "INVALID_CREDENTIAL" in (out.error or "")
-        assert "ck-unknown-consumer" not in (out.error or "")
+        health = await ad.check()
+        assert not health.ok
+        assert "INVALID_CREDENTIAL" in health.detail
+        assert "ck-unknown-consumer" not in health.detail
     finally:
         await ad.close()
 
 
-async def test_automatic_mitigation_is_made_permanent_and_left_to_ovh_on_withdraw(
-    ovh: OvhServer,
-) -> None:
-    ovh.blocks["203.0.113.0/28"]["203.0.113.9"] = {
-        "ipOnMitigation": "203.0.113.9",
-        "permanent": False,
-        "auto": True,
-        "state": "ok",
-    }
+async def test_announce_is_refused_because_ovh_ended_permanent_mitigation(ovh: OvhServer) -> None:
     ad = make(ovh)
     try:
-        status = await ad.status()
-        assert status.diverting is True  # OVH's own mitigation shows in the status
-        assert status.units[0].detail["auto"] is True
-        [out] = await ad.announce([scrub("203.0.113.9/32")])
-        assert out.ok
-        put = ovh.journal.find("PUT")[0]
-        assert (put.path, put.body) == (BLOCK + "/203.0.113.9", {"permanent": True})
-        assert ovh.blocks["203.0.113.0/28"]["203.0.113.9"]["permanent"] is True
-        [out] = await ad.withdraw([scrub("203.0.113.9/32")])
-        assert out.ok and "203.0.113.9" not in ovh.blocks["203.0.113.0/28"]
+        [out] = await ad.announce([scrub("203.0.113.4/31")])
+        assert not out.ok and not out.retryable
+        assert "ended permanent mitigation" in (out.error or "")
+        assert [r for r in ovh.journal.all() if r.method != "GET"] == []  # nothing sent
+        [out] = await ad.withdraw([scrub("203.0.113.4/31")])  # a rule from before: no call
+        assert out.ok, out.error
+        assert ovh.journal.all() == []
+        assert ovh.blocks["203.0.113.0/28"] == {}
     finally:
         await ad.close()
 
 
-async def test_prefixes_too_wide_for_per_address_mitigation_are_refused(ovh: OvhServer) -> None:
-    ad = make(ovh, max_addresses=4)
+async def test_status_shows_ovh_automatic_mitigation_but_sluice_holds_nothing(
+    ovh: OvhServer,
+) -> None:
+    ad = make(ovh)
     try:
-        [out] = await ad.announce([scrub("203.0.113.0/29")])
-        assert not out.ok and not out.retryable
-        assert "at most 4" in (out.error or "")
-        assert ovh.journal.find("POST") == []
+        ovh.attack("203.0.113.9")
+        status = await ad.status()
+        assert status.diverting is True  # OVH is scrubbing it: say so
+        [unit] = status.units
+        assert (unit.unit.uid, unit.detail["auto"]) == ("203.0.113.9", True)
+        assert await ad.active() == frozenset()  # but it is not a rule of Sluice's
+        ovh.calm("203.0.113.9")
+        assert (await ad.status()).diverting is False
     finally:
         await ad.close()
 

@@ -294,19 +294,17 @@ async def test_ovh_integration_hides_and_keeps_its_consumer_key(make_api: Any) -
         update = {"id": iid, "type": "ovh_mitigation", "name": "ovh", "endpoint": body["endpoint"]}
         await api.ok("POST", "/scrubbing", json={**update, "config": view["config"]})
 
-        out = await api.ok(
-            "POST", f"/scrubbing/{iid}/announce", 201, json={"target_ip": "203.0.113.4/31"}
+        # OVH ended permanent mitigation: announcing is refused, nothing reaches OVH
+        r = await api.call(
+            "POST", f"/scrubbing/{iid}/announce", json={"target_ip": "203.0.113.4/31"}
         )
-        assert [x["state"] for x in out["rules"]] == ["active"], out
-        assert set(ovh.blocks["203.0.113.0/28"]) == {"203.0.113.4", "203.0.113.5"}
-        posts = [q for q in ovh.journal.all() if q.method == "POST"]
-        assert [q.body for q in posts] == [
-            {"ipOnMitigation": "203.0.113.4"},
-            {"ipOnMitigation": "203.0.113.5"},
-        ]
-        assert all(q.header("x-ovh-consumer") == "ck-test-consumer" for q in posts)
+        assert "ended permanent mitigation" in r.text, r.text
+        assert [q for q in ovh.journal.all() if q.method != "GET"] == []
+        ovh.attack("203.0.113.4")  # OVH's own automatic mitigation shows in the status
         r = await api.call("GET", f"/scrubbing/{iid}/status")
-        assert r.json()["diverting"] is True
+        assert r.json()["diverting"] is True, r.text
+        signed = [q for q in ovh.journal.all() if q.path != "/1.0/auth/time"]
+        assert signed and all(q.header("x-ovh-consumer") == "ck-test-consumer" for q in signed)
         # the secret setting shows nowhere else either: adapter list, audit log
         r = await api.call("GET", "/mitigation/adapters")
         assert "ck-test-consumer" not in r.text and "as-test-secret" not in r.text
@@ -320,7 +318,7 @@ async def test_ovh_integration_hides_and_keeps_its_consumer_key(make_api: Any) -
         for text in (r.text, (await api.call("GET", "/scrubbing")).text):
             assert "ck-test-consumer" not in text and "as-test-secret" not in text
         await api.ok("POST", f"/scrubbing/{iid}/withdraw")
-        assert ovh.blocks["203.0.113.0/28"] == {}
+        assert [q for q in ovh.journal.all() if q.method != "GET"] == []
 
 
 async def test_error_paths(make_api: Any, cf: CloudflareServer) -> None:
