@@ -8,7 +8,8 @@ time out on the controller, so a 401 means one new login and the request once mo
 ``announce`` starts an attack on the intent's prefix (DefenseFlow then diverts it through
 scrubbing), ``withdraw`` stops it; see :mod:`adapters.radware.render`. DefenseFlow's API
 offers no read-back of attacks by external id, so ``active()`` is ``None``; ``check()``
-logs in and reads the protected objects (how many, which are under attack).
+logs in and lists the protected objects by name. It does not say which are under attack:
+no public source documents a field for that, so none is read.
 """
 
 from __future__ import annotations
@@ -156,13 +157,12 @@ class RadwareAdapter:
         try:
             body = self.http.json(await self._call("GET", PROTECTED_OBJECTS))
             try:
-                count, attacked = render.protected_objects_summary(body)
+                names = render.protected_objects_summary(body)
             except ValueError as exc:
                 raise self.http.bad_response(f"GET {PROTECTED_OBJECTS}", str(exc)) from None
         except AdapterError as err:
             return Health(False, None, str(err))
-        detail = f"DefenseFlow: {count} protected objects"
-        detail += f", under attack: {', '.join(attacked)}" if attacked else ", none under attack"
+        detail = f"DefenseFlow: {len(names)} protected objects ({', '.join(names) or 'none'})"
         return Health(True, (time.monotonic() - started) * 1000, detail)
 
     async def close(self) -> None:

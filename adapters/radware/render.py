@@ -81,14 +81,13 @@ def render_stop(key: str, id_prefix: str) -> dict[str, Any]:
     return {"externalAttackId": attack_id(id_prefix, key)}
 
 
-def protected_objects_summary(body: Any) -> tuple[int, list[str]]:
-    """(number of protected objects, names of those under attack) from the list answer."""
+def protected_objects_summary(body: Any) -> list[str]:
+    """The names of the protected objects in the list answer.
+
+    Only ``ProtectedObjects`` and each object's ``name`` are confirmed by a public client;
+    no other field (an attack state, say) is read, because none is documented.
+    """
     items = body.get("ProtectedObjects") if isinstance(body, dict) else None
     if not isinstance(items, list):
         raise ValueError("the answer has no ProtectedObjects list")
-    attacked = [
-        str(po.get("name"))
-        for po in items
-        if isinstance(po, dict) and po.get("underAttack") is True
-    ]
-    return len(items), attacked
+    return [str(po.get("name")) for po in items if isinstance(po, dict) and "name" in po]

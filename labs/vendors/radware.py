@@ -11,13 +11,17 @@ actions as third-party detectors drive them:
 * ``POST /mgmt/system/user/logout`` ends the session.
 * ``POST /mgmt/device/df/config/action/attackstart`` ``{"externalAttackId", "alertInfo",
   "networksDetails": {"networks": [{"ip", "prefix"}]}, "baselinesIpv4"?,
-  "baselinesIpv6"?}`` starts (or updates) protection of the networks; a network that no
-  protected object covers is refused with 400 here (DefenseFlow only protects networks
-  of its protected objects).
+  "baselinesIpv6"?}`` starts (or updates) protection of the networks (login, attack
+  start/stop and the baseline fields agree with a public third-party DefenseFlow client).
+  A network that no protected object covers is refused with 400 here: DefenseFlow
+  protects only the networks of its protected objects, but the exact answer is not
+  published, so this rule and its message are an assumption of the fake.
 * ``POST /mgmt/device/df/config/action/attackstop`` ``{"externalAttackId"}`` stops it;
   stopping an attack that is not running answers ok.
-* ``GET /mgmt/device/df/config/ProtectedObjects`` -> ``{"ProtectedObjects": [...]}`` with
-  each object's networks and whether an attack is being mitigated for it.
+* ``GET /mgmt/device/df/config/ProtectedObjects`` -> ``{"ProtectedObjects": [{"name"},
+  ...]}``. Only the list and each object's ``name`` are confirmed by a public source (a
+  third-party Vision script that lists protected objects by name); Radware publishes no
+  schema for the rest, so the fake answers nothing else (no networks, no attack state).
 
 Errors are ``{"status": "error", "message": "..."}``. Run ``python -m
 labs.vendors.radware --port 8443`` for manual trials (user ``radware``, password
@@ -145,21 +149,8 @@ class RadwareServer(FakeVendorServer):
     @route("GET", r"/mgmt/device/df/config/ProtectedObjects")
     def protected_objects_list(self, req: Request, params: dict[str, str]) -> Response:
         self._auth(req)
-        items = []
-        for name, nets in self.protected_objects.items():
-            active = [
-                attack_id
-                for attack_id, body in self.attacks.items()
-                if any(self._covering(n) == name for n in self._networks(body))
-            ]
-            items.append(
-                {
-                    "name": name,
-                    "networks": [str(n) for n in nets],
-                    "underAttack": bool(active),
-                    "externalAttackIds": sorted(active),
-                }
-            )
+        # only what a public client reads: the list and the names (see the docstring)
+        items = [{"name": name} for name in self.protected_objects]
         return Response(200, {"ProtectedObjects": items})
 
 

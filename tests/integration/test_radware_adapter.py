@@ -82,9 +82,7 @@ async def test_start_status_stop_with_exact_requests(
     assert set(srv.attacks) == {attack_id}
 
     health = await df.check()
-    assert (
-        health.ok and health.detail == "DefenseFlow: 1 protected objects, under attack: customer-a"
-    )
+    assert health.ok and health.detail == "DefenseFlow: 1 protected objects (customer-a)"
     assert await df.active() is None
 
     srv.journal.clear()

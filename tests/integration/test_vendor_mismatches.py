@@ -19,6 +19,7 @@ import standardwebhooks
 from adapters.base import AdapterConfig, RuleRef
 from adapters.cloudflare import CloudflareAdapter
 from adapters.f5 import F5Adapter
+from adapters.radware import RadwareAdapter
 from adapters.scrubbing import sigv4
 from adapters.scrubbing.aws_shield import AwsShieldAdapter
 from adapters.scrubbing.cloudflare_waf import CloudflareWafAdapter
@@ -31,6 +32,7 @@ from labs.vendors.cloudflare import CloudflareServer
 from labs.vendors.digitalocean import DigitalOceanServer
 from labs.vendors.f5 import F5Server
 from labs.vendors.linode import LinodeServer
+from labs.vendors.radware import RadwareServer
 from labs.vendors.server import Fault
 from labs.vendors.webhook_receiver import WebhookReceiver
 from policies.errors import AdapterConfigInvalid
@@ -443,3 +445,23 @@ def test_digitalocean_fake_refuses_unknown_tags_and_bad_names() -> None:
         assert r.status_code == 404
         r = httpx.post(srv.url + "/v2/tags", json={"name": "bad tag!"}, headers=auth)
         assert r.status_code == 422
+
+
+# ---------------------------------------------------------------- Radware (item 9)
+
+
+async def test_radware_check_claims_no_attack_state_that_no_source_documents() -> None:
+    with RadwareServer() as srv:
+        df = RadwareAdapter.from_config(
+            config("radware", srv.url, "radware-pw", username="radware")
+        )
+        try:
+            [out] = await df.announce([scrub("192.0.2.0/24")])
+            assert out.ok, out.error
+            health = await df.check()
+        finally:
+            await df.close()
+        # an attack is running, and the answer (names only) cannot say so: neither may we
+        assert health.ok and health.detail == "DefenseFlow: 1 protected objects (customer-a)"
+        [listing] = srv.journal.find("GET", r".*/ProtectedObjects")
+        assert listing.path == "/mgmt/device/df/config/ProtectedObjects"

@@ -67,6 +67,6 @@ def test_stop_body_and_protected_object_summary() -> None:
             {"name": "b", "underAttack": False},
         ]
     }
-    assert render.protected_objects_summary(body) == (2, ["a"])
+    assert render.protected_objects_summary(body) == ["a", "b"]  # attack state is not read
     with pytest.raises(ValueError, match="no ProtectedObjects"):
         render.protected_objects_summary({"status": "ok"})
