@@ -194,6 +194,8 @@ async def test_f5_withdrawing_the_last_entry_never_empties_the_address_list() ->
             [out] = await ad.announce([rule])
             assert out.ok, out.error
             assert await ad.active() == frozenset({rule.key})
+            # the operator tidies the list by hand: Sluice's entry is now its only member
+            lst["addresses"] = [a for a in lst["addresses"] if a["name"] != "100::/128"]
             [out] = await ad.withdraw([rule])
             assert out.ok, out.error  # the fake refuses a list left without members
             assert await ad.active() == frozenset()
