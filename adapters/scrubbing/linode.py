@@ -10,14 +10,17 @@ the Linodes' normal firewall is disabled. Targets name both
 (``targets: [{prefix, firewall_id, normal_firewall_id}]``; ``normal_firewall_id`` may be
 left out only when the Linodes have no other firewall).
 
-Announce: ``PUT /v4/networking/firewalls/{normal}`` ``{"status": "disabled"}``, then the
-same on the lockdown firewall with ``{"status": "enabled"}``; if that is refused, the
-normal firewall is enabled again before the error is reported. Withdraw: lockdown
-``disabled``, then normal ``enabled``; the normal firewall is the peacetime state, so
-withdraw always ends with it enabled. Between the two calls the Linodes briefly have no
-enabled firewall. Both are whole-firewall switches: every Linode attached to the normal
-firewall loses it, not only those of the prefix, so attach the normal firewall only to
-Linodes the lockdown firewall also covers.
+Announce: if the normal firewall is enabled, ``PUT /v4/networking/firewalls/{normal}``
+``{"status": "disabled", "tags": [..., "sluice-disabled"]}`` (the tag records, at Linode,
+that Sluice disabled it), then ``{"status": "enabled"}`` on the lockdown firewall; if
+that is refused, the normal firewall is enabled again (its tags as they were) before the
+error is reported. Withdraw: lockdown ``disabled``, then, only if the normal firewall
+carries the ``sluice-disabled`` tag, ``{"status": "enabled"}`` with its former tags. So
+the round trip ends exactly where it started, also across a restart, and a normal
+firewall that was already disabled is never touched. Between the two calls the Linodes
+briefly have no enabled firewall. Both are whole-firewall switches: every Linode attached
+to the normal firewall loses it, not only those of the prefix, so attach the normal
+firewall only to Linodes the lockdown firewall also covers.
 
 ``active()``/``status()`` read ``GET /v4/networking/firewalls/{id}`` of both: the target
 is "diverting" while the lockdown firewall is ``enabled`` and the normal one is not
@@ -51,6 +54,7 @@ from policies.errors import AdapterError
 from policies.intents import ScrubbingIntent
 
 DEFAULT_ENDPOINT = "https://api.linode.com"
+MARKER = "sluice-disabled"  # tag on a normal firewall that Sluice disabled (restart-safe)
 
 
 class FirewallTarget(Target):
@@ -82,35 +86,50 @@ class LinodeAdapter(BearerScrubbingAdapter[LinodeSettings]):
         t = next(t for t in self.settings.targets if str(t.firewall_id) == unit.uid)
         return t.normal_firewall_id
 
-    async def _set(self, fid: int | str, status: str) -> Mapping[str, Any]:
+    async def _set(
+        self, fid: int | str, status: str, tags: list[str] | None = None
+    ) -> Mapping[str, Any]:
         path = f"/v4/networking/firewalls/{fid}"
-        body = await call_json(self.http, "PUT", path, json={"status": status})
-        now = field_of(self.http, body, f"PUT {path}", "status")
+        body: dict[str, Any] = {"status": status}
+        if tags is not None:
+            body["tags"] = tags
+        got = await call_json(self.http, "PUT", path, json=body)
+        now = field_of(self.http, got, f"PUT {path}", "status")
         if now != status:
             raise self.http.bad_response(f"PUT {path}", f"the firewall is {now!r}, not {status!r}")
         return {"status": now}
 
     async def enable(self, unit: Unit) -> Mapping[str, Any]:
         normal = self._normal(unit)
+        switched: list[str] | None = None  # the normal firewall's tags, when we disable it
         if normal is not None:
-            await self._set(normal, "disabled")  # only one enabled firewall per Linode
+            fw = await self._get(normal)
+            tags = [str(t) for t in fw.get("tags") or []]
+            if fw["status"] == "enabled":  # only one enabled firewall per Linode
+                await self._set(normal, "disabled", [*tags, MARKER])
+                switched = tags
         try:
             done = await self._set(unit.uid, "enabled")
         except AdapterError:
-            if normal is not None:
+            if normal is not None and switched is not None:
                 with contextlib.suppress(AdapterError):  # the first error is the one to report
-                    await self._set(normal, "enabled")
+                    await self._set(normal, "enabled", switched)
             raise
-        return {**done, "normal_firewall_id": normal, "normal_status": "disabled"}
+        return {**done, "normal_firewall_id": normal, "normal_disabled": switched is not None}
 
     async def disable(self, unit: Unit) -> Mapping[str, Any]:
         normal = self._normal(unit)
         done = await self._set(unit.uid, "disabled")
+        restored = False
         if normal is not None:
-            await self._set(normal, "enabled")
-        return {**done, "normal_firewall_id": normal, "normal_status": "enabled"}
+            fw = await self._get(normal)
+            tags = [str(t) for t in fw.get("tags") or []]
+            if MARKER in tags:  # we disabled it: enable it again, exactly as it was
+                await self._set(normal, "enabled", [t for t in tags if t != MARKER])
+                restored = True
+        return {**done, "normal_firewall_id": normal, "normal_enabled_again": restored}
 
-    async def _get(self, fid: int) -> dict[str, Any]:
+    async def _get(self, fid: int | str) -> dict[str, Any]:
         path = f"/v4/networking/firewalls/{fid}"
         body = await call_json(self.http, "GET", path)
         field_of(self.http, body, f"GET {path}", "status")

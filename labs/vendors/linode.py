@@ -8,7 +8,7 @@ Shapes follow the published API: ``Authorization: Bearer <token>`` (bad token ->
 * ``GET /v4/networking/firewalls/{id}`` -> ``{"id", "label", "status", "rules":
   {"inbound", "inbound_policy", "outbound", "outbound_policy"}, ...}``.
 * ``PUT /v4/networking/firewalls/{id}`` ``{"status": "enabled"|"disabled"}`` (and/or
-  ``label``) -> the firewall. Enabling a firewall is refused while one of its Linodes has
+  ``label``, ``tags``) -> the firewall. Enabling a firewall is refused while one of its Linodes has
   another enabled firewall.
 * ``GET /v4/networking/firewalls/{id}/devices`` -> ``{"data": [{"id", "entity": {"id",
   "type": "linode", "label"}}], "page", "pages", "results"}``.
@@ -50,6 +50,7 @@ class LinodeServer(FakeVendorServer):
                 "id": 7000,
                 "label": "normal",
                 "status": "enabled",
+                "tags": ["web"],
                 "rules": {
                     "inbound": [
                         {"action": "ACCEPT", "protocol": "TCP", "ports": "22,80,443"},
@@ -63,6 +64,7 @@ class LinodeServer(FakeVendorServer):
                 "id": 7001,
                 "label": "lockdown",
                 "status": "disabled",
+                "tags": [],
                 "rules": {
                     "inbound": [
                         {"action": "ACCEPT", "protocol": "TCP", "ports": "22,443", "label": "keep"}
@@ -107,6 +109,11 @@ class LinodeServer(FakeVendorServer):
             fw["status"] = body["status"]
         if "label" in body:
             fw["label"] = str(body["label"])
+        if "tags" in body:  # linodego FirewallUpdateOptions: label, status, tags
+            tags = body["tags"]
+            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+                raise linode_error(400, "Must be a list of strings", "tags")
+            fw["tags"] = list(tags)
         return Response(200, dict(fw))
 
     def _one_enabled(self, fid: int) -> None:

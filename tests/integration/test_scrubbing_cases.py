@@ -280,6 +280,8 @@ VULTR = Case(
 
 # ---------------------------------------------------------------- Linode
 
+LINODE_MARKED = ["web", "sluice-disabled"]  # the normal firewall's tag, and Sluice's marker
+
 LINODE = Case(
     adapter_type="linode",
     cls=LinodeAdapter,
@@ -293,12 +295,12 @@ LINODE = Case(
     prefix="2001:db8:100:1::/64",
     outside="2001:db8:200::/48",
     announce=[
-        ("PUT", "/v4/networking/firewalls/7000", {"status": "disabled"}),
+        ("PUT", "/v4/networking/firewalls/7000", {"status": "disabled", "tags": LINODE_MARKED}),
         ("PUT", "/v4/networking/firewalls/7001", {"status": "enabled"}),
     ],
     withdraw=[
         ("PUT", "/v4/networking/firewalls/7001", {"status": "disabled"}),
-        ("PUT", "/v4/networking/firewalls/7000", {"status": "enabled"}),
+        ("PUT", "/v4/networking/firewalls/7000", {"status": "enabled", "tags": ["web"]}),
     ],
     auth=bearer("linode-test-token"),
     diverting=lambda srv: (

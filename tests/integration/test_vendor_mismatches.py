@@ -342,6 +342,29 @@ async def test_linode_disables_the_normal_firewall_before_enabling_the_lockdown(
         assert srv.firewalls == before
 
 
+async def test_linode_a_normal_firewall_already_disabled_is_left_alone() -> None:
+    with LinodeServer() as srv:
+        srv.firewalls[7000]["status"] = "disabled"  # the operator's choice, before any attack
+        before = copy.deepcopy(srv.firewalls)
+        first = linode(srv, normal_firewall_id=7000)
+        try:
+            [out] = await first.announce([scrub("2001:db8:100::/48")])
+            assert out.ok, out.error
+        finally:
+            await first.close()
+        second = linode(srv, normal_firewall_id=7000)  # after a restart
+        try:
+            [out] = await second.withdraw([scrub("2001:db8:100::/48")])
+            assert out.ok, out.error
+        finally:
+            await second.close()
+        assert srv.firewalls == before
+        assert [r.path for r in srv.journal.find("PUT")] == [
+            "/v4/networking/firewalls/7001",
+            "/v4/networking/firewalls/7001",
+        ]
+
+
 async def test_linode_lockdown_is_refused_while_the_normal_firewall_is_enabled() -> None:
     with LinodeServer() as srv:
         ad = linode(srv)  # no normal firewall named: the Linodes' normal one stays enabled
@@ -366,11 +389,13 @@ async def test_linode_a_refused_lockdown_re_enables_the_normal_firewall() -> Non
         assert not out.ok and "being updated" in (out.error or "")
         statuses = {fid: fw["status"] for fid, fw in srv.firewalls.items()}
         assert statuses == {7000: "enabled", 7001: "disabled"}
-        assert [(r.method, r.path.rsplit("/", 1)[-1], r.body) for r in srv.journal.all()] == [
-            ("PUT", "7000", {"status": "disabled"}),
-            ("PUT", "7001", {"status": "enabled"}),
-            ("PUT", "7000", {"status": "enabled"}),
+        writes = [(r.path.rsplit("/", 1)[-1], r.body) for r in srv.journal.find("PUT")]
+        assert writes == [
+            ("7000", {"status": "disabled", "tags": ["web", "sluice-disabled"]}),
+            ("7001", {"status": "enabled"}),
+            ("7000", {"status": "enabled", "tags": ["web"]}),
         ]
+        assert srv.firewalls[7000]["tags"] == ["web"]
 
 
 # ---------------------------------------------------------------- DigitalOcean (item 4)
