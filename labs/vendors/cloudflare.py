@@ -100,6 +100,8 @@ class CloudflareServer(FakeVendorServer):
     # -- auth and lookups
 
     def _auth(self, req: Request) -> str:
+        # Cloudflare API, Getting started > Troubleshooting: 6003 "Invalid request headers"
+        # without credentials, 10000 "Authentication error" for a bad or foreign token
         if not (req.header("authorization") or "").strip():
             raise cf_error(400, 6003, "Invalid request headers")
         token = req.bearer()
@@ -235,6 +237,7 @@ class CloudflareServer(FakeVendorServer):
     def set_level(self, req: Request, params: dict[str, str]) -> Response:
         z = self._zone(req, params["zone"])
         value = req.json_object().get("value")
+        # API reference, Zone settings > security_level: value is one of LEVELS
         if value not in LEVELS:
             raise cf_error(400, 1007, f"Invalid value for zone setting security_level: {value}")
         z["value"], z["modified_on"] = value, _now()
@@ -265,6 +268,9 @@ class CloudflareServer(FakeVendorServer):
                 net = ipaddress.ip_network(str(ip), strict=True)
             except ValueError:
                 raise cf_error(400, 10021, f"{ip} is not a valid IP address or range") from None
+            # Cloudflare docs, Lists > IP lists: IPv6 entries are ranges of at most /64
+            if net.version == 6 and net.prefixlen > 64:
+                raise cf_error(400, 10021, f"{ip}: IPv6 list items must be /64 or shorter")
             found = next((it for it in items if ipaddress.ip_network(it["ip"]) == net), None)
             if found is None:
                 items.append(

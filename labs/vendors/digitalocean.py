@@ -71,11 +71,11 @@ class DigitalOceanServer(FakeVendorServer):
         }
 
     def _auth(self, req: Request) -> None:
-        if req.bearer() not in self.tokens:
+        if req.bearer() not in self.tokens:  # DigitalOcean API reference, Authentication (401)
             raise do_error(401, "Unauthorized", "Unable to authenticate you")
 
     def _fw(self, fid: str) -> dict[str, Any]:
-        if fid not in self.firewalls:
+        if fid not in self.firewalls:  # API reference, Retrieve an Existing Firewall: 404
             raise do_error(404, "not_found", "The resource you were accessing could not be found.")
         return self.firewalls[fid]
 
@@ -94,6 +94,7 @@ class DigitalOceanServer(FakeVendorServer):
 
     def _ids(self, req: Request) -> list[int]:
         ids = req.json_object().get("droplet_ids")
+        # API reference, Add/Remove Droplets to/from a Firewall: droplet_ids, array of integers
         if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
             raise do_error(422, "unprocessable_entity", "droplet_ids must be a list of integers")
         unknown = [i for i in ids if i not in self.droplets]

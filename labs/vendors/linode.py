@@ -77,7 +77,7 @@ class LinodeServer(FakeVendorServer):
         }
 
     def _auth(self, req: Request) -> None:
-        if req.bearer() not in self.tokens:
+        if req.bearer() not in self.tokens:  # Linode API reference, Errors: 401 Invalid Token
             raise linode_error(401, "Invalid Token")
 
     def _fw(self, fid: str) -> dict[str, Any]:
@@ -102,6 +102,7 @@ class LinodeServer(FakeVendorServer):
         fw = self._fw(params["fid"])
         body = req.json_object()
         if "status" in body:
+            # "Update a firewall": status is enabled or disabled (deleted is not settable)
             if body["status"] not in ("enabled", "disabled"):
                 raise linode_error(400, "Must be one of enabled, disabled", "status")
             if body["status"] == "enabled":

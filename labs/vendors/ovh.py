@@ -81,6 +81,10 @@ class OvhServer(FakeVendorServer):
     def _verify(self, req: Request) -> None:
         ak, ck = req.header("x-ovh-application"), req.header("x-ovh-consumer")
         ts, sig = req.header("x-ovh-timestamp"), req.header("x-ovh-signature")
+        # python-ovh ovh/client.py: the X-Ovh-* headers and the "$1$" SHA-1 signature; a 403
+        # with errorCode INVALID_KEY / INVALID_CREDENTIAL is what it maps to InvalidKey /
+        # InvalidCredential. A bad signature or clock is a 400 (python-ovh's
+        # BadParametersError); its errorCode INVALID_SIGNATURE is the fake's choice.
         if not ak or ak not in self.applications:
             raise ovh_error(403, "INVALID_KEY", "Invalid application key")
         if not ck or self.consumers.get(ck) != ak:

@@ -51,11 +51,11 @@ class VultrServer(FakeVendorServer):
         }
 
     def _auth(self, req: Request) -> None:
-        if req.bearer() not in self.keys:
+        if req.bearer() not in self.keys:  # Vultr API v2 reference, Authentication (401)
             raise vultr_error(401, "Invalid API token.")
 
     def _instance(self, iid: str) -> dict[str, Any]:
-        if iid not in self.instances:
+        if iid not in self.instances:  # API reference, Get/Update Instance: 404
             raise vultr_error(404, "Invalid instance-id.")
         return self.instances[iid]
 
@@ -96,7 +96,7 @@ class VultrServer(FakeVendorServer):
                 # official client sends "", and Vultr documents no meaning for it. The
                 # fake refuses it rather than guess that it detaches.
                 raise vultr_error(400, "Invalid firewall group: use 0 to unset it.")
-            if group not in self.groups:
+            if group not in self.groups:  # API reference, Update Instance: 400 bad request
                 raise vultr_error(400, "Invalid firewall group.")
             inst["firewall_group_id"] = group
         return Response(202, {"instance": dict(inst)})
