@@ -189,6 +189,11 @@ class ShieldServer(FakeVendorServer):
     def _by_arn(self, arn: str) -> dict[str, Any] | None:
         return next((p for p in self.protections.values() if p["ResourceArn"] == arn), None)
 
+    # botocore data/shield/2016-06-02/service-2.json: CreateProtection's Name pattern
+    # [ a-zA-Z0-9_\.\-]*, length 1-128, and its errors (InvalidResourceException,
+    # LockedSubscriptionException, ResourceAlreadyExistsException); Describe/DeleteProtection
+    # raise ResourceNotFoundException
+
     def op_CreateProtection(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         name, arn = body.get("Name"), body.get("ResourceArn")
         if not isinstance(name, str) or not re.fullmatch(r"[ a-zA-Z0-9_.\-]{1,128}", name):

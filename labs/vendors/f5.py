@@ -171,6 +171,8 @@ class F5Server(FakeVendorServer):
         name, partition = body.get("name"), body.get("partition", "Common")
         if not isinstance(name, str) or not name:
             raise f5_error(400, "name is required")
+        # f5-common-python f5/bigip/tm/net/route.py, Route: name and network are required
+        # at creation, and exactly one of blackhole, gw, tmInterface, pool
         if "network" not in body:
             raise f5_error(400, f'01070734:3: Configuration error: route "{name}" needs a network')
         gateways = [k for k in ("gw", "tmInterface", "pool", "blackhole") if body.get(k)]
