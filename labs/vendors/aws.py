@@ -191,8 +191,9 @@ class ShieldServer(FakeVendorServer):
 
     # botocore data/shield/2016-06-02/service-2.json: CreateProtection's Name pattern
     # [ a-zA-Z0-9_\.\-]*, length 1-128, and its errors (InvalidResourceException,
-    # LockedSubscriptionException, ResourceAlreadyExistsException); Describe/DeleteProtection
-    # raise ResourceNotFoundException
+    # ResourceAlreadyExistsException, ResourceNotFoundException, ...); Describe/Delete
+    # Protection raise ResourceNotFoundException. Which of CreateProtection's errors AWS
+    # gives without a subscription is not published: the fake uses ResourceNotFound.
 
     def op_CreateProtection(self, body: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
         name, arn = body.get("Name"), body.get("ResourceArn")
@@ -201,7 +202,7 @@ class ShieldServer(FakeVendorServer):
         if not isinstance(arn, str) or not arn.startswith("arn:aws"):
             raise aws_error(400, "InvalidResourceException", "ResourceArn is invalid")
         if not self.subscribed:
-            raise aws_error(400, "LockedSubscriptionException", "No Shield Advanced subscription")
+            raise aws_error(400, "ResourceNotFoundException", "No Shield Advanced subscription")
         if self._by_arn(arn) is not None:
             raise aws_error(400, "ResourceAlreadyExistsException", f"{arn} is already protected")
         pid = str(uuid.uuid4())
