@@ -114,6 +114,14 @@ class DigitalOceanAdapter(BearerScrubbingAdapter[DigitalOceanSettings]):
         body = {"resources": [{"resource_id": unit.uid, "resource_type": "droplet"}]}
         await call_json(self.http, method, f"/v2/tags/{quote(tag, safe='')}/resources", json=body)
 
+    async def _ensure_tag(self, name: str) -> None:
+        """``POST /v2/tags``; a tag that exists already is fine. DigitalOcean does not
+        document its answer for an existing name, so 409 and 422 are accepted too; tagging
+        with it right after fails loudly if the tag really is missing."""
+        resp = await self.http.send("POST", "/v2/tags", json={"name": name})
+        if resp.status_code not in (409, 422):
+            self.http.check(resp, "POST /v2/tags")
+
     async def _droplet_tags(self, droplet: str) -> set[str]:
         path = f"/v2/droplets/{droplet}"
         body = await call_json(self.http, "GET", path)
@@ -133,7 +141,7 @@ class DigitalOceanAdapter(BearerScrubbingAdapter[DigitalOceanSettings]):
         via = sorted(tags & normal.tags)
         markers = ([BY_ID] if by_id else []) + [VIA_TAG + t for t in via]
         for marker in markers:  # first record how the normal firewall reached it
-            await call_json(self.http, "POST", "/v2/tags", json={"name": marker})
+            await self._ensure_tag(marker)
             await self._tag(marker, "POST", unit)
         if by_id:
             await self._move(s.normal_firewall_id, "DELETE", unit)

@@ -144,7 +144,8 @@ class DigitalOceanServer(FakeVendorServer):
 
     def _resources(self, req: Request, tag: str) -> list[int]:
         # "Tag names must exist in order to be referenced in a request" (API reference,
-        # Add Tags to a Firewall; the same holds for tagging resources)
+        # Add Tags to a Firewall); tagging a resource with a missing tag answers 404 "The
+        # resource you were accessing could not be found." (digitalocean/doctl#107)
         if tag not in self.tags:
             raise do_error(404, "not_found", "The resource you were accessing could not be found.")
         items = req.json_object().get("resources")

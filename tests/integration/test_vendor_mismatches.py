@@ -492,3 +492,20 @@ async def test_radware_check_claims_no_attack_state_that_no_source_documents() -
         assert health.ok and health.detail == "DefenseFlow: 1 protected objects (customer-a)"
         [listing] = srv.journal.find("GET", r".*/ProtectedObjects")
         assert listing.path == "/mgmt/device/df/config/ProtectedObjects"
+
+
+async def test_digitalocean_an_existing_marker_tag_answered_422_is_fine() -> None:
+    with DigitalOceanServer() as srv:
+        srv.tags.add("sluice-normal-id")  # left in the account by an earlier lockdown
+        taken = {"id": "unprocessable_entity", "message": "tag already exists"}
+        srv.faults.add(Fault.answer(422, taken), method="POST", path="/v2/tags")
+        ad = digitalocean(srv, 1001)
+        try:
+            [out] = await ad.announce([scrub("203.0.113.32/28")])
+            assert out.ok, out.error
+            assert srv.droplet_tags[1001] == ["sluice-normal-id"]
+            [out] = await ad.withdraw([scrub("203.0.113.32/28")])
+            assert out.ok, out.error
+        finally:
+            await ad.close()
+        assert srv.reached(do_fake.NORMAL) == [1001, 1002] and srv.droplet_tags[1001] == []
