@@ -54,7 +54,26 @@ def _mount_optional(name: str, module: str, attr: str, help_text: str) -> None:
         app.add_typer(sub, name=name, help=help_text)
 
 
-_mount_optional("policy", "policies.cli", "app", "Lint, explain and plan policy directories.")
+def _service_check(policy: Any) -> None:
+    """What `serve` checks beyond the schema: ${ENV} references and adapter settings."""
+    from adapters.base import Registry
+    from orchestrator.policy_check import adapter_check
+
+    adapter_check(Registry())(policy)
+
+
+def _policy_app() -> typer.Typer:
+    from orchestrator.policy_export import export_command
+    from policies.cli import make_app
+
+    sub = make_app(check=_service_check)
+    sub.command("export")(export_command)
+    return sub
+
+
+app.add_typer(
+    _policy_app(), name="policy", help="Lint, explain, plan and export policy directories."
+)
 _mount_optional("lab", "labs.cli", "app", "Real BGP peers in network namespaces to try Sluice.")
 
 
@@ -94,6 +113,7 @@ def serve(
     from orchestrator.service import Service
     from orchestrator.settings import Settings
     from policies.errors import SluiceError
+    from policies.schema import load_policy
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -108,7 +128,9 @@ def serve(
     lock = InstanceLock(settings.data_dir)
     try:
         lock.acquire()
-        service = Service(settings)
+        # the policy is checked as `sluice policy lint` checks it, adapters and ${ENV} too
+        policy = load_policy(policy_dir, check=_service_check) if policy_dir else None
+        service = Service(settings, policy=policy)
     except SluiceError as exc:
         err.print(f"[red]cannot start:[/red] {exc.message}")
         raise typer.Exit(2) from None

@@ -14,13 +14,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 from sqlalchemy import Engine, insert, select, update
 
 from adapters.base import Adapter, AdapterConfig, Capability, Health, Registry
+from orchestrator.policy_check import adapter_configs
 from orchestrator.store.models import adapters
-from policies.errors import AdapterConfigInvalid, NotFound, ReadOnly
-from policies.schema import AdapterDecl, resolve_env
+from policies.errors import AdapterConfigInvalid, NotFound, PolicyInvalid, ReadOnly
+from policies.schema import AdapterDecl
 
 log = logging.getLogger("sluice.adapters")
 
@@ -298,30 +299,10 @@ class AdapterHub:
 
     def policy_configs(self, decls: Iterable[AdapterDecl]) -> list[AdapterConfig]:
         """Adapter configs from policy declarations, with ``${ENV}`` references resolved."""
-        out = []
-        for decl in decls:
-            try:
-                token = resolve_env(decl.auth_token) if decl.auth_token else None
-                config = {
-                    k: resolve_env(v) if isinstance(v, str) else v for k, v in decl.config.items()
-                }
-                out.append(
-                    AdapterConfig(
-                        name=decl.name,
-                        adapter_type=decl.adapter_type,
-                        endpoint=resolve_env(decl.endpoint),
-                        auth_token=SecretStr(token) if token else None,
-                        config=config,
-                        capabilities=tuple(Capability(c) for c in decl.capabilities)
-                        if decl.capabilities is not None
-                        else None,
-                    )
-                )
-            except (ValueError, ValidationError) as exc:
-                raise AdapterConfigInvalid(
-                    f"policy adapter {decl.name!r}: {exc}", field="adapters"
-                ) from None
-        return out
+        try:
+            return adapter_configs(decls)
+        except PolicyInvalid as exc:
+            raise AdapterConfigInvalid(f"policy {exc.message}", field="adapters") from None
 
     def sync_policy(self, configs: Iterable[AdapterConfig]) -> list[int]:
         """Upsert the policy's adapters; returns ids of policy adapters no longer declared."""

@@ -1,28 +1,43 @@
-"""The policy as a document the REST API can edit, when no policy directory is in use.
+"""The policy as the REST API edits it: the files (if any) with the API's layer over them.
 
-With ``--policy-dir`` the directory (in git) is the only source of truth: the API shows the
-policy and refuses to change it (``read_only``). Without one, the policy lives in the
-store as a JSON document; each change is validated as a whole policy before it is saved
-and put in force, so a bad change changes nothing.
+Objects declared in the policy directory are read-only through the API (``read_only``,
+naming the directory). Objects created through the API (tiers and escalation timing,
+per-host thresholds, allowlist entries, dry run, baseline mode, geo lockdown) are kept in
+the store as a layer over the files (:mod:`policies.layer`) and shown with
+``managed_by: api``; ``sluice policy export`` writes them as YAML to commit. Each change
+is validated as a whole policy (files + new layer) before it is saved and put in force,
+so a bad change changes nothing. On hot reload the new files get the same layer.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 
 from orchestrator.runtime import PolicyRuntime
 from orchestrator.store.models import kv
 from policies.errors import PolicyInvalid, ReadOnly
+from policies.layer import (
+    TIMING,
+    allow_key,
+    compose,
+    declared,
+    effective_layer,
+    file_keys,
+    owner,
+    threshold_key,
+)
 from policies.schema import Policy
 
-DOC_KEY = "policy_document"
+log = logging.getLogger("sluice.policy")
+LAYER_KEY = "policy_layer"
+LEGACY_KEY = "policy_document"  # before the layer: the whole API-edited policy
 
 
 def entry_id(*parts: object) -> str:
@@ -30,66 +45,108 @@ def entry_id(*parts: object) -> str:
     return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:12]
 
 
+def threshold_id(entry: dict[str, Any]) -> str:
+    return entry_id(threshold_key(entry))
+
+
+def allow_id(entry: dict[str, Any]) -> str:
+    return entry_id(*allow_key(entry))
+
+
 class PolicyDocument:
     def __init__(self, runtime: PolicyRuntime) -> None:
         self.runtime = runtime
         self.service = runtime.service
+        self._base = self.service.policy  # the files, or the policy the service was given
+        self.layer: dict[str, Any] = {}
+        runtime.layer = self.over
+
+    @property
+    def files(self) -> Policy:
+        """What the files declare (without the layer)."""
+        watcher = self.runtime.watcher
+        return watcher.current if watcher is not None else self._base
+
+    def where(self) -> str:
+        directory = self.service.settings.policy_dir
+        return f"the policy directory {directory}" if directory else "the service's policy"
 
     def load(self) -> None:
-        """At start-up (API mode): put the stored document in force, if there is one."""
-        if self.runtime.from_directory:
-            return
+        """At start-up: read the layer from the store and put files + layer in force."""
         with self.service.engine.connect() as conn:
-            doc = conn.execute(select(kv.c.value).where(kv.c.key == DOC_KEY)).scalar()
-        if doc:
-            self.service.set_policy(
-                Policy.model_validate(self._with_adapters(doc)), sync_adapters=False
+            rows = dict(
+                conn.execute(
+                    select(kv.c.key, kv.c.value).where(kv.c.key.in_([LAYER_KEY, LEGACY_KEY]))
+                ).all()
             )
+        layer = rows.get(LAYER_KEY)
+        if layer is None:
+            layer = rows.get(LEGACY_KEY) or {}
+        self.layer = dict(layer)
+        try:
+            policy = self.over(self.files)
+        except PolicyInvalid as exc:
+            log.error(  # noqa: TRY400  # a clear message, no traceback
+                "the API-managed policy objects do not fit the files; the files alone are in "
+                "force until that is fixed: %s",
+                exc.message,
+            )
+            return
+        self.service.set_policy(policy, sync_adapters=False)
 
-    def _with_adapters(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """In API mode the adapters live in the store: declare them for validation only."""
-        return {
-            **doc,
-            "adapters": [
-                {"name": r.name, "adapter_type": r.adapter_type} for r in self.service.hub.records()
-            ],
-        }
+    def _api_adapters(self) -> list[dict[str, Any]]:
+        """Adapters created through the API, which tiers of the layer may name."""
+        return [
+            {"name": r.name, "adapter_type": r.adapter_type}
+            for r in self.service.hub.records()
+            if r.source != "policy"
+        ]
 
-    def document(self) -> dict[str, Any]:
-        doc: dict[str, Any] = self.service.policy.model_dump(mode="json")
-        return doc
+    def over(self, files: Policy) -> Policy:
+        """``files`` with the layer over them (the hook hot reload uses)."""
+        return compose(files, self.layer, self._api_adapters())
 
     def change(self, mutate: Callable[[dict[str, Any]], None], *, actor: str, what: str) -> Policy:
-        if self.runtime.from_directory:
-            raise ReadOnly(
-                f"the policy is managed in the directory {self.service.settings.policy_dir}; "
-                "change the files there (they are reloaded automatically)"
-            )
-        doc = copy.deepcopy(self.document())
-        mutate(doc)
-        try:
-            policy = Policy.model_validate(self._with_adapters(doc))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            raise PolicyInvalid(f"{field}: {msg}", field=field) from None
+        """Apply ``mutate`` to a copy of the layer; validate, store and put it in force."""
+        layer = copy.deepcopy(self.layer)
+        mutate(layer)
+        policy = compose(self.files, layer, self._api_adapters())
         now = datetime.now(UTC)
-        stored = policy.model_dump(mode="json", exclude={"adapters"})
         with self.service.engine.begin() as conn:
             res = conn.execute(
-                update(kv).where(kv.c.key == DOC_KEY).values(value=stored, updated_at=now)
+                update(kv).where(kv.c.key == LAYER_KEY).values(value=layer, updated_at=now)
             )
             if not res.rowcount:
-                conn.execute(insert(kv).values(key=DOC_KEY, value=stored, updated_at=now))
+                conn.execute(insert(kv).values(key=LAYER_KEY, value=layer, updated_at=now))
+        self.layer = layer
         self.runtime.apply_document(policy, actor=actor, what=what)
         return policy
+
+    # ------------------------------------------------------------ read-only checks
+
+    def require_api(self, section: str, key: str | None = None, *, field: str) -> None:
+        """Refuse to change what the files declare."""
+        if declared(self.files, section, key):
+            name = f"{section}.{key}" if key else section
+            raise ReadOnly(
+                f"{field}: {name} is declared in {self.where()}; change it there "
+                "(files are reloaded automatically)",
+                field=field,
+            )
+
+    def export(self) -> dict[str, Any]:
+        """The API-managed objects in force, as a policy document to commit."""
+        return effective_layer(self.files, self.layer)
 
     # ------------------------------------------------------------ views
 
     def escalation_view(self) -> dict[str, Any]:
         p = self.service.policy
-        tiers = p.escalation.model_dump(mode="json")["tiers"]
+        files = self.files
+        tiers_by = owner(files, "escalation", "tiers")
+        tiers = [
+            {**t, "managed_by": tiers_by} for t in p.escalation.model_dump(mode="json")["tiers"]
+        ]
         status = self.runtime.reload_status
         return {
             "thresholds": {t["name"]: {"bps": t["bps"], "pps": t["pps"]} for t in tiers},
@@ -104,7 +161,15 @@ class PolicyDocument:
             "escalation": {
                 k: v for k, v in p.escalation.model_dump(mode="json").items() if k != "tiers"
             },
-            "managed_by": "policy" if self.runtime.from_directory else "api",
+            # who owns the tier ladder; each part's owner below
+            "managed_by": tiers_by,
+            "managed_by_field": {
+                "tiers": tiers_by,
+                "baseline_mode": owner(files, "baseline", "mode"),
+                "dry_run": owner(files, "settings", "dry_run"),
+                "geo_lockdown": owner(files, "geo_lockdown"),
+                **{f"escalation.{k}": owner(files, "escalation", k) for k in TIMING},
+            },
             "policy_dir": str(self.service.settings.policy_dir)
             if self.runtime.from_directory
             else None,
@@ -116,20 +181,35 @@ class PolicyDocument:
         }
 
     def thresholds_view(self) -> list[dict[str, Any]]:
-        return [
-            {"id": entry_id(e["target_ip"]), **e} for e in self.document().get("thresholds", [])
-        ]
-
-    def allowlist_view(self, node: str | None = None) -> list[dict[str, Any]]:
+        theirs = file_keys(self.files, "thresholds")
         out = []
-        for e in self.document().get("allowlist", []):
-            if e.get("scope", "workspace") == "node" and e.get("node") != node:
-                continue
+        for e in self.service.policy.thresholds.to_list():
+            key = threshold_key(e)
             out.append(
                 {
-                    "id": entry_id(e["ip_address"], e.get("scope", "workspace"), e.get("node")),
-                    "node": e.get("node"),
+                    "id": entry_id(key),
+                    "label": "",
                     **e,
+                    "managed_by": "policy" if key in theirs else "api",
+                }
+            )
+        return out
+
+    def allowlist_view(self, node: str | None = None) -> list[dict[str, Any]]:
+        """Every entry; with ``node``, the workspace-wide ones and that node's."""
+        theirs = file_keys(self.files, "allowlist")
+        out = []
+        for e in self.service.policy.allowlist.to_list():
+            if node is not None and e.get("scope") == "node" and e.get("node") != node:
+                continue
+            key = allow_key(e)
+            out.append(
+                {
+                    "id": entry_id(*key),
+                    "label": "",
+                    "node": None,
+                    **e,
+                    "managed_by": "policy" if key in theirs else "api",
                 }
             )
         return out

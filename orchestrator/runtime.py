@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,11 +25,13 @@ from typing import Any
 from sqlalchemy import and_, bindparam, insert, select, update
 
 from orchestrator.lifecycle import HELD
+from orchestrator.policy_check import adapter_check
 from orchestrator.service import RuleRequest, Service
 from orchestrator.store.models import decisions, incidents, kv, rules
 from policies.engine import Decision, evaluate
 from policies.errors import NotFound, SluiceError
 from policies.intents import canonical
+from policies.schema import Policy
 from policies.signals import Signal
 from policies.state import EngineState
 from policies.watch import PolicyWatcher
@@ -75,8 +78,14 @@ class PolicyRuntime:
         self.service = service
         self.state = EngineState()
         self.watcher: PolicyWatcher | None = None
+        # the policy in force is the files with the API's layer over them (policy_doc)
+        self.layer: Callable[[Policy], Policy] = lambda files: files
         if service.settings.policy_dir is not None:
-            self.watcher = PolicyWatcher(service.settings.policy_dir, service.policy)
+            self.watcher = PolicyWatcher(
+                service.settings.policy_dir,
+                service.policy,
+                check=adapter_check(service.registry),
+            )
         self.reload_status = ReloadStatus(digest=self.watcher.digest if self.watcher else None)
         self._pending: list[_Pending] = []
         self._worker: asyncio.Task[None] | None = None
@@ -116,18 +125,22 @@ class PolicyRuntime:
         if change is None:
             return None
         now = utcnow()
+        if change.restored:  # the files are back to the policy in force
+            log.info("policy files in %s are back to the policy in force", self.watcher.directory)
+            self.reload_status = ReloadStatus(True, now, None, change.digest)
+            return self.reload_status
         if change.policy is None:
             message = change.error.message if change.error else "policy refused"
             log.error("policy change refused; the previous policy stays in force: %s", message)
             self.reload_status = ReloadStatus(False, now, message, change.digest)
             return self.reload_status
         try:
-            self.service.set_policy(change.policy)
+            self.service.set_policy(self.layer(change.policy))
         except SluiceError as exc:  # e.g. an adapter that cannot be built
             log.error(  # noqa: TRY400  # the message says it all; no traceback
                 "policy change refused; the previous policy stays in force: %s", exc
             )
-            self.watcher.current = self.service.policy
+            self.watcher.reject()
             self.reload_status = ReloadStatus(False, now, str(exc), change.digest)
             return self.reload_status
         with self.service.engine.begin() as conn:

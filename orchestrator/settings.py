@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     database_url: str | None = None  # default: SQLite file in data_dir
     policy_dir: Path | None = None
+    # The country MMDB for a geo lockdown set through the API without a database.
+    geoip_database: Path | None = None
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
     # Taken for the first admin token when the store has none; otherwise one is generated

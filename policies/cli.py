@@ -2,6 +2,10 @@
 
 The commands are thin: they read files, call :mod:`policies.schema`,
 :mod:`policies.replay` and print. Exit codes: 0 fine, 1 invalid policy or input.
+
+:func:`make_app` takes the checks only the service can make (adapter settings, ``${ENV}``
+references): ``sluice policy`` passes the service's own, so lint accepts exactly what
+``sluice serve`` starts with. ``python -m policies.cli`` checks the policy schema alone.
 """
 
 from __future__ import annotations
@@ -16,16 +20,14 @@ from policies.engine import Decision
 from policies.errors import ValidationFailed
 from policies.intents import canonical
 from policies.replay import explain, plan, read_signals
-from policies.schema import Policy, load_policy
-
-app = typer.Typer(help="Check a policy and see what it would do.", no_args_is_help=True)
+from policies.schema import Check, Policy, load_policy
 
 DirArg = Annotated[Path, typer.Argument(help="policy directory (*.yaml files)")]
 
 
-def _load(directory: Path) -> Policy:
+def _load(directory: Path, check: Check | None) -> Policy:
     try:
-        return load_policy(directory)
+        return load_policy(directory, check=check)
     except ValidationFailed as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -43,61 +45,68 @@ def _print_decision(d: Decision) -> None:
         typer.echo(f"  withdraw {key}")
 
 
-@app.command()
-def lint(directory: DirArg) -> None:
-    """Validate a policy directory; errors name file, line and field."""
-    policy = _load(directory)
-    tiers = ", ".join(t.name for t in policy.escalation.tiers) or "none"
-    typer.echo(
-        f"ok: {directory}: tiers {tiers}; {len(policy.adapters)} adapter(s), "
-        f"{len(policy.thresholds)} per-host threshold(s), {len(policy.allowlist)} "
-        f"allowlist entr{'y' if len(policy.allowlist) == 1 else 'ies'}"
-    )
+def make_app(check: Check | None = None) -> typer.Typer:
+    """The ``policy`` commands; ``check`` runs on every policy they load."""
+    app = typer.Typer(help="Check a policy and see what it would do.", no_args_is_help=True)
+
+    @app.command()
+    def lint(directory: DirArg) -> None:
+        """Validate a policy directory as `sluice serve` does; errors name file, line, field."""
+        policy = _load(directory, check)
+        tiers = ", ".join(t.name for t in policy.escalation.tiers) or "none"
+        typer.echo(
+            f"ok: {directory}: tiers {tiers}; {len(policy.adapters)} adapter(s), "
+            f"{len(policy.thresholds)} per-host threshold(s), {len(policy.allowlist)} "
+            f"allowlist entr{'y' if len(policy.allowlist) == 1 else 'ies'}"
+        )
+
+    @app.command("explain")
+    def explain_cmd(
+        directory: DirArg,
+        signal: Annotated[Path, typer.Option(help="JSON or YAML file with one signal")],
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    ) -> None:
+        """What the policy decides for one signal (assuming it lasted past the hold-down)."""
+        policy = _load(directory, None)  # the decision needs no adapter nor secret
+        try:
+            signals = read_signals(signal)
+        except ValidationFailed as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        if len(signals) != 1:
+            typer.echo(f"error: {signal}: expected one signal, found {len(signals)}", err=True)
+            raise typer.Exit(1)
+        decision = explain(policy, signals[0][1])
+        if as_json:
+            typer.echo(json.dumps(decision.to_dict(), indent=2))
+        else:
+            _print_decision(decision)
+
+    @app.command("plan")
+    def plan_cmd(
+        directory: DirArg,
+        signals: Annotated[Path, typer.Option(help="recorded signals (JSON or YAML list)")],
+        current: Annotated[
+            Path | None, typer.Option(help="the policy in force (default: an empty policy)")
+        ] = None,
+    ) -> None:
+        """What the policy in DIRECTORY would do differently from --current on the signals."""
+        new = _load(directory, None)  # decisions need no adapter nor secret
+        old = _load(current, None) if current is not None else Policy()
+        try:
+            recorded = read_signals(signals)
+        except ValidationFailed as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        changes = plan(old, new, recorded)
+        for change in changes:
+            typer.echo(change.describe())
+        typer.echo(f"{len(changes)} of {len(recorded)} signal(s) decided differently")
+
+    return app
 
 
-@app.command("explain")
-def explain_cmd(
-    directory: DirArg,
-    signal: Annotated[Path, typer.Option(help="JSON or YAML file with one signal")],
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-) -> None:
-    """What the policy decides for one signal (assuming it lasted past the hold-down)."""
-    policy = _load(directory)
-    try:
-        signals = read_signals(signal)
-    except ValidationFailed as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    if len(signals) != 1:
-        typer.echo(f"error: {signal}: expected one signal, found {len(signals)}", err=True)
-        raise typer.Exit(1)
-    decision = explain(policy, signals[0][1])
-    if as_json:
-        typer.echo(json.dumps(decision.to_dict(), indent=2))
-    else:
-        _print_decision(decision)
-
-
-@app.command("plan")
-def plan_cmd(
-    directory: DirArg,
-    signals: Annotated[Path, typer.Option(help="recorded signals (JSON or YAML list)")],
-    current: Annotated[
-        Path | None, typer.Option(help="the policy in force (default: an empty policy)")
-    ] = None,
-) -> None:
-    """What the policy in DIRECTORY would do differently from --current on the signals."""
-    new = _load(directory)
-    old = _load(current) if current is not None else Policy()
-    try:
-        recorded = read_signals(signals)
-    except ValidationFailed as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    changes = plan(old, new, recorded)
-    for change in changes:
-        typer.echo(change.describe())
-    typer.echo(f"{len(changes)} of {len(recorded)} signal(s) decided differently")
+app = make_app()
 
 
 def main() -> None:  # pragma: no cover - entry point for `python -m policies.cli`

@@ -367,6 +367,8 @@ def _plan_rules(
     items: list[tuple[AnyIntent, str, list[str], int]] = [
         (intent, reason, tier.adapters, ttl) for intent, reason in planned
     ]
+    if planned and not tier.adapters:
+        why.append(f"tier {tier.name} names no adapter: nothing is announced")
     if geo is not None and geo_intents:
         geo_ttl = ttl if geo.ttl is None else geo.ttl
         adapters = geo.adapters or tier.adapters

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -308,9 +308,63 @@ def _duplicate_key_line(node: yaml.Node | None) -> int | None:
     return None
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+_BOMS = (
+    (b"\xef\xbb\xbf", "UTF-8"),
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+
+
+def read_text(path: Path, directory: Path | None = None) -> str:
+    """The text of one policy file: UTF-8 without a byte-order mark, inside ``directory``.
+
+    Refused with the file and the reason (never its content): a symbolic link that leads
+    out of the policy directory, a file that cannot be read, a byte-order mark, bytes that
+    are not UTF-8, and NUL bytes (a binary file).
+    """
+    if directory is not None:
+        root = directory.resolve()
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise PolicyInvalid(
+                "a symbolic link to a file that does not exist", location=str(path)
+            ) from None
+        if not target.is_relative_to(root):
+            raise PolicyInvalid(
+                "a symbolic link that leads outside the policy directory; "
+                "policy files must live in the directory itself",
+                location=str(path),
+            )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PolicyInvalid(
+            f"cannot read the file: {exc.strerror or exc}", location=str(path)
+        ) from None
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            raise PolicyInvalid(
+                f"the file starts with a {name} byte-order mark; save it as UTF-8 without one",
+                location=f"{path}:1",
+            )
+    if b"\0" in data:
+        line = data.count(b"\n", 0, data.index(b"\0")) + 1
+        raise PolicyInvalid("a NUL byte: this is not a text file", location=f"{path}:{line}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PolicyInvalid(
+            f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+            location=f"{path}:{line}",
+        ) from None
+
+
+def _read_file(path: Path, text: str) -> dict[str, Any]:
     """Parse one policy file (YAML 1.2, so a bare NO stays the string "NO")."""
-    text = path.read_text()
     try:
         data = yaml_rs.loads(text)
     except yaml_rs.YAMLDecodeError as exc:
@@ -332,11 +386,16 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def policy_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    """The ``*.yaml``/``*.yml`` entries of ``directory`` (files and symbolic links)."""
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.suffix in (".yaml", ".yml") and (p.is_symlink() or p.is_file())
+    )
 
 
 def _locate(
-    loc: tuple[int | str, ...], origin: dict[str, Path], directory: Path
+    loc: tuple[int | str, ...], origin: dict[str, Path], directory: Path, texts: dict[Path, str]
 ) -> tuple[str, str]:
     """``(file:line, dotted field)`` for an error at ``loc``."""
     section = str(loc[0]) if loc else ""
@@ -344,27 +403,42 @@ def _locate(
     field = ".".join(str(p) for p in loc)
     if path is None:
         return str(directory), field
-    line = _line_of_path(path.read_text(), loc)
+    line = _line_of_path(texts[path], loc)
     return (f"{path}:{line}" if line else str(path)), field
 
 
-def load_policy(directory: str | Path, model: type[Policy] = Policy) -> Policy:
+Check = Callable[[Policy], None]
+
+
+def load_policy(
+    directory: str | Path, model: type[Policy] = Policy, *, check: Check | None = None
+) -> Policy:
     """Load and validate every ``*.yaml`` file in ``directory`` into one policy.
 
     Relative paths in the policy (``geo_lockdown.database``) are relative to the file
-    that names them.
+    that names them. ``check`` runs what only the service knows (adapter settings, the
+    environment) on the validated policy; an :class:`EntryInvalid` it raises is reported
+    with file and line like any other error.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise PolicyInvalid(f"policy directory {directory} does not exist")
     merged: dict[str, Any] = {}
     origin: dict[str, Path] = {}
-    for path in policy_files(directory):
-        data = _read_file(path)
+    texts: dict[Path, str] = {}
+    try:
+        paths = policy_files(directory)
+    except OSError as exc:
+        raise PolicyInvalid(
+            f"cannot read the directory: {exc.strerror or exc}", location=str(directory)
+        ) from None
+    for path in paths:
+        texts[path] = read_text(path, directory)
+        data = _read_file(path, texts[path])
         for section, value in data.items():
             if section in merged:
                 first = origin[section]
-                line = _line_of_path(path.read_text(), (section,))
+                line = _line_of_path(texts[path], (section,))
                 raise PolicyInvalid(
                     f"section {section!r} is already defined in {first.name}",
                     location=f"{path}:{line}",
@@ -378,14 +452,17 @@ def load_policy(directory: str | Path, model: type[Policy] = Policy) -> Policy:
         if not database.is_absolute():
             merged["geo_lockdown"] = {**geo, "database": origin["geo_lockdown"].parent / database}
     try:
-        return model.model_validate(merged)
+        policy = model.model_validate(merged)
+        if check is not None:
+            check(policy)
     except EntryInvalid as exc:
-        where, field = _locate(exc.loc, origin, directory)
+        where, field = _locate(exc.loc, origin, directory, texts)
         message = exc.message.removeprefix(f"{field}: ")
         raise PolicyInvalid(f"{field}: {message}", location=where, field=field) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
-        where, field = _locate(loc, origin, directory)
+        where, field = _locate(loc, origin, directory, texts)
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise PolicyInvalid(f"{field}: {msg}", location=where, field=field) from None
+    return policy

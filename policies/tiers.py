@@ -91,7 +91,11 @@ class IntentSpec(BaseModel):
 
 
 class Tier(BaseModel):
-    """An escalation step: crossing ``bps`` or ``pps`` (whichever is set) selects it."""
+    """An escalation step: crossing ``bps`` or ``pps`` (whichever is set) selects it.
+
+    A tier without ``adapters`` decides but announces nothing (the default tiers of a
+    fresh store, until adapters are given to them); its decisions say so.
+    """
 
     model_config = _STRICT
     name: Annotated[str, Field(pattern=TIER_NAME)]
@@ -100,7 +104,7 @@ class Tier(BaseModel):
     pps: Rate | None = None
     ttl: Annotated[int, Field(ge=0, le=30 * 86_400)] | None = None
     intents: Annotated[list[IntentSpec], Field(min_length=1)]
-    adapters: Annotated[list[str], Field(min_length=1)]
+    adapters: list[str] = []
 
     @model_validator(mode="after")
     def _has_threshold(self) -> Tier:

@@ -1,4 +1,12 @@
-"""Escalation policy, per-host thresholds and the allowlist (Flowtriq API v1 shapes)."""
+"""Escalation policy, per-host thresholds and the allowlist (Flowtriq API v1 shapes).
+
+What the policy files declare is read-only here (``read_only``); everything else is
+created in the API's layer over the files (see :mod:`orchestrator.policy_doc`).
+Accepted shapes besides our own: flat ``{"tier1_bps": 1000000, "tier2_pps": 50000}``
+thresholds (per host and for the workspace tiers), ``ttl`` as one number or per tier,
+``geo_lockdown`` with ``countries`` and an ``action``, and the ``escalation`` timing block
+that GET shows.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.api.deps import require
 from orchestrator.api.envelope import ok
 from orchestrator.policy_doc import PolicyDocument, entry_id
+from orchestrator.policy_export import to_yaml
 from orchestrator.tokens import TokenInfo
-from policies.errors import Conflict, NotFound
+from policies.errors import Conflict, NotFound, ReadOnly, ValidationFailed
 from policies.intents import parse_prefix
+from policies.layer import allow_key, threshold_key
 
 router = APIRouter(tags=["policy"])
 
@@ -25,23 +35,55 @@ async def doc_of(request: Request) -> PolicyDocument:
 Doc = Annotated[PolicyDocument, Depends(doc_of)]
 Reader = Annotated[TokenInfo, Depends(require("read"))]
 Writer = Annotated[TokenInfo, Depends(require("write"))]
+RateValue = int | float | str
+GeoAction = Literal["block", "allow_only"]
+
+
+class Timing(BaseModel):
+    """The ``escalation`` block: how the engine moves between tiers."""
+
+    model_config = ConfigDict(extra="forbid")
+    hold_down_seconds: int | None = None
+    hysteresis: float | None = None
+    deescalate_after_seconds: int | None = None
+    episode_timeout_seconds: int | None = None
+    escalate_during_cooldown: bool | None = None
+
+
+class Geo(BaseModel):
+    """Geo lockdown: ``countries`` (ISO 3166-1 alpha-2) and an ``action``."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    countries: Annotated[list[str], Field(min_length=1, max_length=250)]
+    action: GeoAction | None = None
+    mode: GeoAction | None = None  # our name for action
+    database: str | None = None  # default: the service's geoip_database setting
+    from_tier: str | None = None  # default: the first tier
+    rule_budget: int | None = None
+    only_seen_countries: bool | None = None
+    adapters: list[str] | None = None
+    ttl: int | None = None
 
 
 class SaveEscalation(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    thresholds: dict[str, dict[Literal["bps", "pps"], int | float | str | None]] | None = None
-    ttl: int | dict[str, int] | None = None
+    # {"tier1_bps": 1000000, "tier2_pps": "50k"} or {"tier1": {"bps": ..., "pps": ...}}
+    thresholds: dict[str, RateValue | dict[str, RateValue | None] | None] | None = None
+    ttl: int | dict[str, int] | None = None  # every tier, or per tier
+    adapters: list[str] | dict[str, list[str]] | None = None  # every tier, or per tier
     baseline_mode: Literal["static", "dynamic"] | None = None
-    geo_lockdown: dict[str, Any] | None = None
+    geo_lockdown: Geo | None = None  # null removes it
     dry_run: bool | None = None
-    tiers: list[dict[str, Any]] | None = None
+    tiers: list[dict[str, Any]] | None = None  # the whole ladder
+    escalation: Timing | None = None
 
 
 class SaveThreshold(BaseModel):
     model_config = ConfigDict(extra="forbid")
     target_ip: Annotated[str, Field(min_length=1)]
     label: str = ""
-    thresholds: dict[str, int | float | str]
+    thresholds: dict[str, RateValue]
 
 
 class AddAllow(BaseModel):
@@ -56,9 +98,62 @@ def _norm(text: str, field: str) -> str:
     try:
         return str(parse_prefix(text))
     except ValueError as exc:
-        from policies.errors import ValidationFailed
-
         raise ValidationFailed(f"{field}: {exc}", field=field) from None
+
+
+def _unknown_tier(name: str, names: list[str], field: str) -> ValidationFailed:
+    return ValidationFailed(
+        f"{field}: no tier is named {name!r} (tiers: {', '.join(names) or 'none'})",
+        code="unknown_tier",
+        field=field,
+    )
+
+
+def _split_key(key: str, field: str) -> tuple[str, Literal["bps", "pps"]]:
+    tier, _, metric = key.rpartition("_")
+    if not tier or metric not in ("bps", "pps"):
+        raise ValidationFailed(
+            f"{field}: expected <tier>_bps or <tier>_pps (e.g. tier1_bps), got {key!r}",
+            field=field,
+        )
+    return tier, "bps" if metric == "bps" else "pps"
+
+
+def _tier_thresholds(
+    raw: dict[str, RateValue | dict[str, RateValue | None] | None], names: list[str]
+) -> dict[str, dict[str, RateValue | None]]:
+    """Flat ``tierN_bps`` keys or nested ``{tierN: {bps, pps}}``, by tier."""
+    out: dict[str, dict[str, RateValue | None]] = {}
+    for key, value in raw.items():
+        field = f"thresholds.{key}"
+        if isinstance(value, dict):
+            if key not in names:
+                raise _unknown_tier(key, names, field)
+            for metric, rate in value.items():
+                if metric not in ("bps", "pps"):
+                    raise ValidationFailed(
+                        f"{field}.{metric}: unknown parameter (bps or pps)",
+                        code="unknown_parameter",
+                        field=f"{field}.{metric}",
+                    )
+                out.setdefault(key, {})[metric] = rate
+            out.setdefault(key, {})
+        else:
+            tier, metric = _split_key(key, field)
+            if tier not in names:
+                raise _unknown_tier(tier, names, field)
+            out.setdefault(tier, {})[metric] = value
+    return out
+
+
+def _per_tier(value: Any, names: list[str], field: str) -> dict[str, Any]:
+    """One value for every tier, or a mapping by tier name."""
+    if not isinstance(value, dict):
+        return dict.fromkeys(names, value)
+    for name in value:
+        if name not in names:
+            raise _unknown_tier(name, names, f"{field}.{name}")
+    return dict(value)
 
 
 @router.get("/mitigation/escalation-policy")
@@ -68,35 +163,73 @@ async def get_escalation(doc: Doc, _: Reader) -> dict[str, Any]:
 
 @router.put("/mitigation/escalation-policy")
 async def save_escalation(body: SaveEscalation, doc: Doc, who: Writer) -> dict[str, Any]:
-    def mutate(d: dict[str, Any]) -> None:
-        esc = d.setdefault("escalation", {})
-        if body.tiers is not None:
-            esc["tiers"] = body.tiers
-        tiers = {t["name"]: t for t in esc.get("tiers", [])}
-        for name, values in (body.thresholds or {}).items():
-            if name not in tiers:
-                raise NotFound(
-                    f"thresholds: no tier is named {name!r} (tiers: {', '.join(tiers) or 'none'})",
-                    code="unknown_tier",
-                    field="thresholds",
-                )
-            tiers[name].update(values)
-        if isinstance(body.ttl, int):
-            for t in tiers.values():
-                t["ttl"] = body.ttl
-        elif body.ttl is not None:
-            for name, ttl in body.ttl.items():
-                if name not in tiers:
-                    raise NotFound(
-                        f"ttl: no tier is named {name!r}", code="unknown_tier", field="ttl"
-                    )
-                tiers[name]["ttl"] = ttl
+    sent = body.model_fields_set
+    for name in ("tiers", "thresholds", "ttl", "adapters"):
+        if name in sent:
+            doc.require_api("escalation", "tiers", field=name)
+    if body.escalation is not None:
+        for key in body.escalation.model_fields_set:
+            doc.require_api("escalation", key, field=f"escalation.{key}")
+    if body.baseline_mode is not None:
+        doc.require_api("baseline", "mode", field="baseline_mode")
+    if body.dry_run is not None:
+        doc.require_api("settings", "dry_run", field="dry_run")
+    if "geo_lockdown" in sent:
+        doc.require_api("geo_lockdown", field="geo_lockdown")
+
+    tiers: list[dict[str, Any]] = (
+        [dict(t) for t in body.tiers]
+        if body.tiers is not None
+        else doc.service.policy.escalation.model_dump(mode="json", exclude_defaults=True)["tiers"]
+    )
+    names = [str(t.get("name")) for t in tiers]
+    by_name = {str(t.get("name")): t for t in tiers}
+    if body.thresholds is not None:
+        for name, values in _tier_thresholds(body.thresholds, names).items():
+            by_name[name].update(values)
+    if body.ttl is not None:
+        for name, ttl in _per_tier(body.ttl, names, "ttl").items():
+            by_name[name]["ttl"] = ttl
+    if body.adapters is not None:
+        for name, adapters in _per_tier(body.adapters, names, "adapters").items():
+            by_name[name]["adapters"] = adapters
+    geo: dict[str, Any] | None = None
+    if body.geo_lockdown is not None:
+        g = body.geo_lockdown
+        database = g.database or doc.service.settings.geoip_database
+        if g.enabled and database is None:
+            raise ValidationFailed(
+                "geo_lockdown.database: no country database (MMDB) is configured: give "
+                "database, or set SLUICE_GEOIP_DATABASE for the service",
+                code="missing_parameter",
+                field="geo_lockdown.database",
+            )
+        if g.from_tier is not None and g.from_tier not in names:
+            raise _unknown_tier(g.from_tier, names, "geo_lockdown.from_tier")
+        geo = {
+            "enabled": g.enabled,
+            "mode": g.action or g.mode or "block",
+            "countries": g.countries,
+            "database": str(database or ""),
+            "from_tier": g.from_tier or (names[0] if names else ""),
+            **g.model_dump(
+                include={"rule_budget", "only_seen_countries", "adapters", "ttl"},
+                exclude_none=True,
+            ),
+        }
+
+    def mutate(layer: dict[str, Any]) -> None:
+        esc = layer.setdefault("escalation", {})
+        if sent & {"tiers", "thresholds", "ttl", "adapters"}:
+            esc["tiers"] = tiers
+        if body.escalation is not None:
+            esc.update(body.escalation.model_dump(exclude_unset=True))
         if body.baseline_mode is not None:
-            d.setdefault("baseline", {})["mode"] = body.baseline_mode
-        if "geo_lockdown" in body.model_fields_set:
-            d["geo_lockdown"] = body.geo_lockdown
+            layer.setdefault("baseline", {})["mode"] = body.baseline_mode
         if body.dry_run is not None:
-            d.setdefault("settings", {})["dry_run"] = body.dry_run
+            layer.setdefault("settings", {})["dry_run"] = body.dry_run
+        if "geo_lockdown" in sent:
+            layer["geo_lockdown"] = geo
 
     doc.change(mutate, actor=who.name, what="escalation")
     return ok(policy=doc.escalation_view())
@@ -110,27 +243,51 @@ async def list_thresholds(doc: Doc, _: Reader) -> dict[str, Any]:
 @router.post("/mitigation/thresholds")
 async def save_threshold(body: SaveThreshold, doc: Doc, who: Writer) -> dict[str, Any]:
     target = _norm(body.target_ip, "target_ip")
-
-    def mutate(d: dict[str, Any]) -> None:
-        entries = [e for e in d.get("thresholds", []) if e["target_ip"] != target]
-        entries.append(
-            {"target_ip": target, "label": body.label, "thresholds": dict(body.thresholds)}
+    names = [t.name for t in doc.service.policy.escalation.tiers]
+    if not body.thresholds:
+        raise ValidationFailed(
+            'thresholds: give at least one, e.g. {"tier1_bps": 1000000}',
+            code="missing_parameter",
+            field="thresholds",
         )
-        d["thresholds"] = entries
+    for key in body.thresholds:
+        tier, _metric = _split_key(key, f"thresholds.{key}")
+        if tier not in names:
+            raise _unknown_tier(tier, names, f"thresholds.{key}")
+    key_of = threshold_key({"target_ip": target})
+    if any(
+        e["managed_by"] == "policy" and threshold_key(e) == key_of for e in doc.thresholds_view()
+    ):
+        raise ReadOnly(
+            f"target_ip: thresholds for {target} are declared in {doc.where()}; change them there",
+            field="target_ip",
+        )
+
+    def mutate(layer: dict[str, Any]) -> None:
+        entries = [e for e in layer.get("thresholds", []) if threshold_key(e) != key_of]
+        entry: dict[str, Any] = {"target_ip": target, "thresholds": dict(body.thresholds)}
+        if body.label:
+            entry["label"] = body.label
+        layer["thresholds"] = [*entries, entry]
 
     doc.change(mutate, actor=who.name, what="thresholds")
-    entry = next(e for e in doc.thresholds_view() if e["target_ip"] == target)
+    entry = next(e for e in doc.thresholds_view() if threshold_key(e) == key_of)
     return ok(threshold=entry)
 
 
 @router.delete("/mitigation/thresholds/{threshold_id}")
 async def delete_threshold(threshold_id: str, doc: Doc, who: Writer) -> dict[str, Any]:
-    if not any(e["id"] == threshold_id for e in doc.thresholds_view()):
+    found = next((e for e in doc.thresholds_view() if e["id"] == threshold_id), None)
+    if found is None:
         raise NotFound(f"threshold {threshold_id} does not exist", code="threshold_not_found")
+    if found["managed_by"] == "policy":
+        raise ReadOnly(
+            f"thresholds for {found['target_ip']} are declared in {doc.where()}; remove them there"
+        )
 
-    def mutate(d: dict[str, Any]) -> None:
-        d["thresholds"] = [
-            e for e in d.get("thresholds", []) if entry_id(e["target_ip"]) != threshold_id
+    def mutate(layer: dict[str, Any]) -> None:
+        layer["thresholds"] = [
+            e for e in layer.get("thresholds", []) if entry_id(threshold_key(e)) != threshold_id
         ]
 
     doc.change(mutate, actor=who.name, what="thresholds")
@@ -139,13 +296,12 @@ async def delete_threshold(threshold_id: str, doc: Doc, who: Writer) -> dict[str
 
 @router.get("/allowlist")
 async def list_allowlist(doc: Doc, _: Reader, node: str | None = None) -> dict[str, Any]:
+    """Every entry; with ``node``, the workspace-wide entries and that node's."""
     return ok(entries=doc.allowlist_view(node))
 
 
 @router.post("/allowlist", status_code=201)
 async def add_allowlist(body: AddAllow, doc: Doc, who: Writer) -> dict[str, Any]:
-    from policies.errors import ValidationFailed
-
     if body.scope == "node" and not body.node:
         raise ValidationFailed(
             "node is required when scope is node", field="node", code="missing_parameter"
@@ -153,33 +309,49 @@ async def add_allowlist(body: AddAllow, doc: Doc, who: Writer) -> dict[str, Any]
     if body.scope == "workspace" and body.node:
         raise ValidationFailed("node is only for scope node", field="node")
     address = _norm(body.ip_address, "ip_address")
-    new_id = entry_id(address, body.scope, body.node)
-    if any(e["id"] == new_id for e in doc.allowlist_view(body.node)):
-        raise Conflict(f"{address} is already on the allowlist", code="duplicate_entry")
+    item: dict[str, Any] = {"ip_address": address, "scope": body.scope}
+    if body.label:
+        item["label"] = body.label
+    if body.node:
+        item["node"] = body.node
+    new_id = entry_id(*allow_key(item))
+    existing = next((e for e in doc.allowlist_view() if e["id"] == new_id), None)
+    if existing is not None:
+        where = f" (declared in {doc.where()})" if existing["managed_by"] == "policy" else ""
+        raise Conflict(
+            f"{address} is already on the allowlist{where}",
+            code="duplicate_entry",
+            field="ip_address",
+        )
 
-    def mutate(d: dict[str, Any]) -> None:
-        item: dict[str, Any] = {"ip_address": address, "label": body.label, "scope": body.scope}
-        if body.node:
-            item["node"] = body.node
-        d.setdefault("allowlist", []).append(item)
+    def mutate(layer: dict[str, Any]) -> None:
+        layer["allowlist"] = [*layer.get("allowlist", []), item]
 
     doc.change(mutate, actor=who.name, what="allowlist")
-    return ok(entry=next(e for e in doc.allowlist_view(body.node) if e["id"] == new_id))
+    return ok(entry=next(e for e in doc.allowlist_view() if e["id"] == new_id))
 
 
 @router.delete("/allowlist/{entry_id_}")
 async def remove_allowlist(entry_id_: str, doc: Doc, who: Writer) -> dict[str, Any]:
-    entries = doc.document().get("allowlist", [])
-    keep = [
-        e
-        for e in entries
-        if entry_id(e["ip_address"], e.get("scope", "workspace"), e.get("node")) != entry_id_
-    ]
-    if len(keep) == len(entries):
+    found = next((e for e in doc.allowlist_view() if e["id"] == entry_id_), None)
+    if found is None:
         raise NotFound(f"allowlist entry {entry_id_} does not exist", code="entry_not_found")
+    if found["managed_by"] == "policy":
+        raise ReadOnly(
+            f"allowlist entry {found['ip_address']} is declared in {doc.where()}; remove it there"
+        )
 
-    def mutate(d: dict[str, Any]) -> None:
-        d["allowlist"] = keep
+    def mutate(layer: dict[str, Any]) -> None:
+        layer["allowlist"] = [
+            e for e in layer.get("allowlist", []) if entry_id(*allow_key(e)) != entry_id_
+        ]
 
     doc.change(mutate, actor=who.name, what="allowlist")
     return ok(deleted=entry_id_)
+
+
+@router.get("/policy/export")
+async def export_policy(doc: Doc, _: Reader) -> dict[str, Any]:
+    """The objects created through the API, as a policy document (YAML) to commit."""
+    document = doc.export()
+    return ok(document=document, yaml=to_yaml(document))

@@ -1,0 +1,95 @@
+"""``sluice policy export``: the objects created through the API, as YAML to commit.
+
+From a running service (``GET /api/v1/policy/export``: only what the files do not already
+declare) or, offline, straight from a store (``--database``: the whole layer). The output
+is a policy file: add its entries to the files in git (a section may be defined in one
+file only) and the service, once reloaded, shows them as ``managed_by: policy``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+import yaml
+
+HEADER = (
+    "# Policy objects created through Sluice's API (managed_by: api), exported {at}.\n"
+    "# Add these entries to the policy files in git; a section lives in one file only.\n"
+)
+
+
+def to_yaml(document: dict[str, Any], at: datetime | None = None) -> str:
+    stamp = (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if not document:
+        return HEADER.format(at=stamp) + "# (nothing: every object is declared in the files)\n"
+    body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return HEADER.format(at=stamp) + body
+
+
+def _from_store(database: str) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from orchestrator.policy_doc import LAYER_KEY, LEGACY_KEY
+    from orchestrator.store.db import make_engine
+    from orchestrator.store.models import kv
+
+    engine = make_engine(database)
+    try:
+        with engine.connect() as conn:
+            rows = dict(
+                conn.execute(
+                    select(kv.c.key, kv.c.value).where(kv.c.key.in_([LAYER_KEY, LEGACY_KEY]))
+                ).all()
+            )
+    finally:
+        engine.dispose()
+    layer = rows.get(LAYER_KEY)
+    return dict(layer if layer is not None else rows.get(LEGACY_KEY) or {})
+
+
+def _from_service(url: str, token: str) -> dict[str, Any]:
+    try:
+        resp = httpx.get(
+            url.rstrip("/") + "/api/v1/policy/export",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach {url}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        body = resp.json()
+    except json.JSONDecodeError:
+        typer.echo(f"error: {resp.status_code}: not a JSON answer", err=True)
+        raise typer.Exit(1) from None
+    if not body.get("ok"):
+        e = body.get("error", {})
+        typer.echo(f"error: {e.get('code', resp.status_code)}: {e.get('message', '')}", err=True)
+        raise typer.Exit(1)
+    document: dict[str, Any] = body["document"]
+    return document
+
+
+def export_command(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here (default: stdout).")
+    ] = None,
+    database: Annotated[
+        str | None, typer.Option(help="Read this store directly instead of asking the service.")
+    ] = None,
+    url: Annotated[str, typer.Option("--url", envvar="SLUICE_URL")] = "http://127.0.0.1:8080",
+    token: Annotated[str, typer.Option("--token", envvar="SLUICE_TOKEN")] = "",
+) -> None:
+    """Write the policy objects created through the API as YAML, to commit."""
+    document = _from_store(database) if database else _from_service(url, token)
+    text = to_yaml(document)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    output.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {output}", err=True)
