@@ -356,7 +356,7 @@ async def announce(
         RuleRequest(
             intent=scrubbing_intent(t),
             adapter=rec.id,
-            ttl=ttl,
+            ttl=0 if ttl is None else ttl,  # enabled until withdrawn unless a TTL is given
             reason=reason,
             origin="manual",
             actor=actor,

@@ -1,7 +1,10 @@
 """The policy model and its loader: a directory of YAML files becomes one :class:`Policy`.
 
 Each file holds one or more top-level sections (``settings``, ``guardrails``,
-``adapters``, ...); a section may appear in only one file. Errors name the file, the line
+``adapters``, ...). The lists (``adapters``, ``thresholds``, ``allowlist``) and the mappings
+(``settings``, ``guardrails``, ``baseline``, ``escalation``) may be split over several files,
+each key in one file only (so an exported file of API-made objects can be added as is);
+any other section lives in one file. Errors name the file, the line
 and the field. Secrets are never written in a policy file: ``auth_token`` and any config
 value may reference an environment variable as ``${NAME}``, resolved at load time.
 """
@@ -394,17 +397,81 @@ def policy_files(directory: Path) -> list[Path]:
     )
 
 
-def _locate(
-    loc: tuple[int | str, ...], origin: dict[str, Path], directory: Path, texts: dict[Path, str]
-) -> tuple[str, str]:
-    """``(file:line, dotted field)`` for an error at ``loc``."""
-    section = str(loc[0]) if loc else ""
-    path = origin.get(section)
-    field = ".".join(str(p) for p in loc)
-    if path is None:
-        return str(directory), field
-    line = _line_of_path(texts[path], loc)
-    return (f"{path}:{line}" if line else str(path)), field
+LIST_SECTIONS = frozenset({"adapters", "thresholds", "allowlist"})
+KEYED_SECTIONS = frozenset({"settings", "guardrails", "baseline", "escalation"})
+
+
+class _Origins:
+    """Which file each part of the merged policy came from (for ``file:line`` errors).
+
+    A list section (adapters, thresholds, allowlist) may be split over several files, its
+    entries in file-name order; a mapping section (settings, guardrails, baseline,
+    escalation) too, each key in one file only; any other section lives in one file.
+    """
+
+    def __init__(self) -> None:
+        self.section: dict[str, Path] = {}
+        self.entries: dict[str, list[tuple[Path, int]]] = {}
+        self.keys: dict[tuple[str, str], Path] = {}
+
+    def add(self, merged: dict[str, Any], path: Path, text: str, data: dict[str, Any]) -> None:
+        for section, value in data.items():
+            have = merged.get(section)
+            if (
+                section in LIST_SECTIONS
+                and isinstance(value, list)
+                and (section not in merged or isinstance(have, list))
+            ):
+                spots = self.entries.setdefault(section, [])
+                spots += [(path, i) for i in range(len(value))]
+                merged[section] = [*(have or []), *value]
+            elif (
+                section in KEYED_SECTIONS
+                and isinstance(value, dict)
+                and (section not in merged or isinstance(have, dict))
+            ):
+                for key in value:
+                    first = self.keys.get((section, str(key)))
+                    if first is not None:
+                        line = _line_of_path(text, (section, str(key)))
+                        raise PolicyInvalid(
+                            f"{section}.{key} is already defined in {first.name}",
+                            location=f"{path}:{line}",
+                            field=f"{section}.{key}",
+                        )
+                    self.keys[(section, str(key))] = path
+                merged[section] = {**(have or {}), **value}
+            elif section in merged:
+                first = self.section[section]
+                line = _line_of_path(text, (section,))
+                raise PolicyInvalid(
+                    f"section {section!r} is already defined in {first.name}",
+                    location=f"{path}:{line}",
+                    field=str(section),
+                )
+            else:
+                merged[section] = value
+            self.section.setdefault(section, path)
+
+    def locate(
+        self, loc: tuple[int | str, ...], directory: Path, texts: dict[Path, str]
+    ) -> tuple[str, str]:
+        """``(file:line, dotted field)`` for an error at ``loc`` of the merged policy."""
+        field = ".".join(str(p) for p in loc)
+        section = str(loc[0]) if loc else ""
+        path = self.section.get(section)
+        local = loc
+        if len(loc) > 1:
+            spots = self.entries.get(section, [])
+            if isinstance(loc[1], int) and 0 <= loc[1] < len(spots):
+                path, index = spots[loc[1]]
+                local = (loc[0], index, *loc[2:])
+            elif (section, str(loc[1])) in self.keys:
+                path = self.keys[(section, str(loc[1]))]
+        if path is None:
+            return str(directory), field
+        line = _line_of_path(texts[path], local)
+        return (f"{path}:{line}" if line else str(path)), field
 
 
 Check = Callable[[Policy], None]
@@ -424,7 +491,7 @@ def load_policy(
     if not directory.is_dir():
         raise PolicyInvalid(f"policy directory {directory} does not exist")
     merged: dict[str, Any] = {}
-    origin: dict[str, Path] = {}
+    origins = _Origins()
     texts: dict[Path, str] = {}
     try:
         paths = policy_files(directory)
@@ -434,35 +501,27 @@ def load_policy(
         ) from None
     for path in paths:
         texts[path] = read_text(path, directory)
-        data = _read_file(path, texts[path])
-        for section, value in data.items():
-            if section in merged:
-                first = origin[section]
-                line = _line_of_path(texts[path], (section,))
-                raise PolicyInvalid(
-                    f"section {section!r} is already defined in {first.name}",
-                    location=f"{path}:{line}",
-                    field=str(section),
-                )
-            merged[section] = value
-            origin[section] = path
+        origins.add(merged, path, texts[path], _read_file(path, texts[path]))
     geo = merged.get("geo_lockdown")
     if isinstance(geo, dict) and isinstance(geo.get("database"), str):
         database = Path(geo["database"])
         if not database.is_absolute():
-            merged["geo_lockdown"] = {**geo, "database": origin["geo_lockdown"].parent / database}
+            merged["geo_lockdown"] = {
+                **geo,
+                "database": origins.section["geo_lockdown"].parent / database,
+            }
     try:
         policy = model.model_validate(merged)
         if check is not None:
             check(policy)
     except EntryInvalid as exc:
-        where, field = _locate(exc.loc, origin, directory, texts)
+        where, field = origins.locate(exc.loc, directory, texts)
         message = exc.message.removeprefix(f"{field}: ")
         raise PolicyInvalid(f"{field}: {message}", location=where, field=field) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
-        where, field = _locate(loc, origin, directory, texts)
+        where, field = origins.locate(loc, directory, texts)
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise PolicyInvalid(f"{field}: {msg}", location=where, field=field) from None
     return policy

@@ -1,11 +1,12 @@
 """The ExaBGP adapter: send rendered API commands to our bridge and map ExaBGP's acks.
 
 ExaBGP runs :mod:`adapters.exabgp.bridge` as its ``process``; this adapter reaches the
-bridge over its unix socket (``unix:///path``) or HTTP (``http://host:5000``, optional
-bearer token). Each FlowSpec rule becomes one command (see :mod:`adapters.exabgp.render`);
-blackholes that share peers and attributes share one ``attributes ... nlri`` command (up to
-``group`` prefixes: ExaBGP parses a command far slower than a prefix). A batch is one
-request, and every command gets its own ack:
+bridge over its unix socket (``unix:///path``) or HTTP (``http://host:5000``; ``IP:port``
+and a bare IP, meaning port 5000, are accepted too; optional bearer token). Each FlowSpec
+rule becomes one command (see :mod:`adapters.exabgp.render`); blackholes that share peers
+and attributes share one ``attributes ... nlri`` command (up to ``group`` prefixes: ExaBGP
+parses a command far slower than a prefix). A batch is one request, and every command gets
+its own ack:
 
 * ``done`` -> success (ExaBGP took it into its RIB; delivery to peers follows);
 * ``error`` -> refused, not retryable, with the command ExaBGP refused (a refused shared
@@ -77,12 +78,46 @@ from policies.intents import AnyIntent, BlackholeIntent, Community, LargeCommuni
 
 FSM_STATE = {"up": "established", "connected": "connect", "down": "idle"}
 _HTTP = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?/?$")
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?$")
+DEFAULT_HTTP_PORT = 5000  # the bridge's HTTP listener (``--http HOST:PORT``)
+
+
+def _host_port(text: str) -> str | None:
+    """``IP:port``, ``[IPv6]:port``, a bare IP, or ``name:port`` as an http URL."""
+    try:
+        bare = ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    else:  # a bare address (an IPv6 one cannot carry a port without brackets)
+        host = f"[{bare}]" if bare.version == 6 else str(bare)
+        return f"http://{host}:{DEFAULT_HTTP_PORT}"
+    m = _HOST_PORT.match(text)
+    if m is None:
+        return None
+    host, port = m.group(1), m.group(2)
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return None
+    elif port is None:
+        return None  # a name without a port is too easy to mistype: say which
+    return f"http://{host}:{port or DEFAULT_HTTP_PORT}"
 
 
 def parse_endpoint(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError("endpoint is required: unix:///path/to/bridge.sock or http://host:5000")
-    text = value.strip()
+        raise ValueError(
+            "endpoint is required: unix:///path/to/bridge.sock, http://host:5000 or IP:port"
+        )
+    text = original = value.strip()
+    if "://" not in text and not text.startswith("unix:"):
+        url = _host_port(text)
+        if url is None:
+            raise ValueError(
+                f"{original!r} is neither unix:///path, http(s)://host:port nor IP:port"
+            )
+        text = url
     if text.startswith("unix:"):
         path = text.removeprefix("unix://") if text.startswith("unix://") else text[5:]
         if not path.startswith("/"):
@@ -90,7 +125,7 @@ def parse_endpoint(value: object) -> str:
         return f"unix://{path}"
     m = _HTTP.match(text)
     if not m or (m.group(2) and not 0 < int(m.group(2)[1:]) < 65536):
-        raise ValueError(f"{text!r} is neither unix:///path nor http(s)://host:port")
+        raise ValueError(f"{original!r} is neither unix:///path, http(s)://host:port nor IP:port")
     return text.rstrip("/")
 
 

@@ -42,7 +42,8 @@ class UpsertIntegration(BaseModel):
 class Announce(BaseModel):
     model_config = ConfigDict(extra="forbid")
     target_ip: TargetIp | None = None  # default: every prefix the integration is configured with
-    ttl: int | None = None  # None: the policy's default_ttl; 0: until withdrawn
+    # seconds; none given (or 0): diverted until withdrawn, as the reference's enable does
+    ttl: int | None = None
     reason: Reason = ""
 
 

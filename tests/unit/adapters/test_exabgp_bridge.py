@@ -216,12 +216,18 @@ def refs(*prefixes: str) -> list[RuleRef]:
     ]
 
 
-@pytest.mark.parametrize("transport", ["unix", "http"])
+def _endpoint(transport: str, unix: str, http: str) -> str:
+    """``ip:port`` is the reference's form for the HTTP listener."""
+    return {"unix": unix, "http": http, "ip:port": http.removeprefix("http://")}[transport]
+
+
+@pytest.mark.parametrize("transport", ["unix", "http", "ip:port"])
 async def test_adapter_outcomes_and_read_back(
     served: tuple[Bridge, str, str], transport: str
 ) -> None:
     _, unix, http = served
-    exa = adapter(unix) if transport == "unix" else adapter(http, "s3cret")
+    endpoint = _endpoint(transport, unix, http)
+    exa = adapter(endpoint) if transport == "unix" else adapter(endpoint, "s3cret")
     try:
         rules = refs("192.0.2.1", "192.0.2.66", "192.0.2.3")
         outcomes = await exa.announce(rules)
@@ -230,7 +236,7 @@ async def test_adapter_outcomes_and_read_back(
         assert outcomes[1].retryable is False
         assert "192.0.2.66/32" in (outcomes[1].error or "")
         assert await exa.active() == frozenset({rules[0].key, rules[2].key})
-        fresh = adapter(unix) if transport == "unix" else adapter(http, "s3cret")
+        fresh = adapter(endpoint) if transport == "unix" else adapter(endpoint, "s3cret")
         assert await fresh.active() == frozenset(
             {rules[0].key, rules[2].key}
         )  # parsed back, no memory
@@ -267,10 +273,29 @@ async def test_adapter_unreachable_bridge_is_retryable(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("endpoint", "url"),
+    [
+        ("192.0.2.1:5001", "http://192.0.2.1:5001"),
+        ("192.0.2.1", "http://192.0.2.1:5000"),
+        ("[2001:db8::1]:5001", "http://[2001:db8::1]:5001"),
+        ("[2001:db8::1]", "http://[2001:db8::1]:5000"),
+        ("2001:db8::1", "http://[2001:db8::1]:5000"),
+        ("bridge.example:8080", "http://bridge.example:8080"),
+        ("http://192.0.2.1:5000/", "http://192.0.2.1:5000"),
+    ],
+)
+def test_ip_port_endpoints_mean_the_http_listener(endpoint: str, url: str) -> None:
+    assert adapter(endpoint).settings.endpoint == url
+
+
+@pytest.mark.parametrize(
     ("endpoint", "config", "field"),
     [
         ("", {}, "endpoint"),
         ("tcp://x:1", {}, "endpoint"),
+        ("192.0.2.1:70000", {}, "endpoint"),
+        ("bridge.example", {}, "endpoint"),
+        ("[not-v6]:5000", {}, "endpoint"),
         ("unix://relative", {}, "endpoint"),
         ("http://127.0.0.1:5000", {"next_hop_v4": "2001:db8::1"}, "config.next_hop_v4"),
         ("http://127.0.0.1:5000", {"communities": ["1:99999"]}, "config.communities.0"),

@@ -168,6 +168,21 @@ async def test_announce_configured_prefixes_status_and_withdraw(
     assert error(r) == (404, "diversion_not_found", "target_ip")
 
 
+async def test_enabled_scrubbing_stays_until_withdrawn_unless_a_ttl_is_given(
+    make_api: Any, cf: CloudflareServer
+) -> None:
+    api = await make_api()
+    iid = await add_magic_transit(api, cf)
+    body = await api.ok("POST", f"/scrubbing/{iid}/announce", 201, json={"target_ip": PFX1})
+    [rule] = body["rules"]  # was: the policy's default TTL (300 s)
+    assert (rule["state"], rule["ttl"], rule["expires_at"]) == ("active", 0, None)
+    body = await api.ok(
+        "POST", f"/scrubbing/{iid}/announce", 201, json={"target_ip": PFX2, "ttl": 120}
+    )
+    [rule] = body["rules"]
+    assert rule["ttl"] == 120 and rule["expires_at"] is not None
+
+
 async def test_announce_one_address_inside_a_prefix(make_api: Any, cf: CloudflareServer) -> None:
     api = await make_api()
     iid = await add_magic_transit(api, cf)

@@ -257,10 +257,43 @@ def test_secrets_must_be_env_references(tmp_path: Path) -> None:
 
 
 def test_section_defined_twice(tmp_path: Path) -> None:
-    write(tmp_path, {"a.yaml": "settings: {dry_run: true}\n", "b.yaml": "\n\nsettings: {}\n"})
+    write(
+        tmp_path,
+        {
+            "a.yaml": "settings: {dry_run: true}\ngeo_lockdown: null\n",
+            "b.yaml": "\n\nsettings:\n  cooldown_seconds: 5\n  dry_run: false\n",
+        },
+    )
     with pytest.raises(PolicyInvalid) as info:
         load_policy(tmp_path)
-    assert info.value.location == f"{tmp_path / 'b.yaml'}:3"
+    assert info.value.location == f"{tmp_path / 'b.yaml'}:5"
+    assert "settings.dry_run is already defined in a.yaml" in str(info.value)
+    (tmp_path / "b.yaml").write_text("geo_lockdown: null\n")
+    with pytest.raises(PolicyInvalid) as info:
+        load_policy(tmp_path)
+    assert info.value.location == f"{tmp_path / 'b.yaml'}:1"
+
+
+def test_lists_and_mappings_may_be_split_over_files(tmp_path: Path) -> None:
+    data = policy_data(allowlist=[{"ip_address": "192.0.2.0/24"}])
+    write(
+        tmp_path,
+        {
+            "a.yaml": data,
+            "b.yaml": "settings:\n  dry_run: true\nallowlist:\n  - ip_address: 198.51.100.1\n"
+            "  - ip_address: 192.0.2.7\n",
+        },
+    )
+    with pytest.raises(PolicyInvalid) as info:  # the error points into the right file
+        load_policy(tmp_path)
+    assert info.value.location == f"{tmp_path / 'b.yaml'}:5"
+    assert info.value.field == "allowlist.2.ip_address"
+    (tmp_path / "b.yaml").write_text(
+        "settings:\n  dry_run: true\nallowlist:\n  - ip_address: 198.51.100.1\n"
+    )
+    policy = load_policy(tmp_path)
+    assert policy.settings.dry_run is True and policy.settings.cooldown_seconds == 0
+    assert [e.prefix for e in policy.allowlist.entries] == ["192.0.2.0/24", "198.51.100.1/32"]
 
 
 def test_rate_suffixes_and_round_trip(tmp_path: Path) -> None:
