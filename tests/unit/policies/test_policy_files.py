@@ -58,13 +58,13 @@ def test_byte_order_mark_is_refused(tmp_path: Path, bom: bytes, name: str) -> No
 
 def test_symlink_out_of_the_directory_is_refused_and_never_read(tmp_path: Path) -> None:
     outside = tmp_path / "outside.yaml"
-    outside.write_text("secret line that must never be shown: s3cr3t\n")
+    outside.write_text("s3cr3t: the first line of a file that must never be shown\n")
     pdir = write(tmp_path / "policy", {"a.yaml": policy_data()})
     (pdir / "b.yaml").symlink_to(outside)
     err = _refused(pdir)
-    assert err.location == str(pdir / "b.yaml")
+    assert "s3cr3t" not in str(err)  # was: "b.yaml:1: s3cr3t: Extra inputs are not permitted"
     assert "leads outside the policy directory" in err.message
-    assert "s3cr3t" not in str(err)
+    assert err.location == str(pdir / "b.yaml")
     # a link to a file inside the directory is fine; a dangling one is refused
     (pdir / "b.yaml").unlink()
     (pdir / "shared").mkdir()
