@@ -45,14 +45,6 @@ def entry_id(*parts: object) -> str:
     return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:12]
 
 
-def threshold_id(entry: dict[str, Any]) -> str:
-    return entry_id(threshold_key(entry))
-
-
-def allow_id(entry: dict[str, Any]) -> str:
-    return entry_id(*allow_key(entry))
-
-
 class PolicyDocument:
     def __init__(self, runtime: PolicyRuntime) -> None:
         self.runtime = runtime
@@ -104,7 +96,13 @@ class PolicyDocument:
 
     def over(self, files: Policy) -> Policy:
         """``files`` with the layer over them (the hook hot reload uses)."""
-        return compose(files, self.layer, self._api_adapters())
+        try:
+            return compose(files, self.layer, self._api_adapters())
+        except PolicyInvalid as exc:
+            raise PolicyInvalid(
+                f"the files with the objects created through the API over them: {exc.message}",
+                field=exc.field,
+            ) from None
 
     def change(self, mutate: Callable[[dict[str, Any]], None], *, actor: str, what: str) -> Policy:
         """Apply ``mutate`` to a copy of the layer; validate, store and put it in force."""

@@ -121,7 +121,13 @@ class PolicyRuntime:
         """Poll the policy directory; returns the new status when something changed."""
         if self.watcher is None:
             return None
-        change = self.watcher.poll()
+        try:
+            change = self.watcher.poll()
+        except Exception as exc:  # never leave a status that says ok about unread files
+            log.exception("reading the policy directory %s", self.watcher.directory)
+            message = f"the policy directory could not be read: {type(exc).__name__}"
+            self.reload_status = ReloadStatus(False, utcnow(), message, None)
+            return self.reload_status
         if change is None:
             return None
         now = utcnow()

@@ -375,3 +375,28 @@ async def test_export_command_from_the_store(tmp_path: Path) -> None:
     ]
     assert doc["escalation"] == {"hold_down_seconds": 2}
     assert out.read_text().startswith("# Policy objects created through Sluice's API")
+
+
+async def test_files_that_clash_with_api_objects_are_refused_on_reload(tmp_path: Path) -> None:
+    pdir = tmp_path / "policy"
+    pdir.mkdir()
+    for name, text in FILES.items():
+        (pdir / name).write_text(text)
+    c = await start(tmp_path, pdir)
+    rt = c.app.state.runtime
+    try:
+        r = await c("POST", "/allowlist", json={"ip_address": "203.0.113.0/24"})
+        assert r.status_code == 201, r.text
+        before = c.svc.policy
+        # a file now allowlists an address inside the API's entry: one scope, overlapping
+        (pdir / "more.yaml").write_text("allowlist:\n  - ip_address: 203.0.113.9\n")
+        status = await rt.reload()
+        assert status is not None and not status.ok
+        assert "created through the API" in (status.error or "")
+        assert "overlaps" in (status.error or "")
+        assert c.svc.policy is before
+        (pdir / "more.yaml").unlink()
+        status = await rt.reload()
+        assert status is not None and status.ok and c.svc.policy is before
+    finally:
+        await c.svc.stop()
