@@ -132,6 +132,7 @@ def serve(
         policy = load_policy(policy_dir, check=_service_check) if policy_dir else None
         service = Service(settings, policy=policy)
     except SluiceError as exc:
+        lock.release()
         err.print(f"[red]cannot start:[/red] {exc.message}", soft_wrap=True, markup=True)
         raise typer.Exit(2) from None
     try:
