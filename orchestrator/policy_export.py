@@ -1,7 +1,8 @@
 """``sluice policy export``: the objects created through the API, as YAML to commit.
 
-From a running service (``GET /api/v1/policy/export``: only what the files do not already
-declare) or, offline, straight from a store (``--database``: the whole layer). The output
+From a running service (``GET /api/v1/policy/export``) or, offline, straight from a store
+(``--database``, with ``--policy-dir`` for the files the service runs with): only what the
+files do not already declare, and the default tiers when neither declares tiers. The output
 is a policy file: add its entries to the files in git (a section may be defined in one
 file only) and the service, once reloaded, shows them as ``managed_by: policy``.
 """
@@ -19,7 +20,8 @@ import yaml
 
 HEADER = (
     "# Policy objects created through Sluice's API (managed_by: api), exported {at}.\n"
-    "# Add these entries to the policy files in git; a section lives in one file only.\n"
+    "# Add this file to the policy directory in git (each key and entry in one file only).\n"
+    "# Adapters created through the API are not in it: declare the ones tiers name.\n"
 )
 
 
@@ -31,12 +33,21 @@ def to_yaml(document: dict[str, Any], at: datetime | None = None) -> str:
     return HEADER.format(at=stamp) + body
 
 
-def _from_store(database: str) -> dict[str, Any]:
+def _from_store(database: str, policy_dir: Path | None) -> dict[str, Any]:
     from sqlalchemy import select
 
     from orchestrator.policy_doc import LAYER_KEY, LEGACY_KEY
     from orchestrator.store.db import make_engine
     from orchestrator.store.models import kv
+    from policies.errors import PolicyInvalid
+    from policies.layer import effective_layer
+    from policies.schema import Policy, load_policy
+
+    try:
+        files = load_policy(policy_dir) if policy_dir is not None else Policy()
+    except PolicyInvalid as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
     engine = make_engine(database)
     try:
@@ -49,7 +60,7 @@ def _from_store(database: str) -> dict[str, Any]:
     finally:
         engine.dispose()
     layer = rows.get(LAYER_KEY)
-    return dict(layer if layer is not None else rows.get(LEGACY_KEY) or {})
+    return effective_layer(files, layer if layer is not None else rows.get(LEGACY_KEY) or {})
 
 
 def _from_service(url: str, token: str) -> dict[str, Any]:
@@ -82,11 +93,15 @@ def export_command(
     database: Annotated[
         str | None, typer.Option(help="Read this store directly instead of asking the service.")
     ] = None,
+    policy_dir: Annotated[
+        Path | None,
+        typer.Option(envvar="SLUICE_POLICY_DIR", help="With --database: the service's files."),
+    ] = None,
     url: Annotated[str, typer.Option("--url", envvar="SLUICE_URL")] = "http://127.0.0.1:8080",
     token: Annotated[str, typer.Option("--token", envvar="SLUICE_TOKEN")] = "",
 ) -> None:
     """Write the policy objects created through the API as YAML, to commit."""
-    document = _from_store(database) if database else _from_service(url, token)
+    document = _from_store(database, policy_dir) if database else _from_service(url, token)
     text = to_yaml(document)
     if output is None:
         typer.echo(text, nl=False)

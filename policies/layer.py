@@ -185,6 +185,9 @@ def effective_layer(files: Policy, layer: Mapping[str, Any]) -> dict[str, Any]:
             kept = {k: v for k, v in extra.items() if not declared(files, section, k)}
             if kept:
                 out[section] = kept
+    if not declared(files, "escalation", "tiers") and "tiers" not in out.get("escalation", {}):
+        # the default tiers are in force: written out, so the export reproduces them
+        out.setdefault("escalation", {})["tiers"] = copy.deepcopy(DEFAULT_TIERS)
     if "geo_lockdown" in layer and not declared(files, "geo_lockdown"):
         out["geo_lockdown"] = layer["geo_lockdown"]
     for section, key in TABLES.items():

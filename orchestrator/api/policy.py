@@ -20,7 +20,7 @@ from orchestrator.api.envelope import ok
 from orchestrator.policy_doc import PolicyDocument, entry_id
 from orchestrator.policy_export import to_yaml
 from orchestrator.tokens import TokenInfo
-from policies.errors import Conflict, NotFound, ReadOnly, ValidationFailed
+from policies.errors import Conflict, NotFound, PolicyInvalid, ReadOnly, ValidationFailed
 from policies.intents import parse_prefix
 from policies.layer import allow_key, threshold_key
 
@@ -270,7 +270,10 @@ async def save_threshold(body: SaveThreshold, doc: Doc, who: Writer) -> dict[str
             entry["label"] = body.label
         layer["thresholds"] = [*entries, entry]
 
-    doc.change(mutate, actor=who.name, what="thresholds")
+    try:
+        doc.change(mutate, actor=who.name, what="thresholds")
+    except PolicyInvalid as exc:  # e.g. no longer increasing with the tier
+        raise PolicyInvalid(exc.message, field="thresholds") from None
     entry = next(e for e in doc.thresholds_view() if threshold_key(e) == key_of)
     return ok(threshold=entry)
 

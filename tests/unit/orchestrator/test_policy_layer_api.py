@@ -370,6 +370,10 @@ async def test_export_command_from_the_store(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["policy", "export", "--database", db, "--output", str(out)])
     assert result.exit_code == 0, result.output
     doc = yaml.safe_load(out.read_text())
+    # the default tiers were in force (never changed): written out, so the export
+    # reproduces the policy when committed
+    assert [t["name"] for t in doc["escalation"]["tiers"]] == ["tier1", "tier2", "tier3", "tier4"]
+    doc["escalation"].pop("tiers")
     assert doc["allowlist"] == [
         {"ip_address": "203.0.113.53/32", "scope": "workspace", "label": "dns"}
     ]

@@ -190,6 +190,7 @@ async def test_thresholds_and_allowlist_rest(api: Client) -> None:
         json={"target_ip": "198.51.100.0/24", "thresholds": {"tier2_bps": "1k"}},
     )
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_policy"
+    assert r.json()["error"]["field"] == "thresholds"
     assert len((await api("GET", "/mitigation/thresholds")).json()["thresholds"]) == 1
     r = await api(
         "POST",
