@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ def _files(tmp_path: Path) -> Policy:
 
 def test_files_win_key_by_key_and_entry_by_entry(tmp_path: Path) -> None:
     files = _files(tmp_path)
-    layer = {
+    layer: dict[str, Any] = {
         "settings": {"dry_run": True, "default_ttl": 60},
         "escalation": {"tiers": [], "hold_down_seconds": 9, "deescalate_after_seconds": 1},
         "thresholds": [
