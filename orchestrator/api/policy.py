@@ -58,7 +58,8 @@ class Geo(BaseModel):
     countries: Annotated[list[str], Field(min_length=1, max_length=250)]
     action: GeoAction | None = None
     mode: GeoAction | None = None  # our name for action
-    database: str | None = None  # default: the service's geoip_database setting
+    # no database here: a file path is the service's configuration (geoip_database), never
+    # a write token's to choose
     from_tier: str | None = None  # default: the first tier
     rule_budget: int | None = None
     only_seen_countries: bool | None = None
@@ -196,13 +197,13 @@ async def save_escalation(body: SaveEscalation, doc: Doc, who: Writer) -> dict[s
     geo: dict[str, Any] | None = None
     if body.geo_lockdown is not None:
         g = body.geo_lockdown
-        database = g.database or doc.service.settings.geoip_database
-        if g.enabled and database is None:
+        database = doc.service.settings.geoip_database
+        if database is None:
             raise ValidationFailed(
-                "geo_lockdown.database: no country database (MMDB) is configured: give "
-                "database, or set SLUICE_GEOIP_DATABASE for the service",
-                code="missing_parameter",
-                field="geo_lockdown.database",
+                "geo_lockdown: the service has no country database (MMDB): set "
+                "SLUICE_GEOIP_DATABASE (the geoip_database setting) and restart it",
+                code="geo_database_not_configured",
+                field="geo_lockdown",
             )
         if g.from_tier is not None and g.from_tier not in names:
             raise _unknown_tier(g.from_tier, names, "geo_lockdown.from_tier")
@@ -210,7 +211,7 @@ async def save_escalation(body: SaveEscalation, doc: Doc, who: Writer) -> dict[s
             "enabled": g.enabled,
             "mode": g.action or g.mode or "block",
             "countries": g.countries,
-            "database": str(database or ""),
+            "database": str(database),
             "from_tier": g.from_tier or (names[0] if names else ""),
             **g.model_dump(
                 include={"rule_budget", "only_seen_countries", "adapters", "ttl"},

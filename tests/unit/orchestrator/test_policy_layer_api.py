@@ -66,6 +66,11 @@ async def test_fresh_store_has_the_default_tiers_and_takes_the_reference_example
         ]
         assert view["tiers"][2]["intents"][0]["communities"] == ["65535:666"]
         assert view["managed_by"] == "api"
+        # a geo lockdown needs the service's country database
+        r = await c(
+            "PUT", "/mitigation/escalation-policy", json={"geo_lockdown": {"countries": ["CN"]}}
+        )
+        assert _code(r) == (422, "geo_database_not_configured", "geo_lockdown")
         # the reference's own example (was: refused, no tiers at all)
         r = await c("POST", "/mitigation/thresholds", json=REFERENCE_THRESHOLDS)
         assert r.status_code == 200, r.text
@@ -89,7 +94,8 @@ async def test_fresh_store_has_the_default_tiers_and_takes_the_reference_example
 
 
 async def test_reference_shapes_on_the_escalation_policy(tmp_path: Path) -> None:
-    c = await start(tmp_path)
+    mmdb = write_country_mmdb(tmp_path / "c.mmdb", {"198.18.0.0/16": "CN"})
+    c = await start(tmp_path, geoip_database=mmdb)
     try:
         view = (await c("GET", "/mitigation/escalation-policy")).json()["policy"]
         # what GET shows can be sent back (was: "escalation" refused as unknown_parameter)
@@ -116,12 +122,16 @@ async def test_reference_shapes_on_the_escalation_policy(tmp_path: Path) -> None
         r = await c("PUT", "/mitigation/escalation-policy", json={"ttl": 120})
         assert set(r.json()["policy"]["ttl"].values()) == {120}
 
-        mmdb = write_country_mmdb(tmp_path / "c.mmdb", {"198.18.0.0/16": "CN"})
-        geo = {"countries": ["CN", "ru"], "action": "block", "database": str(mmdb)}
+        geo = {"countries": ["CN", "ru"], "action": "block"}
         r = await c("PUT", "/mitigation/escalation-policy", json={"geo_lockdown": geo})
         assert r.status_code == 200, r.text
         g = r.json()["policy"]["geo_lockdown"]
         assert (g["countries"], g["mode"], g["from_tier"]) == (["CN", "RU"], "block", "tier1")
+        assert g["database"] == str(mmdb)
+        # a file path is the service's configuration, not a write token's to choose
+        put = "/mitigation/escalation-policy"
+        r = await c("PUT", put, json={"geo_lockdown": {**geo, "database": "/etc/shadow"}})
+        assert _code(r) == (422, "unknown_parameter", "geo_lockdown.database")
         r = await c("PUT", "/mitigation/escalation-policy", json={"geo_lockdown": None})
         assert r.json()["policy"]["geo_lockdown"] is None
         # everything above lives in the layer, and survives a restart
@@ -137,14 +147,15 @@ async def test_reference_shapes_on_the_escalation_policy(tmp_path: Path) -> None
 
 
 async def test_bad_input_gets_a_specific_code_and_changes_nothing(tmp_path: Path) -> None:
-    c = await start(tmp_path)
+    mmdb = write_country_mmdb(tmp_path / "c.mmdb", {"198.18.0.0/16": "CN"})
+    c = await start(tmp_path, geoip_database=mmdb)
     try:
         put = "/mitigation/escalation-policy"
         await c("PUT", put, json={"escalation": {"hold_down_seconds": 3}})
         before = (await c("GET", put)).json()["policy"]
         layer = _layer(c)
         th, ul = "/mitigation/thresholds", "/allowlist"
-        geo = {"countries": ["CN"], "database": "/x"}
+        geo = {"countries": ["CN"]}
         ip = {"target_ip": "203.0.113.1"}
         blackhole = [{"type": "blackhole"}]
         bad: list[tuple[str, str, dict[str, Any], tuple[str, str | None]]] = [
@@ -197,8 +208,8 @@ async def test_bad_input_gets_a_specific_code_and_changes_nothing(tmp_path: Path
             (
                 "PUT",
                 put,
-                {"geo_lockdown": {"countries": ["CN"]}},
-                ("missing_parameter", "geo_lockdown.database"),
+                {"geo_lockdown": {**geo, "database": "/etc/shadow"}},
+                ("unknown_parameter", "geo_lockdown.database"),
             ),
             (
                 "PUT",

@@ -50,8 +50,8 @@ class Client:
         return adapter
 
 
-async def start(tmp_path: Path, policy_dir: Path | None = None) -> Client:
-    svc = Service(settings_for(tmp_path, admin_token=ADMIN, policy_dir=policy_dir))
+async def start(tmp_path: Path, policy_dir: Path | None = None, **settings: Any) -> Client:
+    svc = Service(settings_for(tmp_path, admin_token=ADMIN, policy_dir=policy_dir, **settings))
     app = create_app(svc, run_scheduler=False)
     await svc.start()
     bootstrap_token(svc, app.state.tokens)
