@@ -116,8 +116,12 @@ class PolicyDocument:
             )
             if not res.rowcount:
                 conn.execute(insert(kv).values(key=LAYER_KEY, value=layer, updated_at=now))
+            # the audit entry in the same transaction as the change it records
+            self.service.audit.append(
+                conn, actor=actor, action=f"policy.{what}", target="policy", detail={}
+            )
         self.layer = layer
-        self.runtime.apply_document(policy, actor=actor, what=what)
+        self.service.set_policy(policy, sync_adapters=False)
         return policy
 
     # ------------------------------------------------------------ read-only checks

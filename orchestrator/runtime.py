@@ -161,14 +161,6 @@ class PolicyRuntime:
         self.reload_status = ReloadStatus(True, now, None, change.digest)
         return self.reload_status
 
-    def apply_document(self, policy: Any, *, actor: str, what: str) -> None:
-        """Put an API-edited policy in force (only when not running from a directory)."""
-        self.service.set_policy(policy, sync_adapters=False)
-        with self.service.engine.begin() as conn:
-            self.service.audit.append(
-                conn, actor=actor, action=f"policy.{what}", target="policy", detail={}
-            )
-
     # ------------------------------------------------------------ signals
 
     async def handle(
