@@ -10,7 +10,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.api import admin, envelope, mitigation, policy, scrubbing, signals
+from orchestrator.api import (
+    admin,
+    detectors,
+    envelope,
+    events,
+    mitigation,
+    policy,
+    scrubbing,
+    signals,
+)
 from orchestrator.api.deps import RateLimiter
 from orchestrator.nodes import NodeRegistry
 from orchestrator.policy_doc import PolicyDocument
@@ -102,7 +111,7 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
         runtime.load_state()
         policy_doc.load()
         jobs = {
-            "policy-reload": (service.settings.policy_reload_interval, runtime.reload),
+            **runtime.jobs(),
             "engine-state": (30.0, _async(runtime.save_state)),
             **app.state.extra_jobs,
         }
@@ -115,6 +124,7 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
         finally:
             if sched is not None:
                 sched.shutdown(wait=False)
+            runtime.intake.cancel_timers()
             runtime.save_state()
             await service.stop()
 
@@ -141,5 +151,7 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(admin.router, prefix=API_PREFIX)
     app.include_router(policy.router, prefix=API_PREFIX)
     app.include_router(signals.router, prefix=API_PREFIX)
+    app.include_router(detectors.router, prefix=API_PREFIX)
+    app.include_router(events.router, prefix=API_PREFIX)
     app.include_router(scrubbing.router, prefix=API_PREFIX)
     return app
