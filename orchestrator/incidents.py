@@ -280,7 +280,7 @@ class IncidentStore:
         self, conn: Connection, inc: Incident, *, tier: str | None, status: str, now: datetime
     ) -> None:
         """The policy planned a tier's rules: the incident is (or stays) mitigating."""
-        if inc.status is Status.OPEN:
+        if inc.status is not Status.MITIGATING:  # an ended incident is refused here
             self._move(conn, inc, Status.MITIGATING, now)
         ev.record(
             conn,
