@@ -275,6 +275,9 @@ class Intake:
         live[target] = inc
         if pair is not None:
             by_event[pair] = inc
+        # A new incident is judged afresh, whatever attack state a previous one left
+        # (e.g. restored from a snapshot taken before that one ended).
+        self.state.targets.pop(target, None)
         return inc
 
     def _write(
@@ -311,15 +314,18 @@ class Intake:
         afters: list[Callable[[], None]] = []
         try:
             with svc.engine.begin() as conn:
-                for inc in stale:
-                    self.store.end(
-                        conn,
-                        inc,
-                        Status.EXPIRED,
-                        now=now,
-                        by="system",
-                        cause="no signal for the episode timeout",
-                    )
+                for inc in stale:  # first: a new incident's rules must not extend these
+                    cause = "no signal for the episode timeout"
+                    self.store.end(conn, inc, Status.EXPIRED, now=now, by="system", cause=cause)
+                    if svc.policy.settings.withdraw_on_resolve:
+                        _ids, after = svc.withdraw_incident_in(
+                            conn,
+                            inc.id,
+                            actor="system",
+                            reason=f"incident expired: {cause}",
+                            now=now,
+                        )
+                        afters.append(after)
                 self.store.open(conn, list(new.values()))
                 results, after = svc.create_rules_in(conn, [r for _, r in requests], now)
                 afters.append(after)

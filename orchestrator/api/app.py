@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -21,10 +21,9 @@ from orchestrator.api import (
     signals,
 )
 from orchestrator.api.deps import RateLimiter
+from orchestrator.core import Core
 from orchestrator.nodes import NodeRegistry
 from orchestrator.policy_doc import PolicyDocument
-from orchestrator.runtime import PolicyRuntime
-from orchestrator.scheduler import build_scheduler
 from orchestrator.service import Service
 from orchestrator.tokens import TokenStore
 
@@ -91,42 +90,22 @@ class HeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-def _async(fn: Callable[[], None]) -> Callable[[], Awaitable[None]]:
-    async def run() -> None:
-        fn()
-
-    return run
-
-
 def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     tokens = TokenStore(service.engine, service.audit)
-    runtime = PolicyRuntime(service)
+    core = Core(service, run_scheduler=run_scheduler)
+    runtime = core.runtime
     policy_doc = PolicyDocument(runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not service.started:
-            await service.start()
+        await core.start(app.state.extra_jobs)
         bootstrap_token(service, tokens)
-        runtime.load_state()
         policy_doc.load()
-        jobs = {
-            **runtime.jobs(),
-            "engine-state": (30.0, _async(runtime.save_state)),
-            **app.state.extra_jobs,
-        }
-        sched = build_scheduler(service, jobs) if run_scheduler else None
-        if sched is not None:
-            sched.start()
         log.info("sluice ready: %d adapters", len(service.hub.records()))
         try:
             yield
         finally:
-            if sched is not None:
-                sched.shutdown(wait=False)
-            runtime.intake.cancel_timers()
-            runtime.save_state()
-            await service.stop()
+            await core.stop()
 
     app = FastAPI(
         title="Sluice",

@@ -319,6 +319,8 @@ def test_fastnetmon_flood_to_blackhole_in_bird_and_unban(topo: Topology, tmp_pat
         f"\n  added by Sluice: rule due (hold-down end) -> rule active: "
         f"{(active['at'] - due) * 1000:.0f} ms; -> route in BIRD: {(t_rib - due) * 1000:.0f} ms"
         f" (BIRD polled every 20 ms)"
+        f"\n    (due -> rule created {(created['at'] - due) * 1000:.0f} ms, created -> active "
+        f"{(active['at'] - created['at']) * 1000:.0f} ms)"
         f"\n  ban HTTP call: {ban['seconds'] * 1000:.0f} ms"
         f"\n  unban call -> route gone from BIRD: {(t_gone - unban['at']) * 1000:.0f} ms"
         f" (unban HTTP call {unban['seconds'] * 1000:.0f} ms)"

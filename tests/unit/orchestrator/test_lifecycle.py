@@ -7,6 +7,7 @@ resolve withdrawing, a new incident after resolve, the episode timeout, detector
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from itertools import product
@@ -20,6 +21,7 @@ from sqlalchemy import Engine, func, insert, select
 from adapters.fake import FakeAdapter
 from orchestrator import events as ev
 from orchestrator.api.app import bootstrap_token, create_app
+from orchestrator.core import Core
 from orchestrator.incidents import TRANSITIONS as INCIDENT_MOVES
 from orchestrator.incidents import Incident, IncidentStore, Status
 from orchestrator.lifecycle import TRANSITIONS as RULE_MOVES
@@ -30,6 +32,7 @@ from orchestrator.store.db import make_engine, migrate
 from orchestrator.store.models import adapters, events, incidents, rule_events, rules
 from policies.errors import Conflict
 from policies.schema import Policy
+from policies.signals import Signal
 from tests.unit.orchestrator.conftest import settings_for
 
 T0 = datetime(2026, 1, 5, 12, 0, 0, tzinfo=UTC)
@@ -507,3 +510,52 @@ async def test_every_state_change_of_a_scenario_is_logged_once_in_order(api: Api
     assert all(e["incident_id"] == inc["id"] for e in page["events"] + rest["events"])
     r = await api("GET", "/events", params={"limit": 0})
     assert r.status_code == 422
+
+
+async def test_a_signal_after_the_episode_timeout_opens_a_new_incident(api: Api) -> None:
+    """Before the expiry job ran: the quiet incident expires in the signal's transaction."""
+    old = await hold_then_announce(api)
+    api.clock.advance(61)
+    r = (await api("POST", "/incidents", json=attack())).json()
+    assert r["incident"]["id"] != old["id"]
+    assert r["decision"]["status"] == "held"
+    await api.svc.dispatcher.drain()
+    got = (await api("GET", f"/incidents/{old['id']}")).json()["incident"]
+    assert got["status"] == "expired" and got["live_rules"] == []
+    assert api.fake().held == {}
+    api.clock.advance(5)
+    assert await api.rt.intake.recheck_held() == 1
+    await api.svc.dispatcher.drain()
+    assert len(api.fake().held) == 1
+    with api.svc.engine.connect() as conn:
+        live = conn.execute(
+            select(rules.c.incident_id).where(rules.c.state == State.ACTIVE)
+        ).scalars()
+        assert list(live) == [r["incident"]["id"]]
+
+
+async def test_without_the_http_api_rules_still_expire_and_held_signals_still_act(
+    tmp_path: Path,
+) -> None:
+    """Core wires the service, the runtime and the periodic jobs; no app is involved."""
+    svc = Service(settings_for(tmp_path, expiry_interval=0.05), policy=lab_policy(), clock=Clock())
+    async with Core(svc) as core:
+        assert core.scheduler is not None
+        assert {"expire", "retry", "reconcile", "hold-down", "incident-expiry"} <= {
+            job.id for job in core.scheduler.get_jobs()
+        }
+        clock = svc.clock
+        assert isinstance(clock, Clock)
+        res = await core.runtime.handle(Signal.model_validate(attack()), actor="test")
+        assert res["decision"]["status"] == "held"
+        clock.advance(5)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while svc.list_active()[1] == 0:  # the hold-down job (every second) acts alone
+            assert loop.time() < deadline, "the held signal was never evaluated again"
+            await asyncio.sleep(0.05)
+        clock.advance(601)  # past the rule's TTL: the expiry job withdraws it
+        while svc.state_counts().get("expired", 0) == 0:
+            assert loop.time() < deadline + 20, f"not expired: {svc.state_counts()}"
+            await asyncio.sleep(0.05)
+    assert not svc.started
