@@ -110,6 +110,21 @@ class RuleStore:
                 for r in sorted(rows, key=lambda r: int(r.id))
             ),
         )
+        ev.record(  # a dry-run rule is active at once (nothing is sent)
+            conn,
+            (
+                ev.Event(
+                    ev.Kind.RULE_ACTIVE,
+                    now,
+                    rule_id=int(r.id),
+                    incident_id=r.incident_id,
+                    adapter_id=int(r.adapter_id),
+                    detail={"cause": "dry-run: nothing is sent to the adapter"},
+                )
+                for r in sorted(rows, key=lambda r: int(r.id))
+                if r.dry_run
+            ),
+        )
         return list(rows)
 
     # ------------------------------------------------------------ state changes

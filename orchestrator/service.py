@@ -926,6 +926,8 @@ class Service:
             except Exception as exc:
                 health = Health(False, None, f"check failed: {exc}")
         self.hub.record_health(adapter_id, health)
+        if health.sessions:  # a failed check says nothing about the sessions
+            self.sessions.observe(adapter_id, health.sessions)
         return {"adapter_id": adapter_id, **health.to_dict()}
 
     # ------------------------------------------------------------ audit

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, insert, select
 
+from adapters.base import AdapterConfig
 from adapters.fake import FakeAdapter
 from orchestrator import events as ev
 from orchestrator.api.app import bootstrap_token, create_app
@@ -27,10 +28,11 @@ from orchestrator.incidents import Incident, IncidentStore, Status
 from orchestrator.lifecycle import TRANSITIONS as RULE_MOVES
 from orchestrator.lifecycle import State
 from orchestrator.rulestore import RuleStore
-from orchestrator.service import Service
+from orchestrator.service import RuleRequest, Service
 from orchestrator.store.db import make_engine, migrate
 from orchestrator.store.models import adapters, events, incidents, rule_events, rules
 from policies.errors import Conflict
+from policies.intents import build_intent
 from policies.schema import Policy
 from policies.signals import Signal
 from tests.unit.orchestrator.conftest import settings_for
@@ -559,3 +561,41 @@ async def test_without_the_http_api_rules_still_expire_and_held_signals_still_ac
             assert loop.time() < deadline + 20, f"not expired: {svc.state_counts()}"
             await asyncio.sleep(0.05)
     assert not svc.started
+
+
+async def test_session_changes_dry_run_rules_and_policy_reloads_are_logged(
+    tmp_path: Path,
+) -> None:
+    pdir = tmp_path / "policy"
+    pdir.mkdir()
+    (pdir / "settings.yaml").write_text("settings:\n  cooldown_seconds: 0\n")
+    svc = Service(settings_for(tmp_path, policy_dir=pdir), clock=Clock())
+    async with Core(svc, run_scheduler=False) as core:
+        rec, _ = await svc.upsert_adapter(
+            AdapterConfig(
+                name="spk", adapter_type="fake", config={"sessions": {"192.0.2.2": "established"}}
+            ),
+            adapter_id=None,
+            actor="test",
+        )
+        fake = svc.hub.live(rec["id"])
+        assert isinstance(fake, FakeAdapter)
+        await svc.test_adapter(rec["id"])
+        fake.sessions["192.0.2.2"] = "Active"
+        await svc.test_adapter(rec["id"])
+        await svc.test_adapter(rec["id"])  # no change: no event
+
+        dry = build_intent({"kind": "blackhole", "prefix": "203.0.113.9"})
+        made = await svc.create_rule(RuleRequest(dry, rec["id"], ttl=0, dry_run=True))
+
+        (pdir / "settings.yaml").write_text("settings:\n  cooldown_seconds: 5\n")
+        assert (await core.runtime.reload()) is not None
+        logged = svc.events.after(0, 100)
+    assert [(e["kind"], e["adapter_id"], e["rule_id"]) for e in logged] == [
+        ("adapter.session_up", rec["id"], None),
+        ("adapter.session_down", rec["id"], None),
+        ("rule.created", rec["id"], made.rule["id"]),
+        ("rule.active", rec["id"], made.rule["id"]),
+        ("policy.reloaded", None, None),
+    ]
+    assert logged[1]["detail"] == {"peer": "192.0.2.2", "state": "active"}
