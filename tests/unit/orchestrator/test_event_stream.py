@@ -28,9 +28,10 @@ H = {"Authorization": f"Bearer {ADMIN}"}
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp_path: Path) -> AsyncIterator[tuple[Service, str]]:
+async def serving(tmp_path: Path, url: str | None) -> AsyncIterator[tuple[Service, str]]:
     """The service behind uvicorn on a free loopback port; stopped on the way out."""
-    svc = Service(settings_for(tmp_path, admin_token=ADMIN), policy=policy(cooldown_seconds=0))
+    settings = settings_for(tmp_path, admin_token=ADMIN, database_url=url)
+    svc = Service(settings, policy=policy(cooldown_seconds=0))
     app = create_app(svc, run_scheduler=False)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None)
@@ -98,8 +99,8 @@ def ids(items: list[dict[str, Any]]) -> list[int]:
     return [int(e["id"]) for e in items]
 
 
-async def test_stream_resumes_without_loss(tmp_path: Path) -> None:
-    async with serving(tmp_path) as (svc, url):
+async def test_stream_resumes_without_loss(tmp_path: Path, store_url: str | None) -> None:
+    async with serving(tmp_path, store_url) as (svc, url):
         await make_rules(svc, 1, 3)  # 6 events
         first = await read(url, 4)
         assert ids(first) == ids(svc.events.after(0, 4))
@@ -117,8 +118,8 @@ async def test_stream_resumes_without_loss(tmp_path: Path) -> None:
         assert ids(live) == ids(svc.events.after(second[-1]["id"], 100))
         seen = first + second + live
 
-    await make_rules_offline(tmp_path)  # the log grows while the service is down
-    async with serving(tmp_path) as (svc, url):
+    await make_rules_offline(tmp_path, store_url)  # the log grows while the service is down
+    async with serving(tmp_path, store_url) as (svc, url):
         await make_rules(svc, 9, 1)
         everything = svc.events.after(0, 1000)
         rest = await read(url, len(everything) - len(seen), last_event_id=seen[-1]["id"])
@@ -130,8 +131,9 @@ async def test_stream_resumes_without_loss(tmp_path: Path) -> None:
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameter"
 
 
-async def make_rules_offline(tmp_path: Path) -> None:
-    svc = Service(settings_for(tmp_path, admin_token=ADMIN), policy=policy(cooldown_seconds=0))
+async def make_rules_offline(tmp_path: Path, url: str | None) -> None:
+    settings = settings_for(tmp_path, admin_token=ADMIN, database_url=url)
+    svc = Service(settings, policy=policy(cooldown_seconds=0))
     await svc.start()
     try:
         await make_rules(svc, 7, 2)

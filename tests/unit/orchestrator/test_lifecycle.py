@@ -8,7 +8,7 @@ resolve withdrawing, a new incident after resolve, the episode timeout, detector
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import product
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, insert, inspect, select
 
 from adapters.base import AdapterConfig
 from adapters.fake import FakeAdapter
@@ -59,8 +59,8 @@ class Clock:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    eng = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+def engine(tmp_path: Path, store_url: str | None) -> Iterator[Engine]:
+    eng = make_engine(store_url or f"sqlite:///{tmp_path / 'm.db'}")
     migrate(eng)
     with eng.begin() as conn:
         conn.execute(
@@ -69,7 +69,8 @@ def engine(tmp_path: Path) -> Engine:
                 created_at=T0, updated_at=T0,
             )
         )  # fmt: skip
-    return eng
+    yield eng
+    eng.dispose()
 
 
 def _rule(engine: Engine, state: State) -> int:
@@ -242,8 +243,9 @@ class Api:
         return [e["kind"] for e in self.svc.events.after(0, 1000)]
 
 
-async def make(tmp_path: Path, clock: Clock, policy: Policy) -> Api:
-    svc = Service(settings_for(tmp_path, admin_token=ADMIN), policy=policy, clock=clock)
+async def make(tmp_path: Path, clock: Clock, policy: Policy, store_url: str | None) -> Api:
+    settings = settings_for(tmp_path, admin_token=ADMIN, database_url=store_url)
+    svc = Service(settings, policy=policy, clock=clock)
     app = create_app(svc, run_scheduler=False)
     await svc.start()
     bootstrap_token(svc, app.state.tokens)
@@ -251,8 +253,8 @@ async def make(tmp_path: Path, clock: Clock, policy: Policy) -> Api:
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    a = await make(tmp_path, Clock(), lab_policy())
+async def api(tmp_path: Path, store_url: str | None) -> AsyncIterator[Api]:
+    a = await make(tmp_path, Clock(), lab_policy(), store_url)
     yield a
     a.rt.intake.cancel_timers()
     await a.svc.stop()
@@ -333,8 +335,8 @@ async def test_resolve_withdraws_and_twice_is_an_error(api: Api) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "incident_not_found"
 
 
-async def test_resolve_can_leave_rules_to_their_ttl(tmp_path: Path) -> None:
-    api = await make(tmp_path, Clock(), lab_policy(withdraw_on_resolve=False))
+async def test_resolve_can_leave_rules_to_their_ttl(tmp_path: Path, store_url: str | None) -> None:
+    api = await make(tmp_path, Clock(), lab_policy(withdraw_on_resolve=False), store_url)
     try:
         inc = await hold_then_announce(api)
         r = await api("POST", f"/incidents/{inc['id']}/resolve")
@@ -384,8 +386,13 @@ async def test_rules_reference_their_incident_by_foreign_key(api: Api) -> None:
     inc = await hold_then_announce(api)
     with api.svc.engine.connect() as conn:
         assert conn.execute(select(rules.c.incident_id)).scalar() == inc["id"]
-        fks = conn.exec_driver_sql("PRAGMA foreign_key_list(rules)").all()
-    assert any(fk[2] == "incidents" and fk[3] == "incident_id" for fk in fks)
+        fks = inspect(conn).get_foreign_keys("rules")
+    assert {"referred_table": "incidents", "constrained_columns": ["incident_id"]}.items() <= {
+        k: fk[k]
+        for fk in fks
+        for k in ("referred_table", "constrained_columns")
+        if fk["referred_table"] == "incidents"
+    }.items()
 
 
 # ---------------------------------------------------------------- detectors

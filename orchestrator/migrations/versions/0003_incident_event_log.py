@@ -4,7 +4,7 @@ The incident gains a detector's source/event id, raw details, its tier, a hold-d
 deadline and who resolved it; rules reference their incident with a foreign key (rule
 rows naming an incident that was never written lose the reference); the event log table.
 
-Revision ID: 0003_incident_lifecycle_event_log
+Revision ID: 0003_incident_event_log
 Revises: 0002
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 
 import orchestrator.store.models
 
-revision = "0003_incident_lifecycle_event_log"
+revision = "0003_incident_event_log"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
