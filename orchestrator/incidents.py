@@ -170,10 +170,8 @@ class IncidentStore:
         return {r.id: Incident.from_row(r) for r in rows}
 
     @staticmethod
-    def live_by_target(
-        conn: Connection, targets: Sequence[str], since: datetime
-    ) -> dict[str, Incident]:
-        """Per target, its latest live incident updated since ``since``."""
+    def live_by_target(conn: Connection, targets: Sequence[str]) -> dict[str, Incident]:
+        """Per target, its latest live incident (quiet ones too: the caller expires them)."""
         if not targets:
             return {}
         rows = conn.execute(
@@ -182,7 +180,6 @@ class IncidentStore:
                 and_(
                     incidents.c.target.in_(sorted(targets)),
                     incidents.c.status.in_([str(s) for s in LIVE]),
-                    incidents.c.updated_at >= since,
                 )
             )
             .order_by(incidents.c.updated_at)

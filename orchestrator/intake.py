@@ -124,9 +124,7 @@ class Intake:
         hold = svc.policy.escalation.hold_down_seconds
         with svc.engine.connect() as conn:
             live = self.store.live_by_target(
-                conn,
-                [str(i.signal.target_ip) for i in batch if i.signal is not None],
-                datetime.min.replace(tzinfo=UTC),
+                conn, [str(i.signal.target_ip) for i in batch if i.signal is not None]
             )
             by_id = self.store.by_ids(conn, [i.incident_id for i in batch if i.incident_id])
             by_event = self.store.by_event(
