@@ -20,25 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import Engine, bindparam, insert, select, update
+from sqlalchemy import Engine, select
 
 from adapters.base import Adapter, Outcome, RuleRef
 from orchestrator.lifecycle import State, backoff
-from orchestrator.store.models import rule_events, rules
+from orchestrator.rulestore import Failure, RuleStore
+from orchestrator.sessions import SessionTracker, peer_key
+from orchestrator.store.models import rules
 from policies.intents import AnyIntent, parse_canonical
 
 log = logging.getLogger("sluice.dispatcher")
-
-SESSIONS_TRUSTED_SECONDS = 1.0
 
 Op = Literal["announce", "reannounce", "withdraw", "orphan"]
 
@@ -81,8 +79,14 @@ class Dispatcher:
         retry_base: float = 1.0,
         retry_max: float = 60.0,
         max_attempts: int = 8,
+        store: RuleStore | None = None,
+        sessions: SessionTracker | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.engine = engine
+        self.store = store or RuleStore()
+        self.sessions = sessions or SessionTracker(engine)
+        self.clock = clock or utcnow
         self.adapter_for = adapter_for
         self.adapter_name = adapter_name
         self.batch_size = batch_size
@@ -94,8 +98,6 @@ class Dispatcher:
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self.intents: dict[int, AnyIntent] = {}  # rule id -> intent, for live rules
         self._running = False
-        # adapter id -> (when a session was last seen up, peer -> lower-case state)
-        self._sessions: dict[int, tuple[float, dict[str, str]]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -277,7 +279,7 @@ class Dispatcher:
                 ]
             if probe is not None:
                 await probe
-            if op == "announce" and adapter_id in self._sessions:
+            if op == "announce" and self.sessions.get(adapter_id) is not None:
                 by_id = {r.rule_id: r for r in refs}
                 checked = []
                 for o in outcomes:
@@ -287,7 +289,7 @@ class Dispatcher:
                         continue
                     checked.append(Outcome(o.rule_id, False, down, retryable=True))
                     # the retry looks at the sessions again, not at this answer
-                    self._sessions[adapter_id] = (float("-inf"), self._sessions[adapter_id][1])
+                    self.sessions.stale(adapter_id)
                 outcomes = checked
         for o in outcomes:
             OPS_TOTAL.labels(name, op, "ok" if o.ok else "failed").inc()
@@ -297,22 +299,17 @@ class Dispatcher:
         """Whether a BGP speaker's sessions need a check (none seen up recently)."""
         if not getattr(adapter, "speaks_bgp", False):
             return False
-        seen = self._sessions.get(adapter_id)
-        return seen is None or time.monotonic() - seen[0] >= SESSIONS_TRUSTED_SECONDS
+        return self.sessions.needs_check(adapter_id)
 
     async def _check_sessions(self, adapter_id: int, adapter: Adapter) -> None:
-        """Ask the speaker for its sessions; trust the answer a while when one is up."""
+        """Ask the speaker for its sessions and record them in the shared tracker."""
         try:
             health = await adapter.check()
         except Exception:  # the announce itself succeeded; do not fail it on a bad check
             log.exception("adapter %s raised on check", self.adapter_name(adapter_id))
-            self._sessions.pop(adapter_id, None)
+            self.sessions.forget(adapter_id)
             return
-        states = {_peer_key(peer): state.lower() for peer, state in health.sessions.items()}
-        if any(s == "established" for s in states.values()):
-            self._sessions[adapter_id] = (time.monotonic(), states)
-        else:  # checked again on the next announce, so a session coming up is seen at once
-            self._sessions[adapter_id] = (float("-inf"), states)
+        self.sessions.observe(adapter_id, health.sessions)
 
     def _off_the_wire(self, adapter_id: int, ref: RuleRef) -> str | None:
         """Why a route a BGP speaker accepted reaches no peer yet, or None.
@@ -324,11 +321,11 @@ class Dispatcher:
         when a session comes up; the retry then finds the session established. A check
         that found a session up is trusted for :data:`SESSIONS_TRUSTED_SECONDS`.
         """
-        seen = self._sessions.get(adapter_id)
-        if seen is None or not seen[1]:
+        seen = self.sessions.get(adapter_id)
+        if seen is None or not seen.states:
             return None  # not a speaker, no sessions reported, or the check failed
-        states = seen[1]
-        pinned = [_peer_key(str(p)) for p in getattr(ref.intent, "peers", ())]
+        states = seen.states
+        pinned = [peer_key(str(p)) for p in getattr(ref.intent, "peers", ())]
         relevant = {p: states.get(p, "not configured") for p in pinned} if pinned else states
         if any(s == "established" for s in relevant.values()):
             return None
@@ -342,45 +339,46 @@ class Dispatcher:
     # ------------------------------------------------------------ outcomes
 
     def _apply(self, op: Op, refs: Sequence[RuleRef], outcomes: Sequence[Outcome]) -> None:
-        now = utcnow()
+        now = self.clock()
         ok_ids = [o.rule_id for o in outcomes if o.ok]
         failed = [o for o in outcomes if not o.ok]
-        events: list[dict[str, Any]] = []
         released: list[int] = []
+        store = self.store
         with self.engine.begin() as conn:
             if op == "orphan":
-                events += [
-                    _event(
-                        o.rule_id,
-                        now,
-                        "orphan_withdrawn" if o.ok else "orphan_withdraw_failed",
-                        o.error,
-                    )
-                    for o in outcomes
-                ]
+                store.note(
+                    conn, [(o.rule_id, o.error) for o in outcomes if o.ok], "orphan_withdrawn", now
+                )
+                store.note(
+                    conn,
+                    [(o.rule_id, o.error) for o in outcomes if not o.ok],
+                    "orphan_withdraw_failed",
+                    now,
+                )
             elif op == "announce":
-                if ok_ids:
-                    done = (
-                        conn.execute(
-                            update(rules)
-                            .where(rules.c.id.in_(ok_ids), rules.c.state == State.PENDING)
-                            .values(
-                                state=State.ACTIVE,
-                                activated_at=now,
-                                updated_at=now,
-                                error=None,
-                                next_attempt_at=None,
-                            )
-                            .returning(rules.c.id)
-                        )
-                        .scalars()
-                        .all()
-                    )
-                    events += [_event(rid, now, "announced", None) for rid in done]
-                events += self._announce_failed(conn, failed, State.PENDING, now)
+                store.move(
+                    conn,
+                    ok_ids,
+                    frm=State.PENDING,
+                    to=State.ACTIVE,
+                    now=now,
+                    event="announced",
+                    values={"activated_at": now, "error": None, "next_attempt_at": None},
+                )
+                store.fail(
+                    conn,
+                    self._failures(conn, failed, now, announce=True),
+                    frm=State.PENDING,
+                    now=now,
+                )
             elif op == "reannounce":
-                events += [_event(rid, now, "reannounced", None) for rid in ok_ids]
-                events += self._announce_failed(conn, failed, State.ACTIVE, now)
+                store.note(conn, [(rid, None) for rid in ok_ids], "reannounced", now)
+                store.fail(
+                    conn,
+                    self._failures(conn, failed, now, announce=True),
+                    frm=State.ACTIVE,
+                    now=now,
+                )
             else:
                 if ok_ids:
                     ends = conn.execute(
@@ -388,107 +386,36 @@ class Dispatcher:
                     ).all()
                     for final in {State(e.end_state or State.WITHDRAWN) for e in ends}:
                         ids = [e.id for e in ends if State(e.end_state or State.WITHDRAWN) == final]
-                        done = (
-                            conn.execute(
-                                update(rules)
-                                .where(rules.c.id.in_(ids), rules.c.state == State.WITHDRAWING)
-                                .values(
-                                    state=final,
-                                    ended_at=now,
-                                    updated_at=now,
-                                    error=None,
-                                    next_attempt_at=None,
-                                )
-                                .returning(rules.c.id)
-                            )
-                            .scalars()
-                            .all()
+                        released += store.move(
+                            conn,
+                            ids,
+                            frm=State.WITHDRAWING,
+                            to=final,
+                            now=now,
+                            event=str(final),
+                            values={"ended_at": now, "error": None, "next_attempt_at": None},
                         )
-                        events += [_event(rid, now, str(final), None) for rid in done]
-                        released += done
-                if failed:
-                    attempts = self._attempts(conn, [o.rule_id for o in failed])
-                    for o in failed:
-                        n = attempts.get(o.rule_id, 0) + 1
-                        wait = backoff(n, self.retry_base, self.retry_max)
-                        conn.execute(
-                            _WITHDRAW_FAILED,
-                            {
-                                "b_id": o.rule_id,
-                                "b_error": o.error,
-                                "b_attempts": n,
-                                "b_next": now + timedelta(seconds=wait),
-                                "b_now": now,
-                            },
-                        )
-                        events.append(
-                            _event(
-                                o.rule_id,
-                                now,
-                                "withdraw_failed",
-                                f"{o.error} (retry in {wait:.0f} s)",
-                            )
-                        )
-            if events:
-                conn.execute(insert(rule_events), events)
+                store.withdraw_failed(conn, self._failures(conn, failed, now, announce=False), now)
         for rid in released:
             self.intents.pop(rid, None)
 
-    @staticmethod
-    def _attempts(conn: Any, ids: list[int]) -> dict[int, int]:
-        rows = conn.execute(select(rules.c.id, rules.c.attempts).where(rules.c.id.in_(ids)))
-        return {int(r.id): int(r.attempts) for r in rows}
-
-    def _announce_failed(
-        self, conn: Any, failed: Sequence[Outcome], from_state: State, now: datetime
-    ) -> list[dict[str, Any]]:
+    def _failures(
+        self, conn: Any, failed: Sequence[Outcome], now: datetime, *, announce: bool
+    ) -> list[Failure]:
+        """Attempt counts and retry times of failed sends (announces give up at max_attempts;
+        withdrawals never do)."""
         if not failed:
             return []
-        events = []
-        attempts = self._attempts(conn, [o.rule_id for o in failed])
+        attempts = self.store.attempts(conn, [o.rule_id for o in failed])
+        out = []
         for o in failed:
             n = attempts.get(o.rule_id, 0) + 1
-            retry = o.retryable and n < self.max_attempts
+            retry = not announce or (o.retryable and n < self.max_attempts)
             wait = backoff(n, self.retry_base, self.retry_max) if retry else None
-            res = conn.execute(
-                _ANNOUNCE_FAILED,
-                {
-                    "b_id": o.rule_id,
-                    "b_from": from_state,
-                    "b_error": o.error,
-                    "b_attempts": n,
-                    "b_next": now + timedelta(seconds=wait) if wait is not None else None,
-                    "b_now": now,
-                },
-            )
-            if res.rowcount:
-                note = f" (retry in {wait:.0f} s)" if wait is not None else " (not retried)"
-                events.append(_event(o.rule_id, now, "failed", (o.error or "") + note))
-        return events
-
-
-# Per-rule statements with bound parameters: compiled once, cached by SQLAlchemy.
-_ANNOUNCE_FAILED = (
-    update(rules)
-    .where(rules.c.id == bindparam("b_id"), rules.c.state == bindparam("b_from"))
-    .values(
-        state=State.FAILED,
-        error=bindparam("b_error"),
-        attempts=bindparam("b_attempts"),
-        next_attempt_at=bindparam("b_next"),
-        updated_at=bindparam("b_now"),
-    )
-)
-_WITHDRAW_FAILED = (
-    update(rules)
-    .where(rules.c.id == bindparam("b_id"), rules.c.state == State.WITHDRAWING)
-    .values(
-        error=bindparam("b_error"),
-        attempts=bindparam("b_attempts"),
-        next_attempt_at=bindparam("b_next"),
-        updated_at=bindparam("b_now"),
-    )
-)
+            note = f" (retry in {wait:.0f} s)" if wait is not None else " (not retried)"
+            nxt = now + timedelta(seconds=wait) if wait is not None else None
+            out.append(Failure(o.rule_id, o.error, n, nxt, note))
+        return out
 
 
 def _context(op: Op, row: Any) -> dict[str, Any]:
@@ -505,15 +432,3 @@ def _context(op: Op, row: Any) -> dict[str, Any]:
         "explanation": list(row.explanation or []),
         "incident": {"id": row.incident_id} if row.incident_id else None,
     }
-
-
-def _event(rule_id: int, at: datetime, event: str, detail: str | None) -> dict[str, Any]:
-    return {"rule_id": rule_id, "at": at, "event": event, "detail": detail}
-
-
-def _peer_key(peer: str) -> str:
-    """A peer address in one spelling (speakers print IPv6 addresses differently)."""
-    try:
-        return str(ipaddress.ip_address(peer.partition("%")[0]))
-    except ValueError:
-        return peer

@@ -3,13 +3,15 @@
 ::
 
     pending ──► active ──► withdrawing ──► withdrawn | expired
-       │  ▲                  ▲
-       ▼  │ (retry)          │
-     failed ─────────────────┘
+     │  ▲         │             ▲
+     ▼  │ (retry) │ (re-announce│
+    failed ◄──────┘   failed)   │
+     └──────────────────────────┘
 
 * ``pending``: committed to the store, not yet confirmed by the adapter.
 * ``active``: the adapter confirmed it (or, for a dry-run rule, it would have been sent).
-* ``failed``: the adapter refused or could not be reached; ``next_attempt_at`` is set
+* ``failed``: the adapter refused (an announce, or the re-announce of an active rule the
+  backend lost) or could not be reached; ``next_attempt_at`` is set
   when a retry is due, absent when the failure is final.
 * ``withdrawing``: the withdrawal is committed and being sent; it is retried until the
   adapter confirms, because a lost withdrawal can blackhole a customer for days.
@@ -42,7 +44,7 @@ HELD = frozenset({State.PENDING, State.ACTIVE, State.FAILED})
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.ACTIVE, State.FAILED, State.WITHDRAWING}),
-    State.ACTIVE: frozenset({State.WITHDRAWING}),
+    State.ACTIVE: frozenset({State.WITHDRAWING, State.FAILED}),
     State.FAILED: frozenset({State.PENDING, State.WITHDRAWING}),
     State.WITHDRAWING: frozenset({State.WITHDRAWN, State.EXPIRED}),
     State.WITHDRAWN: frozenset(),

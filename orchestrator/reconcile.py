@@ -17,30 +17,58 @@ For an adapter without read-back, every active rule is re-sent at start-up and w
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import Engine, and_, select
 
 from adapters.base import RuleRef
+from orchestrator.dispatcher import Dispatcher
+from orchestrator.hub import AdapterHub
 from orchestrator.lifecycle import LIVE, State
-from orchestrator.store.models import rule_events, rules
+from orchestrator.rulestore import RuleStore
+from orchestrator.sessions import SessionTracker
+from orchestrator.store.models import rules
 from policies.intents import parse_canonical
-
-if TYPE_CHECKING:
-    from orchestrator.service import ReconcileReport, Service
 
 log = logging.getLogger("sluice.reconcile")
 
 DRIFT = Counter("sluice_reconcile_drift_total", "Drift found and repaired", ["adapter", "kind"])
 
 
-async def reconcile_adapter(
-    service: Service, adapter_id: int, *, startup: bool = False
-) -> ReconcileReport:
-    from orchestrator.service import ReconcileReport, utcnow
+@dataclass
+class ReconcileReport:
+    adapter_id: int
+    readback: bool
+    missing: int = 0
+    orphans: int = 0
+    foreign: int = 0
+    confirmed: int = 0
+    resent: int = 0
+    error: str | None = None
 
+
+@dataclass(frozen=True)
+class Reconciler:
+    """What reconciliation needs, and nothing else (it does not know the service)."""
+
+    engine: Engine
+    hub: AdapterHub
+    dispatcher: Dispatcher
+    store: RuleStore
+    sessions: SessionTracker
+    clock: Callable[[], datetime]
+
+    async def run(self, adapter_id: int, *, startup: bool = False) -> ReconcileReport:
+        return await reconcile_adapter(self, adapter_id, startup=startup)
+
+
+async def reconcile_adapter(
+    service: Reconciler, adapter_id: int, *, startup: bool = False
+) -> ReconcileReport:
     adapter = service.hub.live(adapter_id)
     name = service.hub.name_of(adapter_id)
     report = ReconcileReport(adapter_id=adapter_id, readback=False)
@@ -75,7 +103,7 @@ async def reconcile_adapter(
         return report
 
     report.readback = True
-    now = utcnow()
+    now = service.clock()
     confirm = [
         r.id
         for r in snapshot
@@ -83,24 +111,18 @@ async def reconcile_adapter(
     ]
     if confirm and startup:
         with engine.begin() as conn:
-            res = conn.execute(
-                update(rules)
-                .where(and_(rules.c.id.in_(confirm), rules.c.state == State.PENDING))
-                .values(state=State.ACTIVE, activated_at=now, updated_at=now)
+            report.confirmed = len(
+                service.store.move(
+                    conn,
+                    confirm,
+                    frm=State.PENDING,
+                    to=State.ACTIVE,
+                    now=now,
+                    event="announced",
+                    why="confirmed by read-back after restart",
+                    values={"activated_at": now},
+                )
             )
-            conn.execute(
-                insert(rule_events),
-                [
-                    {
-                        "rule_id": rid,
-                        "at": now,
-                        "event": "announced",
-                        "detail": "confirmed by read-back after restart",
-                    }
-                    for rid in confirm
-                ],
-            )
-            report.confirmed = res.rowcount
     unsent = [r.id for r in snapshot if r.state == State.PENDING and r.key not in held]
     dispatcher.submit(adapter_id, "announce", unsent)
 
@@ -115,17 +137,11 @@ async def reconcile_adapter(
                 report.missing,
             )
             with engine.begin() as conn:
-                conn.execute(
-                    insert(rule_events),
-                    [
-                        {
-                            "rule_id": rid,
-                            "at": now,
-                            "event": "drift_missing",
-                            "detail": "not held by the backend; re-announcing",
-                        }
-                        for rid in missing
-                    ],
+                service.store.note(
+                    conn,
+                    [(rid, "not held by the backend; re-announcing") for rid in missing],
+                    "drift_missing",
+                    now,
                 )
 
     _withdraw_orphans(service, adapter_id, snapshot=snapshot, held=held, report=report)
@@ -133,7 +149,7 @@ async def reconcile_adapter(
 
 
 def _withdraw_orphans(
-    service: Service,
+    service: Reconciler,
     adapter_id: int,
     *,
     snapshot: Sequence[Any],
@@ -179,8 +195,8 @@ def _withdraw_orphans(
             )
 
 
-async def _sessions_came_up(service: Service, adapter_id: int) -> bool:
-    """True when ``check()`` shows a session established that was not before."""
+async def _sessions_came_up(service: Reconciler, adapter_id: int) -> bool:
+    """True when a session of the adapter came up since the last look (by anyone)."""
     adapter = service.hub.live(adapter_id)
     if adapter is None:
         return False
@@ -188,11 +204,5 @@ async def _sessions_came_up(service: Service, adapter_id: int) -> bool:
         health = await adapter.check()
     except Exception:
         return False
-    before = service._sessions.get(adapter_id)  # the service owns this cache
-    now = {k: v.lower() for k, v in health.sessions.items()}
-    service._sessions[adapter_id] = now
-    if before is None:
-        return False
-    return any(
-        state == "established" and before.get(peer) != "established" for peer, state in now.items()
-    )
+    service.sessions.observe(adapter_id, health.sessions)
+    return service.sessions.take_came_up(adapter_id)

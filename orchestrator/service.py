@@ -15,13 +15,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Connection, and_, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, and_, func, select
 
 from adapters.base import AdapterConfig, Health, Registry, require_capability
 from orchestrator.dispatcher import Dispatcher
+from orchestrator.events import EventLog
 from orchestrator.hub import AdapterHub, AdapterRecord
-from orchestrator.lifecycle import HELD, LIVE, State, check_move
+from orchestrator.lifecycle import HELD, LIVE, State
 from orchestrator.quotas import Quotas
+from orchestrator.reconcile import Reconciler, ReconcileReport
+from orchestrator.rulestore import RuleStore
+from orchestrator.sessions import SessionTracker
 from orchestrator.settings import Settings
 from orchestrator.store.audit import AuditLog, VerifyResult, verify
 from orchestrator.store.db import make_engine, migrate
@@ -92,18 +96,6 @@ class RuleResult:
 
 
 @dataclass
-class ReconcileReport:
-    adapter_id: int
-    readback: bool
-    missing: int = 0
-    orphans: int = 0
-    foreign: int = 0
-    confirmed: int = 0
-    resent: int = 0
-    error: str | None = None
-
-
-@dataclass
 class _Plan:
     """A new rule checked and waiting for the batch insert."""
 
@@ -140,9 +132,14 @@ class Service:
         *,
         registry: Registry | None = None,
         policy: Policy | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings
+        self.clock: Callable[[], datetime] = clock or utcnow
         self.engine = make_engine(settings.sqlalchemy_url())
+        self.rule_store = RuleStore()
+        self.events = EventLog(self.engine)
+        self.sessions = SessionTracker(self.engine, clock=self.clock)
         self.registry = registry or Registry()
         self.hub = AdapterHub(self.engine, self.registry)
         self.audit = AuditLog()
@@ -163,9 +160,14 @@ class Service:
             retry_base=settings.retry_base,
             retry_max=settings.retry_max,
             max_attempts=settings.max_attempts,
+            store=self.rule_store,
+            sessions=self.sessions,
+            clock=self.clock,
+        )
+        self.reconciler = Reconciler(
+            self.engine, self.hub, self.dispatcher, self.rule_store, self.sessions, self.clock
         )
         self._reconcile_locks: dict[int, asyncio.Lock] = {}
-        self._sessions: dict[int, dict[str, str]] = {}
         self.started = False
 
     # ------------------------------------------------------------ start / stop
@@ -182,6 +184,7 @@ class Service:
     async def stop(self) -> None:
         await self.dispatcher.stop()
         await self.hub.close_all()
+        self.events.close()
         self.engine.dispose()
         self.started = False
 
@@ -219,7 +222,7 @@ class Service:
             rows = conn.execute(
                 select(*_HELD_COLUMNS).where(rules.c.state.in_([s.value for s in LIVE]))
             ).all()
-            since = utcnow() - timedelta(seconds=self.policy.settings.cooldown_seconds)
+            since = self.clock() - timedelta(seconds=self.policy.settings.cooldown_seconds)
             recent = conn.execute(
                 select(rules.c.target, rules.c.kind, func.max(rules.c.created_at))
                 .where(rules.c.created_at >= since)
@@ -251,72 +254,80 @@ class Service:
         return self.create_rules_sync(reqs)
 
     def create_rules_sync(self, reqs: Sequence[RuleRequest]) -> list[RuleResult | SluiceError]:
-        """Validate, store and queue rules in one transaction; per-request results.
+        """Validate, store and queue rules in one transaction; per-request results."""
+        try:
+            with self.engine.begin() as conn:
+                results, after = self.create_rules_in(conn, reqs, self.clock())
+        except Exception:
+            self.rolled_back()
+            raise
+        after()
+        return results
+
+    def rolled_back(self) -> None:
+        """A transaction that wrote rules failed: rebuild what memory holds of the store."""
+        self.audit.forget_head()
+        self._seed()
+
+    def create_rules_in(
+        self, conn: Connection, reqs: Sequence[RuleRequest], now: datetime
+    ) -> tuple[list[RuleResult | SluiceError], Callable[[], None]]:
+        """Check and insert rules in the caller's transaction.
 
         Each request is checked on its own (a refusal does not stop the others); the new
-        rules are then inserted with one bulk statement and queued for their adapters.
+        rules are inserted with one bulk statement. Returns the per-request results and
+        what to run once the transaction committed (index the rules, queue them); on a
+        rollback call :meth:`rolled_back` instead.
         """
-        now = utcnow()
         mono = time.monotonic()
         results: list[RuleResult | SluiceError | None] = [None] * len(reqs)
         plans: list[_Plan] = []
         seen: dict[tuple[str, int, bool], _Plan] = {}
-        try:
-            with self.engine.begin() as conn:
-                for i, req in enumerate(reqs):
-                    try:
-                        outcome = self._plan_one(conn, req, now, mono, seen)
-                    except SluiceError as exc:
-                        results[i] = exc
-                        continue
-                    if isinstance(outcome, RuleResult):
-                        results[i] = outcome
-                    else:
-                        outcome.index.append(i)
-                        if len(outcome.index) == 1:
-                            plans.append(outcome)
-                if plans:
-                    self._insert_plans(conn, plans, now)
-        except Exception:
-            self.audit.forget_head()
-            self._seed()
-            raise
+        sends: list[tuple[int, int]] = []
+        for i, req in enumerate(reqs):
+            try:
+                outcome = self._plan_one(conn, req, now=now, mono=mono, seen=seen, sends=sends)
+            except SluiceError as exc:
+                results[i] = exc
+                continue
+            if isinstance(outcome, RuleResult):
+                results[i] = outcome
+            else:
+                outcome.index.append(i)
+                if len(outcome.index) == 1:
+                    plans.append(outcome)
+        if plans:
+            self._insert_plans(conn, plans, now)
+        for plan in plans:
+            view = _lazy_view(plan)
+            for n, i in enumerate(plan.index):
+                results[i] = RuleResult(view, deduplicated=n > 0)
+
+        def after() -> None:
+            self._queue_created(plans)
+            for adapter_id, rid in sends:
+                self.dispatcher.submit(adapter_id, "announce", [rid])
+
+        return [r for r in results if r is not None], after
+
+    def _queue_created(self, plans: list[_Plan]) -> None:
         to_send: dict[int, list[int]] = {}
         for plan in plans:
             rid = plan.rule_id
             self._live.by_key[(plan.values["key"], plan.rec.id, plan.values["dry_run"])] = rid
-            view = _lazy_view(plan)
-            for n, i in enumerate(plan.index):
-                results[i] = RuleResult(view, deduplicated=n > 0)
             if not plan.values["dry_run"]:
                 self.dispatcher.intents[rid] = plan.intent
                 to_send.setdefault(plan.rec.id, []).append(rid)
         for adapter_id, ids in to_send.items():
             self.dispatcher.submit(adapter_id, "announce", ids)
-        return [r for r in results if r is not None]
 
     def _insert_plans(self, conn: Connection, plans: list[_Plan], now: datetime) -> None:
         # RETURNING without a parameter order lets SQLite insert the batch in one statement;
         # (key, adapter_id, dry_run) is unique within a batch, so rows map back by it.
         by_ident = {(p.values["key"], p.rec.id, p.values["dry_run"]): p for p in plans}
-        returned = conn.execute(
-            insert(rules).returning(rules.c.id, rules.c.key, rules.c.adapter_id, rules.c.dry_run),
-            [p.values for p in plans],
-        ).all()
+        returned = self.rule_store.insert(conn, [p.values for p in plans], now)
         for row in returned:
             by_ident[(row.key, row.adapter_id, bool(row.dry_run))].rule_id = int(row.id)
-        dry = [
-            {
-                "rule_id": p.rule_id,
-                "at": now,
-                "event": "dry_run",
-                "detail": "stored as dry-run; nothing is sent to the adapter",
-            }
-            for p in plans
-            if p.values["dry_run"]
-        ]
-        if dry:
-            conn.execute(insert(rule_events), dry)
         entries = [
             {
                 "rule": p.rule_id,
@@ -361,9 +372,11 @@ class Service:
         self,
         conn: Connection,
         req: RuleRequest,
+        *,
         now: datetime,
         mono: float,
         seen: dict[tuple[str, int, bool], _Plan],
+        sends: list[tuple[int, int]],
     ) -> RuleResult | _Plan:
         """Check one request; an existing rule is extended now, a new one is planned."""
         intent = req.intent
@@ -397,7 +410,7 @@ class Service:
 
         existing_id = self._live.by_key.get((key, rec.id, dry_run))
         if existing_id is not None:
-            return self._extend(conn, existing_id, req, expires=expires, now=now)
+            return self._extend(conn, existing_id, req, expires=expires, now=now, sends=sends)
         planned = seen.get((key, rec.id, dry_run))
         if planned is not None:  # the same rule twice in one batch
             return planned
@@ -462,6 +475,7 @@ class Service:
         *,
         expires: datetime | None,
         now: datetime,
+        sends: list[tuple[int, int]],
     ) -> RuleResult:
         row = conn.execute(select(rules).where(rules.c.id == rule_id)).one()
         old = row.expires_at
@@ -472,17 +486,14 @@ class Service:
                 0 if new_exp is None else int((new_exp - row.created_at).total_seconds())
             )
         retry = row.state == State.FAILED
-        if retry:
-            values.update(state=State.PENDING, next_attempt_at=None, attempts=0)
-        conn.execute(update(rules).where(rules.c.id == rule_id).values(**values))
         detail = (
             f"asked again by {req.actor} ({req.origin}); expiry "
             f"{old.isoformat() if old else 'none'} -> "
             f"{new_exp.isoformat() if new_exp else 'none'}"
         )
-        conn.execute(
-            insert(rule_events).values(rule_id=rule_id, at=now, event="extended", detail=detail)
-        )
+        self.rule_store.extend(conn, row, values, retry=retry, detail=detail, now=now)
+        if retry:
+            values.update(state=State.PENDING, next_attempt_at=None, attempts=0)
         self.audit.append(
             conn,
             actor=req.actor,
@@ -492,7 +503,7 @@ class Service:
             at=now,
         )
         if retry:
-            self.dispatcher.submit(row.adapter_id, "announce", [rule_id])
+            sends.append((row.adapter_id, rule_id))
         merged = {**row._asdict(), **values}
         return RuleResult(rule_view(merged, self.hub.name_of(row.adapter_id)), True)
 
@@ -511,48 +522,42 @@ class Service:
 
         Returns the ids whose withdrawal must be sent.
         """
-        send: list[int] = []
-        ended: list[int] = []
-        events: list[dict[str, Any]] = []
+        send: list[Any] = []
+        ended: list[Any] = []
         for row in rows:
-            check_move(row.id, State(row.state), State.WITHDRAWING)
             self._live.by_key.pop((row.key, row.adapter_id, bool(row.dry_run)), None)
-            detail = why(row) if callable(why) else why
             if row.dry_run:
-                ended.append(row.id)
-                events.append(
-                    {"rule_id": row.id, "at": now, "event": str(end_state), "detail": detail}
-                )
+                ended.append(row)
             else:
-                self.quotas.released(row.kind, row.adapter_id)
-                send.append(row.id)
-                events.append(
-                    {"rule_id": row.id, "at": now, "event": "withdrawing", "detail": detail}
-                )
-        if ended:
-            conn.execute(
-                update(rules)
-                .where(rules.c.id.in_(ended))
-                .values(state=end_state, end_state=end_state, ended_at=now, updated_at=now)
-            )
-        if send:
-            conn.execute(
-                update(rules)
-                .where(rules.c.id.in_(send))
-                .values(
-                    state=State.WITHDRAWING,
-                    end_state=end_state,
-                    updated_at=now,
-                    attempts=0,
-                    next_attempt_at=None,
-                )
-            )
-        if events:
-            conn.execute(insert(rule_events), events)
-        return send
+                send.append(row)
+        store = self.rule_store
+        by_id = {int(r.id): r for r in rows}
+        detail = (lambda rid: why(by_id[rid])) if callable(why) else why
+        store.move_rows(
+            conn,
+            [*send, *ended],
+            to=State.WITHDRAWING,
+            now=now,
+            event="withdrawing",
+            why=detail,
+            values={"end_state": end_state, "attempts": 0, "next_attempt_at": None},
+        )
+        for row in send:
+            self.quotas.released(row.kind, row.adapter_id)
+        store.move(
+            conn,
+            [r.id for r in ended],
+            frm=State.WITHDRAWING,
+            to=end_state,
+            now=now,
+            event=str(end_state),
+            why="dry-run: nothing to send",
+            values={"ended_at": now},
+        )
+        return [int(r.id) for r in send]
 
     async def withdraw_rule(self, rule_id: int, actor: str, reason: str = "") -> dict[str, Any]:
-        now = utcnow()
+        now = self.clock()
         with self.engine.begin() as conn:
             row = conn.execute(select(rules).where(rules.c.id == rule_id)).first()
             if row is None:
@@ -586,44 +591,79 @@ class Service:
         return self.get_rule(rule_id)
 
     def withdraw_keys(self, keys: Sequence[str], *, actor: str, reason: str) -> list[int]:
-        """Start withdrawing the held policy rules with these intent keys; returns rule ids.
+        """Start withdrawing the held policy rules with these intent keys; returns rule ids."""
+        try:
+            with self.engine.begin() as conn:
+                ids, after = self.withdraw_keys_in(
+                    conn, keys, actor=actor, reason=reason, now=self.clock()
+                )
+        except Exception:
+            self.rolled_back()
+            raise
+        after()
+        return ids
+
+    def withdraw_keys_in(
+        self, conn: Connection, keys: Sequence[str], *, actor: str, reason: str, now: datetime
+    ) -> tuple[list[int], Callable[[], None]]:
+        """:meth:`withdraw_keys` in the caller's transaction; run ``after`` once committed.
 
         A key names one intent (destination included), so no target filter is needed.
         """
-        now = utcnow()
         cond = [
             rules.c.key.in_(list(keys)),
             rules.c.state.in_([s.value for s in HELD]),
             rules.c.origin == "policy",
         ]
-        with self.engine.begin() as conn:
-            rows = conn.execute(select(*_HELD_COLUMNS).where(and_(*cond))).all()
-            if not rows:
-                return []
-            send = set(
-                self._begin_withdraw(
-                    conn, rows, State.WITHDRAWN, now=now, why=f"withdrawn by {actor}: {reason}"
+        rows = conn.execute(select(*_HELD_COLUMNS).where(and_(*cond))).all()
+        return self._withdraw_rows(conn, rows, actor=actor, reason=reason, now=now)
+
+    def withdraw_incident_in(
+        self, conn: Connection, incident_id: str, *, actor: str, reason: str, now: datetime
+    ) -> tuple[list[int], Callable[[], None]]:
+        """Start withdrawing every held rule of an incident, in the caller's transaction."""
+        rows = conn.execute(
+            select(*_HELD_COLUMNS).where(
+                and_(
+                    rules.c.incident_id == incident_id,
+                    rules.c.state.in_([s.value for s in HELD]),
                 )
             )
-            self.audit.append(
-                conn,
-                actor=actor,
-                action="rule.withdraw",
-                target=f"{len(rows)} rules",
-                detail={"rules": [r.id for r in rows], "reason": reason},
-                at=now,
+        ).all()
+        return self._withdraw_rows(conn, rows, actor=actor, reason=reason, now=now)
+
+    def _withdraw_rows(
+        self, conn: Connection, rows: Sequence[Any], *, actor: str, reason: str, now: datetime
+    ) -> tuple[list[int], Callable[[], None]]:
+        if not rows:
+            return [], lambda: None
+        send = set(
+            self._begin_withdraw(
+                conn, rows, State.WITHDRAWN, now=now, why=f"withdrawn by {actor}: {reason}"
             )
+        )
+        self.audit.append(
+            conn,
+            actor=actor,
+            action="rule.withdraw",
+            target=f"{len(rows)} rules",
+            detail={"rules": [r.id for r in rows], "reason": reason},
+            at=now,
+        )
         by_adapter: dict[int, list[int]] = {}
         for r in rows:
             if r.id in send:
                 by_adapter.setdefault(r.adapter_id, []).append(r.id)
-        for adapter_id, ids in by_adapter.items():
-            self.dispatcher.submit(adapter_id, "withdraw", ids)
-        return [r.id for r in rows]
+
+        def after() -> None:
+            for adapter_id, ids in by_adapter.items():
+                self.dispatcher.submit(adapter_id, "withdraw", ids)
+
+        return [r.id for r in rows], after
 
     async def expire_due(self, limit: int | None = None) -> int:
         """Start withdrawing every held rule whose TTL has passed."""
-        now = utcnow()
+        now = self.clock()
         limit = limit or self.settings.batch_size * 5
         to_send: dict[int, list[int]] = {}
         with self.engine.begin() as conn:
@@ -662,7 +702,7 @@ class Service:
 
     async def retry_due(self) -> int:
         """Re-send failed announces and withdrawals whose backoff has passed."""
-        now = utcnow()
+        now = self.clock()
         with self.engine.begin() as conn:
             rows = conn.execute(
                 select(rules.c.id, rules.c.state, rules.c.adapter_id)
@@ -675,27 +715,16 @@ class Service:
                 )
                 .limit(self.settings.batch_size * 5)
             ).all()
-            retry_ids = [r.id for r in rows if r.state == State.FAILED]
-            if retry_ids:
-                conn.execute(
-                    update(rules)
-                    .where(and_(rules.c.id.in_(retry_ids), rules.c.state == State.FAILED))
-                    .values(state=State.PENDING, next_attempt_at=None, updated_at=now)
-                )
-                conn.execute(
-                    insert(rule_events),
-                    [
-                        {"rule_id": rid, "at": now, "event": "retry", "detail": None}
-                        for rid in retry_ids
-                    ],
-                )
-            withdraw_rows = [r for r in rows if r.state == State.WITHDRAWING]
-            if withdraw_rows:
-                conn.execute(
-                    update(rules)
-                    .where(rules.c.id.in_([r.id for r in withdraw_rows]))
-                    .values(next_attempt_at=None)
-                )
+            self.rule_store.move(
+                conn,
+                [r.id for r in rows if r.state == State.FAILED],
+                frm=State.FAILED,
+                to=State.PENDING,
+                now=now,
+                event="retry",
+                values={"next_attempt_at": None},
+            )
+            self.rule_store.clear_retry(conn, [r.id for r in rows if r.state == State.WITHDRAWING])
         for r in rows:
             if r.state == State.FAILED:
                 self.dispatcher.submit(r.adapter_id, "announce", [r.id])
@@ -730,9 +759,7 @@ class Service:
             return await self._reconcile(adapter_id, startup)
 
     async def _reconcile(self, adapter_id: int, startup: bool) -> ReconcileReport:
-        from orchestrator.reconcile import reconcile_adapter
-
-        return await reconcile_adapter(self, adapter_id, startup=startup)
+        return await self.reconciler.run(adapter_id, startup=startup)
 
     async def reconcile_all(self) -> list[ReconcileReport]:
         return [await self.reconcile(rec.id) for rec in self.hub.records()]
@@ -836,7 +863,7 @@ class Service:
             raise ReadOnly(
                 f"adapter {rec.name!r} is declared in the policy directory; remove it there"
             )
-        now = utcnow()
+        now = self.clock()
         ids: list[int] = []
         with self.engine.begin() as conn:
             rows = conn.execute(
@@ -899,6 +926,8 @@ class Service:
             except Exception as exc:
                 health = Health(False, None, f"check failed: {exc}")
         self.hub.record_health(adapter_id, health)
+        if health.sessions:  # a failed check says nothing about the sessions
+            self.sessions.observe(adapter_id, health.sessions)
         return {"adapter_id": adapter_id, **health.to_dict()}
 
     # ------------------------------------------------------------ audit

@@ -57,6 +57,9 @@ class GlobalSettings(BaseModel):
     default_ttl: Annotated[int, Field(ge=0, le=MAX_TTL)] = 300
     cooldown_seconds: Annotated[int, Field(ge=0, le=86_400)] = 60
     cooldown_applies_to_manual: bool = False
+    # Resolving an incident (API, a detector's unban, the episode timeout) withdraws its
+    # live rules; off: they stay until their TTL runs out.
+    withdraw_on_resolve: bool = True
 
 
 class AdapterDecl(BaseModel):

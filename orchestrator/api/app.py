@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.api import admin, envelope, mitigation, policy, scrubbing, signals
+from orchestrator.api import (
+    admin,
+    detectors,
+    envelope,
+    events,
+    mitigation,
+    policy,
+    scrubbing,
+    signals,
+)
 from orchestrator.api.deps import RateLimiter
+from orchestrator.core import Core
 from orchestrator.nodes import NodeRegistry
 from orchestrator.policy_doc import PolicyDocument
-from orchestrator.runtime import PolicyRuntime
-from orchestrator.scheduler import build_scheduler
 from orchestrator.service import Service
 from orchestrator.tokens import TokenStore
 
@@ -82,41 +90,22 @@ class HeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-def _async(fn: Callable[[], None]) -> Callable[[], Awaitable[None]]:
-    async def run() -> None:
-        fn()
-
-    return run
-
-
 def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     tokens = TokenStore(service.engine, service.audit)
-    runtime = PolicyRuntime(service)
+    core = Core(service, run_scheduler=run_scheduler)
+    runtime = core.runtime
     policy_doc = PolicyDocument(runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not service.started:
-            await service.start()
+        await core.start(app.state.extra_jobs)
         bootstrap_token(service, tokens)
-        runtime.load_state()
         policy_doc.load()
-        jobs = {
-            "policy-reload": (service.settings.policy_reload_interval, runtime.reload),
-            "engine-state": (30.0, _async(runtime.save_state)),
-            **app.state.extra_jobs,
-        }
-        sched = build_scheduler(service, jobs) if run_scheduler else None
-        if sched is not None:
-            sched.start()
         log.info("sluice ready: %d adapters", len(service.hub.records()))
         try:
             yield
         finally:
-            if sched is not None:
-                sched.shutdown(wait=False)
-            runtime.save_state()
-            await service.stop()
+            await core.stop()
 
     app = FastAPI(
         title="Sluice",
@@ -141,5 +130,7 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(admin.router, prefix=API_PREFIX)
     app.include_router(policy.router, prefix=API_PREFIX)
     app.include_router(signals.router, prefix=API_PREFIX)
+    app.include_router(detectors.router, prefix=API_PREFIX)
+    app.include_router(events.router, prefix=API_PREFIX)
     app.include_router(scrubbing.router, prefix=API_PREFIX)
     return app

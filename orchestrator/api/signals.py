@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -53,28 +56,116 @@ def _signal(data: dict[str, Any]) -> Signal:
 
 # ---------------------------------------------------------------- incidents
 
+RAW_DETAILS_MAX_BYTES = 16 * 1024
+SOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+=-]{0,127}")
+
+
+@dataclass(frozen=True)
+class DetectorFields:
+    """What a detector adds to a signal: who it is, its id for the attack, ban or unban."""
+
+    action: Literal["ban", "unban"] = "ban"
+    incident_id: str | None = None
+    source: str | None = None
+    event_id: str | None = None
+    raw_details: dict[str, Any] | None = None
+
+
+def detector_fields(body: dict[str, Any]) -> DetectorFields:
+    """Take the detector fields out of a signal body, checked; the rest is the signal."""
+    action = body.pop("action", "ban")
+    if action not in ("ban", "unban"):
+        raise ValidationFailed(
+            "action must be 'ban' or 'unban'", code="invalid_action", field="action"
+        )
+    incident_id = body.pop("incident_id", None)
+    if incident_id is not None and not isinstance(incident_id, str):
+        raise ValidationFailed("incident_id must be a string", field="incident_id")
+    source = body.pop("source", None)
+    if source is not None and not (isinstance(source, str) and SOURCE.fullmatch(source)):
+        raise ValidationFailed(
+            "source must be a detector name of 1-64 letters, digits, '_', '.', ':' or '-'",
+            code="invalid_source",
+            field="source",
+        )
+    event_id = body.pop("event_id", None)
+    if event_id is not None:
+        if not (isinstance(event_id, str) and EVENT_ID.fullmatch(event_id)):
+            raise ValidationFailed(
+                "event_id must be 1-128 letters, digits or '_.:/@+=-', starting with a "
+                "letter or digit",
+                code="invalid_event_id",
+                field="event_id",
+            )
+        if source is None:
+            raise ValidationFailed(
+                "event_id needs source: an event id is unique per detector",
+                code="missing_parameter",
+                field="source",
+            )
+    raw = body.pop("raw_details", None)
+    if raw is not None:
+        if not isinstance(raw, dict):
+            raise ValidationFailed(
+                "raw_details must be a JSON object", code="invalid_raw_details", field="raw_details"
+            )
+        size = len(json.dumps(raw, separators=(",", ":")).encode())
+        if size > RAW_DETAILS_MAX_BYTES:
+            raise ValidationFailed(
+                f"raw_details is {size} bytes; at most {RAW_DETAILS_MAX_BYTES} are kept",
+                code="raw_details_too_large",
+                field="raw_details",
+            )
+    if action == "unban" and incident_id is None and event_id is None:
+        raise ValidationFailed(
+            "an unban names its incident: incident_id, or source and event_id",
+            code="missing_parameter",
+            field="event_id",
+        )
+    return DetectorFields(action, incident_id, source, event_id, raw)
+
+
+async def apply_signal(rt: PolicyRuntime, body: dict[str, Any], actor: str) -> dict[str, Any]:
+    """A ban (signal) or an unban from a detector, the body already a dict."""
+    f = detector_fields(body)
+    if f.action == "unban":
+        if body:  # the signal fields are optional on an unban; checked when given
+            _signal(body)
+        return await rt.unban(
+            actor=actor,
+            incident_id=f.incident_id,
+            source=f.source,
+            event_id=f.event_id,
+            raw_details=f.raw_details,
+        )
+    return await rt.handle(
+        _signal(body),
+        actor=actor,
+        incident_id=f.incident_id,
+        source=f.source,
+        event_id=f.event_id,
+        raw_details=f.raw_details,
+    )
+
 
 @router.post("/incidents")
 async def report_incident(request: Request, rt: Runtime, who: Writer) -> dict[str, Any]:
-    """Open or update an incident with a signal; the policy decides and acts."""
+    """Open or update an incident with a signal (or end it: ``action: unban``)."""
     try:
         body = await request.json()
     except ValueError:
         raise ValidationFailed("the request body must be JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ValidationFailed("the request body must be a JSON object")
-    incident_id = body.pop("incident_id", None)
-    if incident_id is not None and not isinstance(incident_id, str):
-        raise ValidationFailed("incident_id must be a string", field="incident_id")
-    result = await rt.handle(_signal(body), actor=who.name, incident_id=incident_id)
-    return ok(**result)
+    return ok(**await apply_signal(rt, body, who.name))
 
 
 @router.get("/incidents")
 async def list_incidents(
     rt: Runtime,
     _: Reader,
-    status: Literal["open", "resolved"] | None = None,
+    status: Literal["open", "mitigating", "resolved", "expired"] | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:

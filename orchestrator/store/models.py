@@ -92,7 +92,7 @@ rules = Table(
     Column("origin", String(16), nullable=False),  # manual | policy | runbook
     Column("reason", Text, nullable=False, default=""),
     Column("explanation", JSON(none_as_null=True), nullable=True),
-    Column("incident_id", String(64), nullable=True),
+    Column("incident_id", String(36), ForeignKey("incidents.id"), nullable=True),
     Column("created_by", String(100), nullable=True),
     Column("ttl", Integer, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
@@ -152,7 +152,7 @@ incidents = Table(
     Column("id", String(36), primary_key=True),  # UUID
     Column("target", String(64), nullable=False),
     Column("node", String(64), nullable=True),
-    Column("status", String(16), nullable=False),  # open | resolved
+    Column("status", String(16), nullable=False),  # orchestrator.incidents.Status
     Column("attack_family", String(32), nullable=False),
     Column("severity", String(16), nullable=False),
     Column("peak_bps", Float, nullable=False, default=0.0),
@@ -162,8 +162,18 @@ incidents = Table(
     Column("opened_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("resolved_at", UTCDateTime(), nullable=True),
+    # A detector's own name and id for the attack (same pair = same incident).
+    Column("source", String(64), nullable=True),
+    Column("event_id", String(128), nullable=True),
+    Column("raw_details", JSON(none_as_null=True), nullable=True),
+    Column("tier", String(64), nullable=True),
+    # A held signal is evaluated again at this time if the incident is still open.
+    Column("held_until", UTCDateTime(), nullable=True),
+    Column("resolved_by", String(100), nullable=True),
     Index("ix_incidents_target_status", "target", "status"),
     Index("ix_incidents_opened", "opened_at"),
+    Index("ix_incidents_source_event", "source", "event_id"),
+    Index("ix_incidents_status_held", "status", "held_until"),
 )
 
 decisions = Table(
@@ -196,6 +206,24 @@ nodes = Table(
     Column("last_seen_at", UTCDateTime(), nullable=True),
 )
 
+# The event log: every state change of rules, incidents, adapter sessions and the policy,
+# written in the transaction of the change itself. Ids only increase (AUTOINCREMENT), so
+# a consumer resumes with ``after=<last id seen>``.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("kind", String(40), nullable=False),  # e.g. rule.active, incident.resolved
+    Column("rule_id", Id, ForeignKey("rules.id"), nullable=True),
+    Column("incident_id", String(36), ForeignKey("incidents.id"), nullable=True),
+    Column("adapter_id", Id, ForeignKey("adapters.id"), nullable=True),
+    Column("detail", JSON(none_as_null=True), nullable=True),
+    Index("ix_events_incident", "incident_id", "id"),
+    Index("ix_events_rule", "rule_id", "id"),
+    sqlite_autoincrement=True,
+)
+
 kv = Table(
     "kv",
     metadata,
@@ -208,6 +236,7 @@ __all__ = [
     "adapters",
     "audit_log",
     "decisions",
+    "events",
     "incidents",
     "kv",
     "metadata",

@@ -1,0 +1,152 @@
+"""The event log: what happened, in order, written in the transaction of the change.
+
+Kinds (:class:`Kind`): ``rule.created``, ``rule.pending`` (a retry), ``rule.active``,
+``rule.failed``, ``rule.withdrawing``, ``rule.withdrawn``, ``rule.expired``;
+``incident.opened``, ``incident.escalated`` (a tier's rules planned: the first one moves
+the incident to mitigating), ``incident.resolved``, ``incident.expired``;
+``adapter.session_up``, ``adapter.session_down``; ``policy.reloaded``.
+
+Writers call :func:`record` with the connection of their own transaction, so an event
+exists exactly when its change does. Readers page with ``after`` (ids only increase);
+:class:`EventLog` also wakes live streams in this process when something was committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, event, insert, select
+
+from orchestrator.store.models import events
+
+
+class Kind(enum.StrEnum):
+    RULE_CREATED = "rule.created"
+    RULE_PENDING = "rule.pending"
+    RULE_ACTIVE = "rule.active"
+    RULE_FAILED = "rule.failed"
+    RULE_WITHDRAWING = "rule.withdrawing"
+    RULE_WITHDRAWN = "rule.withdrawn"
+    RULE_EXPIRED = "rule.expired"
+    INCIDENT_OPENED = "incident.opened"
+    INCIDENT_ESCALATED = "incident.escalated"
+    INCIDENT_RESOLVED = "incident.resolved"
+    INCIDENT_EXPIRED = "incident.expired"
+    SESSION_UP = "adapter.session_up"
+    SESSION_DOWN = "adapter.session_down"
+    POLICY_RELOADED = "policy.reloaded"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: Kind
+    at: datetime
+    rule_id: int | None = None
+    incident_id: str | None = None
+    adapter_id: int | None = None
+    detail: dict[str, Any] | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "kind": str(self.kind),
+            "rule_id": self.rule_id,
+            "incident_id": self.incident_id,
+            "adapter_id": self.adapter_id,
+            "detail": self.detail,
+        }
+
+
+_DIRTY = "sluice_events_written"
+
+
+def record(conn: Connection, items: Iterable[Event]) -> int:
+    """Append events inside the caller's transaction; returns how many."""
+    rows = [e.row() for e in items]
+    if rows:
+        conn.execute(insert(events), rows)
+        conn.info[_DIRTY] = True
+    return len(rows)
+
+
+def view(row: Any) -> dict[str, Any]:
+    return {
+        "id": int(row.id),
+        "at": row.at.isoformat(),
+        "kind": row.kind,
+        "rule_id": row.rule_id,
+        "incident_id": row.incident_id,
+        "adapter_id": row.adapter_id,
+        "detail": row.detail,
+    }
+
+
+class EventLog:
+    """Reads the log and wakes this process's live streams after a commit that wrote to it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        event.listen(engine, "commit", self._on_commit)
+
+    def close(self) -> None:
+        if event.contains(self.engine, "commit", self._on_commit):
+            event.remove(self.engine, "commit", self._on_commit)
+
+    def _on_commit(self, conn: Connection) -> None:
+        if conn.info.pop(_DIRTY, False):
+            self.wake()
+
+    def wake(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._release()
+        else:
+            loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def arm(self) -> asyncio.Future[None]:
+        """A future set at the next commit that writes events (arm it before reading)."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(fut)
+        return fut
+
+    async def wait(self, fut: asyncio.Future[None], seconds: float) -> None:
+        """Wait for an armed future, at most ``seconds`` (other processes write too)."""
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), seconds)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(fut)
+
+    def after(self, after_id: int, limit: int) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)
+            ).all()
+        return [view(r) for r in rows]
+
+    def last_id(self) -> int:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(events.c.id).order_by(events.c.id.desc()).limit(1)).scalar()
+        return int(value or 0)

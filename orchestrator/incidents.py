@@ -1,0 +1,321 @@
+"""Incidents: one attack on one target as the detectors report it, and its one owner.
+
+::
+
+    open ──► mitigating ──► resolved
+      │          │
+      ├──────────┴────────► expired      (no signal for the episode timeout)
+      └───────────────────► resolved
+
+* ``open``: signals arrived; no tier's rules yet (below every tier, or held down).
+* ``mitigating``: the policy planned a tier's rules for it (``incident.escalated``).
+* ``resolved``: a detector's ``unban``, an operator's resolve; final.
+* ``expired``: signals stopped for the episode timeout; final.
+
+:class:`IncidentStore` is the only code that writes the ``incidents`` table. Every status
+change is checked against :data:`TRANSITIONS` (a refused one raises, is logged and
+changes nothing) and recorded in the event log in the same transaction.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
+
+from orchestrator import events as ev
+from orchestrator.store.models import incidents
+from policies.errors import Conflict, NotFound
+
+log = logging.getLogger("sluice.incidents")
+
+
+class Status(enum.StrEnum):
+    OPEN = "open"
+    MITIGATING = "mitigating"
+    RESOLVED = "resolved"
+    EXPIRED = "expired"
+
+
+LIVE = frozenset({Status.OPEN, Status.MITIGATING})
+ENDED = frozenset({Status.RESOLVED, Status.EXPIRED})
+
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.OPEN: frozenset({Status.MITIGATING, Status.RESOLVED, Status.EXPIRED}),
+    Status.MITIGATING: frozenset({Status.RESOLVED, Status.EXPIRED}),
+    Status.RESOLVED: frozenset(),
+    Status.EXPIRED: frozenset(),
+}
+
+
+class AlreadyEnded(Conflict):
+    code = "incident_already_resolved"
+
+
+def check_move(incident_id: str, current: Status, new: Status) -> None:
+    if new in TRANSITIONS[current]:
+        return
+    log.error("refused incident transition: %s %s -> %s", incident_id, current, new)
+    if current in ENDED:
+        raise AlreadyEnded(
+            f"incident {incident_id} is already {current}; a new signal opens a new incident"
+        )
+    raise Conflict(
+        f"incident {incident_id} is {current}; it cannot become {new}", code="invalid_state"
+    )
+
+
+@dataclass(slots=True)
+class Incident:
+    id: str
+    target: str
+    node: str | None
+    status: Status
+    attack_family: str
+    severity: str
+    peak_bps: float
+    peak_pps: float
+    last_signal: dict[str, Any]
+    signals: int
+    opened_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None = None
+    source: str | None = None
+    event_id: str | None = None
+    raw_details: dict[str, Any] | None = None
+    tier: str | None = None
+    held_until: datetime | None = None
+    resolved_by: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Incident:
+        values = {f.name: getattr(row, f.name) for f in fields(cls)}
+        values["status"] = Status(values["status"])
+        return cls(**values)
+
+    def row(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "target_ip": self.target,
+            "node": self.node,
+            "status": str(self.status),
+            "attack_family": self.attack_family,
+            "severity": self.severity,
+            "peak_bps": self.peak_bps,
+            "peak_pps": self.peak_pps,
+            "signals": self.signals,
+            "tier": self.tier,
+            "source": self.source,
+            "event_id": self.event_id,
+            "raw_details": self.raw_details,
+            "last_signal": self.last_signal,
+            "held_until": self.held_until.isoformat() if self.held_until else None,
+            "opened_at": self.opened_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "resolved_at": self.resolved_at.isoformat() if self.resolved_at else None,
+            "resolved_by": self.resolved_by,
+        }
+
+
+# What a signal changes on an incident it updates (not its status).
+_SIGNAL_FIELDS = (
+    "node",
+    "updated_at",
+    "last_signal",
+    "signals",
+    "peak_bps",
+    "peak_pps",
+    "attack_family",
+    "severity",
+    "raw_details",
+    "tier",
+    "held_until",
+)
+_UPDATE = (
+    update(incidents)
+    .where(incidents.c.id == bindparam("b_id"))
+    .values(**{c: bindparam(f"b_{c}") for c in _SIGNAL_FIELDS})
+)
+
+
+class IncidentStore:
+    """Incident reads and writes; writes work inside the caller's transaction."""
+
+    # ------------------------------------------------------------ reads
+
+    @staticmethod
+    def get(conn: Connection, incident_id: str) -> Incident:
+        row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).first()
+        if row is None:
+            raise NotFound(
+                f"incident {incident_id} does not exist",
+                code="incident_not_found",
+                field="incident_id",
+            )
+        return Incident.from_row(row)
+
+    @staticmethod
+    def by_ids(conn: Connection, ids: Sequence[str]) -> dict[str, Incident]:
+        if not ids:
+            return {}
+        rows = conn.execute(select(incidents).where(incidents.c.id.in_(sorted(ids)))).all()
+        return {r.id: Incident.from_row(r) for r in rows}
+
+    @staticmethod
+    def live_by_target(conn: Connection, targets: Sequence[str]) -> dict[str, Incident]:
+        """Per target, its latest live incident (quiet ones too: the caller expires them)."""
+        if not targets:
+            return {}
+        rows = conn.execute(
+            select(incidents)
+            .where(
+                and_(
+                    incidents.c.target.in_(sorted(targets)),
+                    incidents.c.status.in_([str(s) for s in LIVE]),
+                )
+            )
+            .order_by(incidents.c.updated_at)
+        ).all()
+        return {r.target: Incident.from_row(r) for r in rows}  # the latest one wins
+
+    @staticmethod
+    def by_event(
+        conn: Connection, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Incident]:
+        """Per (source, event_id), the latest incident a detector named so."""
+        out: dict[tuple[str, str], Incident] = {}
+        for source, event_id in sorted(set(pairs)):
+            row = conn.execute(
+                select(incidents)
+                .where(and_(incidents.c.source == source, incidents.c.event_id == event_id))
+                .order_by(incidents.c.opened_at.desc())
+                .limit(1)
+            ).first()
+            if row is not None:
+                out[(source, event_id)] = Incident.from_row(row)
+        return out
+
+    @staticmethod
+    def due_hold_down(conn: Connection, now: datetime, limit: int = 500) -> list[Incident]:
+        rows = conn.execute(
+            select(incidents)
+            .where(
+                and_(
+                    incidents.c.status == str(Status.OPEN),
+                    incidents.c.held_until.is_not(None),
+                    incidents.c.held_until <= now,
+                )
+            )
+            .order_by(incidents.c.held_until)
+            .limit(limit)
+        ).all()
+        return [Incident.from_row(r) for r in rows]
+
+    @staticmethod
+    def quiet(conn: Connection, before: datetime, limit: int = 500) -> list[Incident]:
+        """Live incidents with no signal since ``before`` (the episode timeout passed)."""
+        rows = conn.execute(
+            select(incidents)
+            .where(
+                and_(
+                    incidents.c.status.in_([str(s) for s in LIVE]),
+                    incidents.c.updated_at < before,
+                )
+            )
+            .order_by(incidents.c.updated_at)
+            .limit(limit)
+        ).all()
+        return [Incident.from_row(r) for r in rows]
+
+    # ------------------------------------------------------------ writes
+
+    def open(self, conn: Connection, new: Sequence[Incident]) -> None:
+        if not new:
+            return
+        for inc in new:
+            if inc.status is not Status.OPEN:
+                raise ValueError(f"a new incident starts open, not {inc.status}")
+        conn.execute(insert(incidents), [i.row() for i in new])
+        ev.record(
+            conn,
+            (
+                ev.Event(
+                    ev.Kind.INCIDENT_OPENED,
+                    i.opened_at,
+                    incident_id=i.id,
+                    detail={
+                        "target_ip": i.target,
+                        "source": i.source,
+                        "event_id": i.event_id,
+                        "attack_family": i.attack_family,
+                    },
+                )
+                for i in new
+            ),
+        )
+
+    def save_signals(self, conn: Connection, items: Sequence[Incident]) -> None:
+        """Write what signals changed on existing incidents (never their status)."""
+        if items:
+            conn.execute(
+                _UPDATE,
+                [
+                    {"b_id": i.id, **{f"b_{c}": getattr(i, c) for c in _SIGNAL_FIELDS}}
+                    for i in items
+                ],
+            )
+
+    def escalated(
+        self, conn: Connection, inc: Incident, *, tier: str | None, status: str, now: datetime
+    ) -> None:
+        """The policy planned a tier's rules: the incident is (or stays) mitigating."""
+        if inc.status is not Status.MITIGATING:  # an ended incident is refused here
+            self._move(conn, inc, Status.MITIGATING, now)
+        ev.record(
+            conn,
+            [
+                ev.Event(
+                    ev.Kind.INCIDENT_ESCALATED,
+                    now,
+                    incident_id=inc.id,
+                    detail={"tier": tier, "decision": status},
+                )
+            ],
+        )
+
+    def end(
+        self, conn: Connection, inc: Incident, to: Status, *, now: datetime, by: str, cause: str
+    ) -> None:
+        """Resolve or expire ``inc`` (refused with ``incident_already_resolved`` if ended)."""
+        self._move(
+            conn, inc, to, now, resolved_at=now, resolved_by=by, held_until=None, updated_at=now
+        )
+        kind = ev.Kind.INCIDENT_RESOLVED if to is Status.RESOLVED else ev.Kind.INCIDENT_EXPIRED
+        ev.record(
+            conn, [ev.Event(kind, now, incident_id=inc.id, detail={"by": by, "cause": cause})]
+        )
+
+    def _move(
+        self, conn: Connection, inc: Incident, to: Status, now: datetime, **values: Any
+    ) -> None:
+        check_move(inc.id, inc.status, to)
+        res = conn.execute(
+            update(incidents)
+            .where(and_(incidents.c.id == inc.id, incidents.c.status == str(inc.status)))
+            .values(status=str(to), **values)
+        )
+        if not res.rowcount:  # changed by someone else since it was read
+            current = self.get(conn, inc.id)
+            check_move(inc.id, current.status, to)
+            raise Conflict(f"incident {inc.id} changed meanwhile; try again", code="conflict")
+        inc.status = to
+        for k, v in values.items():
+            setattr(inc, k, v)

@@ -1,0 +1,616 @@
+"""Signal intake: signals open and update incidents, the policy decides, rules follow.
+
+Signals (``ban``), detector ``unban``s and hold-down re-evaluations go through one queue,
+in arrival order. Consecutive signals are handled as one batch (group commit): evaluated
+one after the other, then written in ONE transaction - new incidents first, then their
+rules (which reference them by foreign key), withdrawals, the incidents' new state, the
+decisions and the events.
+
+* A signal names its incident by ``incident_id``, by its detector's ``source`` +
+  ``event_id`` (the same pair updates the same incident), or by neither: then it updates
+  its target's live incident, or opens one. A target has at most one live incident.
+* A signal the policy holds down records ``held_until`` on the incident; at that time
+  (:meth:`Intake.recheck_held`) the incident's last signal is evaluated again if the
+  incident is still open, so a detector that reports once still gets its rule.
+* Ending an incident (resolve, ``unban``, the episode timeout) withdraws its live rules
+  unless ``settings.withdraw_on_resolve`` is off, and forgets the target's attack state:
+  the next signal opens a new incident, judged afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import and_, insert, select
+
+from orchestrator.incidents import ENDED, LIVE, AlreadyEnded, Incident, IncidentStore, Status
+from orchestrator.lifecycle import HELD
+from orchestrator.service import RuleRequest, Service
+from orchestrator.store.models import decisions, incidents, rules
+from policies.engine import Decision, evaluate
+from policies.errors import NotFound, SluiceError, ValidationFailed
+from policies.intents import canonical
+from policies.signals import Signal
+
+if TYPE_CHECKING:
+    from policies.state import EngineState
+
+log = logging.getLogger("sluice.intake")
+
+MAX_BATCH = 256  # signals handled in one group commit
+ESCALATING = ("announce", "escalate")
+Action = Literal["ban", "unban", "recheck"]
+
+
+@dataclass
+class Item:
+    action: Action
+    actor: str
+    signal: Signal | None = None
+    incident_id: str | None = None
+    source: str | None = None
+    event_id: str | None = None
+    raw_details: dict[str, Any] | None = None
+    future: asyncio.Future[dict[str, Any]] = field(init=False)
+
+
+class Intake:
+    def __init__(self, service: Service, state: Callable[[], EngineState]) -> None:
+        self.service = service
+        self._state = state  # the runtime replaces its EngineState on load
+        self.store = IncidentStore()
+        self._pending: list[Item] = []
+        self._worker: asyncio.Task[None] | None = None
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._rechecking: set[str] = set()
+        self._tasks: set[asyncio.Task[int]] = set()
+
+    @property
+    def state(self) -> EngineState:
+        return self._state()
+
+    # ------------------------------------------------------------ queue
+
+    async def submit(self, item: Item) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        item.future = loop.create_future()
+        self._pending.append(item)
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain(), name="signal-intake")
+        return await item.future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            if self._pending[0].action == "unban":
+                batch = [self._pending.pop(0)]
+            else:
+                n = 0
+                while (
+                    n < len(self._pending) and n < MAX_BATCH and self._pending[n].action != "unban"
+                ):
+                    n += 1
+                batch = self._pending[:n]
+                del self._pending[:n]
+            try:
+                if batch[0].action == "unban":
+                    results: list[dict[str, Any] | Exception] = [self._unban(batch[0])]
+                else:
+                    results = self._handle_batch(batch)
+            except Exception as exc:  # a database error: every item of the batch fails
+                if not isinstance(exc, SluiceError):
+                    log.exception("handling %d signals", len(batch))
+                results = [exc] * len(batch)
+            for item, res in zip(batch, results, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(res, Exception):
+                    item.future.set_exception(res)
+                else:
+                    item.future.set_result(res)
+            await asyncio.sleep(0)  # let the next signals in
+
+    # ------------------------------------------------------------ signals
+
+    def _handle_batch(self, batch: list[Item]) -> list[dict[str, Any] | Exception]:
+        svc = self.service
+        now = svc.clock()
+        quiet = timedelta(seconds=svc.policy.escalation.episode_timeout_seconds)
+        hold = svc.policy.escalation.hold_down_seconds
+        with svc.engine.connect() as conn:
+            live = self.store.live_by_target(
+                conn, [str(i.signal.target_ip) for i in batch if i.signal is not None]
+            )
+            by_id = self.store.by_ids(conn, [i.incident_id for i in batch if i.incident_id])
+            by_event = self.store.by_event(
+                conn, [(i.source, i.event_id) for i in batch if i.source and i.event_id]
+            )
+        new: dict[str, Incident] = {}
+        touched: dict[str, Incident] = {}
+        stale: list[Incident] = []
+        items: list[tuple[Item, Incident, Decision] | Exception] = []
+        for item in batch:
+            assert item.signal is not None  # noqa: S101  # bans and rechecks carry one
+            try:
+                inc = self._incident_for(
+                    item,
+                    now=now,
+                    quiet=quiet,
+                    live=live,
+                    by_id=by_id,
+                    by_event=by_event,
+                    new=new,
+                    stale=stale,
+                )
+            except SluiceError as exc:
+                items.append(exc)
+                continue
+            if item.action == "recheck" and (inc.status is not Status.OPEN or inc.id in new):
+                items.append(NotFound("nothing to re-evaluate", code="not_held"))
+                continue
+            decision = self._decide(item, inc, now, hold)
+            if inc.id not in new:
+                touched[inc.id] = inc
+            items.append((item, inc, decision))
+        done = [x for x in items if not isinstance(x, Exception)]
+        applied = self._write(done, new, touched, stale, now) if done or stale else []
+        for inc in {i.id: i for _, i, _ in done}.values():
+            if inc.held_until is not None:
+                self._arm(inc)
+        return _results(items, applied)
+
+    def _decide(self, item: Item, inc: Incident, now: datetime, hold: int) -> Decision:
+        """Evaluate one signal and bring its incident up to date."""
+        sig = item.signal
+        assert sig is not None  # noqa: S101
+        decision = evaluate(sig, self.service.policy, self.state, now.timestamp())
+        if item.action != "recheck":
+            inc.signals += 1
+            inc.updated_at = now
+            inc.peak_bps = max(inc.peak_bps, sig.bps)
+            inc.peak_pps = max(inc.peak_pps, sig.pps)
+            inc.last_signal = sig.model_dump(mode="json")
+            inc.attack_family = sig.attack_family
+            inc.severity = sig.severity
+            inc.node = sig.node
+            if item.raw_details is not None:
+                inc.raw_details = item.raw_details
+        inc.held_until = None
+        if decision.status == "held":
+            ts = self.state.peek(inc.target)
+            since = ts.attack_since if ts is not None and ts.attack_since else now.timestamp()
+            inc.held_until = datetime.fromtimestamp(since + hold, UTC)
+            decision = decision._replace(
+                explanation=(
+                    *decision.explanation,
+                    f"held until {inc.held_until:%H:%M:%S} UTC: evaluated again then "
+                    "if the incident is still open",
+                )
+            )
+        if decision.tier is not None:
+            inc.tier = decision.tier
+        return decision
+
+    def _incident_for(
+        self,
+        item: Item,
+        *,
+        now: datetime,
+        quiet: timedelta,
+        live: dict[str, Incident],
+        by_id: dict[str, Incident],
+        by_event: dict[tuple[str, str], Incident],
+        new: dict[str, Incident],
+        stale: list[Incident],
+    ) -> Incident:
+        """The incident a signal updates (a new one when none is live)."""
+        assert item.signal is not None  # noqa: S101
+        target = str(item.signal.target_ip)
+        if item.incident_id is not None:
+            inc = by_id.get(item.incident_id) or new.get(item.incident_id)
+            if inc is None:
+                raise NotFound(
+                    f"incident {item.incident_id} does not exist",
+                    code="incident_not_found",
+                    field="incident_id",
+                )
+            if inc.status in ENDED:
+                raise AlreadyEnded(
+                    f"incident {inc.id} is already {inc.status}; send the signal without "
+                    "incident_id to open a new incident",
+                    field="incident_id",
+                )
+            if inc.target != target:
+                raise ValidationFailed(
+                    f"incident {inc.id} is about {inc.target}, not {target}",
+                    code="incident_target_mismatch",
+                    field="target_ip",
+                )
+            return inc
+        pair = (item.source, item.event_id) if item.source and item.event_id else None
+        if pair is not None:
+            inc = by_event.get(pair)
+            if inc is not None and inc.status in LIVE:
+                if inc.target != target:
+                    raise ValidationFailed(
+                        f"event {pair[1]!r} of {pair[0]!r} is about {inc.target}, not {target}",
+                        code="event_target_mismatch",
+                        field="target_ip",
+                    )
+                return inc
+        inc = live.get(target)
+        stale_now = inc is not None and inc.id not in new and inc.updated_at < now - quiet
+        if inc is not None and inc.status in LIVE and stale_now:  # expiry has not run yet
+            stale.append(inc)
+            inc = None
+        if inc is not None and inc.status in LIVE:
+            if pair is not None and inc.event_id is None:
+                inc.source, inc.event_id = pair
+                by_event[pair] = inc
+            return inc
+        inc = Incident(
+            id=str(uuid.uuid4()),
+            target=target,
+            node=item.signal.node,
+            status=Status.OPEN,
+            attack_family=item.signal.attack_family,
+            severity=item.signal.severity,
+            peak_bps=0.0,
+            peak_pps=0.0,
+            last_signal={},
+            signals=0,
+            opened_at=now,
+            updated_at=now,
+            source=pair[0] if pair else item.source,
+            event_id=pair[1] if pair else None,
+        )
+        new[inc.id] = inc
+        live[target] = inc
+        if pair is not None:
+            by_event[pair] = inc
+        # A new incident is judged afresh, whatever attack state a previous one left
+        # (e.g. restored from a snapshot taken before that one ended).
+        self.state.targets.pop(target, None)
+        return inc
+
+    def _write(
+        self,
+        done: list[tuple[Item, Incident, Decision]],
+        new: dict[str, Incident],
+        touched: dict[str, Incident],
+        stale: list[Incident],
+        now: datetime,
+    ) -> list[dict[str, Any]]:
+        """Everything a batch changed, in one transaction; then queue the rule changes."""
+        svc = self.service
+        requests = [
+            (
+                k,
+                RuleRequest(
+                    intent=r.intent,
+                    adapter=r.adapter,
+                    ttl=r.ttl,
+                    reason=r.reason,
+                    origin="policy",
+                    dry_run=d.dry_run,
+                    explanation=d.explanation,
+                    incident_id=inc.id,
+                    actor=item.actor,
+                ),
+            )
+            for k, (item, inc, d) in enumerate(done)
+            for r in d.rules
+        ]
+        applied: list[dict[str, Any]] = [
+            {"rules": [], "refused": [], "withdrawn": []} for _ in done
+        ]
+        afters: list[Callable[[], None]] = []
+        try:
+            with svc.engine.begin() as conn:
+                for inc in stale:  # first: a new incident's rules must not extend these
+                    cause = "no signal for the episode timeout"
+                    self.store.end(conn, inc, Status.EXPIRED, now=now, by="system", cause=cause)
+                    if svc.policy.settings.withdraw_on_resolve:
+                        _ids, after = svc.withdraw_incident_in(
+                            conn,
+                            inc.id,
+                            actor="system",
+                            reason=f"incident expired: {cause}",
+                            now=now,
+                        )
+                        afters.append(after)
+                self.store.open(conn, list(new.values()))
+                results, after = svc.create_rules_in(conn, [r for _, r in requests], now)
+                afters.append(after)
+                for (k, req), res in zip(requests, results, strict=True):
+                    if isinstance(res, SluiceError):
+                        applied[k]["refused"].append(
+                            {
+                                "intent": canonical(req.intent),
+                                "adapter": req.adapter,
+                                "code": res.code,
+                                "message": res.message,
+                            }
+                        )
+                    else:
+                        applied[k]["rules"].append(
+                            {
+                                "rule_id": res.rule["id"],
+                                "intent": res.rule["intent"],
+                                "adapter": req.adapter,
+                                "deduplicated": res.deduplicated,
+                            }
+                        )
+                for k, (item, _inc, d) in enumerate(done):
+                    if d.withdraw:
+                        ids, after = svc.withdraw_keys_in(
+                            conn,
+                            d.withdraw,
+                            actor=item.actor,
+                            reason=f"policy: {d.status}",
+                            now=now,
+                        )
+                        applied[k]["withdrawn"] = ids
+                        afters.append(after)
+                self.store.save_signals(conn, list(touched.values()))
+                for k, (_item, inc, d) in enumerate(done):
+                    if d.status in ESCALATING and applied[k]["rules"]:
+                        self.store.escalated(conn, inc, tier=d.tier, status=d.status, now=now)
+                conn.execute(
+                    insert(decisions),
+                    [
+                        {
+                            "incident_id": inc.id,
+                            "at": now,
+                            "status": d.status,
+                            "tier": d.tier,
+                            "explanation": list(d.explanation),
+                            **applied[k],
+                        }
+                        for k, (_item, inc, d) in enumerate(done)
+                    ],
+                )
+        except Exception:
+            svc.rolled_back()
+            raise
+        for after in afters:
+            after()
+        return applied
+
+    # ------------------------------------------------------------ hold-down
+
+    def _arm(self, inc: Incident) -> None:
+        """Re-evaluate the incident when its hold-down elapses (the periodic job is the
+        safety net across restarts)."""
+        if inc.held_until is None or inc.id in self._timers:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        delay = max(0.0, (inc.held_until - self.service.clock()).total_seconds())
+
+        def fire() -> None:
+            self._timers.pop(inc.id, None)
+            task = loop.create_task(self.recheck_held(), name="hold-down")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._timers[inc.id] = loop.call_later(delay + 0.01, fire)
+
+    def cancel_timers(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+
+    async def recheck_held(self) -> int:
+        """Evaluate again every open incident whose hold-down has elapsed; returns how many."""
+        now = self.service.clock()
+        with self.service.engine.connect() as conn:
+            due = [i for i in self.store.due_hold_down(conn, now) if i.id not in self._rechecking]
+        jobs = []
+        for inc in due:
+            try:
+                sig = Signal.model_validate(inc.last_signal)
+            except ValueError:
+                log.exception("incident %s: its last signal cannot be read back", inc.id)
+                continue
+            self._rechecking.add(inc.id)
+            jobs.append(
+                (
+                    inc.id,
+                    self.submit(
+                        Item("recheck", "system:hold-down", signal=sig, incident_id=inc.id)
+                    ),
+                )
+            )
+        count = 0
+        for incident_id, job in jobs:
+            try:
+                await job
+                count += 1
+            except SluiceError as exc:
+                log.info("hold-down re-evaluation of %s: %s", incident_id, exc.message)
+            finally:
+                self._rechecking.discard(incident_id)
+        return count
+
+    # ------------------------------------------------------------ ending
+
+    def _unban(self, item: Item) -> dict[str, Any]:
+        if item.incident_id is None:
+            assert item.source is not None and item.event_id is not None  # noqa: S101
+            with self.service.engine.connect() as conn:
+                found = self.store.by_event(conn, [(item.source, item.event_id)])
+            inc = found.get((item.source, item.event_id))
+            if inc is None:
+                raise NotFound(
+                    f"no incident of {item.source!r} has event_id {item.event_id!r}",
+                    code="event_not_found",
+                    field="event_id",
+                )
+            item.incident_id = inc.id
+        return self.end(
+            item.incident_id,
+            Status.RESOLVED,
+            actor=item.actor,
+            cause=f"unban from {item.source or item.actor}",
+            raw_details=item.raw_details,
+        )
+
+    def end(
+        self,
+        incident_id: str,
+        to: Status,
+        *,
+        actor: str,
+        cause: str,
+        raw_details: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Resolve or expire an incident: its rules withdrawn (by default) and its target's
+        attack state forgotten, in one transaction with the incident's new status."""
+        svc = self.service
+        now = svc.clock()
+        withdraw = svc.policy.settings.withdraw_on_resolve
+        after: Callable[[], None] = lambda: None  # noqa: E731
+        ids: list[int] = []
+        try:
+            with svc.engine.begin() as conn:
+                inc = self.store.get(conn, incident_id)
+                self.store.end(conn, inc, to, now=now, by=actor, cause=cause)
+                if raw_details is not None:
+                    inc.raw_details = raw_details
+                    self.store.save_signals(conn, [inc])
+                if withdraw:
+                    ids, after = svc.withdraw_incident_in(
+                        conn, incident_id, actor=actor, reason=f"incident {to}: {cause}", now=now
+                    )
+                svc.audit.append(
+                    conn,
+                    actor=actor,
+                    action=f"incident.{'resolve' if to is Status.RESOLVED else 'expire'}",
+                    target=f"incident:{incident_id}",
+                    detail={"cause": cause, "withdrawn": ids},
+                    at=now,
+                )
+        except SluiceError:
+            raise
+        except Exception:
+            svc.rolled_back()
+            raise
+        after()
+        timer = self._timers.pop(incident_id, None)
+        if timer is not None:
+            timer.cancel()
+        self.state.targets.pop(inc.target, None)
+        return {"incident": inc.view(), "withdrawn": ids, "rules_left_to_ttl": not withdraw}
+
+    async def expire_quiet(self) -> int:
+        """End every live incident whose detectors fell silent for the episode timeout."""
+        svc = self.service
+        before = svc.clock() - timedelta(seconds=svc.policy.escalation.episode_timeout_seconds)
+        with svc.engine.connect() as conn:
+            quiet = self.store.quiet(conn, before)
+        n = 0
+        for inc in quiet:
+            try:
+                self.end(
+                    inc.id,
+                    Status.EXPIRED,
+                    actor="system",
+                    cause=f"no signal for {svc.policy.escalation.episode_timeout_seconds} s",
+                )
+                n += 1
+            except SluiceError as exc:  # resolved meanwhile
+                log.info("expiring incident %s: %s", inc.id, exc.message)
+        return n
+
+    # ------------------------------------------------------------ queries
+
+    def get(self, incident_id: str, *, with_decisions: bool = True) -> dict[str, Any]:
+        with self.service.engine.connect() as conn:
+            out = self.store.get(conn, incident_id).view()
+            if not with_decisions:
+                return out
+            rows = conn.execute(
+                select(decisions)
+                .where(decisions.c.incident_id == incident_id)
+                .order_by(decisions.c.id)
+            ).all()
+            out["decisions"] = [
+                {
+                    "at": d.at.isoformat(),
+                    "status": d.status,
+                    "tier": d.tier,
+                    "explanation": d.explanation,
+                    "rules": d.rules,
+                    "refused": d.refused,
+                    "withdrawn": d.withdrawn,
+                }
+                for d in rows
+            ]
+            live = conn.execute(
+                select(rules.c.id).where(
+                    and_(
+                        rules.c.incident_id == incident_id,
+                        rules.c.state.in_([s.value for s in HELD]),
+                    )
+                )
+            ).scalars()
+            out["live_rules"] = list(live)
+        return out
+
+    def list(self, *, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
+        q = select(incidents).order_by(incidents.c.opened_at.desc()).limit(limit).offset(offset)
+        if status is not None:
+            q = q.where(incidents.c.status == status)
+        with self.service.engine.connect() as conn:
+            return [Incident.from_row(r).view() for r in conn.execute(q).all()]
+
+    def live_for(self, target: str) -> dict[str, Any] | None:
+        with self.service.engine.connect() as conn:
+            row = conn.execute(
+                select(incidents)
+                .where(
+                    and_(
+                        incidents.c.target == target,
+                        incidents.c.status.in_([str(s) for s in LIVE]),
+                    )
+                )
+                .order_by(incidents.c.updated_at.desc())
+                .limit(1)
+            ).first()
+        return Incident.from_row(row).view() if row is not None else None
+
+
+def _results(
+    items: list[tuple[Item, Incident, Decision] | Exception], applied: list[dict[str, Any]]
+) -> list[dict[str, Any] | Exception]:
+    out: list[dict[str, Any] | Exception] = []
+    k = 0
+    for x in items:
+        if isinstance(x, Exception):
+            out.append(x)
+            continue
+        _item, inc, d = x
+        planned = d.to_dict()
+        out.append(
+            {
+                "incident": inc.view(),
+                # "planned": what the policy asked for; "rules": the rules it made (ids);
+                # "refused": what guardrails stopped; "withdrawn": rule ids taken down
+                "decision": {
+                    **planned,
+                    "planned": planned["rules"],
+                    "held_until": inc.held_until.isoformat() if inc.held_until else None,
+                    **applied[k],
+                },
+            }
+        )
+        k += 1
+    return out
