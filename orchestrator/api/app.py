@@ -10,8 +10,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.api import admin, envelope, mitigation, policy, scrubbing, signals
+from orchestrator.api import admin, agent_jobs, envelope, mitigation, policy, scrubbing, signals
 from orchestrator.api.deps import RateLimiter
+from orchestrator.jobs import JobStore
 from orchestrator.nodes import NodeRegistry
 from orchestrator.policy_doc import PolicyDocument
 from orchestrator.runtime import PolicyRuntime
@@ -134,6 +135,16 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.state.runtime = runtime
     app.state.policy_doc = policy_doc
     app.state.nodes = NodeRegistry(service.engine, service.audit)
+    app.state.jobs = JobStore(
+        service.engine,
+        service.audit,
+        # a node's firewall never drops its allowlisted sources (workspace + its own)
+        protected_for=lambda node: [
+            e.prefix
+            for e in service.policy.allowlist.entries
+            if e.scope == "workspace" or e.node == node
+        ],
+    )
     envelope.install(app)
 
     app.add_middleware(HeadersMiddleware)
@@ -142,4 +153,5 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(policy.router, prefix=API_PREFIX)
     app.include_router(signals.router, prefix=API_PREFIX)
     app.include_router(scrubbing.router, prefix=API_PREFIX)
+    app.include_router(agent_jobs.router, prefix=API_PREFIX)
     return app
