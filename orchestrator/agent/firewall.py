@@ -25,6 +25,7 @@ from pathlib import Path
 
 from orchestrator.agent.render import (
     IPT_CHAIN,
+    UFW_CHAIN,
     RuleSet,
     iptables_remove,
     nftables_remove,
@@ -174,6 +175,13 @@ class Firewall:
 
     def _remove_ufw(self) -> None:
         self._ufw_write({p: strip_block(p.read_text()) for p, _ in self._ufw_files()})
+        if self._ufw_active():  # ufw reload empties the chain it no longer knows; delete it
+            for tool in ("iptables", "ip6tables"):
+                if f":{UFW_CHAIN} " in self.must([f"{tool}-save", "-t", "filter"]):
+                    self.must(
+                        [f"{tool}-restore", "--noflush"],
+                        f"*filter\n-F {UFW_CHAIN}\n-X {UFW_CHAIN}\nCOMMIT\n",
+                    )
 
     # ------------------------------------------------------------ firewalld
 

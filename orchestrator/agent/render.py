@@ -8,7 +8,8 @@ Pure functions, no I/O: :mod:`.firewall` feeds their output to the real tools.
   declaring chain ``SLUICE-INPUT`` (a declaration flushes it) plus the ``INPUT`` jump when
   it is missing. Nothing outside that chain is touched.
 * ufw: the same chain as a block for ``/etc/ufw/before.rules`` (``before6.rules``),
-  between ``# BEGIN sluice`` and ``# END sluice``, jumped to from ``ufw-before-input``.
+  between ``# BEGIN sluice`` and ``# END sluice``, jumped to from ``ufw-before-input``
+  (``ufw6-before-input``).
 * firewalld: a ``direct.xml`` defining chain ``sluice_input`` in the direct interface,
   jumped to from ``INPUT_direct``.
 """
@@ -245,6 +246,8 @@ def _custom_family_ok(custom: CustomRule, v6: bool) -> bool:
             return not v6
         if tok == "--icmpv6-type" or (tok == "-p" and toks[i + 1] in ("icmpv6", "ipv6-icmp")):
             return v6
+        if tok == "-m" and toks[i + 1] in ("icmp", "icmp6"):
+            return (toks[i + 1] == "icmp6") == v6
     return True
 
 
@@ -272,7 +275,7 @@ def render_ufw_block(rs: RuleSet, v6: bool) -> str:
     lines = [
         BEGIN,
         f":{UFW_CHAIN} - [0:0]",
-        f"-A ufw-before-input -j {UFW_CHAIN}",
+        f"-A {'ufw6' if v6 else 'ufw'}-before-input -j {UFW_CHAIN}",
         *ipt_chain_rules(rs, UFW_CHAIN, v6),
         END,
     ]
