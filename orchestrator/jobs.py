@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -218,17 +218,26 @@ class JobStore:
             for r in rows
         ]
 
-    async def wait_for_jobs(self, node_id: str, wait: float) -> list[dict[str, Any]]:
+    async def wait_for_jobs(
+        self,
+        node_id: str,
+        wait: float,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> list[dict[str, Any]]:
         """Long poll: jobs as soon as there are some, or ``[]`` after ``wait`` seconds.
 
         Jobs queued by this process wake the poll at once; the store is re-read every
-        second too, so jobs queued by another instance on the same database arrive.
+        second too, so jobs queued by another instance on the same database arrive. When
+        ``gone()`` says the agent hung up (it restarted), nothing is handed to the dead
+        connection: the job waits for the agent's next poll instead of the lease.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         ev = self._wakeups.setdefault(node_id, asyncio.Event())
         while True:
             ev.clear()
+            if gone is not None and await gone():
+                return []
             jobs = self.take(node_id)
             left = deadline - loop.time()
             if jobs or left <= 0:

@@ -108,12 +108,13 @@ async def get_job(job_id: str, jobs: Jobs, _: Reader) -> dict[str, Any]:
 
 @router.get("/agent/jobs")
 async def poll_jobs(
+    request: Request,
     node: Agent,
     jobs: Jobs,
     wait: Annotated[float, Query(ge=0, le=30)] = 25.0,
 ) -> dict[str, Any]:
     """Long poll: answers as soon as the node has jobs, or with none after ``wait`` s."""
-    return ok(jobs=await jobs.wait_for_jobs(node["id"], wait))
+    return ok(jobs=await jobs.wait_for_jobs(node["id"], wait, request.is_disconnected))
 
 
 @router.post("/agent/jobs/{job_id}/result")
