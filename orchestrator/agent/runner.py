@@ -6,7 +6,9 @@ Four loops share one HTTP client:
   batch, feed the detector and queue its incident events;
 * **send**: deliver queued incident events first, then metrics. While the service is
   unreachable both queues are bounded (oldest dropped first, counted) and retried with
-  back-off; a 4xx answer drops that one item (it would never succeed);
+  back-off; unsent incident updates collapse into the newest (peaks are cumulative), so an
+  outage keeps each attack's open, latest state and resolve; a 4xx answer drops that one
+  item (it would never succeed);
 * **heartbeat** (every 30 s);
 * **jobs**: long poll ``/agent/jobs``; each job is recorded before it is applied and
   after, so a job delivered twice, or again after a restart, is never applied twice.
@@ -174,7 +176,10 @@ class Agent:
         ev = self.detector.feed(s)
         if ev is not None:
             log.info("attack %s: %s", ev.kind, ev.body)
-            self._queue(self.incidents, "incidents", ev)
+            if ev.kind == "update" and self.incidents and self.incidents[-1].kind == "update":
+                self.incidents[-1] = ev  # unsent: the newest update carries every peak
+            else:
+                self._queue(self.incidents, "incidents", ev)
         self.wake_sender.set()
 
     def _queue(self, q: deque[Any], name: str, item: Any) -> None:
