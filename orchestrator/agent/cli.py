@@ -35,6 +35,9 @@ def agent(
     ] = 50_000,
     bps_threshold: Annotated[float, typer.Option(help="Attack above this many bits/s.")] = 5e8,
     resolve_after: Annotated[float, typer.Option(help="Seconds below threshold to resolve.")] = 15,
+    capture: Annotated[bool, typer.Option(help="Capture and upload a PCAP per attack.")] = True,
+    capture_seconds: Annotated[float, typer.Option(help="Longest capture, seconds.")] = 10.0,
+    capture_packets: Annotated[int, typer.Option(help="Most packets per capture.")] = 20_000,
     heartbeat_every: Annotated[float, typer.Option(hidden=True)] = 30.0,
     poll_wait: Annotated[float, typer.Option(hidden=True)] = 25.0,
     log_level: Annotated[str, typer.Option(envvar="SLUICE_LOG_LEVEL")] = "info",
@@ -61,6 +64,9 @@ def agent(
         management=list(management or []),
         thresholds=Thresholds(pps=pps_threshold, bps=bps_threshold, resolve_after=resolve_after),
         heartbeat_every=heartbeat_every,
+        capture=capture,
+        capture_seconds=capture_seconds,
+        capture_packets=capture_packets,
         poll_wait=poll_wait,
     )
 

@@ -11,7 +11,10 @@ Four loops share one HTTP client:
   item (it would never succeed);
 * **heartbeat** (every 30 s);
 * **jobs**: long poll ``/agent/jobs``; each job is recorded before it is applied and
-  after, so a job delivered twice, or again after a restart, is never applied twice.
+  after, so a job delivered twice, or again after a restart, is never applied twice;
+* **captures**: when an incident opens, a bounded capture (:mod:`.capture`) is written to
+  the state directory and uploaded to ``/agent/pcaps`` for that incident; files the
+  service could not take yet are retried every 30 s (at most five wait on disk).
 
 No request ever reaches a shell: a job names a profile and checked rules, the agent
 renders them itself (:mod:`.render`) and runs the firewall tools with argument lists.
@@ -35,6 +38,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from orchestrator.agent.capture import PcapSpool, capture, sha256_of
 from orchestrator.agent.detect import Detector, Event, Thresholds
 from orchestrator.agent.firewall import Firewall
 from orchestrator.agent.grammar import check_custom
@@ -68,6 +72,10 @@ class AgentConfig:
     poll_wait: float = 25.0
     max_metrics: int = 600  # ten minutes of per-second batches
     max_incident_events: int = 200
+    capture: bool = True
+    capture_packets: int = 20_000
+    capture_bytes: int = 8 << 20
+    capture_seconds: float = 10.0
 
 
 def _service_address(url: str) -> list[str]:
@@ -97,6 +105,8 @@ class Agent:
         self.wake_sender = asyncio.Event()
         self.protected_extra = [*cfg.management, *_service_address(cfg.url)]
         self.client = httpx.AsyncClient(base_url=cfg.url.rstrip("/") + "/api/v1", timeout=10)
+        self.spool = PcapSpool(cfg.state_dir / "pcaps")
+        self.capture_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ identity
 
@@ -212,7 +222,80 @@ class Agent:
         r = await self._post("/agent/incidents", ev.body)
         if r is not None and r.status_code == 200:
             self.incident_id = r.json().get("incident", {}).get("id") or self.incident_id
+            if ev.kind == "open" and self.incident_id and self.cfg.capture:
+                self._start_capture(self.incident_id)
         return r is not None
+
+    # ------------------------------------------------------------ captures
+
+    def _start_capture(self, incident_id: str) -> None:
+        if self.capture_task is not None and not self.capture_task.done():
+            return  # one capture at a time; it covers the attack's start
+        self.capture_task = asyncio.create_task(self._capture(incident_id))
+
+    async def _capture(self, incident_id: str) -> None:
+        path = self.spool.path_for(incident_id)
+        try:
+            got = await asyncio.to_thread(
+                capture,
+                self.cfg.interface,
+                path,
+                max_packets=self.cfg.capture_packets,
+                max_bytes=self.cfg.capture_bytes,
+                max_seconds=self.cfg.capture_seconds,
+            )
+        except OSError as exc:
+            log.warning("capture for incident %s failed: %s", incident_id, exc)
+            return
+        log.info(
+            "captured %d packets (%d bytes) in %.1f s for incident %s",
+            got.packets,
+            got.size,
+            got.seconds,
+            incident_id,
+        )
+        if got.packets == 0:
+            path.unlink(missing_ok=True)
+            return
+        await self.upload_pending()
+
+    async def upload_pending(self) -> None:
+        """Upload spooled captures; keep those the service could take later."""
+        for path in self.spool.pending():
+            try:
+                r = await self.client.post(
+                    "/agent/pcaps",
+                    params={"incident_id": path.stem, "filename": f"attack-{path.stem}.pcap"},
+                    content=path.read_bytes(),  # bounded by capture_bytes
+                    headers={
+                        **self._auth(),
+                        "Content-Type": "application/vnd.tcpdump.pcap",
+                        "X-PCAP-SHA256": sha256_of(path),
+                    },
+                    timeout=60,
+                )
+            except (httpx.TransportError, OSError):
+                return
+            code = ""
+            if r.status_code >= 400:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    code = str(r.json()["error"]["code"])
+            if r.status_code in (200, 201):
+                log.info("capture %s uploaded", path.name)
+                path.unlink(missing_ok=True)
+            elif r.status_code >= 500 or r.status_code == 429 or code == "not_found":
+                log.warning("capture upload deferred (%s %s)", r.status_code, code)
+                return  # the service is failing or does not take captures yet: keep it
+            else:
+                log.warning("capture %s refused (%s %s); dropped", path.name, r.status_code, code)
+                path.unlink(missing_ok=True)
+
+    async def upload_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 30)
+            if not stop.is_set():
+                await self.upload_pending()
 
     async def flush(self) -> bool:
         """Send what is queued, oldest first; False when the service could not be reached."""
@@ -340,12 +423,18 @@ class Agent:
         log.info("observing %s; node %s", self.cfg.interface, self.state.node_id)
         tasks = [
             asyncio.create_task(loop(stop))
-            for loop in (self.sample_loop, self.send_loop, self.heartbeat_loop, self.jobs_loop)
+            for loop in (
+                self.sample_loop,
+                self.send_loop,
+                self.heartbeat_loop,
+                self.jobs_loop,
+                self.upload_loop,
+            )
         ]
         try:
             await stop.wait()
         finally:
-            for t in tasks:
+            for t in [*tasks, *([self.capture_task] if self.capture_task else [])]:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(SluiceError):

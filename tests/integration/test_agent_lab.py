@@ -13,6 +13,7 @@ its record, and after a restart neither registers again nor re-applies anything.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import dpkt
 import httpx
 import pytest
 from sqlalchemy import create_engine, update
@@ -87,6 +89,10 @@ class Rig:
                 "3",
                 "--poll-wait",
                 "5",
+                "--capture-seconds",
+                "3",
+                "--capture-packets",
+                "5000",
             ],
             name=f"agent-{n}",
         )
@@ -263,6 +269,32 @@ def test_agent_detects_a_flood_and_applies_jobs_once(rig: Rig) -> None:
     assert inc["node"] == node_id and inc["target_ip"] == "192.0.2.2"
     assert inc["severity"] in ("low", "medium", "high", "critical")
     assert inc["peak_pps"] >= PPS_THRESHOLD
+
+    # ---- the capture of the attack: uploaded for the incident, or spooled when the
+    # service has no PCAP store (GET /pcaps answers no such endpoint)
+    iid = inc["id"]
+    probe = rig.http.get("/api/v1/pcaps")
+    if probe.status_code == 404 and probe.json()["error"]["code"] == "not_found":
+        spooled = rig.lab.dir / "agent-state" / "pcaps" / f"{iid}.pcap"
+        wait_for(spooled.exists, timeout=60, what="the spooled capture", diagnose=rig.agent_log)
+        raw = spooled.read_bytes()
+    else:
+        found: list[dict[str, Any]] = []
+
+        def uploaded() -> bool:
+            found[:] = [p for p in rig.api("GET", "/pcaps")["pcaps"] if p.get("incident_id") == iid]
+            return bool(found)
+
+        wait_for(uploaded, timeout=60, what="the uploaded capture", diagnose=rig.agent_log)
+        raw = rig.http.get(f"/api/v1/pcaps/{found[0]['id']}/download").content
+    flood_pkts = 0
+    total = 0
+    for _ts, frame in dpkt.pcap.Reader(io.BytesIO(raw)):
+        total += 1
+        ip = dpkt.ethernet.Ethernet(frame).data
+        if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP):
+            flood_pkts += ip.data.sport == 53 and ip.data.dport == 5000
+    assert 0 < total <= 5000 and flood_pkts > total * 0.9, (total, flood_pkts)
 
     def resolved() -> bool:
         return bool(rig.api("GET", f"/incidents/{inc['id']}")["incident"]["status"] == "resolved")
