@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -119,9 +120,9 @@ def _policy(tmp: Path) -> Path:
     return d
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    require_lab("nft")
+@contextmanager
+def agent_rig(tmp_path: Path) -> Iterator[Rig]:
+    """Namespaces, a running ``sluice serve`` and the link between them (no agent yet)."""
     with Lab() as lab:
         host, attacker = lab.namespace("host"), lab.namespace("attacker")
         link = lab.link(attacker, host, ("192.0.2.1/30", "192.0.2.2/30"), None)
@@ -190,6 +191,13 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
                 serve.kill()
                 serve.wait()
             log.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    require_lab("nft")
+    with agent_rig(tmp_path) as r:
+        yield r
 
 
 def requeue(rig: Rig, job_id: str) -> None:
