@@ -195,7 +195,7 @@ def agent_rig(tmp_path: Path) -> Iterator[Rig]:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    require_lab("nft")
+    require_lab("nft", "hping3")
     with agent_rig(tmp_path) as r:
         yield r
 
@@ -310,6 +310,39 @@ def test_agent_detects_a_flood_and_applies_jobs_once(rig: Rig) -> None:
     wait_for(
         resolved, timeout=45, what="the incident to resolve after the flood", diagnose=rig.agent_log
     )
+
+    # ---- a SYN flood (hping3, capped at 40,000 packets and 30 s) is told apart
+    syn = subprocess.Popen(  # fixed arguments, inside the attacker namespace
+        [
+            "timeout",
+            "30",
+            "ip",
+            "netns",
+            "exec",
+            rig.attacker.netns,
+            "hping3",
+            "-S",
+            "-p",
+            "80",
+            "-c",
+            "40000",
+            "-i",
+            "u1",
+            "-q",
+            "192.0.2.2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            opened, timeout=45, interval=0.1, what="a SYN flood incident", diagnose=rig.agent_log
+        )
+    finally:
+        syn.kill()
+        syn.wait()
+    assert incidents[0]["attack_family"] == "syn_flood", incidents[0]
+    assert incidents[0]["id"] != inc["id"]
 
     # ---- a profile job: applied once
     jobs = rig.api(

@@ -18,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from orchestrator.agent.firewall import Firewall, FirewallError
 from orchestrator.agent.grammar import check_custom
 from orchestrator.agent.profiles import PROFILES
 from orchestrator.agent.render import RuleSet
+from tests.conftest import need_binaries
 from tests.integration.conftest import require_lab
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -152,6 +154,32 @@ def prove_game_server(net: Net) -> None:
     }, got
 
 
+def syn_answers(net: Net, ns: Namespace, dst: str, count: int) -> tuple[int, float]:
+    """Send ``count`` TCP SYNs to a closed port with hping3; (answers, seconds taken)."""
+    t0 = time.monotonic()
+    res = net.lab.run(
+        ns,
+        ["hping3", "-S", "-p", "81", "-c", str(count), "-i", "u100", "-q", dst],
+        check=False,
+        timeout=60,
+    )
+    took = time.monotonic() - t0
+    m = re.search(r"(\d+) packets received", res.stdout + res.stderr)
+    assert m, res.stdout + res.stderr
+    return int(m.group(1)), took
+
+
+def prove_syn_limit(net: Net) -> None:
+    """game_server: 20 new SYNs/s per source, burst 40; the management address is exempt."""
+    if shutil.which("hping3") is None:
+        need_binaries("hping3")
+    got, took = syn_answers(net, net.client, HOST4, 1000)
+    # the burst is answered, the rest is not (hping3 waits ~1 s for late answers)
+    assert 0 < got <= 40 + 20 * (took + 1), (got, took)
+    got, _ = syn_answers(net, net.mgmt, MGMT_HOST4, 300)
+    assert got == 300
+
+
 def prove_isp(net: Net) -> None:
     """The ISP profile spares DNS answers (resolvers) and has no custom rule."""
     got = net.traffic(
@@ -185,6 +213,7 @@ def test_nftables_profile_drops_attacks_spares_management_replaces_and_removes(n
     table = net.lab.run(net.host, ["nft", "list", "table", "inet", "sluice"]).stdout
     assert "sluice:custom-0" in table and "sluice:udp-limit" in table
     prove_game_server(net)
+    prove_syn_limit(net)
 
     # re-apply another profile: the table is replaced whole (no custom rule, no UDP limit)
     fw.apply(ruleset("isp", "nftables"))
@@ -224,6 +253,7 @@ def test_iptables_profile_drops_attacks_spares_management_replaces_and_removes(n
     fw = Firewall("iptables", prefix=net.prefix())
     fw.apply(ruleset("game_server", "iptables", ["-p udp --dport 7777 -j DROP"]))
     prove_game_server(net)
+    prove_syn_limit(net)
     fw.apply(ruleset("game_server", "iptables", ["-p udp --dport 7777 -j DROP"]))  # same again
     saved = net.lab.run(net.host, ["iptables-save"]).stdout
     assert saved.count("-A INPUT -j SLUICE-INPUT") == 1
