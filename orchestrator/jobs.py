@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, func, insert, or_, select, true, update
 
 from orchestrator.agent.grammar import RuleInvalid, check_custom
 from orchestrator.agent.profiles import PROFILES, SUITES
@@ -292,7 +292,7 @@ class JobStore:
             conds.append(agent_jobs.c.node_id == node_id)
         if status is not None:
             conds.append(agent_jobs.c.status == status)
-        where = and_(*conds) if conds else and_(True)
+        where = and_(*conds) if conds else true()
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(agent_jobs)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.agent.profiles import SUITES
 from orchestrator.agent.render import (
     IPT_CHAIN,
     UFW_CHAIN,
@@ -51,6 +52,10 @@ class Firewall:
     firewalld_dir: Path = Path("/etc/firewalld")
     timeout: float = 30.0
     log: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.suite not in SUITES:
+            raise FirewallError(f"unknown firewall suite {self.suite!r}", code="unknown_suite")
 
     # ------------------------------------------------------------ plumbing
 

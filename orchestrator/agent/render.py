@@ -61,10 +61,6 @@ def _collapse(nets: list[str]) -> list[str]:
 
 
 def _ports(ports: Sequence[int]) -> str:
-    return ports_set(ports)
-
-
-def ports_set(ports: Sequence[int]) -> str:
     return str(ports[0]) if len(ports) == 1 else "{ " + ", ".join(map(str, ports)) + " }"
 
 

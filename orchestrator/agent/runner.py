@@ -45,7 +45,7 @@ from orchestrator.agent.grammar import check_custom
 from orchestrator.agent.profiles import PROFILES
 from orchestrator.agent.render import RuleSet
 from orchestrator.agent.state import AgentState
-from orchestrator.agent.traffic import Observer, Reading, conn_count, rates
+from orchestrator.agent.traffic import Observer, Reading, Sample, conn_count, rates
 from policies.errors import SluiceError
 
 log = logging.getLogger("sluice.agent")
@@ -168,7 +168,7 @@ class Agent:
             self.observe(rates(prev, cur))
             prev = cur
 
-    def observe(self, s: Any) -> None:
+    def observe(self, s: Sample) -> None:
         """Queue one metrics batch and the detector's event for sample ``s``."""
         self._queue(
             self.metrics,
