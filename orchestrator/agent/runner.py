@@ -12,9 +12,10 @@ Four loops share one HTTP client:
 * **heartbeat** (every 30 s);
 * **jobs**: long poll ``/agent/jobs``; each job is recorded before it is applied and
   after, so a job delivered twice, or again after a restart, is never applied twice;
-* **captures**: when an incident opens, a bounded capture (:mod:`.capture`) is written to
-  the state directory and uploaded to ``/agent/pcaps`` for that incident; files the
-  service could not take yet are retried every 30 s (at most five wait on disk).
+* **captures**: a sampled ring keeps recent packets; when an incident opens, the ring and
+  a bounded capture (:mod:`.capture`) are written to the state directory and uploaded to
+  ``/agent/pcaps`` for that incident; files the service could not take yet are retried
+  every 30 s (at most five wait on disk).
 
 No request ever reaches a shell: a job names a profile and checked rules, the agent
 renders them itself (:mod:`.render`) and runs the firewall tools with argument lists.
@@ -38,7 +39,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from orchestrator.agent.capture import PcapSpool, capture, sha256_of
+from orchestrator.agent.capture import PcapSpool, SampledRing, capture, sha256_of
 from orchestrator.agent.detect import Detector, Event, Thresholds
 from orchestrator.agent.firewall import Firewall
 from orchestrator.agent.grammar import check_custom
@@ -107,6 +108,7 @@ class Agent:
         self.client = httpx.AsyncClient(base_url=cfg.url.rstrip("/") + "/api/v1", timeout=10)
         self.spool = PcapSpool(cfg.state_dir / "pcaps")
         self.capture_task: asyncio.Task[None] | None = None
+        self.ring: SampledRing | None = None
 
     # ------------------------------------------------------------ identity
 
@@ -183,6 +185,8 @@ class Agent:
                 "recorded_at": datetime.now(UTC).isoformat(),
             },
         )
+        if self.ring is not None:
+            self.ring.set_rate(s.pps)
         ev = self.detector.feed(s)
         if ev is not None:
             log.info("attack %s: %s", ev.kind, ev.body)
@@ -243,6 +247,7 @@ class Agent:
                 max_packets=self.cfg.capture_packets,
                 max_bytes=self.cfg.capture_bytes,
                 max_seconds=self.cfg.capture_seconds,
+                before=self.ring.snapshot() if self.ring is not None else (),
             )
         except OSError as exc:
             log.warning("capture for incident %s failed: %s", incident_id, exc)
@@ -420,6 +425,12 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         await self.register()
         await asyncio.to_thread(self.observer.install)
+        if self.cfg.capture:
+            try:
+                self.ring = SampledRing(self.cfg.interface)
+                self.ring.start()
+            except OSError as exc:
+                log.warning("no ring of recent packets on %s: %s", self.cfg.interface, exc)
         log.info("observing %s; node %s", self.cfg.interface, self.state.node_id)
         tasks = [
             asyncio.create_task(loop(stop))
@@ -437,6 +448,8 @@ class Agent:
             for t in [*tasks, *([self.capture_task] if self.capture_task else [])]:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.ring is not None:
+                self.ring.stop()
             with contextlib.suppress(SluiceError):
                 await asyncio.to_thread(self.observer.uninstall)
             await self.client.aclose()

@@ -297,12 +297,17 @@ def test_agent_detects_a_flood_and_applies_jobs_once(rig: Rig) -> None:
         raw = rig.http.get(f"/api/v1/pcaps/{found[0]['id']}/download").content
     flood_pkts = 0
     total = 0
-    for _ts, frame in dpkt.pcap.Reader(io.BytesIO(raw)):
+    first_ts = float("inf")
+    for ts, frame in dpkt.pcap.Reader(io.BytesIO(raw)):
         total += 1
+        first_ts = min(first_ts, float(ts))
         ip = dpkt.ethernet.Ethernet(frame).data
         if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP):
             flood_pkts += ip.data.sport == 53 and ip.data.dport == 5000
     assert 0 < total <= 5000 and flood_pkts > total * 0.9, (total, flood_pkts)
+    # the sampled ring gave the capture packets from before the incident was opened
+    opened_at = datetime.fromisoformat(inc["opened_at"]).timestamp()
+    assert first_ts < opened_at, (first_ts, opened_at)
 
     def resolved() -> bool:
         return bool(rig.api("GET", f"/incidents/{inc['id']}")["incident"]["status"] == "resolved")
@@ -388,3 +393,34 @@ def test_agent_detects_a_flood_and_applies_jobs_once(rig: Rig) -> None:
     ruleset = rig.lab.run(rig.host, ["nft", "list", "ruleset"]).stdout
     assert "table inet sluice" not in ruleset
     assert "table netdev sluice_obs" in ruleset  # the agent's own observation table stays
+
+
+def test_sampled_ring_keeps_one_packet_in_n_and_stays_bounded(lab: Lab) -> None:
+    """The kernel's BPF sampling hands Python ~1/n of the packets; the ring never grows."""
+    a, b = lab.namespace("tx"), lab.namespace("rx")
+    link = lab.link(a, b, ("192.0.2.1/30", "192.0.2.2/30"), None)
+    script = (
+        "import json, subprocess, sys, time\n"
+        "from orchestrator.agent.capture import SampledRing\n"
+        f"r = SampledRing({link.b_if!r}, size=1500)\n"
+        "r.start()\n"
+        "r.set_rate(20000)\n"
+        "n = r.n\n"
+        f"subprocess.run(['ip', 'netns', 'exec', {a.netns!r}, sys.executable, '-m',"
+        " 'labs.traffic', 'send', '--dst', '192.0.2.2', '--dport', '5000',"
+        " '--count', '21000'], check=True, capture_output=True)\n"
+        "time.sleep(0.5)\n"
+        "sampled = len(r.snapshot())\n"
+        "r.set_rate(0)\n"
+        f"subprocess.run(['ip', 'netns', 'exec', {a.netns!r}, sys.executable, '-m',"
+        " 'labs.traffic', 'send', '--dst', '192.0.2.2', '--dport', '5000',"
+        " '--count', '3000'], check=True, capture_output=True)\n"
+        "time.sleep(0.5)\n"
+        "print(json.dumps([n, sampled, len(r.snapshot())]))\n"
+        "r.stop()\n"
+    )
+    out = lab.run(b, [sys.executable, "-c", script], timeout=120).stdout
+    n, sampled, full = json.loads(out)
+    assert n == 21
+    assert 700 < sampled < 1300, sampled  # 21,000 / 21 = 1,000 expected (sd ~31)
+    assert full == 1500  # unsampled again: 3,000 more packets, the ring keeps its last 1,500
