@@ -20,6 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.agent.cli import agent as agent_command
+
 app = typer.Typer(help="Sluice: BGP mitigation orchestration.", no_args_is_help=True)
 rules_app = typer.Typer(help="Mitigation rules.", no_args_is_help=True)
 adapters_app = typer.Typer(help="Adapters.", no_args_is_help=True)
@@ -75,6 +77,7 @@ app.add_typer(
     _policy_app(), name="policy", help="Lint, explain, plan and export policy directories."
 )
 _mount_optional("lab", "labs.cli", "app", "Real BGP peers in network namespaces to try Sluice.")
+app.command("agent")(agent_command)
 
 
 def _version(value: bool) -> None:

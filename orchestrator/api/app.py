@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.api import (
     admin,
+    agent_jobs,
     detectors,
     envelope,
     events,
@@ -22,6 +23,7 @@ from orchestrator.api import (
 )
 from orchestrator.api.deps import RateLimiter
 from orchestrator.core import Core
+from orchestrator.jobs import JobStore
 from orchestrator.nodes import NodeRegistry
 from orchestrator.policy_doc import PolicyDocument
 from orchestrator.service import Service
@@ -123,6 +125,16 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.state.runtime = runtime
     app.state.policy_doc = policy_doc
     app.state.nodes = NodeRegistry(service.engine, service.audit)
+    app.state.jobs = JobStore(
+        service.engine,
+        service.audit,
+        # a node's firewall never drops its allowlisted sources (workspace + its own)
+        protected_for=lambda node: [
+            e.prefix
+            for e in service.policy.allowlist.entries
+            if e.scope == "workspace" or e.node == node
+        ],
+    )
     envelope.install(app)
 
     app.add_middleware(HeadersMiddleware)
@@ -133,4 +145,5 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(detectors.router, prefix=API_PREFIX)
     app.include_router(events.router, prefix=API_PREFIX)
     app.include_router(scrubbing.router, prefix=API_PREFIX)
+    app.include_router(agent_jobs.router, prefix=API_PREFIX)
     return app

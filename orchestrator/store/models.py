@@ -224,6 +224,26 @@ events = Table(
     sqlite_autoincrement=True,
 )
 
+# Work for node agents (firewall profiles, runbook firewall steps): pulled by the agent,
+# applied once, its result reported back. Never deleted: the history of what ran where.
+agent_jobs = Table(
+    "agent_jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),  # UUID; the agent's idempotency key
+    Column("node_id", String(36), ForeignKey("nodes.id"), nullable=False),
+    Column("kind", String(32), nullable=False),  # firewall.apply | firewall.remove
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False),  # queued | delivered | succeeded | failed
+    Column("created_by", String(100), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    Column("deliveries", Integer, nullable=False, default=0),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Column("result", JSON(none_as_null=True), nullable=True),
+    Index("ix_agent_jobs_node_status", "node_id", "status"),
+    Index("ix_agent_jobs_created", "created_at"),
+)
+
 kv = Table(
     "kv",
     metadata,
@@ -234,6 +254,7 @@ kv = Table(
 
 __all__ = [
     "adapters",
+    "agent_jobs",
     "audit_log",
     "decisions",
     "events",
