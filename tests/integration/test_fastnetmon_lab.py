@@ -279,6 +279,12 @@ def test_fastnetmon_flood_to_blackhole_in_bird_and_unban(topo: Topology, tmp_pat
 
     ban = next(c for c in calls(notify_log) if c["action"] == "ban")
     assert ban["status"] == 200 and ban["decision"] == "held", ban
+    # the route can reach BIRD before the dispatcher has written the outcome back
+    wait_for(
+        lambda: any(e["kind"] == "rule.active" for e in events(db)),
+        timeout=10,
+        what="the rule recorded active",
+    )
     log1 = events(db)
     opened = next(e for e in log1 if e["kind"] == "incident.opened")
     created = next(e for e in log1 if e["kind"] == "rule.created")
@@ -306,6 +312,11 @@ def test_fastnetmon_flood_to_blackhole_in_bird_and_unban(topo: Topology, tmp_pat
         interval=0.02,
     )
     t_gone = time.time()
+    wait_for(
+        lambda: any(e["kind"] == "rule.withdrawn" for e in events(db)),
+        timeout=10,
+        what="the rule recorded withdrawn",
+    )
     log2 = events(db)
     kinds = [e["kind"] for e in log2 if e["incident_id"] == opened["incident_id"]]
     assert kinds[:1] == ["incident.opened"]
