@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
+from orchestrator import events as ev
 from orchestrator.runtime import PolicyRuntime
 from orchestrator.store.models import kv
 from policies.errors import PolicyInvalid, ReadOnly
@@ -119,6 +120,10 @@ class PolicyDocument:
             # the audit entry in the same transaction as the change it records
             self.service.audit.append(
                 conn, actor=actor, action=f"policy.{what}", target="policy", detail={}
+            )
+            ev.record(  # and in the event log: a new policy is in force
+                conn,
+                [ev.Event(ev.Kind.POLICY_RELOADED, now, detail={"by": actor, "change": what})],
             )
         self.layer = layer
         self.service.set_policy(policy, sync_adapters=False)

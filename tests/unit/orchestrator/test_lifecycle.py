@@ -249,6 +249,7 @@ async def make(tmp_path: Path, clock: Clock, policy: Policy, store_url: str | No
     app = create_app(svc, run_scheduler=False)
     await svc.start()
     bootstrap_token(svc, app.state.tokens)
+    app.state.policy_doc.load()
     return Api(svc, app, clock)
 
 
@@ -606,3 +607,10 @@ async def test_session_changes_dry_run_rules_and_policy_reloads_are_logged(
         ("policy.reloaded", None, None),
     ]
     assert logged[1]["detail"] == {"peer": "192.0.2.2", "state": "active"}
+
+
+async def test_a_policy_change_through_the_api_is_logged(api: Api) -> None:
+    r = await api("PUT", "/mitigation/escalation-policy", json={"escalation": {"hysteresis": 0.3}})
+    assert r.status_code == 200, r.text
+    assert api.kinds()[-1] == "policy.reloaded"
+    assert api.svc.events.after(0, 100)[-1]["detail"]["by"] == "admin"
