@@ -104,14 +104,14 @@ class StrictFile:
     """
 
     def __init__(self, raw: IO[bytes]) -> None:
-        self._raw = raw
+        self.raw = raw
         self.name = getattr(raw, "name", "<capture>")
         self.position = raw.tell()
 
     def read(self, n: int = -1) -> bytes:
         if n < 0 or n > MAX_RECORD:
             raise PcapCorrupt(f"a record at byte {self.position} claims {n} bytes; corrupt file")
-        data = self._raw.read(n)
+        data = self.raw.read(n)
         if 0 < len(data) < n:
             raise PcapCorrupt(
                 f"the file ends inside a record at byte {self.position + len(data)} "
@@ -121,7 +121,7 @@ class StrictFile:
         return data
 
     def seek(self, offset: int) -> None:
-        self._raw.seek(offset)
+        self.raw.seek(offset)
         self.position = offset
 
 
@@ -147,34 +147,49 @@ class Capture:
 
     def records(self, start_offset: int | None = None) -> Iterator[Record]:
         """Records from ``start_offset`` (a record boundary seen earlier) or the first one."""
+        for offset, ts, data in self.walk(start_offset):
+            yield Record(offset, ts, data)
+
+    def walk(self, start_offset: int | None = None) -> Iterator[tuple[int, float, bytes]]:
+        """(offset, timestamp, frame) tuples: :meth:`records` for loops over every packet."""
         self._file.seek(self.first_offset if start_offset is None else start_offset)
         if self.format == "pcap":
-            yield from self._pcap_records()
+            yield from self._pcap_walk()
             return
         f = self._file
         pos = f.position
         try:
             for ts, buf in self._reader:
-                yield Record(pos, float(ts), buf)
+                yield pos, float(ts), buf
                 pos = f.position
         except PcapCorrupt:
             raise
         except _DPKT_ERRORS as exc:
             raise PcapCorrupt(f"corrupt pcapng block at byte {pos}: {exc}") from None
 
-    def _pcap_records(self) -> Iterator[Record]:
-        f = self._file
-        header = struct.Struct(self._endian + "IIII")
+    def _pcap_walk(self) -> Iterator[tuple[int, float, bytes]]:
+        # The StrictFile checks, inlined: this loop runs once per packet of every upload.
+        unpack = struct.Struct(self._endian + "IIII").unpack
         divisor = self._divisor
-        read = f.read
-        pos = f.position
+        read = self._file.raw.read
+        pos = self._file.position
         while True:
             head = read(16)
-            if not head:
+            if len(head) < 16:
+                if head:
+                    raise PcapCorrupt(
+                        f"the file ends inside a record header at byte {pos} (truncated capture)"
+                    )
                 return
-            sec, frac, caplen, _wire = header.unpack(head)
-            data = read(caplen) if caplen else b""
-            yield Record(pos, sec + frac / divisor, data)
+            sec, frac, caplen, _wire = unpack(head)
+            if caplen > MAX_RECORD:
+                raise PcapCorrupt(f"a record at byte {pos} claims {caplen} bytes; corrupt file")
+            data = read(caplen)
+            if len(data) < caplen:
+                raise PcapCorrupt(
+                    f"the file ends inside the record at byte {pos} (truncated capture)"
+                )
+            yield pos, sec + frac / divisor, data
             pos += 16 + caplen
 
 
@@ -382,7 +397,7 @@ def fields_dpkt(link_type: int, buf: bytes) -> Fields | None:
             sport, dport, flags = upper.sport, upper.dport, upper.flags
         elif isinstance(upper, dpkt.udp.UDP):
             sport, dport = upper.sport, upper.dport
-        elif isinstance(upper, dpkt.icmp.ICMP):  # ICMP6 is a subclass
+        elif isinstance(upper, dpkt.icmp.ICMP | dpkt.icmp6.ICMP6):
             itype, icode = upper.type, upper.code
         elif proto in (6, 17) and isinstance(upper, bytes) and len(upper) >= 4:
             sport, dport = _PORTS.unpack_from(upper)  # a header too short for dpkt

@@ -94,12 +94,12 @@ def scan(path: Path) -> ScanResult:
     count = 0
     first = last = 0.0
     with open_capture(path) as cap:
-        for rec in cap.records():
+        for offset, ts, _ in cap.walk():
             if count % STRIDE == 0:
-                checkpoints.append(rec.offset)
-            if count == 0:
-                first = rec.ts
-            last = rec.ts
+                checkpoints.append(offset)
+                if count == 0:
+                    first = ts
+            last = ts
             count += 1
         fmt, link = cap.format, cap.link_type
     if count == 0:
