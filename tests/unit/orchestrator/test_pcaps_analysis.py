@@ -233,7 +233,8 @@ def test_the_incident_target_wins_over_the_busiest_destination(tmp_path: Path) -
 
 def test_report_is_deterministic_and_the_same_for_pcap_and_pcapng(tmp_path: Path) -> None:
     frames = _mixed()
-    a = report(tmp_path / "a" if (tmp_path / "a").mkdir() is None else tmp_path, frames)
+    (tmp_path / "a").mkdir()
+    a = report(tmp_path / "a", frames)
     b = report(tmp_path, frames)
     ng = report(tmp_path, frames, fmt="pcapng")
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)

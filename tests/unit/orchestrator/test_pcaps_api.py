@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import os
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -502,7 +502,7 @@ async def test_download_streams_in_chunks(make_env: Any) -> None:
         await done.wait()  # the client stays connected until the whole body is sent
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             start.update(message)
         elif message["type"] == "http.response.body":
