@@ -18,7 +18,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     database_url: str | None = None  # default: SQLite file in data_dir
     policy_dir: Path | None = None
-    # The country MMDB for a geo lockdown set through the API without a database.
+    # The country MMDB for a geo lockdown set through the API without a database, and for
+    # source countries in PCAP analyses.
     geoip_database: Path | None = None
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
@@ -51,9 +52,6 @@ class Settings(BaseSettings):
     pcap_max_bytes: Annotated[int, Field(ge=1024)] = 128 * 1024 * 1024
     pcap_max_total_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024 * 1024
     pcap_retention_days: Annotated[float, Field(gt=0)] = 30.0
-    # A GeoLite2-Country or DB-IP country MMDB for source countries in PCAP analyses
-    # (default: the policy's geo_lockdown database, when it has one).
-    geo_database: Path | None = None
 
     @model_validator(mode="after")
     def _pcap_limits(self) -> Settings:

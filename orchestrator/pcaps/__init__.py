@@ -50,8 +50,8 @@ def build_store(service: Service) -> PcapStore:
     s = service.settings
 
     def geo_path() -> Path | None:
-        if s.geo_database is not None:
-            return s.geo_database
+        if s.geoip_database is not None:
+            return s.geoip_database
         lockdown = service.policy.geo_lockdown
         return lockdown.database if lockdown is not None else None
 
