@@ -51,8 +51,8 @@ async def _upload(
     filename: str | None,
     sha256: str | None,
 ) -> dict[str, Any]:
-    ctype = request.headers.get("content-type", "")
-    if ctype.startswith(("multipart/", "application/x-www-form-urlencoded")):
+    # (curl --data-binary's default form type is fine: the body is still the raw file)
+    if request.headers.get("content-type", "").startswith("multipart/"):
         raise UnsupportedMediaType(
             f"send the capture file's bytes as the body (Content-Type: {MEDIA_TYPE}), not a form",
         )

@@ -149,6 +149,15 @@ async def test_a_retried_upload_is_deduplicated(make_env: Any) -> None:
     assert len(env.stored_files()) == 1
 
 
+async def test_curl_data_binary_without_a_content_type_is_accepted(make_env: Any) -> None:
+    """``curl --data-binary @f.pcap`` labels the body as a form; it is still the file."""
+    env: Env = await make_env()
+    body = capture(env.tmp, g.dns_reflection(5))
+    r = await env.upload(body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 201, r.text
+    assert r.json()["pcap"]["sha256"] == hashlib.sha256(body).hexdigest()
+
+
 async def test_operator_upload_of_pcapng_with_a_write_token(make_env: Any) -> None:
     env: Env = await make_env()
     body = capture(env.tmp, g.syn_flood(50), "s.pcapng", fmt="pcapng")
