@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,7 +18,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     database_url: str | None = None  # default: SQLite file in data_dir
     policy_dir: Path | None = None
-    # The country MMDB for a geo lockdown set through the API without a database.
+    # The country MMDB for a geo lockdown set through the API without a database, and for
+    # source countries in PCAP analyses.
     geoip_database: Path | None = None
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
@@ -46,6 +47,17 @@ class Settings(BaseSettings):
     # How long POST/DELETE on rules wait for the adapter's answer before replying.
     api_wait_seconds: Annotated[float, Field(ge=0, le=60)] = 5.0
     max_ttl: Annotated[int, Field(ge=1)] = 30 * 24 * 3600
+    # PCAP store (files under data_dir/pcaps): the largest upload, the total kept (oldest
+    # captures are removed first to make room) and how long a capture is kept.
+    pcap_max_bytes: Annotated[int, Field(ge=1024)] = 128 * 1024 * 1024
+    pcap_max_total_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024 * 1024
+    pcap_retention_days: Annotated[float, Field(gt=0)] = 30.0
+
+    @model_validator(mode="after")
+    def _pcap_limits(self) -> Settings:
+        if self.pcap_max_bytes > self.pcap_max_total_bytes:
+            raise ValueError("pcap_max_bytes must not exceed pcap_max_total_bytes")
+        return self
 
     def sqlalchemy_url(self) -> str:
         if self.database_url:

@@ -17,6 +17,7 @@ from orchestrator.api import (
     envelope,
     events,
     mitigation,
+    pcaps,
     policy,
     scrubbing,
     signals,
@@ -25,6 +26,7 @@ from orchestrator.api.deps import RateLimiter
 from orchestrator.core import Core
 from orchestrator.jobs import JobStore
 from orchestrator.nodes import NodeRegistry
+from orchestrator.pcaps import build_store
 from orchestrator.policy_doc import PolicyDocument
 from orchestrator.service import Service
 from orchestrator.tokens import TokenStore
@@ -121,7 +123,8 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.state.service = service
     app.state.tokens = tokens
     app.state.limiter = RateLimiter(service.settings.rate_limit_per_minute)
-    app.state.extra_jobs = {}
+    app.state.pcaps = build_store(service)
+    app.state.extra_jobs = {"pcap-retention": (600.0, app.state.pcaps.sweep_due)}
     app.state.runtime = runtime
     app.state.policy_doc = policy_doc
     app.state.nodes = NodeRegistry(service.engine, service.audit)
@@ -146,4 +149,5 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(events.router, prefix=API_PREFIX)
     app.include_router(scrubbing.router, prefix=API_PREFIX)
     app.include_router(agent_jobs.router, prefix=API_PREFIX)
+    app.include_router(pcaps.router, prefix=API_PREFIX)
     return app

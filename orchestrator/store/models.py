@@ -244,6 +244,30 @@ agent_jobs = Table(
     Index("ix_agent_jobs_created", "created_at"),
 )
 
+pcaps = Table(
+    "pcaps",
+    metadata,
+    Column("id", String(36), primary_key=True),  # UUID; the file is data_dir/pcaps/<id>.<format>
+    Column("incident_id", String(36), ForeignKey("incidents.id"), nullable=False),
+    Column("node_id", String(36), nullable=True),  # null: uploaded by an operator
+    Column("filename", String(200), nullable=False),
+    Column("format", String(8), nullable=False),  # pcap | pcapng
+    Column("link_type", Integer, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("packet_count", BigInteger, nullable=False),
+    Column("first_packet_at", UTCDateTime(), nullable=False),
+    Column("last_packet_at", UTCDateTime(), nullable=False),
+    Column("checkpoints", JSON, nullable=False),  # file offsets of every 1000th packet
+    Column("analysis", JSON(none_as_null=True), nullable=True),  # computed once, then kept
+    Column("analyzed_at", UTCDateTime(), nullable=True),
+    Column("created_by", String(100), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_pcaps_first_packet", "first_packet_at"),
+    Index("ix_pcaps_created", "created_at"),
+    Index("ix_pcaps_incident_sha", "incident_id", "sha256"),
+)
+
 kv = Table(
     "kv",
     metadata,
@@ -262,6 +286,7 @@ __all__ = [
     "kv",
     "metadata",
     "nodes",
+    "pcaps",
     "rule_events",
     "rules",
     "tokens",

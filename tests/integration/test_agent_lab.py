@@ -295,6 +295,13 @@ def test_agent_detects_a_flood_and_applies_jobs_once(rig: Rig) -> None:
 
         wait_for(uploaded, timeout=60, what="the uploaded capture", diagnose=rig.agent_log)
         raw = rig.http.get(f"/api/v1/pcaps/{found[0]['id']}/download").content
+        # the service's analysis of the agent's capture names the reflection and drops it
+        report = rig.api("GET", f"/pcaps/{found[0]['id']}/analysis")["analysis"]
+        assert report["primary_vector"] == "udp_reflection_dns", report["vectors"]
+        assert report["target"] == "192.0.2.2"
+        first = report["recommendations"][0]
+        assert (first["rule"]["protocol"], first["rule"]["source_port"]) == ("udp", 53), first
+        assert first["canonical"] == "flowspec dst 192.0.2.2/32; proto =17; sport =53; then discard"
     flood_pkts = 0
     total = 0
     first_ts = float("inf")
