@@ -14,10 +14,16 @@ Contract (see :class:`Adapter`):
 * ``check()``: connectivity, auth and latency for "Test Adapter".
 * ``close()``: release connections.
 
-Adapters are created by :func:`create_adapter` from an :class:`AdapterConfig`; the
+Adapters are created by :meth:`Registry.create` from an :class:`AdapterConfig`; the
 adapter class validates its typed settings model there, so a bad endpoint fails at
 creation. Built-in adapter types are declared in the ``sluice.adapters`` entry-point
 group and looked up by name.
+
+What an adapter may touch on the host (programs, files, sockets, outbound addresses) is
+not an adapter setting: the registry hands every config the service's
+:class:`~adapters.access.HostAccess`, settings are validated under it (paths outside the
+allowed directories and settings naming a program are refused, naming the field), and
+the validated settings keep it (:attr:`AdapterSettings.access`) for checks at use time.
 """
 
 from __future__ import annotations
@@ -27,11 +33,22 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
-from policies.errors import AdapterConfigInvalid, CapabilityMissing
+from adapters.access import DEFAULT_ACCESS, PROGRAM_SETTINGS, HostAccess, PathRefused, access_of
+from policies.errors import AdapterConfigInvalid, AdapterRefused, CapabilityMissing
 from policies.intents import AnyIntent, intent_key
 
 ENTRY_POINT_GROUP = "sluice.adapters"
@@ -107,21 +124,47 @@ class Health:
 
 
 class AdapterConfig(BaseModel):
-    """How an operator declares an adapter (API body or policy file)."""
+    """How an operator declares an adapter (API body or policy file).
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    ``access`` is not the operator's to declare: it is what the service allows on its
+    host, set by :meth:`Registry.create` (never read from a body or a file; a JSON value
+    cannot be a :class:`HostAccess`). Without a registry it is the strict default.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
     name: str
     adapter_type: str
     endpoint: str = ""
     auth_token: SecretStr | None = None
     config: dict[str, Any] = {}
     capabilities: tuple[Capability, ...] | None = None
+    access: HostAccess = Field(default_factory=lambda: DEFAULT_ACCESS, exclude=True, repr=False)
 
 
 class AdapterSettings(BaseModel):
-    """Base for each adapter's typed settings; unknown keys are errors."""
+    """Base for each adapter's typed settings; unknown keys are errors.
+
+    :attr:`access` is the :class:`HostAccess` the settings were validated under.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    _access: HostAccess = PrivateAttr(default=DEFAULT_ACCESS)
+
+    @model_validator(mode="after")
+    def _keep_access(self, info: ValidationInfo) -> AdapterSettings:
+        self._access = access_of(info)
+        return self
+
+    @property
+    def access(self) -> HostAccess:
+        return self._access
+
+    def local(self, path: Path, kind: str = "path") -> Path:
+        """``path`` checked again just before use (a symlink may have been swapped in)."""
+        try:
+            return self._access.check_path(path, kind)
+        except PathRefused as exc:
+            raise AdapterRefused(str(exc), code="path_not_allowed") from None
 
 
 @runtime_checkable
@@ -162,7 +205,21 @@ S = TypeVar("S", bound=AdapterSettings)
 
 
 def validate_settings(model: type[S], config: AdapterConfig, **extra: Any) -> S:
-    """Build ``model`` from endpoint, auth_token and config; errors name the field."""
+    """Build ``model`` from endpoint, auth_token and config; errors name the field.
+
+    Validated under ``config.access``: a setting naming a program is refused (programs
+    come from the service configuration), and so is a path outside the allowed
+    directories (code ``path_not_allowed``).
+    """
+    for key in sorted(set(config.config) & PROGRAM_SETTINGS):
+        where = f"config.{key}"
+        raise AdapterConfigInvalid(
+            f"{config.adapter_type} adapter {config.name!r}: {where}: programs are not "
+            f"adapter settings; the service runs the {key} its own configuration names "
+            f"(SLUICE_{key.upper()}={config.access.program(key)})",
+            field=where,
+            code="setting_not_allowed",
+        )
     data: dict[str, Any] = {**config.config, **extra}
     fields = model.model_fields
     if "endpoint" in fields and "endpoint" not in data:
@@ -170,14 +227,18 @@ def validate_settings(model: type[S], config: AdapterConfig, **extra: Any) -> S:
     if "auth_token" in fields and config.auth_token is not None:
         data["auth_token"] = config.auth_token
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"access": config.access})
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "config"
         where = loc if loc in ("endpoint", "auth_token") else f"config.{loc}"
         msg = str(err["msg"]).removeprefix("Value error, ")
+        cause = err.get("ctx", {}).get("error")
+        code = "path_not_allowed" if isinstance(cause, PathRefused) else None
         raise AdapterConfigInvalid(
-            f"{config.adapter_type} adapter {config.name!r}: {where}: {msg}", field=where
+            f"{config.adapter_type} adapter {config.name!r}: {where}: {msg}",
+            field=where,
+            code=code,
         ) from None
 
 
@@ -213,9 +274,19 @@ def require_capability(adapter: Adapter, intent: AnyIntent) -> None:
 
 
 class Registry:
-    """Adapter types by name, from the ``sluice.adapters`` entry points (plus extras)."""
+    """Adapter types by name, from the ``sluice.adapters`` entry points (plus extras).
 
-    def __init__(self, extra: Mapping[str, AdapterClass] | None = None) -> None:
+    ``access``: what adapters it creates may touch on the host (the service passes its
+    own); every config is created under it, whatever the config says.
+    """
+
+    def __init__(
+        self,
+        extra: Mapping[str, AdapterClass] | None = None,
+        *,
+        access: HostAccess | None = None,
+    ) -> None:
+        self.access = access
         self._points: dict[str, Any] = {}
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if ep.name in self._points and self._points[ep.name].value != ep.value:
@@ -252,6 +323,8 @@ class Registry:
         return cls
 
     def create(self, config: AdapterConfig) -> Adapter:
+        if self.access is not None:
+            config = config.model_copy(update={"access": self.access})
         return self.get(config.adapter_type).from_config(config)
 
 

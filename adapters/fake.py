@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from adapters.access import LocalFile
 from adapters.base import (
     AdapterConfig,
     AdapterSettings,
@@ -27,12 +28,13 @@ from adapters.base import (
     resolve_capabilities,
     validate_settings,
 )
+from policies.errors import AdapterConfigInvalid
 from policies.intents import canonical
 
 
 class FakeSettings(AdapterSettings):
     endpoint: str = ""
-    state_file: Path | None = None
+    state_file: LocalFile | None = None  # inside the directories the service allows
     latency_ms: float = 0.0
     readback: bool = True
     fail_announce: str | None = None
@@ -75,16 +77,27 @@ class FakeAdapter:
         self.speaks_bgp = self.settings.sessions is not None
         self.sessions = dict(self.settings.sessions or {})
         self._path = self.settings.state_file
-        if self._path is not None and self._path.exists():
-            for line in self._path.read_text().splitlines():
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
-                self.calls.append(Call(rec["op"], rec["rule_id"], rec["key"], rec["text"]))
-                if rec["op"] == "announce":
-                    self.held[rec["key"]] = rec["text"]
+        path = self._state_path()
+        if path is not None and path.exists():
+            try:
+                records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+                calls = [Call(r["op"], r["rule_id"], r["key"], r["text"]) for r in records]
+            except (ValueError, KeyError, TypeError):
+                raise AdapterConfigInvalid(
+                    f"fake adapter {name!r}: config.state_file: {path} is not a fake adapter's "
+                    "state file",
+                    field="config.state_file",
+                ) from None
+            for call in calls:
+                self.calls.append(call)
+                if call.op == "announce":
+                    self.held[call.key] = call.text
                 else:
-                    self.held.pop(rec["key"], None)
+                    self.held.pop(call.key, None)
+
+    def _state_path(self) -> Path | None:
+        """The state file, checked against the allowed directories again before use."""
+        return None if self._path is None else self.settings.local(self._path, "file")
 
     @classmethod
     def from_config(cls, config: AdapterConfig) -> FakeAdapter:
@@ -94,8 +107,9 @@ class FakeAdapter:
     def _record(self, op: str, ref: RuleRef, text: str) -> None:
         call = Call(op, ref.rule_id, ref.key, text)
         self.calls.append(call)
-        if self._path is not None:
-            with self._path.open("a") as fh:
+        path = self._state_path()
+        if path is not None:
+            with path.open("a") as fh:
                 fh.write(json.dumps(dataclasses.asdict(call)) + "\n")
 
     async def _delay(self) -> None:

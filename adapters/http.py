@@ -3,8 +3,14 @@
 * :class:`HttpSettings`: the fields every HTTP adapter's settings model shares
   (``endpoint``, ``timeout``, ``retries``, ``backoff``, ``verify_tls``, ``ca_file``);
   subclass it and add the vendor's own fields. The endpoint must be an ``http`` or
-  ``https`` URL with a host and without credentials, query or fragment.
-* :class:`HttpClient`: one ``httpx.AsyncClient`` per adapter. :meth:`HttpClient.send`
+  ``https`` URL with a host and without credentials, query or fragment; a literal address
+  (or ``localhost``) the service's egress policy refuses is refused at creation, and
+  ``ca_file`` must lie in a directory the service allows.
+* :class:`HttpClient`: one ``httpx.AsyncClient`` per adapter, connecting through the
+  service's egress policy (:mod:`adapters.egress`: every resolved address checked at
+  connection time, no redirects followed, no proxy from the environment); a refused
+  address fails the request with code ``egress_refused`` (not retried, not retryable).
+  :meth:`HttpClient.send`
   retries, with exponential backoff (``backoff * 2**n`` seconds), on 5xx answers,
   timeouts and connection errors, ``retries`` times; it never retries a 4xx. It returns
   any answer below 500 so the adapter can react to a 401 (log in again) before calling
@@ -36,9 +42,11 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
+from adapters.access import LocalFile, access_of
 from adapters.base import AdapterSettings, Outcome, RuleRef
+from adapters.egress import Check, EgressRefused, EgressTransport
 from policies.errors import AdapterError, AdapterRefused, AdapterUnavailable
 
 log = logging.getLogger("sluice.adapters.http")
@@ -76,12 +84,16 @@ class HttpSettings(AdapterSettings):
     retries: Annotated[int, Field(ge=0, le=10)] = 2
     backoff: Annotated[float, Field(ge=0, le=60)] = 0.5
     verify_tls: bool = True
-    ca_file: Path | None = None
+    ca_file: LocalFile | None = None
 
     @field_validator("endpoint")
     @classmethod
-    def _endpoint(cls, v: str) -> str:
-        return check_endpoint(v)
+    def _endpoint(cls, v: str, info: ValidationInfo) -> str:
+        text = check_endpoint(v)
+        why = access_of(info).egress.check_host(urlsplit(text).hostname or "")
+        if why is not None:
+            raise ValueError(why)
+        return text
 
     @field_validator("ca_file")
     @classmethod
@@ -166,20 +178,25 @@ class HttpClient:
         label: str,
         headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        extra_check: Check | None = None,
     ) -> None:
+        """``transport`` replaces the network (a test's mock); ``extra_check`` narrows the
+        egress policy further (a webhook's own target allowlist)."""
         self.settings = settings
         self.label = label  # "f5 adapter 'edge'"; starts every error message
         self._secrets: set[str] = set()
         verify: bool | ssl.SSLContext = settings.verify_tls
         if settings.verify_tls and settings.ca_file is not None:
-            verify = ssl.create_default_context(cafile=str(settings.ca_file))
+            cafile = settings.local(settings.ca_file, "file")
+            verify = ssl.create_default_context(cafile=str(cafile))
         self._client = httpx.AsyncClient(
             base_url=settings.endpoint,
             timeout=httpx.Timeout(settings.timeout),
-            verify=verify,
             headers=dict(headers or {}),
-            transport=transport,
+            transport=transport
+            or EgressTransport(settings.access.egress, verify=verify, extra=extra_check),
             follow_redirects=False,
+            trust_env=False,
         )
         _watch_httpx_log(self)
 
@@ -235,6 +252,8 @@ class HttpClient:
                     headers=headers,
                     extensions=dict(extensions) if extensions else None,
                 )
+            except EgressRefused as exc:
+                raise self._error(AdapterRefused, what, str(exc), code="egress_refused") from None
             except httpx.TimeoutException:
                 last = self._error(
                     AdapterUnavailable,

@@ -12,9 +12,9 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import ClassVar
 
+from adapters.access import LocalFile
 from adapters.base import (
     AdapterConfig,
     AdapterSettings,
@@ -32,7 +32,7 @@ log = logging.getLogger("sluice.adapters.log")
 
 class LogSettings(AdapterSettings):
     endpoint: str = ""
-    path: Path | None = None
+    path: LocalFile | None = None  # inside the directories the service allows
 
 
 class LogAdapter:
@@ -71,7 +71,7 @@ class LogAdapter:
                 )
             )
         if self.settings.path is not None and lines:
-            with self.settings.path.open("a") as fh:
+            with self.settings.local(self.settings.path, "file").open("a") as fh:
                 fh.write("\n".join(lines) + "\n")
         return [Outcome.success(r) for r in rules]
 

@@ -140,7 +140,7 @@ class Service:
         self.rule_store = RuleStore()
         self.events = EventLog(self.engine)
         self.sessions = SessionTracker(self.engine, clock=self.clock)
-        self.registry = registry or Registry()
+        self.registry = registry or Registry(access=settings.host_access())
         self.hub = AdapterHub(self.engine, self.registry)
         self.audit = AuditLog()
         self.quotas = Quotas()

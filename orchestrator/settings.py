@@ -6,10 +6,20 @@ Nothing reads the environment anywhere else; the settings object is passed in.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from adapters.access import DEFAULT_DIRS, DEFAULT_PROGRAMS, HostAccess
+from adapters.egress import EgressPolicy, parse_allow
+
+
+def _split(value: Any, sep: str) -> Any:
+    """``a<sep>b`` from the environment -> ``["a", "b"]`` (lists pass through)."""
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(sep) if p.strip()]
+    return value
 
 
 class Settings(BaseSettings):
@@ -58,6 +68,51 @@ class Settings(BaseSettings):
         if self.pcap_max_bytes > self.pcap_max_total_bytes:
             raise ValueError("pcap_max_bytes must not exceed pcap_max_total_bytes")
         return self
+
+    # What adapters may touch on this host (adapters.access). Directories where files and
+    # unix sockets named in adapter settings may be (``SLUICE_ADAPTER_DIRS``, separated by
+    # ":"); the data and policy directories are refused whatever this says.
+    adapter_dirs: Annotated[tuple[Path, ...], NoDecode] = DEFAULT_DIRS
+    # Internal destinations outbound HTTP adapters may reach (``SLUICE_EGRESS_ALLOW``,
+    # comma separated): networks or loopback, private, link-local, shared. Default: none.
+    egress_allow: Annotated[tuple[str, ...], NoDecode] = ()
+    # The programs adapters run; never taken from adapter settings.
+    vtysh: str = DEFAULT_PROGRAMS["vtysh"]
+
+    @field_validator("adapter_dirs", mode="before")
+    @classmethod
+    def _dirs(cls, v: Any) -> Any:
+        return _split(v, ":")
+
+    @field_validator("adapter_dirs")
+    @classmethod
+    def _absolute(cls, v: tuple[Path, ...]) -> tuple[Path, ...]:
+        for d in v:
+            if not d.is_absolute() or ".." in d.parts:
+                raise ValueError(f"{d}: adapter directories must be absolute, without '..'")
+        return v
+
+    @field_validator("egress_allow", mode="before")
+    @classmethod
+    def _allow(cls, v: Any) -> Any:
+        return _split(v, ",")
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _allow_entries(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            parse_allow(entry)  # ValueError says which entry is wrong
+        return v
+
+    def host_access(self) -> HostAccess:
+        """What adapters may touch on this host, for the adapter registry."""
+        denied = (self.data_dir, *((self.policy_dir,) if self.policy_dir else ()))
+        return HostAccess(
+            allowed_dirs=self.adapter_dirs,
+            denied_dirs=tuple(d.resolve() for d in denied),
+            programs={"vtysh": self.vtysh},
+            egress=EgressPolicy.from_entries(self.egress_allow),
+        )
 
     def sqlalchemy_url(self) -> str:
         if self.database_url:

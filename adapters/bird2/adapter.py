@@ -40,6 +40,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
+from adapters.access import LocalFile, LocalSocket
 from adapters.base import (
     AdapterConfig,
     AdapterSettings,
@@ -74,8 +75,8 @@ class Bird2Settings(AdapterSettings):
     """Where BIRD listens and which file it includes; defaults added to every blackhole."""
 
     endpoint: str = ""
-    socket: Path
-    include_file: Path
+    socket: LocalSocket
+    include_file: LocalFile
     protocol_prefix: Name = "sluice"
     ipv4_table: Name = "master4"
     ipv6_table: Name = "master6"
@@ -105,7 +106,13 @@ class Bird2Settings(AdapterSettings):
 
     @property
     def control_socket(self) -> Path:
-        return self.socket
+        """The control socket, checked against the allowed directories again before use."""
+        return self.local(self.socket, "socket")
+
+    @property
+    def include_path(self) -> Path:
+        """The include file, checked against the allowed directories again before use."""
+        return self.local(self.include_file, "file")
 
     def names(self) -> Names:
         return Names(
@@ -170,7 +177,7 @@ class Bird2Adapter:
 
     def _file_stamp(self) -> tuple[int, int] | None:
         try:
-            st = self.settings.include_file.stat()
+            st = self.settings.include_path.stat()
         except FileNotFoundError:
             return None
         return (st.st_mtime_ns, st.st_size)
@@ -178,7 +185,7 @@ class Bird2Adapter:
     def _load(self) -> dict[str, AnyIntent]:
         """The rules in the include file; re-read whenever the file changed behind our back."""
         if self._entries is None or self._file_stamp() != self._stamp:
-            path = self.settings.include_file
+            path = self.settings.include_path
             text = path.read_text() if path.exists() else ""
             if text.strip() and not text.startswith(HEADER):
                 raise AdapterRefused(
@@ -197,7 +204,7 @@ class Bird2Adapter:
 
     async def _apply(self, entries: dict[str, AnyIntent]) -> None:
         """Write the file for ``entries`` and reconfigure; on failure put the old file back."""
-        path = self.settings.include_file
+        path = self.settings.include_path
         old = path.read_text() if path.exists() else None
         write_atomically(path, render_file(entries, self._names, self._defaults))
         try:
@@ -335,7 +342,7 @@ class Bird2Adapter:
             reply = await control.command(
                 self.settings.control_socket, "show protocols", limit_s=self.settings.timeout_s
             )
-        except AdapterUnavailable as exc:
+        except AdapterError as exc:
             return Health(False, None, str(exc))
         latency = (time.monotonic() - start) * 1000
         sessions: dict[str, str] = {}

@@ -40,10 +40,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
-from pydantic import SecretStr, field_validator
+from pydantic import SecretStr, ValidationInfo, field_validator
 
+from adapters.access import access_of
 from adapters.base import (
     AdapterConfig,
     AdapterSettings,
@@ -161,6 +164,18 @@ class ExaBgpSettings(AdapterSettings):
     def _endpoint(cls, v: object) -> str:
         return parse_endpoint(v)
 
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_allowed(cls, v: str, info: ValidationInfo) -> str:
+        """A unix socket inside the allowed directories; an HTTP host the egress policy allows."""
+        access = access_of(info)
+        if v.startswith("unix://"):
+            return f"unix://{access.check_path(v.removeprefix('unix://'), 'socket')}"
+        why = access.egress.check_host(urlsplit(v).hostname or "")
+        if why is not None:
+            raise ValueError(why)
+        return v
+
     @field_validator("next_hop_v4", mode="before")
     @classmethod
     def _nh4(cls, v: object) -> str:
@@ -237,9 +252,10 @@ class ExaBgpAdapter:
         if self._client is None:
             ep = self.settings.endpoint
             if ep.startswith("unix://"):
-                self._client = UnixClient(ep.removeprefix("unix://"))
+                path = self.settings.local(Path(ep.removeprefix("unix://")), "socket")
+                self._client = UnixClient(str(path))
             else:
-                self._client = HttpClient(ep, self.settings.auth_token)
+                self._client = HttpClient(ep, self.settings.auth_token, self.settings.access.egress)
         return self._client
 
     async def _request(self, body: dict[str, Any], extra: float = 0.0) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import SecretStr
 
+from adapters.egress import EgressPolicy, EgressRefused, egress_client
 from policies.errors import AdapterRefused, AdapterUnavailable
 
 
@@ -79,10 +80,12 @@ class UnixClient:
 
 
 class HttpClient:
-    def __init__(self, url: str, token: SecretStr | None) -> None:
+    """The bridge over HTTP, through the service's egress policy (no redirects followed)."""
+
+    def __init__(self, url: str, token: SecretStr | None, egress: EgressPolicy) -> None:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
-        self._client = httpx.AsyncClient(headers=headers)
+        self._client = egress_client(egress, headers=headers)
 
     async def request(self, body: dict[str, Any], wait: float) -> dict[str, Any]:
         op = body.get("op", "commands")
@@ -93,6 +96,10 @@ class HttpClient:
                 )
             else:
                 resp = await self._client.get(f"{self.url}/{op}", timeout=wait)
+        except EgressRefused as exc:
+            raise AdapterRefused(
+                f"ExaBGP bridge at {self.url}: {exc}", code="egress_refused"
+            ) from None
         except httpx.TimeoutException:
             raise AdapterUnavailable(
                 f"ExaBGP bridge at {self.url} did not answer within {wait:g} s"

@@ -44,6 +44,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
+from adapters.access import LocalDir
 from adapters.base import (
     AdapterConfig,
     AdapterSettings,
@@ -74,10 +75,14 @@ UNREACHABLE = ("failed to connect", "is not running", "connection refused", "no 
 
 
 class FrrSettings(AdapterSettings):
-    """How to reach FRR's vtysh, the local ASN and the RTBH route-maps' name prefix."""
+    """How to reach FRR's vtysh, the local ASN and the RTBH route-maps' name prefix.
+
+    The vtysh program itself is the service's (``SLUICE_VTYSH``), never a setting;
+    ``vty_socket_dir`` must lie inside the directories the service allows.
+    """
 
     endpoint: str = ""
-    vty_socket_dir: Path | None = None
+    vty_socket_dir: LocalDir | None = None
     pathspace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
     asn: Annotated[int, Field(ge=1, le=4294967295)]
     route_map: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")] = "SLUICE-RTBH"
@@ -85,7 +90,6 @@ class FrrSettings(AdapterSettings):
     large_communities: tuple[LargeCommunity, ...] = ()
     next_hop_v4: ipaddress.IPv4Address | None = None
     next_hop_v6: ipaddress.IPv6Address | None = None
-    vtysh: str = "vtysh"
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
 
     @model_validator(mode="before")
@@ -102,10 +106,14 @@ class FrrSettings(AdapterSettings):
             raise ValueError(f"{v} is not a directory")
         return v
 
+    @property
+    def vtysh(self) -> str:
+        return self.access.program("vtysh")
+
     def argv(self) -> list[str]:
         argv = [self.vtysh]
         if self.vty_socket_dir is not None:
-            argv += ["--vty_socket", str(self.vty_socket_dir)]
+            argv += ["--vty_socket", str(self.local(self.vty_socket_dir, "directory"))]
         if self.pathspace is not None:
             argv += ["-N", self.pathspace]
         return argv

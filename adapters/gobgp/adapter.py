@@ -30,12 +30,14 @@ import asyncio
 import ipaddress
 import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import grpc
 import grpc.aio
-from pydantic import field_validator
+from pydantic import ValidationInfo, field_validator
 
+from adapters.access import access_of
 from adapters.base import (
     AdapterConfig,
     AdapterSettings,
@@ -110,6 +112,14 @@ class GoBgpSettings(AdapterSettings):
     @classmethod
     def _endpoint(cls, v: object) -> str:
         return parse_endpoint(v)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _socket_allowed(cls, v: str, info: ValidationInfo) -> str:
+        """A unix socket must lie inside the directories the service allows."""
+        if v.startswith("unix://"):
+            return f"unix://{access_of(info).check_path(v.removeprefix('unix://'), 'socket')}"
+        return v
 
     @field_validator("timeout")
     @classmethod
@@ -186,7 +196,10 @@ class GoBgpAdapter:
 
     def _api(self) -> Any:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.settings.endpoint)
+            endpoint = self.settings.endpoint
+            if endpoint.startswith("unix://"):  # checked again: a symlink may have moved
+                endpoint = f"unix://{self.settings.local(Path(endpoint[7:]), 'socket')}"
+            self._channel = grpc.aio.insecure_channel(endpoint)
             self._stub = grpc_api.GobgpApiStub(self._channel)
         return self._stub
 

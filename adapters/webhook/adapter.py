@@ -10,9 +10,10 @@ attempt keeps the ``webhook-id`` (so a receiver can drop duplicates) and gets a 
 in the backoff is not refused as a replay. A 4xx answer is final, and so is a redirect
 (never followed). Only a 2xx answer counts as delivered.
 
-The target must pass the operator's allowlist (:mod:`adapters.webhook.targets`): it is
-checked when the adapter is created (for an address literal) and at every delivery (the
-name is resolved, every address checked, and the request pinned to the checked address).
+The target must pass the service's egress policy and the adapter's own allowlist
+(:mod:`adapters.webhook.targets`, which can only narrow the policy): both are checked
+when the adapter is created (for an address literal) and at every connection (the name
+is resolved there, every address checked, and the connection made to a checked one).
 
 A webhook cannot be read back: ``active()`` is ``None``. ``check()`` sends a signed
 ``sluice.test`` message and reports the receiver's answer.
@@ -21,12 +22,11 @@ A webhook cannot be read back: ``active()`` is ``None``. ``check()`` sends a sig
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import secrets as pysecrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
@@ -40,9 +40,10 @@ from adapters.base import (
     resolve_capabilities,
     validate_settings,
 )
+from adapters.egress import literal_address
 from adapters.http import MAX_BACKOFF, HttpClient, HttpSettings, failed
 from adapters.webhook import render, signing
-from adapters.webhook.targets import TargetPolicy, TargetRefused, parse_entry
+from adapters.webhook.targets import TargetPolicy, parse_entry
 from policies.errors import (
     AdapterConfigInvalid,
     AdapterError,
@@ -103,7 +104,7 @@ class WebhookAdapter:
         url = urlsplit(settings.endpoint)
         self._url = url
         self._host = url.hostname or ""
-        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._endpoint = settings.endpoint  # absolute: httpx sends it as it is
         # errors name the scheme, host and port only: a webhook path is often a secret
         self._what = f"POST {url.scheme}://{url.netloc}"
         extra = {k: v.get_secret_value() for k, v in settings.headers.items()}
@@ -112,6 +113,7 @@ class WebhookAdapter:
             label=f"webhook adapter {name!r}",
             headers={"User-Agent": USER_AGENT, **extra},
             transport=transport,
+            extra_check=self.policy.refusal,
         )
         self.http.add_secret(settings.auth_token.get_secret_value(), url.path, url.query)
         self.http.add_secret(*extra.values())
@@ -124,11 +126,10 @@ class WebhookAdapter:
     def from_config(cls, config: AdapterConfig) -> WebhookAdapter:
         settings = validate_settings(WebhookSettings, config)
         adapter = cls(config.name, settings, resolve_capabilities(cls, config))
-        try:
-            literal = ipaddress.ip_address(adapter._host)
-        except ValueError:
-            return adapter  # a name: checked when resolved, at each delivery
-        why = adapter.policy.refusal(adapter._host, literal)
+        literal = literal_address(adapter._host)
+        if literal is None:
+            return adapter  # a name: checked when resolved, at each connection
+        why = adapter.policy.refusal(adapter._host, literal)  # (egress: checked by the settings)
         if why is not None:
             raise AdapterConfigInvalid(
                 f"webhook adapter {config.name!r}: endpoint: {why}", field="endpoint"
@@ -136,22 +137,6 @@ class WebhookAdapter:
         return adapter
 
     # ------------------------------------------------------------ delivery
-
-    async def _target(self) -> tuple[str, dict[str, Any], dict[str, str]]:
-        """The pinned URL, httpx extensions and Host header for one delivery."""
-        try:
-            addr = await self.policy.resolve(self._host, self._port)
-        except TargetRefused as exc:
-            raise AdapterRefused(
-                f"webhook adapter {self.name!r}: target refused: {exc}", code="target_refused"
-            ) from None
-        host = f"[{addr}]" if addr.version == 6 else str(addr)
-        netloc = f"{host}:{self._port}"
-        url = urlunsplit((self._url.scheme, netloc, self._url.path or "/", self._url.query, ""))
-        extensions: dict[str, Any] = {}
-        if self._url.scheme == "https":
-            extensions["sni_hostname"] = self._host
-        return url, extensions, {"Host": self._url.netloc}
 
     async def deliver(self, message: Mapping[str, Any], msg_id: str | None = None) -> int:
         """Sign and POST one message; the receiver's 2xx status, or an AdapterError."""
@@ -164,9 +149,7 @@ class WebhookAdapter:
                 if attempt:
                     backoff = self.settings.backoff * 2 ** (attempt - 1)
                     await asyncio.sleep(min(backoff, MAX_BACKOFF))
-                url, extensions, host = await self._target()
                 headers = {
-                    **host,
                     "Content-Type": "application/json",
                     # signed again per attempt: each one carries its own timestamp
                     **signing.headers_for(secret, msg_id, int(self._clock()), body),
@@ -174,10 +157,9 @@ class WebhookAdapter:
                 try:
                     resp = await self.http.send(
                         "POST",
-                        url,
+                        self._endpoint,
                         content=body,
                         headers=headers,
-                        extensions=extensions,
                         what=self._what,
                         retry=False,
                     )

@@ -1,52 +1,30 @@
-"""Which hosts a webhook may be sent to (an operator's allowlist, with DNS rebinding in mind).
+"""Which hosts a webhook may be sent to: the adapter's own allowlist, inside the egress policy.
 
-A :class:`TargetPolicy` is built from ``allowed_targets``: IP addresses or CIDR networks,
-host names (``hooks.example.net``) and suffix wildcards (``*.example.net``).
+Every webhook goes through the service-wide egress policy (:mod:`adapters.egress`):
+loopback, link-local, metadata, private and other internal addresses are refused unless
+the *service* configuration allows them, every address a name resolves to is checked
+where the connection is made (no DNS-rebinding window), and redirects are not followed.
 
-* With an empty list any host is allowed, except internal addresses (below).
-* With a non-empty list the URL's host must match a name entry, or every address it
-  resolves to must fall in a network entry.
-* Whatever the list, an address that resolves into an **internal** range (loopback,
-  link-local including the cloud metadata address 169.254.169.254 and fd00:ec2::254,
-  unspecified, multicast, or the IPv4-mapped form of those) is refused unless a network
-  entry inside that range names it explicitly: ``127.0.0.1`` allows loopback delivery,
-  ``0.0.0.0/0`` does not.
+A webhook adapter's ``allowed_targets`` can only narrow that further. A
+:class:`TargetPolicy` is built from IP addresses or CIDR networks, host names
+(``hooks.example.net``) and suffix wildcards (``*.example.net``):
 
-Names are resolved at delivery time and *every* address is checked; the request then goes
-to the checked address (the Host header and TLS server name stay the original name), so
-a name that resolves to a public address for the check and to 127.0.0.1 for the
-connection (DNS rebinding) cannot reach the service's internals.
+* with an empty list, any host the egress policy allows is allowed;
+* with a non-empty list the URL's host must match a name entry, or the address it
+  resolves to must fall in a network entry. An entry never opens what the egress policy
+  refuses: ``127.0.0.1`` on the list does not allow loopback delivery unless the service
+  allows loopback too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from adapters.egress import Address, EgressPolicy, EgressRefused, Network, embedded_v4
 
-INTERNAL: tuple[tuple[Network, str], ...] = tuple(
-    (ipaddress.ip_network(net), why)
-    for net, why in (
-        ("127.0.0.0/8", "loopback"),
-        ("::1/128", "loopback"),
-        ("169.254.0.0/16", "link-local (includes the metadata address 169.254.169.254)"),
-        ("fe80::/10", "link-local"),
-        ("fd00:ec2::254/128", "the cloud metadata address"),
-        ("0.0.0.0/8", "unspecified"),
-        ("::/128", "unspecified"),
-        ("224.0.0.0/4", "multicast"),
-        ("ff00::/8", "multicast"),
-    )
-)
-
-
-class TargetRefused(ValueError):
-    """The target is not allowed; the message says why."""
+TargetRefused = EgressRefused  # the name this module used before the policy went service-wide
 
 
 def parse_entry(text: str) -> Network | str:
@@ -96,49 +74,20 @@ class TargetPolicy:
                 return True
         return False
 
-    def _explicit(self, addr: Address, internal: Network) -> bool:
-        return any(
-            addr in net and net.version == internal.version and net.subnet_of(internal)  # type: ignore[arg-type]
-            for net in self.networks
-        )
-
     def refusal(self, host: str, addr: Address) -> str | None:
-        """Why ``addr`` (which ``host`` resolved to) may not be used, or None."""
-        plain = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
-        check = plain or addr
-        for internal, why in INTERNAL:
-            if check.version == internal.version and check in internal:
-                if self._explicit(check, internal):
-                    break
-                return f"{host} resolves to {addr}, {why}, which is not explicitly allowed"
+        """Why the allowlist refuses ``addr`` (which ``host`` resolved to), or None.
+
+        Only the list: the egress policy's own refusals are checked before this.
+        """
         if self.open or self.name_allowed(host):
             return None
-        if any(check in net for net in self.networks):
+        plain = embedded_v4(addr) or addr
+        if any(plain in net or addr in net for net in self.networks):
             return None
         return f"{host} ({addr}) is not in the webhook target allowlist"
 
-    async def resolve(self, host: str, port: int) -> Address:
-        """Resolve ``host``, check every address, and return the one to connect to."""
-        try:
-            literal: Address | None = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            literal = None
-        if literal is not None:
-            addrs = [literal]
-        else:
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(
-                    host, port, type=socket.SOCK_STREAM
-                )
-            except OSError as exc:
-                raise TargetRefused(f"cannot resolve {host}: {exc.strerror or exc}") from None
-            addrs = list(
-                dict.fromkeys(ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos)
-            )
-            if not addrs:
-                raise TargetRefused(f"{host} has no address")
-        for addr in addrs:
-            why = self.refusal(host, addr)
-            if why is not None:
-                raise TargetRefused(why)
-        return addrs[0]
+    async def resolve(
+        self, host: str, port: int, egress: EgressPolicy | None = None
+    ) -> list[Address]:
+        """Resolve ``host`` and check every address under ``egress`` and this list."""
+        return await (egress or EgressPolicy()).resolve(host, port, extra=self.refusal)

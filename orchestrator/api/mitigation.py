@@ -20,6 +20,9 @@ router = APIRouter(prefix="/mitigation", tags=["mitigation"])
 Svc = Annotated[Service, Depends(service_of)]
 Reader = Annotated[TokenInfo, Depends(require("read"))]
 Writer = Annotated[TokenInfo, Depends(require("write"))]
+# Adapters name what the service (root, beside the routers) connects to and touches:
+# creating, changing or deleting one is an admin action, not a write.
+Admin = Annotated[TokenInfo, Depends(require("admin"))]
 
 
 @router.get("/rules")
@@ -96,7 +99,7 @@ async def list_adapters(svc: Svc, _: Reader) -> dict[str, Any]:
 
 @router.post("/adapters")
 async def upsert_adapter(
-    body: UpsertAdapter, svc: Svc, who: Writer, response: Response
+    body: UpsertAdapter, svc: Svc, who: Admin, response: Response
 ) -> dict[str, Any]:
     try:
         caps = tuple(Capability(c) for c in body.capabilities) if body.capabilities else None
@@ -119,7 +122,7 @@ async def upsert_adapter(
 
 
 @router.delete("/adapters/{adapter_id}")
-async def delete_adapter(adapter_id: int, svc: Svc, who: Writer) -> dict[str, Any]:
+async def delete_adapter(adapter_id: int, svc: Svc, who: Admin) -> dict[str, Any]:
     return ok(deleted=await svc.delete_adapter(adapter_id, who.name))
 
 

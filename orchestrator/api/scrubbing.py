@@ -25,6 +25,9 @@ router = APIRouter(prefix="/scrubbing", tags=["scrubbing"])
 Svc = Annotated[Service, Depends(service_of)]
 Reader = Annotated[TokenInfo, Depends(require("read"))]
 Writer = Annotated[TokenInfo, Depends(require("write"))]
+# Adapters name what the service (root, beside the routers) connects to and touches:
+# creating, changing or deleting one is an admin action, not a write.
+Admin = Annotated[TokenInfo, Depends(require("admin"))]
 Reason = Annotated[str, Field(max_length=1000)]
 TargetIp = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -63,7 +66,7 @@ async def list_integrations(svc: Svc, _: Reader) -> dict[str, Any]:
 
 @router.post("")
 async def upsert_integration(
-    body: UpsertIntegration, svc: Svc, who: Writer, response: Response
+    body: UpsertIntegration, svc: Svc, who: Admin, response: Response
 ) -> dict[str, Any]:
     config = AdapterConfig(
         name=body.name,
@@ -78,7 +81,7 @@ async def upsert_integration(
 
 
 @router.delete("/{integration_id}")
-async def delete_integration(integration_id: int, svc: Svc, who: Writer) -> dict[str, Any]:
+async def delete_integration(integration_id: int, svc: Svc, who: Admin) -> dict[str, Any]:
     return ok(deleted=await scrubbing.delete(svc, integration_id, who.name))
 
 

@@ -12,6 +12,7 @@ from adapters.bird2 import Bird2Adapter
 from adapters.bird2.render import HEADER
 from policies.errors import AdapterConfigInvalid
 from policies.intents import build_intent
+from tests.hostaccess import allow
 
 
 def make(tmp_path: Path, **config: Any) -> Bird2Adapter:
@@ -20,7 +21,9 @@ def make(tmp_path: Path, **config: Any) -> Bird2Adapter:
         "include_file": str(tmp_path / "sluice.conf"),
     }
     return Bird2Adapter.from_config(
-        AdapterConfig(name="b", adapter_type="bird2", config={**base, **config})
+        AdapterConfig(
+            name="b", adapter_type="bird2", config={**base, **config}, access=allow(tmp_path)
+        )
     )
 
 
@@ -36,6 +39,7 @@ def test_endpoint_can_name_the_socket(tmp_path: Path) -> None:
             name="b",
             adapter_type="bird2",
             endpoint=f"unix://{tmp_path}/b.ctl",
+            access=allow(tmp_path),
             config={"include_file": str(tmp_path / "x.conf")},
         )
     )
@@ -75,7 +79,8 @@ def test_cannot_widen_capabilities(tmp_path: Path) -> None:
             AdapterConfig(
                 name="b",
                 adapter_type="bird2",
-                config={"socket": "/x", "include_file": str(tmp_path / "x")},
+                config={"socket": str(tmp_path / "x"), "include_file": str(tmp_path / "x")},
+                access=allow(tmp_path),
                 capabilities=(Capability.SCRUBBING,),
             )
         )

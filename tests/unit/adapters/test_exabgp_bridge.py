@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from adapters.exabgp.bridge import Bridge, http_address, http_handler, in_order,
 from adapters.exabgp.httpserver import serve_http
 from policies.errors import AdapterConfigInvalid
 from policies.intents import build_intent
+from tests.hostaccess import allow
 
 
 class ScriptedExaBgp:
@@ -205,6 +207,8 @@ def adapter(endpoint: str, token: str | None = None, **config: Any) -> ExaBgpAda
             endpoint=endpoint,
             auth_token=SecretStr(token) if token else None,
             config=config,
+            # the bridge's socket is in a temporary directory and its HTTP side on loopback
+            access=allow(Path(tempfile.gettempdir()), loopback=True),
         )
     )
 
@@ -310,7 +314,7 @@ def test_bad_settings_name_the_field(endpoint: str, config: dict[str, Any], fiel
 
 def test_token_only_with_http_and_never_shown() -> None:
     with pytest.raises(AdapterConfigInvalid) as err:
-        adapter("unix:///run/x.sock", "tok")
+        adapter(f"unix://{tempfile.gettempdir()}/x.sock", "tok")
     assert err.value.field == "auth_token"
     exa = adapter("http://127.0.0.1:5000", "tok-value")
     assert "tok-value" not in repr(exa)

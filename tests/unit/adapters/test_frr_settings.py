@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from adapters.access import HostAccess
 from adapters.base import AdapterConfig, Capability, RuleRef
 from adapters.frr import FrrAdapter
 from policies.errors import AdapterConfigInvalid
 from policies.intents import build_intent
+from tests.hostaccess import allow
 
 
-def make(**config: Any) -> FrrAdapter:
+def make(access: HostAccess | None = None, **config: Any) -> FrrAdapter:
     return FrrAdapter.from_config(
-        AdapterConfig(name="f", adapter_type="frr", config={"asn": 65001, **config})
+        AdapterConfig(
+            name="f",
+            adapter_type="frr",
+            config={"asn": 65001, **config},
+            access=access or allow(Path(tempfile.gettempdir())),
+        )
     )
 
 
@@ -23,6 +31,9 @@ def test_defaults_and_argv(tmp_path: Path) -> None:
     ad = make(vty_socket_dir=str(tmp_path), pathspace="r1")
     assert ad.capabilities == {Capability.BLACKHOLE}
     assert ad.settings.argv() == ["vtysh", "--vty_socket", str(tmp_path), "-N", "r1"]
+    # the program is the service's, from its own configuration
+    ad = make(allow(tmp_path, vtysh="/opt/frr/bin/vtysh"))
+    assert ad.settings.argv() == ["/opt/frr/bin/vtysh"]
     assert ad.settings.route_map == "SLUICE-RTBH"
 
 
@@ -73,7 +84,7 @@ async def test_unreachable_vtysh_socket_is_retryable(tmp_path: Path) -> None:
 
 
 async def test_missing_vtysh_binary_is_retryable(tmp_path: Path) -> None:
-    ad = make(vtysh=str(tmp_path / "no-vtysh"))
+    ad = make(allow(tmp_path, vtysh=str(tmp_path / "no-vtysh")))
     [out] = await ad.withdraw(
         [RuleRef(1, build_intent({"kind": "blackhole", "prefix": "203.0.113.5/32"}))]
     )

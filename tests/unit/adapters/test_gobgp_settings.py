@@ -26,7 +26,7 @@ from policies.errors import AdapterConfigInvalid
 from policies.intents import build_intent
 
 
-def config(endpoint: str = "unix:///run/gobgp.sock", **extra: Any) -> AdapterConfig:
+def config(endpoint: str = "unix:///run/gobgp/api.sock", **extra: Any) -> AdapterConfig:
     return AdapterConfig(name="gb", adapter_type="gobgp", endpoint=endpoint, config=extra)
 
 
@@ -68,11 +68,17 @@ def test_bad_settings_name_their_field() -> None:
 
 def test_capabilities_narrow_but_never_widen() -> None:
     narrow = AdapterConfig(
-        name="gb", adapter_type="gobgp", endpoint="unix:///x.sock", capabilities=("blackhole",)
+        name="gb",
+        adapter_type="gobgp",
+        endpoint="unix:///run/gobgp/x.sock",
+        capabilities=("blackhole",),
     )
     assert GoBgpAdapter.from_config(narrow).capabilities == {Capability.BLACKHOLE}
     wide = AdapterConfig(
-        name="gb", adapter_type="gobgp", endpoint="unix:///x.sock", capabilities=("scrubbing",)
+        name="gb",
+        adapter_type="gobgp",
+        endpoint="unix:///run/gobgp/x.sock",
+        capabilities=("scrubbing",),
     )
     with pytest.raises(AdapterConfigInvalid, match="cannot carry scrubbing"):
         GoBgpAdapter.from_config(wide)
@@ -85,7 +91,7 @@ def test_registered_under_its_entry_point() -> None:
 def test_settings_communities_are_canonical() -> None:
     adapter = GoBgpAdapter.from_config(config(communities=["blackhole", "64500:1"]))
     assert adapter.settings.communities == ("65535:666", "64500:1")
-    assert "unix:///run/gobgp.sock" in repr(adapter)
+    assert "unix:///run/gobgp/api.sock" in repr(adapter)
 
 
 def test_delete_request_never_empty() -> None:

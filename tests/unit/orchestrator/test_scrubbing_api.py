@@ -70,6 +70,10 @@ def writes(srv: CloudflareServer) -> list[tuple[str, str, Any]]:
     return [(r.method, r.path, r.body) for r in srv.journal.all() if r.method != "GET"]
 
 
+# The vendor fakes listen on loopback: the service allows it explicitly (never by default).
+LOOPBACK = ("loopback",)
+
+
 @pytest.fixture
 def cf() -> Iterator[CloudflareServer]:
     with CloudflareServer(prefixes={"pfx1": PFX1, "pfx2": PFX2}) as srv:
@@ -77,7 +81,7 @@ def cf() -> Iterator[CloudflareServer]:
 
 
 async def test_create_list_update_without_secrets(make_api: Any, cf: CloudflareServer) -> None:
-    api = await make_api()
+    api = await make_api(egress_allow=LOOPBACK)
     r = await api.call("POST", "/scrubbing", json=magic_transit(cf))
     assert r.status_code == 201, r.text
     assert CF_TOKEN not in r.text
@@ -119,7 +123,7 @@ async def test_create_list_update_without_secrets(make_api: Any, cf: CloudflareS
 async def test_announce_configured_prefixes_status_and_withdraw(
     make_api: Any, cf: CloudflareServer
 ) -> None:
-    api = await make_api()
+    api = await make_api(egress_allow=LOOPBACK)
     iid = await add_magic_transit(api, cf)
     body = await api.ok("POST", f"/scrubbing/{iid}/announce", 201, json={"reason": "40 Gbps UDP"})
     assert body["created"] == 2 and body["errors"] == []
@@ -184,7 +188,7 @@ async def test_enabled_scrubbing_stays_until_withdrawn_unless_a_ttl_is_given(
 
 
 async def test_announce_one_address_inside_a_prefix(make_api: Any, cf: CloudflareServer) -> None:
-    api = await make_api()
+    api = await make_api(egress_allow=LOOPBACK)
     iid = await add_magic_transit(api, cf)
     body = await api.ok(
         "POST", f"/scrubbing/{iid}/announce", 201, json={"target_ip": "203.0.113.7", "ttl": 60}
@@ -201,7 +205,7 @@ async def test_announce_one_address_inside_a_prefix(make_api: Any, cf: Cloudflar
 
 
 async def test_announce_lists_refused_prefixes(make_api: Any, cf: CloudflareServer) -> None:
-    api = await make_api()
+    api = await make_api(egress_allow=LOOPBACK)
     wide = [{"prefix": PFX1, "prefix_id": "pfx1"}, {"prefix": "10.0.0.0/8", "prefix_id": "pfx2"}]
     iid = await add_magic_transit(api, cf, prefixes=wide)
     body = await api.ok("POST", f"/scrubbing/{iid}/announce", 201)
@@ -219,7 +223,7 @@ async def test_announce_lists_refused_prefixes(make_api: Any, cf: CloudflareServ
 async def test_provider_down_is_said_and_the_store_still_knows(
     make_api: Any, cf: CloudflareServer
 ) -> None:
-    api = await make_api()
+    api = await make_api(egress_allow=LOOPBACK)
     iid = await add_magic_transit(api, cf)
     await api.ok("POST", f"/scrubbing/{iid}/announce", 201, json={"target_ip": PFX1})
     cf.faults.add(Fault.answer(503, {"success": False, "errors": []}), times=50)
@@ -237,7 +241,7 @@ async def test_provider_down_is_said_and_the_store_still_knows(
 async def test_wrong_token_fails_the_test_without_leaking(
     make_api: Any, cf: CloudflareServer
 ) -> None:
-    api = await make_api()
+    api = await make_api(egress_allow=LOOPBACK)
     iid = await add_magic_transit(api, cf, token="not-the-token")
     r = await api.call("POST", f"/scrubbing/{iid}/test")
     assert r.status_code == 200 and "not-the-token" not in r.text
@@ -248,7 +252,7 @@ async def test_wrong_token_fails_the_test_without_leaking(
 
 
 async def test_delete_withdraws_first(make_api: Any, cf: CloudflareServer) -> None:
-    api = await make_api()
+    api = await make_api(egress_allow=LOOPBACK)
     iid = await add_magic_transit(api, cf)
     body = await api.ok("POST", f"/scrubbing/{iid}/announce", 201)
     assert advertised(cf) == {"pfx1": True, "pfx2": True}
@@ -263,7 +267,7 @@ async def test_delete_withdraws_first(make_api: Any, cf: CloudflareServer) -> No
 async def test_still_diverting_after_a_restart(
     make_api: Any, cf: CloudflareServer, tmp_path: Path
 ) -> None:
-    api = await make_api()
+    api = await make_api(egress_allow=LOOPBACK)
     iid = await add_magic_transit(api, cf)
     [rule] = (await api.ok("POST", f"/scrubbing/{iid}/announce", 201, json={"target_ip": PFX1}))[
         "rules"
@@ -271,7 +275,7 @@ async def test_still_diverting_after_a_restart(
     await api.svc.stop()  # Sluice goes down; the provider keeps advertising
     assert advertised(cf) == {"pfx1": True, "pfx2": False}
 
-    api = await make_api()  # a new service on the same store
+    api = await make_api(egress_allow=LOOPBACK)  # a new service on the same store
     cf.journal.clear()
     st = await api.ok("GET", f"/scrubbing/{iid}/status")
     assert st["diverting"] is True
@@ -285,7 +289,7 @@ async def test_still_diverting_after_a_restart(
 
 
 async def test_ovh_integration_hides_and_keeps_its_consumer_key(make_api: Any) -> None:
-    api = await make_api()
+    api = await make_api(egress_allow=LOOPBACK)
     with OvhServer() as ovh:
         body = {
             "type": "ovh_mitigation",
@@ -337,7 +341,7 @@ async def test_ovh_integration_hides_and_keeps_its_consumer_key(make_api: Any) -
 
 
 async def test_error_paths(make_api: Any, cf: CloudflareServer) -> None:
-    api = await make_api()
+    api = await make_api(egress_allow=LOOPBACK)
     iid = await add_magic_transit(api, cf)
     fake = await api.ok(
         "POST", "/mitigation/adapters", 201, json={"adapter_type": "fake", "name": "edge"}

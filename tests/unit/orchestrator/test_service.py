@@ -365,9 +365,13 @@ async def test_reconcile_without_readback_resends_on_startup(make_service: Any) 
     assert fake.announced_count(res.rule["key"]) == 2
 
 
-async def test_restart_recovers_state(tmp_path: Path, make_service: Any) -> None:
-    state_file = tmp_path / "fake.jsonl"
-    svc = await make_service()
+async def test_restart_recovers_state(
+    tmp_path_factory: pytest.TempPathFactory, make_service: Any
+) -> None:
+    # the state file lies in a directory the service allows (not in its data directory)
+    adapter_dir = tmp_path_factory.mktemp("adapters")
+    state_file = adapter_dir / "fake.jsonl"
+    svc = await make_service(adapter_dirs=(adapter_dir,))
     aid, _ = await add_fake(svc, state_file=str(state_file))
     long = await svc.create_rule(req(bh("203.0.113.1"), aid, ttl=600))
     short = await svc.create_rule(req(bh("203.0.113.2"), aid, ttl=600))
@@ -381,7 +385,7 @@ async def test_restart_recovers_state(tmp_path: Path, make_service: Any) -> None
         conn.execute(update(rules).where(rules.c.id == short.rule["id"]).values(expires_at=past))
     await svc.stop()
 
-    svc2 = await make_service()
+    svc2 = await make_service(adapter_dirs=(adapter_dir,))
     await settle(svc2)
     fake2 = svc2.hub.live(aid)
     assert svc2.get_rule(long.rule["id"])["state"] == "active"
