@@ -13,6 +13,7 @@ from labs.vendors.cloudflare import CloudflareServer
 from labs.vendors.server import Fault
 from policies.errors import AdapterConfigInvalid, AdapterRefused
 from policies.intents import build_intent
+from tests.hostaccess import LOOPBACK
 
 TOKEN = "cf-test-token"
 PREFIX = "203.0.113.0/24"
@@ -40,7 +41,12 @@ def make(srv: CloudflareServer, token: str = TOKEN, **config: Any) -> Cloudflare
     base.update(config)
     return CloudflareAdapter.from_config(
         AdapterConfig(
-            name="cf", adapter_type="cloudflare", endpoint=srv.url, auth_token=token, config=base
+            access=LOOPBACK,
+            name="cf",
+            adapter_type="cloudflare",
+            endpoint=srv.url,
+            auth_token=token,
+            config=base,
         )
     )
 

@@ -15,6 +15,7 @@ from labs.vendors.f5 import F5Server
 from labs.vendors.server import Fault
 from policies.errors import AdapterConfigInvalid
 from policies.intents import build_intent
+from tests.hostaccess import LOOPBACK
 
 PASSWORD = "admin-pw"
 LIST = "sluice_blocked_sources"
@@ -38,6 +39,7 @@ def make(srv: F5Server, **config: Any) -> F5Adapter:
     password = settings.pop("password", PASSWORD)
     return F5Adapter.from_config(
         AdapterConfig(
+            access=LOOPBACK,
             name="edge",
             adapter_type="f5",
             endpoint=srv.url,
@@ -189,6 +191,7 @@ async def test_without_address_list_flowspec_is_not_a_capability(srv: F5Server) 
     with pytest.raises(AdapterConfigInvalid) as err:
         F5Adapter.from_config(
             AdapterConfig(
+                access=LOOPBACK,
                 name="edge",
                 adapter_type="f5",
                 endpoint=srv.url,
@@ -333,7 +336,12 @@ def test_bad_settings_name_the_field(config: dict[str, Any], field: str) -> None
     assert err.value.field == field
     with pytest.raises(AdapterConfigInvalid) as err:
         F5Adapter.from_config(
-            AdapterConfig(name="edge", adapter_type="f5", endpoint="https://192.0.2.10", config={})
+            AdapterConfig(
+                name="edge",
+                adapter_type="f5",
+                endpoint="https://192.0.2.10",
+                config={},
+            )
         )
     assert err.value.field in ("config.username", "auth_token")
 

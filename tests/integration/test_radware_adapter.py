@@ -14,6 +14,7 @@ from labs.vendors.radware import RadwareServer
 from labs.vendors.server import Fault
 from policies.errors import AdapterConfigInvalid
 from policies.intents import build_intent
+from tests.hostaccess import LOOPBACK
 
 PASSWORD = "radware-pw"
 START = "/mgmt/device/df/config/action/attackstart"
@@ -30,6 +31,7 @@ def srv() -> Iterator[RadwareServer]:
 def make(srv: RadwareServer, password: str = PASSWORD, **config: Any) -> RadwareAdapter:
     return RadwareAdapter.from_config(
         AdapterConfig(
+            access=LOOPBACK,
             name="df",
             adapter_type="radware",
             endpoint=srv.url,

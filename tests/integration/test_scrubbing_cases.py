@@ -30,6 +30,7 @@ from labs.vendors.hetzner import HetznerServer
 from labs.vendors.linode import LinodeServer
 from labs.vendors.server import FakeVendorServer, Request
 from labs.vendors.vultr import VultrServer
+from tests.hostaccess import LOOPBACK
 
 FAST = {"timeout": 0.5, "retries": 1, "backoff": 0.0}
 Write = tuple[str, str, Any]
@@ -66,6 +67,7 @@ def cfg(
     adapter_type: str, srv: FakeVendorServer, token: str, suffix: str = "", **config: Any
 ) -> AdapterConfig:
     return AdapterConfig(
+        access=LOOPBACK,
         name="it",
         adapter_type=adapter_type,
         endpoint=srv.url + suffix,

@@ -12,6 +12,7 @@ from adapters.scrubbing.ovh import OvhMitigationAdapter
 from labs.vendors.ovh import OvhServer
 from policies.errors import AdapterConfigInvalid
 from policies.intents import build_intent
+from tests.hostaccess import LOOPBACK
 
 BLOCK = "/1.0/ip/203.0.113.0%2F28/mitigation"
 
@@ -32,6 +33,7 @@ def make(srv: OvhServer, **config: Any) -> OvhMitigationAdapter:
     }
     return OvhMitigationAdapter.from_config(
         AdapterConfig(
+            access=LOOPBACK,
             name="ovh",
             adapter_type="ovh_mitigation",
             endpoint=srv.url + "/1.0",
@@ -110,7 +112,10 @@ async def test_status_shows_ovh_automatic_mitigation_but_sluice_holds_nothing(
 def test_settings() -> None:
     def cfg(**config: Any) -> AdapterConfig:
         return AdapterConfig(
-            name="o", adapter_type="ovh_mitigation", auth_token="s3cret", config=config
+            name="o",
+            adapter_type="ovh_mitigation",
+            auth_token="s3cret",
+            config=config,
         )
 
     with pytest.raises(AdapterConfigInvalid, match=r"config\.application_key"):

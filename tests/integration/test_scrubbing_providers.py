@@ -19,12 +19,18 @@ from labs.vendors.hetzner import HetznerServer
 from labs.vendors.server import FakeVendorServer, Fault
 from labs.vendors.vultr import VultrServer
 from policies.intents import build_intent
+from tests.hostaccess import LOOPBACK
 from tests.integration.test_scrubbing_cases import AWS_KEY, AWS_SECRET, EIP, FAST
 
 
 def cfg(kind: str, srv: FakeVendorServer, token: str, **config: Any) -> AdapterConfig:
     return AdapterConfig(
-        name="p", adapter_type=kind, endpoint=srv.url, auth_token=token, config={**FAST, **config}
+        access=LOOPBACK,
+        name="p",
+        adapter_type=kind,
+        endpoint=srv.url,
+        auth_token=token,
+        config={**FAST, **config},
     )
 
 

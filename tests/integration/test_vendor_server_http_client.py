@@ -13,6 +13,7 @@ from adapters.http import HttpClient, HttpSettings, failed, vendor_message
 from labs.vendors.server import FakeVendorServer, Fault, HttpError, Request, Response, route
 from policies.errors import AdapterConfigInvalid, AdapterRefused, AdapterUnavailable
 from policies.intents import build_intent
+from tests.hostaccess import LOOPBACK
 
 SECRET = "s3cr3t-token-value"
 
@@ -36,8 +37,10 @@ def server() -> Any:
 
 
 def _client(url: str, **kw: Any) -> HttpClient:
-    settings = HttpSettings(
-        endpoint=url, timeout=kw.pop("timeout", 0.5), backoff=kw.pop("backoff", 0.01), **kw
+    settings = HttpSettings.model_validate(
+        {"endpoint": url, "timeout": kw.pop("timeout", 0.5), "backoff": kw.pop("backoff", 0.01)}
+        | kw,
+        context={"access": LOOPBACK},  # the fake listens on loopback: allowed on purpose
     )
     client = HttpClient(settings, label="thing adapter 't1'", headers={"X-Token": SECRET})
     client.add_secret(SECRET)

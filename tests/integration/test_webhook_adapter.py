@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
+from adapters.access import HostAccess
 from adapters.base import AdapterConfig, RuleRef
 from adapters.webhook import WebhookAdapter, new_secret, verify
 from labs.vendors.server import Fault
 from labs.vendors.webhook_receiver import WebhookReceiver
 from policies.errors import AdapterConfigInvalid
 from policies.intents import build_intent
+from tests.hostaccess import LOOPBACK
 
 INCIDENT = {"id": "inc_42", "target_ip": "192.0.2.7", "bps": 9.6e9, "vector": "udp-flood"}
 
@@ -28,10 +30,15 @@ def rx() -> Iterator[WebhookReceiver]:
 
 
 def make(
-    url: str, secret: str, allowed: tuple[str, ...] = ("127.0.0.1",), **config: Any
+    url: str,
+    secret: str,
+    allowed: tuple[str, ...] = ("127.0.0.1",),
+    access: HostAccess = LOOPBACK,  # the receiver listens on loopback: allowed on purpose
+    **config: Any,
 ) -> WebhookAdapter:
     return WebhookAdapter.from_config(
         AdapterConfig(
+            access=access,
             name="noc",
             adapter_type="webhook",
             endpoint=url,
@@ -213,27 +220,36 @@ async def test_check_sends_a_signed_test_message(rx: WebhookReceiver, hook: Webh
     assert not (await hook.check()).ok
 
 
-def test_loopback_target_is_refused_unless_explicitly_allowed(rx: WebhookReceiver) -> None:
-    for allowed in [(), ("0.0.0.0/0",), ("hooks.example.net",)]:
-        with pytest.raises(AdapterConfigInvalid, match="loopback") as err:
-            make(rx.hook_url, rx.secret, allowed)
-        assert err.value.field == "endpoint"
+def test_loopback_target_is_refused_unless_the_service_allows_it(rx: WebhookReceiver) -> None:
+    # the adapter's own list cannot open loopback: only the service's egress policy can
+    strict = HostAccess()
+    for allowed in [(), ("0.0.0.0/0",), ("127.0.0.1",), ("localhost",)]:
+        for url in (rx.hook_url, rx.hook_url.replace("127.0.0.1", "localhost")):
+            with pytest.raises(AdapterConfigInvalid, match="loopback") as err:
+                make(url, rx.secret, allowed, strict)
+            assert err.value.field == "endpoint"
+            assert err.value.code == "invalid_adapter_config"
     with pytest.raises(AdapterConfigInvalid, match="metadata address"):
         make("http://169.254.169.254/latest/meta-data", rx.secret, ())
+    # allowed by the service, narrowed by the adapter's list
+    with pytest.raises(AdapterConfigInvalid, match="not in the webhook target allowlist"):
+        make(rx.hook_url, rx.secret, ("hooks.example.net",))
     with pytest.raises(AdapterConfigInvalid, match="not in the webhook target allowlist"):
         make("https://203.0.113.80/hook", rx.secret, ("198.51.100.0/24",))
 
 
-async def test_a_name_resolving_to_loopback_is_refused_at_delivery(rx: WebhookReceiver) -> None:
-    url = rx.hook_url.replace("127.0.0.1", "localhost")
-    adapter = make(url, rx.secret, ("localhost",))  # the name is allowed, its address is not
+async def test_a_name_resolving_to_loopback_is_refused_at_connection(rx: WebhookReceiver) -> None:
+    # "127.1" is no address literal to Python, so nothing is known at creation; the
+    # resolver makes it 127.0.0.1, which the connection-time check refuses
+    url = rx.hook_url.replace("127.0.0.1", "127.1")
+    adapter = make(url, rx.secret, ("127.1",), HostAccess())  # on the list, not allowed
     try:
         [outcome] = await adapter.announce([rule(1)])
         health = await adapter.check()
     finally:
         await adapter.close()
     assert not outcome.ok and not outcome.retryable
-    assert "target refused: localhost resolves to" in (outcome.error or "")
+    assert "127.1 resolves to 127.0.0.1, loopback" in (outcome.error or "")
     assert not health.ok
     assert len(rx.journal) == 0  # nothing left the process
 
@@ -288,6 +304,7 @@ def test_bad_settings_name_the_field(
     with pytest.raises(AdapterConfigInvalid) as err:
         WebhookAdapter.from_config(
             AdapterConfig(
+                access=LOOPBACK,
                 name="noc",
                 adapter_type="webhook",
                 endpoint="https://hooks.example.net/x",
