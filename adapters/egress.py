@@ -140,7 +140,7 @@ class EgressPolicy:
                         break
                     literal = literal_address(host) == addr
                     shown = f"{addr} is" if literal else f"{host} resolves to {addr},"
-                    return f"{shown} {why}, which the service's egress policy does not allow ({HINT})"
+                    return f"{shown} {why}, which the service's egress policy refuses ({HINT})"
         return None
 
     def check_host(self, host: str) -> str | None:

@@ -75,6 +75,10 @@ def _print_up(state: dict[str, Any]) -> None:
             typer.echo(f"  {k}: {v}")
     typer.echo("\nadd to your policy's adapters.yaml:\n")
     typer.echo(yaml.safe_dump({"adapters": [state["adapter"]]}, sort_keys=False).rstrip())
+    typer.echo(
+        "\nand let the service reach the lab's sockets and files:\n\n"
+        f"  SLUICE_ADAPTER_DIRS={topo['workdir']}"
+    )
     typer.echo("\ntear it down with: sluice lab down")
 
 
@@ -132,9 +136,11 @@ def status(
     namespaces = {ns: ns in present for ns in state["lab"]["namespaces"]}
     health: dict[str, Any]
     try:
+        from adapters.access import HostAccess
         from adapters.base import AdapterConfig, Registry
 
-        adapter = Registry().create(AdapterConfig(**state["adapter"]))
+        access = HostAccess(allowed_dirs=(Path(state["lab"]["workdir"]),))
+        adapter = Registry(access=access).create(AdapterConfig(**state["adapter"]))
         health = asyncio.run(adapter.check()).to_dict()
     except Exception as exc:  # status reports whatever went wrong
         health = {"ok": False, "detail": str(exc)}

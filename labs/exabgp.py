@@ -1,7 +1,9 @@
 """ExaBGP as a lab SPEAKER: exabgp in the speaker namespace running Sluice's bridge.
 
     with running(ExaBgpSpeaker()) as topo:
-        adapter = Registry().create(AdapterConfig(**topo.speaker.adapter_config()))
+        adapter = Registry(access=topo.access).create(
+            AdapterConfig(**topo.speaker.adapter_config())
+        )
 
 ExaBGP 4.2 runs in the foreground with the environment overrides LAB.md lists; its
 ``process`` block starts ``python -m adapters.exabgp.bridge`` with this interpreter (the

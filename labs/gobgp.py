@@ -1,7 +1,9 @@
 """GoBGP as a lab SPEAKER: gobgpd in the speaker namespace, driven by the gobgp adapter.
 
     with running(GoBgpSpeaker()) as topo:
-        adapter = Registry().create(AdapterConfig(**topo.speaker.adapter_config()))
+        adapter = Registry(access=topo.access).create(
+            AdapterConfig(**topo.speaker.adapter_config())
+        )
 
 gobgpd's gRPC API listens on a unix socket in the lab directory (reachable from outside
 the namespace). Each IPv4 neighbour carries ipv4-unicast + ipv4-flowspec, each IPv6 one

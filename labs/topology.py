@@ -3,7 +3,9 @@
 ::
 
     with running(BirdSpeaker(), receivers=("bird", "frr")) as topo:   # or build(Lab(), ...)
-        adapter = Registry().create(AdapterConfig(**topo.speaker.adapter_config("lab")))
+        adapter = Registry(access=topo.access).create(
+            AdapterConfig(**topo.speaker.adapter_config("lab"))
+        )
         ...
         topo.receivers["bird"].unicast(4)      # {prefix: UnicastRoute}
         topo.receivers["frr"].flows(6)         # [FlowRoute]
@@ -35,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.access import HostAccess
 from labs.bird import BirdNode
 from labs.frr import FrrNode
 from labs.netns import Lab, LabError, Link, Namespace
@@ -108,6 +111,13 @@ class Topology:
     spec: SpeakerSpec
     speaker: SpeakerNode
     receivers: dict[str, Receiver] = field(default_factory=dict)
+
+    @property
+    def access(self) -> HostAccess:
+        """What an adapter driving this lab may touch: the lab's work directory (its
+        sockets and include files live there; the service's defaults do not allow it)."""
+        assert self.lab.workdir is not None  # noqa: S101  # set when the lab was entered
+        return HostAccess(allowed_dirs=(self.lab.workdir,))
 
     def wait_established(self, timeout: float = 30.0) -> None:
         for r in self.receivers.values():

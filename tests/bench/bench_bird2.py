@@ -75,7 +75,7 @@ async def bench(storm: int, singles: int, kind: str) -> None:
         speaker = topo.speaker
         rx = topo.receivers["bird"].node
         assert isinstance(rx, BirdNode)
-        adapter = Registry().create(AdapterConfig(**speaker.adapter_config()))
+        adapter = Registry(access=topo.access).create(AdapterConfig(**speaker.adapter_config()))
         rsock = rx.socket
 
         refs = [

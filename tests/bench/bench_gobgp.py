@@ -149,7 +149,9 @@ async def _bench(
     node = topo.receivers["bird"].node
     assert isinstance(node, BirdNode)
     bird = BirdSocket(node.socket)
-    adapter = Registry().create(AdapterConfig(**topo.speaker.adapter_config("bench")))
+    adapter = Registry(access=topo.access).create(
+        AdapterConfig(**topo.speaker.adapter_config("bench"))
+    )
     try:
         # 1. time-to-visible
         rules = refs(visible_prefixes(visible))
@@ -203,7 +205,9 @@ async def _bench(
         session_up = time.perf_counter()
         wait_for(lambda: node.count("master4") == 0, timeout=30, what="BIRD flushed the session")
         flushed = time.perf_counter()
-        adapter = Registry().create(AdapterConfig(**topo.speaker.adapter_config("bench")))
+        adapter = Registry(access=topo.access).create(
+            AdapterConfig(**topo.speaker.adapter_config("bench"))
+        )
         assert await adapter.active() == frozenset(), "read-back after restart is not empty"
         await _call(adapter, "announce", rules)
         poll(lambda: bird.count() >= storm, 120, f"{storm} routes back in BIRD")

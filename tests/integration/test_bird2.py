@@ -31,7 +31,9 @@ RECEIVERS = ["bird", "frr"]
 
 @pytest.fixture
 async def adapter(bird_topology: Topology) -> AsyncIterator[Bird2Adapter]:
-    ad = Bird2Adapter.from_config(AdapterConfig(**bird_topology.speaker.adapter_config()))
+    ad = Bird2Adapter.from_config(
+        AdapterConfig(**bird_topology.speaker.adapter_config(), access=bird_topology.access)
+    )
     yield ad
     await ad.close()
 
@@ -284,6 +286,7 @@ async def test_concurrent_batches_are_serialised(adapter: Bird2Adapter) -> None:
             name="again",
             adapter_type="bird2",
             config=adapter.settings.model_dump(mode="json", exclude={"endpoint"}),
+            access=adapter.settings.access,
         )
     )
     assert await fresh.active() == frozenset(r.key for r in refs)  # read back from file + BIRD

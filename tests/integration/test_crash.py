@@ -36,9 +36,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, tmp: Path, policy_dir: Path) -> None:
+    def __init__(self, tmp: Path, policy_dir: Path, adapter_dirs: tuple[Path, ...] = ()) -> None:
         self.tmp = tmp
         self.policy_dir = policy_dir
+        # the adapters' files live in the test's directories: allowed explicitly
+        self.adapter_dirs = (tmp, *adapter_dirs)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -50,7 +52,11 @@ class Server:
         )
 
     def start(self) -> None:
-        env = {**os.environ, "SLUICE_ADMIN_TOKEN": TOKEN}
+        env = {
+            **os.environ,
+            "SLUICE_ADMIN_TOKEN": TOKEN,
+            "SLUICE_ADAPTER_DIRS": ":".join(str(d) for d in self.adapter_dirs),
+        }
         with (self.tmp / "serve.log").open("ab") as log:
             self.proc = subprocess.Popen(  # our own CLI with fixed arguments
                 [

@@ -65,7 +65,7 @@ def test_kill9_mid_storm_with_real_peers(topo: Topology, tmp_path: Path) -> None
     (pdir / "adapters.yaml").write_text(
         f"adapters:\n  - name: edge\n    adapter_type: gobgp\n    endpoint: {cfg['endpoint']}\n"
     )
-    srv = Server(tmp_path, pdir)
+    srv = Server(tmp_path, pdir, topo.access.allowed_dirs)
     hosts = [str(h) for h in list(STORM.hosts())[:600]]
     try:
         srv.start()

@@ -143,14 +143,18 @@ def test_grouped_blackholes_reach_bird(exabgp_topology: Topology) -> None:
 HTTP_CLIENT = """
 import asyncio, json, sys
 from pydantic import SecretStr
+from adapters.access import HostAccess
 from adapters.base import AdapterConfig, RuleRef
+from adapters.egress import EgressPolicy
 from adapters.exabgp import ExaBgpAdapter
 from policies.intents import build_intent
 
 async def main():
     op, token, prefix, endpoint = sys.argv[1:5]
     adapter = ExaBgpAdapter.from_config(AdapterConfig(
-        name="http", adapter_type="exabgp", endpoint=endpoint, auth_token=SecretStr(token)))
+        name="http", adapter_type="exabgp", endpoint=endpoint, auth_token=SecretStr(token),
+        # the bridge listens on the namespace's loopback: allowed on purpose
+        access=HostAccess(egress=EgressPolicy.from_entries(["loopback"]))))
     ref = RuleRef(1, build_intent({"kind": "blackhole", "prefix": prefix}))
     (o,) = await getattr(adapter, op)([ref])
     await adapter.close()

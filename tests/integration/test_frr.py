@@ -20,7 +20,9 @@ RECEIVERS = ["bird", "frr"]
 
 @pytest.fixture
 async def adapter(frr_topology: Topology) -> AsyncIterator[FrrAdapter]:
-    ad = FrrAdapter.from_config(AdapterConfig(**frr_topology.speaker.adapter_config()))
+    ad = FrrAdapter.from_config(
+        AdapterConfig(**frr_topology.speaker.adapter_config(), access=frr_topology.access)
+    )
     yield ad
     await ad.close()
 
@@ -78,7 +80,7 @@ async def test_flowspec_is_refused_not_dropped(adapter: FrrAdapter, version: int
 async def test_defaults_from_the_adapter_config(frr_topology: Topology) -> None:
     cfg = frr_topology.speaker.adapter_config("defaults")
     cfg["config"] |= {"communities": ["64500:9999"], "large_communities": ["64500:0:9"]}
-    ad = FrrAdapter.from_config(AdapterConfig(**cfg))
+    ad = FrrAdapter.from_config(AdapterConfig(**cfg, access=frr_topology.access))
     ref = RuleRef(3, build_intent({"kind": "blackhole", "prefix": "203.0.113.30/32"}))
     assert (await ad.announce([ref]))[0].ok
     route = wait_unicast(frr_topology.receivers["bird"], 4, "203.0.113.30/32")
@@ -92,7 +94,7 @@ async def test_defaults_from_the_adapter_config(frr_topology: Topology) -> None:
 async def test_wrong_asn_is_refused_with_frrs_message(frr_topology: Topology) -> None:
     cfg = frr_topology.speaker.adapter_config("wrong-asn")
     cfg["config"]["asn"] = 64999
-    ad = FrrAdapter.from_config(AdapterConfig(**cfg))
+    ad = FrrAdapter.from_config(AdapterConfig(**cfg, access=frr_topology.access))
     ref = RuleRef(4, build_intent({"kind": "blackhole", "prefix": "203.0.113.31/32"}))
     [out] = await ad.announce([ref])
     assert not out.ok and not out.retryable
@@ -144,7 +146,9 @@ async def test_restart_behind_the_cache_is_repaired(frr_topology: Topology) -> N
     applied again from a fresh read, with the attributes on the wire."""
     node = speaker(frr_topology)
     rx = frr_topology.receivers["bird"]
-    ad = FrrAdapter.from_config(AdapterConfig(**node.adapter_config("cache")))
+    ad = FrrAdapter.from_config(
+        AdapterConfig(**node.adapter_config("cache"), access=frr_topology.access)
+    )
     comm = {"kind": "blackhole", "communities": ["64500:61"], "large_communities": ["64500:6:1"]}
     a = RuleRef(6, build_intent({**comm, "prefix": "203.0.113.61/32"}))
     b = RuleRef(7, build_intent({**comm, "prefix": "203.0.113.62/32"}))

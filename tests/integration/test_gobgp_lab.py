@@ -77,7 +77,7 @@ def run(coro: Any) -> Any:
 def make_adapter(topo: Topology, **config: Any) -> Adapter:
     kwargs = topo.speaker.adapter_config("lab")
     kwargs["config"] = {**kwargs.get("config", {}), **config}
-    return Registry().create(AdapterConfig(**kwargs))
+    return Registry(access=topo.access).create(AdapterConfig(**kwargs))
 
 
 async def once(adapter: Adapter, op: str, refs: list[RuleRef]) -> list[Any]:
@@ -227,7 +227,7 @@ def check_unreachable(topo: Topology, node: Any, endpoint: str) -> None:
     """A wrong endpoint or a stopped daemon is a retryable outcome that says why."""
     ref = RuleRef(1, build_intent(CASES["blackhole-v4"]))
     kwargs = {**topo.speaker.adapter_config("lab"), "endpoint": endpoint}
-    wrong = Registry().create(AdapterConfig(**kwargs))
+    wrong = Registry(access=topo.access).create(AdapterConfig(**kwargs))
     (outcome,) = run(once(wrong, "announce", [ref]))
     assert not outcome.ok
     assert outcome.retryable

@@ -40,6 +40,8 @@ async def lab_service(
     topo: Topology, data_dir: Path, policy: Policy, **settings: Any
 ) -> AsyncIterator[tuple[Service, int]]:
     """A started service on ``data_dir`` with the lab speaker as its adapter: (service, id)."""
+    # the speaker's socket is in the lab directory: the service allows it explicitly
+    settings.setdefault("adapter_dirs", topo.access.allowed_dirs)
     svc = Service(Settings(data_dir=data_dir, api_wait_seconds=5, **settings), policy=policy)
     await svc.start()
     try:
