@@ -82,7 +82,7 @@ class FakeAdapter:
             try:
                 records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
                 calls = [Call(r["op"], r["rule_id"], r["key"], r["text"]) for r in records]
-            except (ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError):
                 raise AdapterConfigInvalid(
                     f"fake adapter {name!r}: config.state_file: {path} is not a fake adapter's "
                     "state file",

@@ -25,6 +25,7 @@ from adapters.base import (
     resolve_capabilities,
     validate_settings,
 )
+from policies.errors import AdapterError
 from policies.intents import canonical
 
 log = logging.getLogger("sluice.adapters.log")
@@ -49,6 +50,13 @@ class LogAdapter:
     @classmethod
     def from_config(cls, config: AdapterConfig) -> LogAdapter:
         settings = validate_settings(LogSettings, config)
+        if settings.path is not None and settings.path.is_dir():
+            from policies.errors import AdapterConfigInvalid
+
+            raise AdapterConfigInvalid(
+                f"log adapter {config.name!r}: config.path: {settings.path} is a directory",
+                field="config.path",
+            )
         if settings.path is not None and not settings.path.parent.is_dir():
             from policies.errors import AdapterConfigInvalid
 
@@ -71,8 +79,14 @@ class LogAdapter:
                 )
             )
         if self.settings.path is not None and lines:
-            with self.settings.local(self.settings.path, "file").open("a") as fh:
-                fh.write("\n".join(lines) + "\n")
+            try:
+                with self.settings.local(self.settings.path, "file").open("a") as fh:
+                    fh.write("\n".join(lines) + "\n")
+            except AdapterError as exc:
+                return [Outcome.failure(r, str(exc), retryable=False) for r in rules]
+            except OSError as exc:
+                why = f"log adapter {self.name!r}: cannot write {self.settings.path}: {exc}"
+                return [Outcome.failure(r, why, retryable=True) for r in rules]
         return [Outcome.success(r) for r in rules]
 
     async def announce(self, rules: Sequence[RuleRef]) -> list[Outcome]:
