@@ -237,7 +237,7 @@ def run_checked(box: Sandbox, config: AdapterConfig) -> tuple[bool, list[tuple[s
 
 
 @settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
