@@ -40,9 +40,9 @@ DEFAULT_DIRS: tuple[Path, ...] = tuple(
         "/run/exabgp",
         "/run/gobgp",
         "/run/sluice",
-        "/var/lib/sluice/adapters",
+        "/var/lib/sluice-adapters",  # not in the data directory: that one is always refused
         "/var/log/sluice",
-        "/etc/sluice",
+        "/etc/sluice/ca",  # CA files for HTTP adapters (not /etc/sluice: secrets live there)
     )
 )
 DEFAULT_PROGRAMS: Mapping[str, str] = {"vtysh": "/usr/bin/vtysh"}
