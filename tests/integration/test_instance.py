@@ -136,7 +136,7 @@ def test_backup_of_a_running_service_restores(tmp_path: Path) -> None:
     restored = tmp_path / "restored"
     restored.mkdir()
     (restored / "data").symlink_to(tmp_path / "backup")
-    other = Server(restored, tmp_path / "policy")
+    other = Server(restored, tmp_path / "policy", (tmp_path,))  # the fake's file is there
     try:
         other.start()
         for rid in ids:
