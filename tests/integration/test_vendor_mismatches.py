@@ -37,6 +37,7 @@ from labs.vendors.server import Fault
 from labs.vendors.webhook_receiver import WebhookReceiver
 from policies.errors import AdapterConfigInvalid
 from policies.intents import build_intent
+from tests.hostaccess import LOOPBACK
 from tests.integration.test_scrubbing_cases import AWS_KEY, AWS_SECRET, EIP, FAST
 
 
@@ -46,7 +47,12 @@ def scrub(prefix: str, rule_id: int = 1) -> RuleRef:
 
 def config(kind: str, url: str, token: str, **settings: Any) -> AdapterConfig:
     return AdapterConfig(
-        name="it", adapter_type=kind, endpoint=url, auth_token=token, config={**FAST, **settings}
+        name="it",
+        adapter_type=kind,
+        endpoint=url,
+        auth_token=token,
+        config={**FAST, **settings},
+        access=LOOPBACK,  # the vendor fakes listen on loopback: allowed on purpose
     )
 
 

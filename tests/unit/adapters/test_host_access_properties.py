@@ -184,10 +184,15 @@ def setting_paths(adapter: Adapter) -> list[str]:
     for key, value in data.items():
         if isinstance(value, Path):
             out.append(str(value))
-        elif key == "endpoint" and isinstance(value, str) and value.startswith("unix://"):
+        elif (
+            key == "endpoint"
+            and isinstance(value, str)
+            and value.startswith("unix://")
             # bird2 and frr only read their endpoint as a default for socket/vty_socket_dir
-            if "socket" not in data and "vty_socket_dir" not in data:
-                out.append(value.removeprefix("unix://"))
+            and "socket" not in data
+            and "vty_socket_dir" not in data
+        ):
+            out.append(value.removeprefix("unix://"))
     return out
 
 
