@@ -13,7 +13,7 @@ import logging
 from datetime import datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -21,6 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.agent.cli import agent as agent_command
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
 
 app = typer.Typer(help="Sluice: BGP mitigation orchestration.", no_args_is_help=True)
 rules_app = typer.Typer(help="Mitigation rules.", no_args_is_help=True)
@@ -56,12 +59,18 @@ def _mount_optional(name: str, module: str, attr: str, help_text: str) -> None:
         app.add_typer(sub, name=name, help=help_text)
 
 
-def _service_check(policy: Any) -> None:
-    """What `serve` checks beyond the schema: ${ENV} references and adapter settings."""
+def _service_check(policy: Any, settings: Settings | None = None) -> None:
+    """What `serve` checks beyond the schema: ${ENV} references and adapter settings.
+
+    Adapters are built under what the service settings (``SLUICE_ADAPTER_DIRS``, ...)
+    allow on the host, so `lint` and `serve` with the same environment agree.
+    """
     from adapters.base import Registry
     from orchestrator.policy_check import adapter_check
+    from orchestrator.settings import Settings
 
-    adapter_check(Registry())(policy)
+    access = (settings or Settings()).host_access()
+    adapter_check(Registry(access=access))(policy)
 
 
 def _policy_app() -> typer.Typer:
@@ -132,7 +141,11 @@ def serve(
     try:
         lock.acquire()
         # the policy is checked as `sluice policy lint` checks it, adapters and ${ENV} too
-        policy = load_policy(policy_dir, check=_service_check) if policy_dir else None
+        policy = (
+            load_policy(policy_dir, check=lambda p: _service_check(p, settings))
+            if policy_dir
+            else None
+        )
         service = Service(settings, policy=policy)
     except SluiceError as exc:
         lock.release()
