@@ -175,7 +175,7 @@ async def test_announce_configured_prefixes_status_and_withdraw(
 async def test_enabled_scrubbing_stays_until_withdrawn_unless_a_ttl_is_given(
     make_api: Any, cf: CloudflareServer
 ) -> None:
-    api = await make_api()
+    api = await make_api(egress_allow=LOOPBACK)
     iid = await add_magic_transit(api, cf)
     body = await api.ok("POST", f"/scrubbing/{iid}/announce", 201, json={"target_ip": PFX1})
     [rule] = body["rules"]  # was: the policy's default TTL (300 s)
