@@ -161,7 +161,8 @@ def agent_rig(tmp_path: Path) -> Iterator[Rig]:
                 "--log-level",
                 "warning",
             ],
-            env={**os.environ, "SLUICE_ADMIN_TOKEN": TOKEN},
+            # the fake adapter's file is in the test's directory: allowed explicitly
+            env={**os.environ, "SLUICE_ADMIN_TOKEN": TOKEN, "SLUICE_ADAPTER_DIRS": str(tmp_path)},
             stdout=log,
             stderr=log,
             start_new_session=True,
