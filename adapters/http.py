@@ -47,7 +47,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from adapters.access import LocalFile, access_of
 from adapters.base import AdapterSettings, Outcome, RuleRef
 from adapters.egress import Check, EgressRefused, EgressTransport
-from policies.errors import AdapterError, AdapterRefused, AdapterUnavailable
+from policies.errors import AdapterConfigInvalid, AdapterError, AdapterRefused, AdapterUnavailable
 
 log = logging.getLogger("sluice.adapters.http")
 
@@ -188,7 +188,13 @@ class HttpClient:
         verify: bool | ssl.SSLContext = settings.verify_tls
         if settings.verify_tls and settings.ca_file is not None:
             cafile = settings.local(settings.ca_file, "file")
-            verify = ssl.create_default_context(cafile=str(cafile))
+            try:
+                verify = ssl.create_default_context(cafile=str(cafile))
+            except (ssl.SSLError, OSError) as exc:
+                raise AdapterConfigInvalid(
+                    f"{label}: config.ca_file: {cafile} holds no usable CA certificate ({exc})",
+                    field="config.ca_file",
+                ) from None
         self._client = httpx.AsyncClient(
             base_url=settings.endpoint,
             timeout=httpx.Timeout(settings.timeout),

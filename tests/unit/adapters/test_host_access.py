@@ -283,3 +283,18 @@ def test_defaults_allow_no_internal_egress_and_no_temporary_directory() -> None:
     assert access.egress.allowed == ()
     with pytest.raises(PathRefused):
         access.check_path(Path(os.path.realpath("/tmp")) / "x")
+
+
+def test_a_ca_file_that_is_no_certificate_is_a_settings_error(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    with pytest.raises(AdapterConfigInvalid, match="no usable CA certificate") as err:
+        Registry(access=allow(tmp_path)).create(
+            AdapterConfig(
+                name="x",
+                adapter_type="f5",
+                endpoint="https://f5.example.net",
+                auth_token="pw",
+                config={"username": "u", "ca_file": str(tmp_path / "ca.pem")},
+            )
+        )
+    assert err.value.field == "config.ca_file"
