@@ -37,6 +37,7 @@ from adapters.base import (
     Health,
     Outcome,
     RuleRef,
+    require_capability,
     resolve_capabilities,
     validate_settings,
 )
@@ -44,6 +45,7 @@ from adapters.http import MAX_BACKOFF, HttpClient, HttpSettings, failed
 from adapters.webhook import render, signing
 from adapters.webhook.targets import TargetPolicy, TargetRefused, parse_entry
 from policies.errors import (
+    CapabilityMissing,
     AdapterConfigInvalid,
     AdapterError,
     AdapterRefused,
@@ -201,6 +203,10 @@ class WebhookAdapter:
         return resp.status_code
 
     async def _one(self, ref: RuleRef, *, announcing: bool) -> Outcome:
+        try:  # an operator may narrow what this webhook carries
+            require_capability(self, ref.intent)
+        except CapabilityMissing as exc:
+            return Outcome.failure(ref, exc.message, retryable=False)
         event = render.event_of(ref, announcing=announcing)
         msg_id = f"msg_{ref.rule_id}_{event}_{pysecrets.token_hex(6)}"
         try:
