@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -24,9 +24,14 @@ from adapters.base import (
     Health,
     Outcome,
     RuleRef,
+    SessionChange,
+    SessionState,
+    poll_sessions,
+    require_capability,
     resolve_capabilities,
     validate_settings,
 )
+from policies.errors import CapabilityMissing
 from policies.intents import canonical
 
 
@@ -72,7 +77,6 @@ class FakeAdapter:
         self.fail_retryable = self.settings.fail_retryable
         self.readback = self.settings.readback
         self.healthy = self.settings.healthy
-        self.speaks_bgp = self.settings.sessions is not None
         self.sessions = dict(self.settings.sessions or {})
         self._path = self.settings.state_file
         if self._path is not None and self._path.exists():
@@ -88,8 +92,17 @@ class FakeAdapter:
 
     @classmethod
     def from_config(cls, config: AdapterConfig) -> FakeAdapter:
+        """A :class:`FakeSpeaker` when ``sessions`` is set, else a plain fake."""
         settings = validate_settings(FakeSettings, config)
-        return cls(config.name, settings, resolve_capabilities(cls, config))
+        kind = FakeSpeaker if settings.sessions is not None else cls
+        return kind(config.name, settings, resolve_capabilities(cls, config))
+
+    def _refusal(self, ref: RuleRef) -> Outcome | None:
+        try:
+            require_capability(self, ref.intent)
+        except CapabilityMissing as exc:
+            return Outcome.failure(ref, exc.message, retryable=False)
+        return None
 
     def _record(self, op: str, ref: RuleRef, text: str) -> None:
         call = Call(op, ref.rule_id, ref.key, text)
@@ -110,6 +123,9 @@ class FakeAdapter:
             ]
         out = []
         for ref in rules:
+            if (refused := self._refusal(ref)) is not None:
+                out.append(refused)
+                continue
             # the canonical text is only rendered when a state file wants it
             text = canonical(ref.intent) if self._path is not None else ""
             self._record("announce", ref, text)
@@ -125,6 +141,9 @@ class FakeAdapter:
             ]
         out = []
         for ref in rules:
+            if (refused := self._refusal(ref)) is not None:
+                out.append(refused)
+                continue
             text = canonical(ref.intent) if self._path is not None else ""
             self._record("withdraw", ref, text)
             self.held.pop(ref.key, None)
@@ -149,3 +168,20 @@ class FakeAdapter:
 
     def announced_count(self, key: str) -> int:
         return sum(1 for c in self.calls if c.op == "announce" and c.key == key)
+
+
+class FakeSpeaker(FakeAdapter):
+    """The fake playing a BGP speaker (:class:`~adapters.base.BgpSpeaker`): tests set
+    ``sessions`` (peer -> state) and the dispatcher checks them before calling an
+    announced rule active; ``healthy = False`` makes the speaker unreachable."""
+
+    WATCH_POLL_S: ClassVar[float] = 0.05
+
+    async def session_states(self) -> Mapping[str, SessionState]:
+        if not self.healthy:
+            raise OSError("fake speaker told to be unreachable")
+        return {peer: SessionState.parse(state) for peer, state in self.sessions.items()}
+
+    async def watch_sessions(self) -> AsyncIterator[SessionChange]:
+        async for change in poll_sessions(self.session_states, self.WATCH_POLL_S):
+            yield change
