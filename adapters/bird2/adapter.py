@@ -34,7 +34,7 @@ import asyncio
 import ipaddress
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -129,6 +129,15 @@ class Bird2Settings(AdapterSettings):
 
 
 SESSION_POLL_S = 1.0
+
+
+def _refused(adapter: Any, ref: RuleRef) -> Outcome | None:
+    """A withdrawal of an intent this adapter cannot carry is refused like its announce."""
+    try:
+        require_capability(adapter, ref.intent)
+    except AdapterError as exc:
+        return Outcome.failure(ref, str(exc), retryable=False)
+    return None
 
 
 def parse_protocols_all(codes: Sequence[str], lines: Sequence[str]) -> dict[str, SessionState]:
@@ -330,7 +339,7 @@ class Bird2Adapter:
                 self._entries = new
                 self._nets = {k: v for k, v in self._nets.items() if k in new}
                 self._stamp = self._file_stamp()
-            return [Outcome.success(r, held=r.key in entries) for r in rules]
+            return [_refused(self, r) or Outcome.success(r, held=r.key in entries) for r in rules]
 
     async def active(self) -> frozenset[str] | None:
         async with self._lock:
@@ -406,7 +415,7 @@ class Bird2Adapter:
             raise AdapterUnavailable(f"BIRD refused show protocols all: {reply.errors()}")
         return parse_protocols_all(reply.codes, reply.lines)
 
-    async def watch_sessions(self) -> AsyncIterator[SessionChange]:
+    async def watch_sessions(self) -> AsyncGenerator[SessionChange, None]:
         """Polls ``show protocols all`` once a second (one short control-socket exchange)."""
         async for change in poll_sessions(self.session_states, SESSION_POLL_S):
             yield change

@@ -38,7 +38,7 @@ import asyncio
 import ipaddress
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -54,9 +54,9 @@ from adapters.base import (
     SessionChange,
     SessionState,
     poll_sessions,
-    session_states,
     require_capability,
     resolve_capabilities,
+    session_states,
     validate_settings,
 )
 from adapters.frr.render import (
@@ -78,6 +78,15 @@ UNREACHABLE = ("failed to connect", "is not running", "connection refused", "no 
 
 
 SESSION_POLL_S = 1.0
+
+
+def _refused(adapter: Any, ref: RuleRef) -> Outcome | None:
+    """A withdrawal of an intent this adapter cannot carry is refused like its announce."""
+    try:
+        require_capability(adapter, ref.intent)
+    except AdapterError as exc:
+        return Outcome.failure(ref, str(exc), retryable=False)
+    return None
 
 
 def _states(data: Any) -> dict[str, SessionState]:
@@ -324,7 +333,10 @@ class FrrAdapter:
                 except AdapterError as exc:
                     return [Outcome.failure(r, str(exc), retryable=exc.retryable) for r in rules]
             removed = {mine[j][0] for j in plan.maps}
-            return [Outcome.success(r, held=i in removed) for i, r in enumerate(rules)]
+            return [
+                _refused(self, r) or Outcome.success(r, held=i in removed)
+                for i, r in enumerate(rules)
+            ]
 
     async def active(self) -> frozenset[str] | None:
         async with self._lock:
@@ -361,7 +373,7 @@ class FrrAdapter:
             ) from None
         return _states(data)
 
-    async def watch_sessions(self) -> AsyncIterator[SessionChange]:
+    async def watch_sessions(self) -> AsyncGenerator[SessionChange, None]:
         """Polls ``show bgp neighbors json`` once a second (one vtysh run)."""
         async for change in poll_sessions(self.session_states, SESSION_POLL_S):
             yield change
