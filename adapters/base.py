@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
@@ -250,7 +250,7 @@ class BgpSpeaker(Adapter, Protocol):
 
     def session_states(self) -> Awaitable[Mapping[str, SessionState]]: ...
 
-    def watch_sessions(self) -> AsyncIterator[SessionChange]: ...
+    def watch_sessions(self) -> AsyncGenerator[SessionChange, None]: ...
 
 
 @runtime_checkable
@@ -273,7 +273,9 @@ class DiversionStatus(Protocol):
 class Diverting(Adapter, Protocol):
     """A scrubbing integration: traffic is diverted to a provider, and it can say so.
 
-    ``mechanism``: one line, what "diverting" means at this provider. ``status()``:
+    ``mechanism``: one line, what "diverting" means at this provider. ``diverting()``:
+    one read of the provider, True when it diverts anything now; raises
+    :class:`~policies.errors.AdapterError` when the provider cannot be read. ``status()``:
     diverting or not as the provider reports it, the connection's health, and provider
     details; it never raises for a provider problem (``diverting`` is then None).
     """
@@ -282,12 +284,14 @@ class Diverting(Adapter, Protocol):
 
     def status(self) -> Awaitable[DiversionStatus]: ...
 
+    def diverting(self) -> Awaitable[bool]: ...
+
 
 async def poll_sessions(
     read: Callable[[], Awaitable[Mapping[str, SessionState]]],
     interval: float = 1.0,
     sleep: Callable[[float], Awaitable[None]] | None = None,
-) -> AsyncIterator[SessionChange]:
+) -> AsyncGenerator[SessionChange, None]:
     """:meth:`BgpSpeaker.watch_sessions` by polling ``read`` every ``interval`` seconds.
 
     A read that raises (the speaker is not answering) reports every known peer

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -29,6 +29,7 @@ from adapters.base import (
     poll_sessions,
     require_capability,
     resolve_capabilities,
+    session_states,
     validate_settings,
 )
 from policies.errors import CapabilityMissing
@@ -160,7 +161,10 @@ class FakeAdapter:
         if not self.healthy:
             return Health(False, None, "fake adapter told to be unhealthy")
         return Health(
-            True, self.settings.latency_ms, f"holding {len(self.held)} rules", dict(self.sessions)
+            True,
+            self.settings.latency_ms,
+            f"holding {len(self.held)} rules",
+            session_states(self.sessions),
         )
 
     async def close(self) -> None:
@@ -182,6 +186,6 @@ class FakeSpeaker(FakeAdapter):
             raise OSError("fake speaker told to be unreachable")
         return {peer: SessionState.parse(state) for peer, state in self.sessions.items()}
 
-    async def watch_sessions(self) -> AsyncIterator[SessionChange]:
+    async def watch_sessions(self) -> AsyncGenerator[SessionChange, None]:
         async for change in poll_sessions(self.session_states, self.WATCH_POLL_S):
             yield change

@@ -160,8 +160,7 @@ async def _provider_diverting(adapter: Adapter | None) -> tuple[bool | None, str
     try:
         async with asyncio.timeout(PROVIDER_TIMEOUT):
             if isinstance(adapter, Diverting):
-                st = await adapter.status()
-                return st.diverting, None if st.diverting is not None else st.error
+                return await adapter.diverting(), None
             keys = await adapter.active()
     except TimeoutError:
         return None, f"the provider did not answer within {PROVIDER_TIMEOUT:g} s"

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, ClassVar
 
 from pydantic import SecretStr, field_validator
@@ -54,9 +54,9 @@ from adapters.base import (
     RuleRef,
     SessionChange,
     SessionState,
-    session_states,
     monotonic_ms,
     resolve_capabilities,
+    session_states,
     validate_settings,
 )
 from adapters.exabgp.client import BridgeClient, HttpClient, UnixClient
@@ -405,7 +405,7 @@ class ExaBgpAdapter:
             return UnixClient(ep.removeprefix("unix://"))
         return HttpClient(ep, self.settings.auth_token)
 
-    async def watch_sessions(self) -> AsyncIterator[SessionChange]:
+    async def watch_sessions(self) -> AsyncGenerator[SessionChange, None]:
         """ExaBGP's ``neighbor X up|down`` messages, pushed through the bridge.
 
         The bridge answers a ``neighbors`` long poll as soon as a neighbour changes state;

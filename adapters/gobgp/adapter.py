@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import grpc
@@ -397,7 +397,7 @@ class GoBgpAdapter:
 
         return dict(_peer_state(r.peer) for r in await self._call(peers))
 
-    async def watch_sessions(self) -> AsyncIterator[SessionChange]:
+    async def watch_sessions(self) -> AsyncGenerator[SessionChange, None]:
         """Peer state changes from gobgpd's ``WatchEvent`` stream, pushed as they happen.
 
         The stream is opened first and the peers listed after, so no change falls

@@ -45,11 +45,11 @@ from adapters.http import MAX_BACKOFF, HttpClient, HttpSettings, failed
 from adapters.webhook import render, signing
 from adapters.webhook.targets import TargetPolicy, TargetRefused, parse_entry
 from policies.errors import (
-    CapabilityMissing,
     AdapterConfigInvalid,
     AdapterError,
     AdapterRefused,
     AdapterUnavailable,
+    CapabilityMissing,
 )
 
 USER_AGENT = "sluice-webhook/1"
