@@ -243,9 +243,8 @@ class Bridge:
         (result,) = await self.submit(["show neighbor summary"])
         for line in result["output"]:
             parts = line.split()
-            if len(parts) >= 4 and parts[0] != "Peer":
-                if parts[0] not in self.neighbors:
-                    self._set_neighbor(parts[0], "up" if parts[3] == "established" else "down")
+            if len(parts) >= 4 and parts[0] != "Peer" and parts[0] not in self.neighbors:
+                self._set_neighbor(parts[0], "up" if parts[3] == "established" else "down")
 
     def _set_neighbor(self, peer: str, state: str) -> None:
         if self.neighbors.get(peer) == state:
