@@ -179,7 +179,7 @@ class FakeSpeaker(FakeAdapter):
     ``sessions`` (peer -> state) and the dispatcher checks them before calling an
     announced rule active; ``healthy = False`` makes the speaker unreachable."""
 
-    WATCH_POLL_S: ClassVar[float] = 0.05
+    WATCH_POLL_S: ClassVar[float] = 0.1
 
     async def session_states(self) -> Mapping[str, SessionState]:
         if not self.healthy:

@@ -25,6 +25,7 @@ from orchestrator.lifecycle import HELD, LIVE, State
 from orchestrator.quotas import Quotas
 from orchestrator.reconcile import Reconciler, ReconcileReport
 from orchestrator.rulestore import RuleStore
+from orchestrator.session_watch import SessionWatcher
 from orchestrator.sessions import SessionTracker
 from orchestrator.settings import Settings
 from orchestrator.store.audit import AuditLog, VerifyResult, verify
@@ -168,6 +169,8 @@ class Service:
             self.engine, self.hub, self.dispatcher, self.rule_store, self.sessions, self.clock
         )
         self._reconcile_locks: dict[int, asyncio.Lock] = {}
+        # speakers' session changes: reconcile at once on up, health on all-down
+        self.session_watcher = SessionWatcher(self.hub, self.sessions, self.reconcile)
         self.started = False
 
     # ------------------------------------------------------------ start / stop
@@ -179,9 +182,11 @@ class Service:
         self._seed()
         self.dispatcher.start()
         await self.recover()
+        self.session_watcher.start()
         self.started = True
 
     async def stop(self) -> None:
+        await self.session_watcher.stop()
         await self.dispatcher.stop()
         await self.hub.close_all()
         self.events.close()
