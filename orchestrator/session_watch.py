@@ -68,6 +68,10 @@ class SessionWatcher:
                 task = asyncio.get_running_loop().create_task(self._watch(adapter_id, adapter))
                 self._tasks[adapter_id] = (adapter, task)
 
+    def watched(self) -> list[int]:
+        """The ids of the adapters whose sessions are being watched."""
+        return sorted(self._tasks)
+
     async def _watch(self, adapter_id: int, adapter: BgpSpeaker) -> None:
         states: dict[str, SessionState] = {}
         was_up: bool | None = None
