@@ -46,6 +46,7 @@ from adapters.base import (
     SessionChange,
     SessionState,
     monotonic_ms,
+    poll_sessions,
     resolve_capabilities,
     validate_settings,
 )
@@ -428,7 +429,12 @@ class GoBgpAdapter:
                     peer, state = _peer_state(event.peer.peer)
                     if peer and (c := change(peer, state)) is not None:
                         yield c
-            except (grpc.aio.AioRpcError, AdapterUnavailable, AdapterRefused):
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # a gobgpd without the stream
+                    async for polled in poll_sessions(self.session_states, WATCH_RETRY_S):
+                        if (c := change(polled.peer, polled.state)) is not None:
+                            yield c
+            except (AdapterUnavailable, AdapterRefused):
                 pass
             finally:
                 if call is not None:
