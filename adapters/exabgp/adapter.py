@@ -80,6 +80,15 @@ from policies.errors import (
 )
 from policies.intents import AnyIntent, BlackholeIntent, Community, LargeCommunity, intent_key
 
+
+def _dying(reply: dict[str, Any]) -> bool:
+    """Whether a bridge reply comes from a bridge whose ExaBGP has gone away."""
+    results = reply.get("results")
+    listed = results if isinstance(results, list) else []
+    acks = [r.get("ack") for r in listed if isinstance(r, dict)]
+    return bool(reply.get("shutting_down")) or reply.get("ack") == "shutdown" or "shutdown" in acks
+
+
 WATCH_WAIT_S = 10.0  # how long one neighbours long poll waits for a change
 WATCH_RETRY_S = 1.0
 _HTTP = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?/?$")
@@ -243,7 +252,12 @@ class ExaBgpAdapter:
         return self._client
 
     async def _request(self, body: dict[str, Any], extra: float = 0.0) -> dict[str, Any]:
-        return await self._bridge().request(body, self.settings.timeout + extra)
+        reply = await self._bridge().request(body, self.settings.timeout + extra)
+        if _dying(reply) and self._client is not None:
+            # this bridge's ExaBGP is gone: connect afresh next time (to its successor)
+            client, self._client = self._client, None
+            await client.close()
+        return reply
 
     # ------------------------------------------------------------ contract
 
@@ -405,6 +419,20 @@ class ExaBgpAdapter:
             return UnixClient(ep.removeprefix("unix://"))
         return HttpClient(ep, self.settings.auth_token)
 
+    async def _poll_neighbors(self, client: BridgeClient, version: int) -> dict[str, Any] | None:
+        """One ``neighbors`` long poll; None when the bridge is unreachable or shutting down
+        (its ExaBGP is gone, so its states are stale)."""
+        try:
+            reply = await client.request(
+                {"op": "neighbors", "after": version, "wait": WATCH_WAIT_S},
+                WATCH_WAIT_S + self.settings.timeout,
+            )
+        except (AdapterUnavailable, AdapterRefused):
+            return None
+        if reply.get("shutting_down") or not isinstance(reply.get("version"), int):
+            return None
+        return reply
+
     async def watch_sessions(self) -> AsyncGenerator[SessionChange, None]:
         """ExaBGP's ``neighbor X up|down`` messages, pushed through the bridge.
 
@@ -418,17 +446,16 @@ class ExaBgpAdapter:
         version = -1
         try:
             while True:
-                try:
-                    reply = await client.request(
-                        {"op": "neighbors", "after": version, "wait": WATCH_WAIT_S},
-                        WATCH_WAIT_S + self.settings.timeout,
-                    )
+                reply = await self._poll_neighbors(client, version)
+                if reply is None:  # unreachable or shutting down: reconnect after a pause
+                    now = dict.fromkeys(known, SessionState.UNKNOWN)
+                    version, pause = -1, WATCH_RETRY_S
+                    await client.close()  # the next bridge listens on a new socket
+                    client = self._new_client()
+                else:
                     version = int(reply.get("version", -1))
                     now = session_states(reply.get("neighbors", {}))
                     pause = 0.0
-                except (AdapterUnavailable, AdapterRefused, ValueError, TypeError):
-                    now = dict.fromkeys(known, SessionState.UNKNOWN)
-                    version, pause = -1, WATCH_RETRY_S
                 for peer, state in now.items():
                     before = known.get(peer)
                     if before != state:

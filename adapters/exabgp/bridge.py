@@ -158,6 +158,7 @@ class Bridge:
     def closed(self) -> None:
         """ExaBGP closed our stdin: nothing pending will ever be answered."""
         self.shutting_down = True
+        self._neighbor_changed.set()  # watchers hear it at once and let go of this bridge
         while self.pending:
             item = self.pending.popleft()
             if not item.future.done():
@@ -256,11 +257,16 @@ class Bridge:
 
     async def neighbors_after(self, version: int, wait: float) -> dict[str, Any]:
         """The neighbour states once they differ from ``version`` (or after ``wait`` s)."""
-        if self.neighbor_version == version:
+        if self.neighbor_version == version and not self.shutting_down:
             event = self._neighbor_changed
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), max(0.0, min(wait, 60.0)))
-        return {"ok": True, "version": self.neighbor_version, "neighbors": dict(self.neighbors)}
+        return {
+            "ok": True,
+            "version": self.neighbor_version,
+            "neighbors": dict(self.neighbors),
+            "shutting_down": self.shutting_down,
+        }
 
     def status(self) -> dict[str, Any]:
         return {
