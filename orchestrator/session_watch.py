@@ -21,11 +21,15 @@ from typing import Any
 
 from adapters.base import Adapter, BgpSpeaker, Health, SessionState
 from orchestrator.hub import AdapterHub
+from orchestrator.reconcile import ReconcileReport
 from orchestrator.sessions import SessionTracker
 
 log = logging.getLogger("sluice.sessions")
 
 SYNC_SECONDS = 1.0
+# a speaker whose session just came up may not answer read-back yet (ExaBGP still starting)
+RECONCILE_ATTEMPTS = 10
+RECONCILE_PAUSE_S = 1.0
 
 
 class SessionWatcher:
@@ -33,7 +37,7 @@ class SessionWatcher:
         self,
         hub: AdapterHub,
         tracker: SessionTracker,
-        reconcile: Callable[[int], Coroutine[Any, Any, object]],
+        reconcile: Callable[[int], Coroutine[Any, Any, ReconcileReport]],
     ) -> None:
         self.hub = hub
         self.tracker = tracker
@@ -86,7 +90,7 @@ class SessionWatcher:
                     was_up = up
                 if came_up:
                     log.info("adapter %s: session up (%s), reconciling", adapter_id, came_up)
-                    task = asyncio.get_running_loop().create_task(self.reconcile(adapter_id))
+                    task = asyncio.get_running_loop().create_task(self._reconcile(adapter_id))
                     self._reconciles.add(task)
                     task.add_done_callback(self._reconciles.discard)
         except asyncio.CancelledError:
@@ -96,6 +100,16 @@ class SessionWatcher:
         finally:
             with contextlib.suppress(Exception):
                 await watch.aclose()
+
+    async def _reconcile(self, adapter_id: int) -> object:
+        """Reconcile now; again a few times while the speaker cannot be read back yet."""
+        report = await self.reconcile(adapter_id)
+        for _ in range(RECONCILE_ATTEMPTS - 1):
+            if report.error is None:
+                break
+            await asyncio.sleep(RECONCILE_PAUSE_S)
+            report = await self.reconcile(adapter_id)
+        return report
 
     def _health(self, adapter_id: int, up: bool, states: dict[str, SessionState]) -> None:
         listed = ", ".join(f"{p} {s}" for p, s in sorted(states.items()))
