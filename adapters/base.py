@@ -11,8 +11,19 @@ Contract (see :class:`Adapter`):
   if not, whether trying again later can help.
 * ``active()``: the keys of the intents the backend holds now, or ``None`` when the
   backend cannot be read back (reconciliation then re-sends after a session reset).
-* ``check()``: connectivity, auth and latency for "Test Adapter".
-* ``close()``: release connections.
+* ``check()``: connectivity, auth and latency for "Test Adapter" (:class:`Health`).
+* ``close()``: release connections; calling it again is harmless.
+
+Extras are declared as protocols, checked with ``isinstance`` against the protocol,
+never against a concrete class or by probing attributes:
+
+* :class:`BgpSpeaker`: an adapter that hands routes to BGP sessions (GoBGP, ExaBGP,
+  BIRD 2, FRR). It reports its sessions as :class:`SessionState` values keyed by peer
+  address (``session_states()``) and streams their changes (``watch_sessions()``), so
+  the orchestrator knows whether an accepted route is on the wire and can reconcile the
+  adapter as soon as a session comes up.
+* :class:`Diverting`: a scrubbing integration that reads back from its provider whether
+  traffic is diverted (``status()``), with a one-line ``mechanism``.
 
 Adapters are created by :meth:`Registry.create` from an :class:`AdapterConfig`; the
 adapter class validates its typed settings model there, so a bad endpoint fails at
@@ -28,9 +39,10 @@ the validated settings keep it (:attr:`AdapterSettings.access`) for checks at us
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -105,14 +117,70 @@ class Outcome:
         return cls(ref.rule_id, False, error=error, retryable=retryable)
 
 
+class SessionState(enum.StrEnum):
+    """A BGP session's state, in RFC 4271's finite-state-machine words (as GoBGP reports them).
+
+    ``UNKNOWN`` means the state could not be read: the speaker is not answering, or it
+    reported a word outside the FSM (FRR's ``Clearing``, BIRD's ``Close``...).
+    """
+
+    IDLE = "idle"
+    CONNECT = "connect"
+    ACTIVE = "active"
+    OPENSENT = "opensent"
+    OPENCONFIRM = "openconfirm"
+    ESTABLISHED = "established"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def parse(cls, text: object) -> SessionState:
+        """A daemon's word for a state, whatever its case (``Established``, ``Idle (Admin)``,
+        ``BGP_FSM_ESTABLISHED``, ExaBGP's ``up``/``down``/``connected``)."""
+        word = str(text).strip().lower().removeprefix("bgp_fsm_")
+        word = word.split()[0] if word else ""
+        word = _EXABGP_WORDS.get(word, word)
+        try:
+            return cls(word)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+# ExaBGP's neighbor-changes messages and BIRD's words for a session that is not running
+_EXABGP_WORDS = {
+    "up": "established",
+    "down": "idle",
+    "connected": "connect",
+    "close": "idle",
+    "passive": "active",
+}
+
+
+def session_states(raw: Mapping[str, object]) -> dict[str, SessionState]:
+    """``{peer: state}`` from a daemon's own words (see :meth:`SessionState.parse`)."""
+    return {str(peer): SessionState.parse(state) for peer, state in raw.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class Health:
-    """What ``check()`` found: reachable and authenticated, how fast, and session states."""
+    """What ``check()`` found.
+
+    ``ok``: the backend answered and authenticated us, and it can carry intents now; for
+    a BGP speaker that means at least one session is established (a speaker with every
+    session down answers ``ok=False`` with the states in ``detail``), for an HTTP backend
+    that the API answered an authenticated read. ``latency_ms``: the round trip of that
+    check, None when nothing answered. ``sessions``: BGP speakers only, every configured
+    peer's address (as the daemon writes it) with its :class:`SessionState`; empty for
+    other adapters.
+    """
 
     ok: bool
     latency_ms: float | None
     detail: str = ""
-    sessions: Mapping[str, str] = field(default_factory=dict)
+    sessions: Mapping[str, SessionState] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if any(not isinstance(v, SessionState) for v in self.sessions.values()):
+            object.__setattr__(self, "sessions", session_states(self.sessions))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,8 +239,13 @@ class AdapterSettings(BaseModel):
 class Adapter(Protocol):
     """What the orchestrator needs from every backend.
 
-    A BGP speaker also sets ``speaks_bgp = True`` and reports its sessions in
-    :meth:`check`: the dispatcher does not call a rule active while no session is up.
+    ``announce``/``withdraw`` never raise for a backend that is down or refuses: they
+    return one :class:`Outcome` per rule, in the order given (retryable when the backend
+    could not be reached). An intent outside ``capabilities`` is a non-retryable failure.
+    Both are idempotent. ``active()`` reads the backend (not this object's memory where
+    the backend can be read), so a fresh instance sees what an earlier one announced.
+    Errors never contain a secret. A BGP speaker also implements :class:`BgpSpeaker`, a
+    scrubbing integration :class:`Diverting`.
     """
 
     adapter_type: ClassVar[str]
@@ -189,6 +262,101 @@ class Adapter(Protocol):
     async def check(self) -> Health: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionChange:
+    """One peer's session moved to ``state`` (``previous`` None: first report of the peer)."""
+
+    peer: str
+    state: SessionState
+    previous: SessionState | None = None
+
+
+@runtime_checkable
+class BgpSpeaker(Adapter, Protocol):
+    """An adapter whose routes reach the network through BGP sessions.
+
+    The dispatcher does not call a rule active while no session (to the rule's peers)
+    is established, and reconciles the adapter when a session comes up.
+
+    ``session_states()``: every configured peer's state now; raises
+    :class:`~policies.errors.AdapterUnavailable` when the speaker cannot be asked.
+
+    ``watch_sessions()``: an endless stream of changes. It first yields the state of
+    every peer (``previous`` None), then one :class:`SessionChange` per change, seen
+    within about a second. While the speaker itself cannot be reached, every known peer
+    is reported :attr:`SessionState.UNKNOWN` (its routes are not on the wire); the watch
+    keeps trying and reports the real states when the speaker answers again. It never
+    raises for a backend problem; the consumer stops it by closing or cancelling it.
+    """
+
+    def session_states(self) -> Awaitable[Mapping[str, SessionState]]: ...
+
+    def watch_sessions(self) -> AsyncGenerator[SessionChange, None]: ...
+
+
+@runtime_checkable
+class DiversionStatus(Protocol):
+    """What a :class:`Diverting` integration reads from its provider."""
+
+    @property
+    def diverting(self) -> bool | None: ...  # None: the provider could not be read
+
+    @property
+    def health(self) -> Health: ...
+
+    @property
+    def error(self) -> str | None: ...  # why the provider could not be read
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Diverting(Adapter, Protocol):
+    """A scrubbing integration: traffic is diverted to a provider, and it can say so.
+
+    ``mechanism``: one line, what "diverting" means at this provider. ``diverting()``:
+    one read of the provider, True when it diverts anything now; raises
+    :class:`~policies.errors.AdapterError` when the provider cannot be read. ``status()``:
+    diverting or not as the provider reports it, the connection's health, and provider
+    details; it never raises for a provider problem (``diverting`` is then None).
+    """
+
+    mechanism: ClassVar[str]
+
+    def status(self) -> Awaitable[DiversionStatus]: ...
+
+    def diverting(self) -> Awaitable[bool]: ...
+
+
+async def poll_sessions(
+    read: Callable[[], Awaitable[Mapping[str, SessionState]]],
+    interval: float = 1.0,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+) -> AsyncGenerator[SessionChange, None]:
+    """:meth:`BgpSpeaker.watch_sessions` by polling ``read`` every ``interval`` seconds.
+
+    A read that raises (the speaker is not answering) reports every known peer
+    ``UNKNOWN``; peers that disappear from the configuration are reported ``UNKNOWN``
+    once too.
+    """
+    pause = sleep or asyncio.sleep
+    known: dict[str, SessionState] = {}
+    while True:
+        try:
+            now = dict(await read())
+        except Exception:  # the speaker is down: its sessions are, as far as we can tell
+            now = dict.fromkeys(known, SessionState.UNKNOWN)
+        for peer in known.keys() - now.keys():
+            if known[peer] != SessionState.UNKNOWN:
+                now[peer] = SessionState.UNKNOWN
+        for peer, state in now.items():
+            before = known.get(peer)
+            if before != state:
+                known[peer] = state
+                yield SessionChange(peer, state, before)
+        await pause(interval)
 
 
 class AdapterClass(Protocol):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -25,10 +25,15 @@ from adapters.base import (
     Health,
     Outcome,
     RuleRef,
+    SessionChange,
+    SessionState,
+    poll_sessions,
+    require_capability,
     resolve_capabilities,
+    session_states,
     validate_settings,
 )
-from policies.errors import AdapterConfigInvalid
+from policies.errors import AdapterConfigInvalid, CapabilityMissing
 from policies.intents import canonical
 
 
@@ -74,7 +79,6 @@ class FakeAdapter:
         self.fail_retryable = self.settings.fail_retryable
         self.readback = self.settings.readback
         self.healthy = self.settings.healthy
-        self.speaks_bgp = self.settings.sessions is not None
         self.sessions = dict(self.settings.sessions or {})
         self._path = self.settings.state_file
         path = self._state_path()
@@ -101,8 +105,17 @@ class FakeAdapter:
 
     @classmethod
     def from_config(cls, config: AdapterConfig) -> FakeAdapter:
+        """A :class:`FakeSpeaker` when ``sessions`` is set, else a plain fake."""
         settings = validate_settings(FakeSettings, config)
-        return cls(config.name, settings, resolve_capabilities(cls, config))
+        kind = FakeSpeaker if settings.sessions is not None else cls
+        return kind(config.name, settings, resolve_capabilities(cls, config))
+
+    def _refusal(self, ref: RuleRef) -> Outcome | None:
+        try:
+            require_capability(self, ref.intent)
+        except CapabilityMissing as exc:
+            return Outcome.failure(ref, exc.message, retryable=False)
+        return None
 
     def _record(self, op: str, ref: RuleRef, text: str) -> None:
         call = Call(op, ref.rule_id, ref.key, text)
@@ -124,6 +137,9 @@ class FakeAdapter:
             ]
         out = []
         for ref in rules:
+            if (refused := self._refusal(ref)) is not None:
+                out.append(refused)
+                continue
             # the canonical text is only rendered when a state file wants it
             text = canonical(ref.intent) if self._path is not None else ""
             self._record("announce", ref, text)
@@ -139,6 +155,9 @@ class FakeAdapter:
             ]
         out = []
         for ref in rules:
+            if (refused := self._refusal(ref)) is not None:
+                out.append(refused)
+                continue
             text = canonical(ref.intent) if self._path is not None else ""
             self._record("withdraw", ref, text)
             self.held.pop(ref.key, None)
@@ -155,7 +174,10 @@ class FakeAdapter:
         if not self.healthy:
             return Health(False, None, "fake adapter told to be unhealthy")
         return Health(
-            True, self.settings.latency_ms, f"holding {len(self.held)} rules", dict(self.sessions)
+            True,
+            self.settings.latency_ms,
+            f"holding {len(self.held)} rules",
+            session_states(self.sessions),
         )
 
     async def close(self) -> None:
@@ -163,3 +185,20 @@ class FakeAdapter:
 
     def announced_count(self, key: str) -> int:
         return sum(1 for c in self.calls if c.op == "announce" and c.key == key)
+
+
+class FakeSpeaker(FakeAdapter):
+    """The fake playing a BGP speaker (:class:`~adapters.base.BgpSpeaker`): tests set
+    ``sessions`` (peer -> state) and the dispatcher checks them before calling an
+    announced rule active; ``healthy = False`` makes the speaker unreachable."""
+
+    WATCH_POLL_S: ClassVar[float] = 0.1
+
+    async def session_states(self) -> Mapping[str, SessionState]:
+        if not self.healthy:
+            raise OSError("fake speaker told to be unreachable")
+        return {peer: SessionState.parse(state) for peer, state in self.sessions.items()}
+
+    async def watch_sessions(self) -> AsyncGenerator[SessionChange, None]:
+        async for change in poll_sessions(self.session_states, self.WATCH_POLL_S):
+            yield change

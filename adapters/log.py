@@ -22,10 +22,11 @@ from adapters.base import (
     Health,
     Outcome,
     RuleRef,
+    require_capability,
     resolve_capabilities,
     validate_settings,
 )
-from policies.errors import AdapterError
+from policies.errors import AdapterError, CapabilityMissing
 from policies.intents import canonical
 
 log = logging.getLogger("sluice.adapters.log")
@@ -70,7 +71,13 @@ class LogAdapter:
     def _write(self, op: str, rules: Sequence[RuleRef]) -> list[Outcome]:
         now = datetime.now(UTC).isoformat()
         lines = []
+        refused: dict[int, Outcome] = {}
         for ref in rules:
+            try:
+                require_capability(self, ref.intent)
+            except CapabilityMissing as exc:
+                refused[ref.rule_id] = Outcome.failure(ref, exc.message, retryable=False)
+                continue
             text = canonical(ref.intent)
             log.info("%s %s (rule %d, key %s)", op, text, ref.rule_id, ref.key)
             lines.append(
@@ -82,12 +89,21 @@ class LogAdapter:
             try:
                 with self.settings.local(self.settings.path, "file").open("a") as fh:
                     fh.write("\n".join(lines) + "\n")
-            except AdapterError as exc:
-                return [Outcome.failure(r, str(exc), retryable=False) for r in rules]
-            except OSError as exc:
-                why = f"log adapter {self.name!r}: cannot write {self.settings.path}: {exc}"
-                return [Outcome.failure(r, why, retryable=True) for r in rules]
-        return [Outcome.success(r) for r in rules]
+            except AdapterError as exc:  # the path is no longer allowed: trying again won't help
+                return [
+                    refused.get(r.rule_id) or Outcome.failure(r, str(exc), retryable=False)
+                    for r in rules
+                ]
+            except OSError as exc:  # disk full, directory gone: worth trying again later
+                error = (
+                    f"log adapter {self.name!r}: cannot write {self.settings.path}: "
+                    f"{exc.strerror or exc}"
+                )
+                return [
+                    refused.get(r.rule_id) or Outcome.failure(r, error, retryable=True)
+                    for r in rules
+                ]
+        return [refused.get(r.rule_id) or Outcome.success(r) for r in rules]
 
     async def announce(self, rules: Sequence[RuleRef]) -> list[Outcome]:
         return self._write("announce", rules)
@@ -99,7 +115,10 @@ class LogAdapter:
         return None
 
     async def check(self) -> Health:
-        where = str(self.settings.path) if self.settings.path else "the service log"
+        path = self.settings.path
+        if path is not None and not path.parent.is_dir():
+            return Health(False, None, f"cannot write {path}: directory {path.parent} is gone")
+        where = str(path) if path else "the service log"
         return Health(True, 0.0, f"writes to {where}")
 
     async def close(self) -> None:

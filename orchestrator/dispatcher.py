@@ -29,7 +29,7 @@ from typing import Any, Literal
 from prometheus_client import Counter, Histogram
 from sqlalchemy import Engine, select
 
-from adapters.base import Adapter, Outcome, RuleRef
+from adapters.base import Adapter, BgpSpeaker, Outcome, RuleRef
 from orchestrator.lifecycle import State, backoff
 from orchestrator.rulestore import Failure, RuleStore
 from orchestrator.sessions import SessionTracker, peer_key
@@ -297,7 +297,7 @@ class Dispatcher:
 
     def _session_unknown(self, adapter_id: int, adapter: Adapter) -> bool:
         """Whether a BGP speaker's sessions need a check (none seen up recently)."""
-        if not getattr(adapter, "speaks_bgp", False):
+        if not isinstance(adapter, BgpSpeaker):
             return False
         return self.sessions.needs_check(adapter_id)
 

@@ -23,8 +23,7 @@ from typing import Any
 
 from sqlalchemy import and_, select
 
-from adapters.base import Adapter, AdapterConfig, Health
-from adapters.scrubbing.common import ScrubbingAdapter, ScrubbingStatus
+from adapters.base import Adapter, AdapterConfig, Diverting, Health
 from orchestrator.hub import AdapterRecord, secret_keys
 from orchestrator.lifecycle import HELD
 from orchestrator.service import RuleRequest, RuleResult, Service
@@ -143,7 +142,7 @@ def describe(svc: Service, rec: AdapterRecord) -> dict[str, Any]:
         "config": public_config(rec, adapter),
         "secrets_set": _secrets_set(rec, adapter),
         "prefixes": configured_prefixes(adapter),
-        "mechanism": getattr(adapter, "mechanism", None),
+        "mechanism": adapter.mechanism if isinstance(adapter, Diverting) else None,
         "connection": api["status"],
         "health": rec.health,
         "last_checked_at": api["last_checked_at"],
@@ -160,8 +159,8 @@ async def _provider_diverting(adapter: Adapter | None) -> tuple[bool | None, str
         return None, None
     try:
         async with asyncio.timeout(PROVIDER_TIMEOUT):
-            if isinstance(adapter, ScrubbingAdapter):
-                return any(s.diverting for s in await adapter.read()), None
+            if isinstance(adapter, Diverting):
+                return await adapter.diverting(), None
             keys = await adapter.active()
     except TimeoutError:
         return None, f"the provider did not answer within {PROVIDER_TIMEOUT:g} s"
@@ -204,8 +203,8 @@ async def list_integrations(svc: Service) -> list[dict[str, Any]]:
 
 async def _provider_status(adapter: Adapter) -> tuple[bool | None, Health, dict[str, Any]]:
     """status() when the adapter has it, else active() + check()."""
-    if isinstance(adapter, ScrubbingAdapter):
-        st: ScrubbingStatus = await adapter.status()
+    if isinstance(adapter, Diverting):
+        st = await adapter.status()
         d = st.to_dict()
         details = {k: d[k] for k in ("mechanism", "provider", "targets", "error")}
         return st.diverting, st.health, details

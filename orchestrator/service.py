@@ -25,6 +25,7 @@ from orchestrator.lifecycle import HELD, LIVE, State
 from orchestrator.quotas import Quotas
 from orchestrator.reconcile import Reconciler, ReconcileReport
 from orchestrator.rulestore import RuleStore
+from orchestrator.session_watch import SessionWatcher
 from orchestrator.sessions import SessionTracker
 from orchestrator.settings import Settings
 from orchestrator.store.audit import AuditLog, VerifyResult, verify
@@ -168,6 +169,8 @@ class Service:
             self.engine, self.hub, self.dispatcher, self.rule_store, self.sessions, self.clock
         )
         self._reconcile_locks: dict[int, asyncio.Lock] = {}
+        # speakers' session changes: reconcile at once on up, health on all-down
+        self.session_watcher = SessionWatcher(self.hub, self.sessions, self.reconcile)
         self.started = False
 
     # ------------------------------------------------------------ start / stop
@@ -179,9 +182,11 @@ class Service:
         self._seed()
         self.dispatcher.start()
         await self.recover()
+        self.session_watcher.start()
         self.started = True
 
     async def stop(self) -> None:
+        await self.session_watcher.stop()
         await self.dispatcher.stop()
         await self.hub.close_all()
         self.events.close()
@@ -771,7 +776,7 @@ class Service:
             row = conn.execute(select(rules).where(rules.c.id == rule_id)).first()
             if row is None:
                 raise NotFound(f"rule {rule_id} does not exist", code="rule_not_found")
-            view = rule_view(row._asdict(), self.hub.name_of(row.adapter_id))
+            view = self._wire(rule_view(row._asdict(), self.hub.name_of(row.adapter_id)))
             if events:
                 evs = conn.execute(
                     select(rule_events)
@@ -803,7 +808,23 @@ class Service:
             rows = conn.execute(
                 select(rules).where(and_(*cond)).order_by(rules.c.id).limit(limit).offset(offset)
             ).all()
-        return [rule_view(r._asdict(), self.hub.name_of(r.adapter_id)) for r in rows], int(total)
+        views = [self._wire(rule_view(r._asdict(), self.hub.name_of(r.adapter_id))) for r in rows]
+        return views, int(total)
+
+    def _wire(self, view: dict[str, Any]) -> dict[str, Any]:
+        """``on_the_wire``: an active rule on a speaker whose sessions are all down is kept
+        (and sent again when one comes up) but reaches no peer; None where not applicable."""
+        view["on_the_wire"] = None
+        if view["state"] != "active" or view["dry_run"]:
+            return view
+        seen = self.sessions.get(view["adapter_id"])
+        if seen is None or not seen.states:
+            return view
+        view["on_the_wire"] = seen.up
+        if not seen.up:
+            listed = ", ".join(f"{p} {s}" for p, s in sorted(seen.states.items()))
+            view["off_the_wire"] = f"no BGP session established ({listed})"
+        return view
 
     def history(self, *, limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         with self.engine.connect() as conn:

@@ -34,7 +34,7 @@ import asyncio
 import ipaddress
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -48,6 +48,9 @@ from adapters.base import (
     Health,
     Outcome,
     RuleRef,
+    SessionChange,
+    SessionState,
+    poll_sessions,
     require_capability,
     resolve_capabilities,
     validate_settings,
@@ -132,6 +135,46 @@ class Bird2Settings(AdapterSettings):
         )
 
 
+SESSION_POLL_S = 1.0
+
+
+def _refused(adapter: Any, ref: RuleRef) -> Outcome | None:
+    """A withdrawal of an intent this adapter cannot carry is refused like its announce."""
+    try:
+        require_capability(adapter, ref.intent)
+    except AdapterError as exc:
+        return Outcome.failure(ref, str(exc), retryable=False)
+    return None
+
+
+def parse_protocols_all(codes: Sequence[str], lines: Sequence[str]) -> dict[str, SessionState]:
+    """``{neighbour address: state}`` of the BGP protocols in a ``show protocols all`` reply.
+
+    A protocol's block starts with its summary line (code 1002: name, ``BGP``, table,
+    up/down, since, info) and carries ``BGP state:`` and ``Neighbor address:`` lines.
+    A protocol that is down (disabled, or its session closed) reports ``Down``/``Idle``.
+    """
+    out: dict[str, SessionState] = {}
+    in_bgp = False
+    state: SessionState = SessionState.UNKNOWN
+    for code, line in zip(codes, lines, strict=True):
+        parts = line.split()
+        if code == "1002" and parts:
+            in_bgp = len(parts) > 1 and parts[1] == "BGP"
+            info = parts[5] if len(parts) > 5 else (parts[3] if len(parts) > 3 else "")
+            state = SessionState.parse(info)
+            continue
+        if not in_bgp:
+            continue
+        text = line.strip()
+        if text.startswith("BGP state:"):
+            state = SessionState.parse(text.removeprefix("BGP state:"))
+        elif text.startswith("Neighbor address:"):
+            address = text.removeprefix("Neighbor address:").strip().split("%")[0]
+            out[address] = state
+    return out
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file, fsync and rename (then fsync the dir)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -150,7 +193,6 @@ def write_atomically(path: Path, text: str) -> None:
 class Bird2Adapter:
     adapter_type: ClassVar[str] = "bird2"
     # a BGP speaker: the dispatcher checks a session is up before calling a rule active
-    speaks_bgp: ClassVar[bool] = True
     supported: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.BLACKHOLE, Capability.FLOWSPEC}
     )
@@ -304,7 +346,7 @@ class Bird2Adapter:
                 self._entries = new
                 self._nets = {k: v for k, v in self._nets.items() if k in new}
                 self._stamp = self._file_stamp()
-            return [Outcome.success(r, held=r.key in entries) for r in rules]
+            return [_refused(self, r) or Outcome.success(r, held=r.key in entries) for r in rules]
 
     async def active(self) -> frozenset[str] | None:
         async with self._lock:
@@ -356,14 +398,34 @@ class Bird2Adapter:
             if parts[0].startswith(f"{self._names.prefix}_"):
                 ours.add(parts[0])
         missing = [self._names.protocol(s) for s in SLOTS if self._names.protocol(s) not in ours]
-        up = sum(1 for s in sessions.values() if s == "Established")
-        detail = f"BIRD reachable; {up}/{len(sessions)} BGP sessions Established"
+        try:  # by peer address, as the other speakers report them
+            states: dict[str, SessionState] = dict(await self.session_states())
+        except AdapterUnavailable:
+            states = {}
+        if not states:  # no address found: the protocol names will do
+            states = {k: SessionState.parse(v) for k, v in sessions.items()}
+        up = sum(1 for s in states.values() if s == SessionState.ESTABLISHED)
+        detail = f"BIRD reachable; {up}/{len(states)} BGP sessions Established"
         if missing:
             detail += (
                 f"; protocols {', '.join(missing)} not loaded (no rule announced yet, or "
                 f'bird.conf lacks include "{self.settings.include_file}";)'
             )
-        return Health(reply.ok, latency, detail, sessions)
+        return Health(reply.ok and (up > 0 or not states), latency, detail, states)
+
+    async def session_states(self) -> dict[str, SessionState]:
+        """Every BGP protocol's session, keyed by its neighbour address (``show protocols all``)."""
+        reply = await control.command(
+            self.settings.control_socket, "show protocols all", limit_s=self.settings.timeout_s
+        )
+        if not reply.ok:
+            raise AdapterUnavailable(f"BIRD refused show protocols all: {reply.errors()}")
+        return parse_protocols_all(reply.codes, reply.lines)
+
+    async def watch_sessions(self) -> AsyncGenerator[SessionChange, None]:
+        """Polls ``show protocols all`` once a second (one short control-socket exchange)."""
+        async for change in poll_sessions(self.session_states, SESSION_POLL_S):
+            yield change
 
     async def close(self) -> None:
         return None

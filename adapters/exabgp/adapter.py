@@ -37,9 +37,10 @@ ExaBGP has no session with makes it answer ``error``.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -54,8 +55,11 @@ from adapters.base import (
     Health,
     Outcome,
     RuleRef,
+    SessionChange,
+    SessionState,
     monotonic_ms,
     resolve_capabilities,
+    session_states,
     validate_settings,
 )
 from adapters.exabgp.client import BridgeClient, HttpClient, UnixClient
@@ -79,7 +83,17 @@ from policies.errors import (
 )
 from policies.intents import AnyIntent, BlackholeIntent, Community, LargeCommunity, intent_key
 
-FSM_STATE = {"up": "established", "connected": "connect", "down": "idle"}
+
+def _dying(reply: dict[str, Any]) -> bool:
+    """Whether a bridge reply comes from a bridge whose ExaBGP has gone away."""
+    results = reply.get("results")
+    listed = results if isinstance(results, list) else []
+    acks = [r.get("ack") for r in listed if isinstance(r, dict)]
+    return bool(reply.get("shutting_down")) or reply.get("ack") == "shutdown" or "shutdown" in acks
+
+
+WATCH_WAIT_S = 10.0  # how long one neighbours long poll waits for a change
+WATCH_RETRY_S = 1.0
 _HTTP = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?/?$")
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?$")
 DEFAULT_HTTP_PORT = 5000  # the bridge's HTTP listener (``--http HOST:PORT``)
@@ -216,7 +230,6 @@ class ExaBgpSettings(AdapterSettings):
 class ExaBgpAdapter:
     adapter_type: ClassVar[str] = "exabgp"
     # a BGP speaker: the dispatcher checks a session is up before calling a rule active
-    speaks_bgp: ClassVar[bool] = True
     supported: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.BLACKHOLE, Capability.FLOWSPEC}
     )
@@ -250,16 +263,16 @@ class ExaBgpAdapter:
 
     def _bridge(self) -> BridgeClient:
         if self._client is None:
-            ep = self.settings.endpoint
-            if ep.startswith("unix://"):
-                path = self.settings.local(Path(ep.removeprefix("unix://")), "socket")
-                self._client = UnixClient(str(path))
-            else:
-                self._client = HttpClient(ep, self.settings.auth_token, self.settings.access.egress)
+            self._client = self._new_client()
         return self._client
 
     async def _request(self, body: dict[str, Any], extra: float = 0.0) -> dict[str, Any]:
-        return await self._bridge().request(body, self.settings.timeout + extra)
+        reply = await self._bridge().request(body, self.settings.timeout + extra)
+        if _dying(reply) and self._client is not None:
+            # this bridge's ExaBGP is gone: connect afresh next time (to its successor)
+            client, self._client = self._client, None
+            await client.close()
+        return reply
 
     # ------------------------------------------------------------ contract
 
@@ -401,17 +414,74 @@ class ExaBgpAdapter:
             return Health(False, None, exc.message)
         latency = monotonic_ms() - start
         # ExaBGP's neighbor-changes words, in the BGP FSM terms the other adapters use
-        sessions = {
-            str(k): FSM_STATE.get(str(v), str(v)) for k, v in status.get("neighbors", {}).items()
-        }
+        sessions = session_states(status.get("neighbors", {}))
         if status.get("shutting_down"):
             return Health(False, latency, "ExaBGP is shutting down", sessions)
-        up = sum(1 for s in sessions.values() if s == "established")
+        up = sum(1 for s in sessions.values() if s == SessionState.ESTABLISHED)
         detail = (
             f"bridge pid {status.get('pid')} answers; ExaBGP holds {status.get('routes', 0)} "
             f"acknowledged routes; {up} of {len(sessions)} sessions up"
         )
         return Health(up > 0 or not sessions, latency, detail, sessions)
+
+    async def session_states(self) -> dict[str, SessionState]:
+        status = await self._request({"op": "status"})
+        return session_states(status.get("neighbors", {}))
+
+    def _new_client(self) -> BridgeClient:
+        ep = self.settings.endpoint
+        if ep.startswith("unix://"):
+            # checked against the allowed directories again at each use
+            path = self.settings.local(Path(ep.removeprefix("unix://")), "socket")
+            return UnixClient(str(path))
+        return HttpClient(ep, self.settings.auth_token, self.settings.access.egress)
+
+    async def _poll_neighbors(self, client: BridgeClient, version: int) -> dict[str, Any] | None:
+        """One ``neighbors`` long poll; None when the bridge is unreachable or shutting down
+        (its ExaBGP is gone, so its states are stale)."""
+        try:
+            reply = await client.request(
+                {"op": "neighbors", "after": version, "wait": WATCH_WAIT_S},
+                WATCH_WAIT_S + self.settings.timeout,
+            )
+        except (AdapterUnavailable, AdapterRefused):
+            return None
+        if reply.get("shutting_down") or not isinstance(reply.get("version"), int):
+            return None
+        return reply
+
+    async def watch_sessions(self) -> AsyncGenerator[SessionChange, None]:
+        """ExaBGP's ``neighbor X up|down`` messages, pushed through the bridge.
+
+        The bridge answers a ``neighbors`` long poll as soon as a neighbour changes state;
+        the watch holds its own connection so announces are never queued behind it. When
+        the bridge cannot be reached (ExaBGP is gone) every known peer is reported unknown
+        and the watch tries again every :data:`WATCH_RETRY_S` seconds.
+        """
+        known: dict[str, SessionState] = {}
+        client = self._new_client()
+        version = -1
+        try:
+            while True:
+                reply = await self._poll_neighbors(client, version)
+                if reply is None:  # unreachable or shutting down: reconnect after a pause
+                    now = dict.fromkeys(known, SessionState.UNKNOWN)
+                    version, pause = -1, WATCH_RETRY_S
+                    await client.close()  # the next bridge listens on a new socket
+                    client = self._new_client()
+                else:
+                    version = int(reply.get("version", -1))
+                    now = session_states(reply.get("neighbors", {}))
+                    pause = 0.0
+                for peer, state in now.items():
+                    before = known.get(peer)
+                    if before != state:
+                        known[peer] = state
+                        yield SessionChange(peer, state, before)
+                if pause:
+                    await asyncio.sleep(pause)
+        finally:
+            await client.close()
 
     async def close(self) -> None:
         if self._client is not None:

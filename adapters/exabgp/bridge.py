@@ -22,6 +22,9 @@ Callers reach the bridge over a unix socket (one JSON object per line each way) 
   and not seen withdrawn since this bridge started;
 * ``{"op": "adj-rib-out"}`` / ``GET /adj-rib-out`` -> ``show adj-rib out extensive``;
 * ``{"op": "status"}`` / ``GET /status`` -> neighbour states, start time, counters;
+* ``{"op": "neighbors", "after": N, "wait": S}`` -> the neighbour states and their change
+  counter, answered as soon as the counter differs from ``N`` (or after ``S`` seconds):
+  how the adapter watches sessions without polling;
 * ``POST /`` with a form field ``command`` (the common ExaBGP HTTP-bridge shape) ->
   the ack as plain text.
 
@@ -107,6 +110,8 @@ class Bridge:
         self.pending: deque[Pending] = deque()
         self.routes: dict[str, str] = {}
         self.neighbors: dict[str, str] = {}
+        self.neighbor_version = 0  # counts neighbour state changes, for "neighbors" watchers
+        self._neighbor_changed = asyncio.Event()
         self.started_at = time.time()
         self.acks = {"done": 0, "error": 0, "shutdown": 0, "timeout": 0}
         self.shutting_down = False
@@ -125,7 +130,7 @@ class Bridge:
             return
         m = _NEIGHBOR_STATE.match(text)
         if m:  # no show output line reads "neighbor X up|down|connected"
-            self.neighbors[m.group(1)] = m.group(2)
+            self._set_neighbor(m.group(1), m.group(2))
             return
         if self.pending:
             self.pending[0].output.append(text)
@@ -153,6 +158,7 @@ class Bridge:
     def closed(self) -> None:
         """ExaBGP closed our stdin: nothing pending will ever be answered."""
         self.shutting_down = True
+        self._neighbor_changed.set()  # watchers hear it at once and let go of this bridge
         while self.pending:
             item = self.pending.popleft()
             if not item.future.done():
@@ -238,8 +244,29 @@ class Bridge:
         (result,) = await self.submit(["show neighbor summary"])
         for line in result["output"]:
             parts = line.split()
-            if len(parts) >= 4 and parts[0] != "Peer":
-                self.neighbors.setdefault(parts[0], "up" if parts[3] == "established" else "down")
+            if len(parts) >= 4 and parts[0] != "Peer" and parts[0] not in self.neighbors:
+                self._set_neighbor(parts[0], "up" if parts[3] == "established" else "down")
+
+    def _set_neighbor(self, peer: str, state: str) -> None:
+        if self.neighbors.get(peer) == state:
+            return
+        self.neighbors[peer] = state
+        self.neighbor_version += 1
+        self._neighbor_changed.set()
+        self._neighbor_changed = asyncio.Event()
+
+    async def neighbors_after(self, version: int, wait: float) -> dict[str, Any]:
+        """The neighbour states once they differ from ``version`` (or after ``wait`` s)."""
+        if self.neighbor_version == version and not self.shutting_down:
+            event = self._neighbor_changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), max(0.0, min(wait, 60.0)))
+        return {
+            "ok": True,
+            "version": self.neighbor_version,
+            "neighbors": dict(self.neighbors),
+            "shutting_down": self.shutting_down,
+        }
 
     def status(self) -> dict[str, Any]:
         return {
@@ -275,6 +302,11 @@ class Bridge:
             return {"ok": result["ack"] == "done", "ack": result["ack"], "lines": result["output"]}
         if op == "status":
             return self.status()
+        if op == "neighbors":  # a long poll: answers when a neighbour changed state
+            after, wait = request.get("after", -1), request.get("wait", 0)
+            if not isinstance(after, int) or not isinstance(wait, int | float):
+                return _error("invalid_parameter", "after must be an integer, wait a number")
+            return await self.neighbors_after(after, float(wait))
         return _error("invalid_parameter", f"unknown op {op!r}")
 
 

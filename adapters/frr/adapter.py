@@ -38,7 +38,7 @@ import asyncio
 import ipaddress
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -52,8 +52,12 @@ from adapters.base import (
     Health,
     Outcome,
     RuleRef,
+    SessionChange,
+    SessionState,
+    poll_sessions,
     require_capability,
     resolve_capabilities,
+    session_states,
     validate_settings,
 )
 from adapters.frr.render import (
@@ -72,6 +76,26 @@ from policies.intents import BlackholeIntent, Community, LargeCommunity, intent_
 SHOW = "show running-config bgpd"
 CHUNK = 2000  # network lines per vtysh call (keeps argv well below ARG_MAX)
 UNREACHABLE = ("failed to connect", "is not running", "connection refused", "no such file")
+
+
+SESSION_POLL_S = 1.0
+
+
+def _refused(adapter: Any, ref: RuleRef) -> Outcome | None:
+    """A withdrawal of an intent this adapter cannot carry is refused like its announce."""
+    try:
+        require_capability(adapter, ref.intent)
+    except AdapterError as exc:
+        return Outcome.failure(ref, str(exc), retryable=False)
+    return None
+
+
+def _states(data: Any) -> dict[str, SessionState]:
+    if not isinstance(data, dict):
+        return {}
+    return session_states(
+        {str(a): v.get("bgpState", "") for a, v in data.items() if isinstance(v, dict)}
+    )
 
 
 class FrrSettings(AdapterSettings):
@@ -130,7 +154,6 @@ class FrrSettings(AdapterSettings):
 class FrrAdapter:
     adapter_type: ClassVar[str] = "frr"
     # a BGP speaker: the dispatcher checks a session is up before calling a rule active
-    speaks_bgp: ClassVar[bool] = True
     supported: ClassVar[frozenset[Capability]] = frozenset({Capability.BLACKHOLE})
 
     def __init__(
@@ -318,7 +341,10 @@ class FrrAdapter:
                 except AdapterError as exc:
                     return [Outcome.failure(r, str(exc), retryable=exc.retryable) for r in rules]
             removed = {mine[j][0] for j in plan.maps}
-            return [Outcome.success(r, held=i in removed) for i, r in enumerate(rules)]
+            return [
+                _refused(self, r) or Outcome.success(r, held=i in removed)
+                for i, r in enumerate(rules)
+            ]
 
     async def active(self) -> frozenset[str] | None:
         async with self._lock:
@@ -336,13 +362,29 @@ class FrrAdapter:
             data = json.loads(text) if text.strip() else {}
         except ValueError:
             return Health(False, latency, f"vtysh answered with unreadable JSON: {text[:200]!r}")
-        sessions = {
-            str(a): str(v.get("bgpState", "")) for a, v in data.items() if isinstance(v, dict)
-        }
-        up = sum(1 for s in sessions.values() if s == "Established")
+        sessions = _states(data)
+        up = sum(1 for s in sessions.values() if s == SessionState.ESTABLISHED)
         return Health(
-            True, latency, f"FRR reachable; {up}/{len(sessions)} BGP sessions Established", sessions
+            up > 0 or not sessions,
+            latency,
+            f"FRR reachable; {up}/{len(sessions)} BGP sessions Established",
+            sessions,
         )
+
+    async def session_states(self) -> dict[str, SessionState]:
+        text = await self._vtysh(["show bgp neighbors json"])
+        try:
+            data = json.loads(text) if text.strip() else {}
+        except ValueError:
+            raise AdapterUnavailable(
+                f"vtysh answered with unreadable JSON: {text[:200]!r}"
+            ) from None
+        return _states(data)
+
+    async def watch_sessions(self) -> AsyncGenerator[SessionChange, None]:
+        """Polls ``show bgp neighbors json`` once a second (one vtysh run)."""
+        async for change in poll_sessions(self.session_states, SESSION_POLL_S):
+            yield change
 
     async def close(self) -> None:
         return None

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -45,7 +45,10 @@ from adapters.base import (
     Health,
     Outcome,
     RuleRef,
+    SessionChange,
+    SessionState,
     monotonic_ms,
+    poll_sessions,
     resolve_capabilities,
     validate_settings,
 )
@@ -161,10 +164,19 @@ def _delete_request(path: Any | None) -> Any:
     )
 
 
+WATCH_RETRY_S = 1.0
+_PEER_STATE_EVENT = api.WatchEventResponse.PeerEvent.Type.Value("STATE")
+
+
+def _peer_state(peer: Any) -> tuple[str, SessionState]:
+    """(neighbour address, state) of a gobgp ``Peer`` message."""
+    address = peer.conf.neighbor_address or peer.state.neighbor_address
+    name = api.PeerState.SessionState.Name(peer.state.session_state)
+    return str(address), SessionState.parse(name)
+
+
 class GoBgpAdapter:
     adapter_type: ClassVar[str] = "gobgp"
-    # a BGP speaker: the dispatcher checks a session is up before calling a rule active
-    speaks_bgp: ClassVar[bool] = True
     supported: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.BLACKHOLE, Capability.FLOWSPEC}
     )
@@ -383,15 +395,67 @@ class GoBgpAdapter:
         except (AdapterUnavailable, AdapterRefused) as exc:
             return Health(False, None, exc.message)
         latency = monotonic_ms() - start
-        sessions: dict[str, str] = {}
-        for r in replies:
-            state = api.PeerState.SessionState.Name(r.peer.state.session_state)
-            sessions[r.peer.conf.neighbor_address] = state.lower()
-        up = sum(1 for s in sessions.values() if s == "established")
+        sessions = dict(_peer_state(r.peer) for r in replies)
+        up = sum(1 for s in sessions.values() if s == SessionState.ESTABLISHED)
         if not sessions:
             return Health(False, latency, "gobgpd answers but has no neighbours configured")
         detail = f"gobgpd answers; {up} of {len(sessions)} sessions established"
         return Health(up > 0, latency, detail, sessions)
+
+    async def session_states(self) -> dict[str, SessionState]:
+        stub = self._api()
+
+        async def peers() -> list[Any]:
+            req = api.ListPeerRequest()
+            return [r async for r in stub.ListPeer(req, timeout=self.settings.timeout)]
+
+        return dict(_peer_state(r.peer) for r in await self._call(peers))
+
+    async def watch_sessions(self) -> AsyncGenerator[SessionChange, None]:
+        """Peer state changes from gobgpd's ``WatchEvent`` stream, pushed as they happen.
+
+        The stream is opened first and the peers listed after, so no change falls
+        between the baseline and the stream. When gobgpd goes away every known peer is
+        reported unknown, and the watch reconnects every :data:`WATCH_RETRY_S` seconds.
+        """
+        known: dict[str, SessionState] = {}
+
+        def change(peer: str, state: SessionState) -> SessionChange | None:
+            before = known.get(peer)
+            if before == state:
+                return None
+            known[peer] = state
+            return SessionChange(peer, state, before)
+
+        while True:
+            call = None
+            try:
+                call = self._api().WatchEvent(
+                    api.WatchEventRequest(peer=api.WatchEventRequest.Peer())
+                )
+                for peer, state in (await self.session_states()).items():
+                    if (c := change(peer, state)) is not None:
+                        yield c
+                async for event in call:
+                    if not event.HasField("peer") or event.peer.type != _PEER_STATE_EVENT:
+                        continue
+                    peer, state = _peer_state(event.peer.peer)
+                    if peer and (c := change(peer, state)) is not None:
+                        yield c
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # a gobgpd without the stream
+                    async for polled in poll_sessions(self.session_states, WATCH_RETRY_S):
+                        if (c := change(polled.peer, polled.state)) is not None:
+                            yield c
+            except (AdapterUnavailable, AdapterRefused):
+                pass
+            finally:
+                if call is not None:
+                    call.cancel()
+            for peer in list(known):
+                if (c := change(peer, SessionState.UNKNOWN)) is not None:
+                    yield c
+            await asyncio.sleep(WATCH_RETRY_S)
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -296,6 +296,10 @@ class ScrubbingAdapter(abc.ABC, Generic[S]):
             return Health(False, (time.monotonic() - started) * 1000, str(err))
         return Health(True, (time.monotonic() - started) * 1000, detail)
 
+    async def diverting(self) -> bool:
+        """Whether the provider diverts any unit now (one read; AdapterError when unreadable)."""
+        return any(s.diverting for s in await self.read())
+
     async def status(self) -> ScrubbingStatus:
         """Diverting or not (from the provider), connection health, provider details."""
         health = await self.check()

@@ -37,6 +37,7 @@ from adapters.base import (
     Health,
     Outcome,
     RuleRef,
+    require_capability,
     resolve_capabilities,
     validate_settings,
 )
@@ -49,6 +50,7 @@ from policies.errors import (
     AdapterError,
     AdapterRefused,
     AdapterUnavailable,
+    CapabilityMissing,
 )
 
 USER_AGENT = "sluice-webhook/1"
@@ -183,6 +185,10 @@ class WebhookAdapter:
         return resp.status_code
 
     async def _one(self, ref: RuleRef, *, announcing: bool) -> Outcome:
+        try:  # an operator may narrow what this webhook carries
+            require_capability(self, ref.intent)
+        except CapabilityMissing as exc:
+            return Outcome.failure(ref, exc.message, retryable=False)
         event = render.event_of(ref, announcing=announcing)
         msg_id = f"msg_{ref.rule_id}_{event}_{pysecrets.token_hex(6)}"
         try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from adapters.base import AdapterConfig, RuleRef
+from adapters.base import AdapterConfig, RuleRef, SessionState
 from adapters.bird2 import Bird2Adapter
 from adapters.bird2.render import display_network
 from labs.bird import BirdNode
@@ -271,7 +271,7 @@ async def test_speaker_restart_active_tells_the_truth(
 async def test_check_reports_sessions(adapter: Bird2Adapter) -> None:
     health = await adapter.check()
     assert health.ok and health.latency_ms is not None
-    assert set(health.sessions.values()) == {"Established"} and len(health.sessions) == 4
+    assert set(health.sessions.values()) == {SessionState.ESTABLISHED} and len(health.sessions) == 4
 
 
 async def test_concurrent_batches_are_serialised(adapter: Bird2Adapter) -> None:

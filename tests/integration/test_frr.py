@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from adapters.base import AdapterConfig, RuleRef
+from adapters.base import AdapterConfig, RuleRef, SessionState
 from adapters.frr import FrrAdapter
 from labs.frr import FrrNode
 from labs.topology import Topology, spare_next_hop
@@ -137,7 +137,7 @@ async def test_speaker_restart_active_tells_the_truth(
 async def test_check_reports_sessions(adapter: FrrAdapter) -> None:
     health = await adapter.check()
     assert health.ok and health.latency_ms is not None
-    assert set(health.sessions.values()) == {"Established"} and len(health.sessions) == 4
+    assert set(health.sessions.values()) == {SessionState.ESTABLISHED} and len(health.sessions) == 4
 
 
 async def test_restart_behind_the_cache_is_repaired(frr_topology: Topology) -> None:

@@ -151,7 +151,7 @@ def test_cli_up_status_down_from_separate_processes(tmp_path: Path, speaker: str
         report = json.loads(st.stdout)
         assert all(report["namespaces"].values())
         assert report["adapter_health"]["ok"] is True
-        assert set(report["adapter_health"]["sessions"].values()) == {"Established"}
+        assert set(report["adapter_health"]["sessions"].values()) == {"established"}
     finally:
         down = cli("down")
     assert down.returncode == 0, down.stderr

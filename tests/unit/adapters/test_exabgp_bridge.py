@@ -320,3 +320,26 @@ def test_token_only_with_http_and_never_shown() -> None:
     assert "tok-value" not in repr(exa)
     assert "tok-value" not in repr(exa.settings)
     assert "tok-value" not in json.dumps(exa.settings.model_dump(mode="json"))
+
+
+async def test_neighbors_long_poll_answers_when_a_session_changes() -> None:
+    bridge, _ = make_bridge()
+    bridge.feed("neighbor 192.0.2.2 up\n")
+    first = await bridge.handle({"op": "neighbors", "after": -1, "wait": 5})
+    assert first["neighbors"] == {"192.0.2.2": "up"}
+    waiting = asyncio.create_task(
+        bridge.handle({"op": "neighbors", "after": first["version"], "wait": 30})
+    )
+    await asyncio.sleep(0)
+    assert not waiting.done()  # nothing changed: the poll waits
+    bridge.feed("neighbor 192.0.2.2 up\n")  # a repeat is no change
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    bridge.feed("neighbor 192.0.2.2 down\n")
+    reply = await asyncio.wait_for(waiting, 5)
+    assert reply["neighbors"] == {"192.0.2.2": "down"}
+    assert reply["version"] == first["version"] + 1
+    idle = await bridge.handle({"op": "neighbors", "after": reply["version"], "wait": 0})
+    assert idle["version"] == reply["version"]  # wait 0: answers at once, unchanged
+    bad = await bridge.handle({"op": "neighbors", "after": "x"})
+    assert bad["ok"] is False and bad["error"]["code"] == "invalid_parameter"
