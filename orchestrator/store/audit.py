@@ -82,13 +82,18 @@ def key_id(key: bytes) -> str:
     return hmac.new(key, b"sluice audit key id", hashlib.sha256).hexdigest()[:16]
 
 
-def write_private(path: Path, text: str) -> None:
-    """Replace ``path`` atomically with a 0600 file holding ``text``."""
+def write_private(path: Path, text: str, *, sync: bool = True) -> None:
+    """Replace ``path`` atomically with a 0600 file holding ``text``.
+
+    ``sync=False`` skips the fsync (the anchor, rewritten on every audited commit: after a
+    power loss it may lag the log, which verify accepts; it never runs ahead).
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, text.encode())
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     tmp.replace(path)
@@ -164,7 +169,9 @@ class Anchor:
                     if current is not None and current.id >= entry_id:
                         return
                 write_private(
-                    self.path, canonical_json({"id": entry_id, "mac": mac, "key_id": kid}) + "\n"
+                    self.path,
+                    canonical_json({"id": entry_id, "mac": mac, "key_id": kid}) + "\n",
+                    sync=False,
                 )
             finally:
                 os.close(fd)
