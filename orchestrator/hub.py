@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from adapters.base import Adapter, AdapterConfig, Capability, Health, Registry
 from orchestrator.policy_check import adapter_configs
-from orchestrator.store.crypto import SecretBox
+from orchestrator.store.crypto import SecretBox, SecretKeyError
 from orchestrator.store.models import adapters
 from policies.errors import AdapterConfigInvalid, NotFound, PolicyInvalid, ReadOnly
 from policies.schema import AdapterDecl
@@ -133,12 +133,20 @@ class AdapterHub:
         error = None
         caps: tuple[str, ...] = tuple(row.capabilities or ())
         adapter: Adapter | None = None
-        config = _config_from_row(row, self.box)
         try:
+            config = _config_from_row(row, self.box)
             adapter = self.registry.create(config)
             self._live[row.id] = adapter
             caps = tuple(sorted(adapter.capabilities))
-        except AdapterConfigInvalid as exc:
+        except (AdapterConfigInvalid, SecretKeyError) as exc:
+            if isinstance(exc, SecretKeyError):  # built without its secrets: not at all
+                plain = {k: v for k, v in (row.config or {}).items() if not SecretBox.is_sealed(v)}
+                config = AdapterConfig(
+                    name=row.name,
+                    adapter_type=row.adapter_type,
+                    endpoint=row.endpoint,
+                    config=plain,
+                )
             error = exc.message
             self._live.pop(row.id, None)
             log.error(  # noqa: TRY400  # the message is the whole story; no traceback

@@ -28,7 +28,7 @@ from orchestrator.rulestore import RuleStore
 from orchestrator.sessions import SessionTracker
 from orchestrator.settings import Settings
 from orchestrator.store.audit import AuditLog, VerifyResult, verify
-from orchestrator.store.crypto import SecretBox
+from orchestrator.store.crypto import SecretBox, SecretKeyError
 from orchestrator.store.db import make_engine, migrate, secure_dir
 from orchestrator.store.models import rule_events, rules
 from orchestrator.views import rule_view
@@ -201,10 +201,13 @@ class Service:
     def _seal_secrets(self) -> None:
         """Encrypt adapter secrets a store from before encryption still holds in clear."""
         known = {r.id: r.secret_keys for r in self.hub.records()}
-        with self.engine.begin() as conn:
-            if unsealed_secrets(conn, self.box, known):
-                n = reseal_secrets(conn, self.box, known)
-                log.warning("encrypted the secrets of %d adapters stored in clear text", n)
+        try:
+            with self.engine.begin() as conn:
+                if unsealed_secrets(conn, self.box, known):
+                    n = reseal_secrets(conn, self.box, known)
+                    log.warning("encrypted the secrets of %d adapters stored in clear text", n)
+        except SecretKeyError as exc:
+            log.error("adapter secrets left as they are: %s", exc.message)  # noqa: TRY400
 
     def set_policy(self, policy: Policy, *, sync_adapters: bool = True) -> None:
         """Put a validated policy in force (adapters synced, guardrails rebuilt).

@@ -42,6 +42,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, event, insert, select
 
 from orchestrator.store.models import audit_log
+from policies.errors import SluiceError
 
 log = logging.getLogger("sluice.audit")
 
@@ -54,8 +55,10 @@ _PENDING = "sluice.audit.pending"  # (id, mac) appended in the open transaction
 _COMMITTING = "sluice.audit.committing"  # the same, once the transaction asked to commit
 
 
-class AuditKeyError(Exception):
+class AuditKeyError(SluiceError):
     """The audit key is missing or malformed."""
+
+    code = "audit_key_error"
 
 
 def canonical_json(value: Any) -> str:

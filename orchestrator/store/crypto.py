@@ -17,13 +17,16 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from orchestrator.store.audit import write_private
+from policies.errors import SluiceError
 
 PREFIX = "enc:v1:"
 KEY_FILE = "secrets.key"
 
 
-class SecretKeyError(Exception):
+class SecretKeyError(SluiceError):
     """The secrets key is missing, malformed, or does not open a stored secret."""
+
+    code = "secret_key_error"
 
 
 def parse_keys(text: str, origin: str) -> list[Fernet]:

@@ -265,3 +265,21 @@ async def test_tokens_create_offline_recovers_administration(make_api: Any, tmp_
     listed = (await api.ok("GET", "/workspace/tokens", token=token))["tokens"]
     assert [t["name"] for t in listed] == ["admin", "rescue"]
     assert api.svc.verify_audit().ok  # the CLI's entry is keyed with the service's key
+
+
+async def test_a_wrong_secrets_key_leaves_the_adapter_unbuilt_not_the_service(
+    make_api: Any, shield: ShieldServer, tmp_path: Path
+) -> None:
+    api: Api = await make_api()
+    iid = (await api.ok("POST", "/scrubbing", 201, json=shield_body(shield)))["integration"]["id"]
+    await api.svc.stop()
+    other = Fernet.generate_key().decode()
+    again = Service(settings_for(tmp_path, secret_key=other), policy=policy())
+    await again.start()
+    try:
+        rec = again.hub.get(iid)
+        assert again.hub.live(iid) is None
+        assert rec.error is not None and "cannot be decrypted" in rec.error
+        assert AWS_SECRET not in str(rec.to_api()) and AWS_KEY not in str(rec.to_api())
+    finally:
+        await again.stop()
