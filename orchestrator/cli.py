@@ -597,7 +597,8 @@ def _offline_audit(settings: Any, *, create: bool) -> Any:
     except AuditKeyError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    return AuditLog(key, Anchor(settings.data_dir / ANCHOR_FILE))
+    # an offline tool never creates a missing anchor (the next service start records it)
+    return AuditLog(key, Anchor(settings.data_dir / ANCHOR_FILE, create=False))
 
 
 @audit_app.command("verify")

@@ -196,6 +196,8 @@ class Service:
         await self.hub.close_all()
         self.events.close()
         self.engine.dispose()
+        if self.audit.anchor is not None:
+            self.audit.anchor.close()
         self.started = False
 
     def _seal_secrets(self) -> None:

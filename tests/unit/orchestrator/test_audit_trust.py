@@ -122,11 +122,31 @@ async def test_replacing_the_whole_log_with_a_keyed_copy_does_not_match_the_anch
     assert (res.code, res.first_bad_id) == (Problem.RECHAINED, last), res
 
 
-async def test_a_missing_anchor_is_reported(make_service: Any) -> None:
+async def test_a_deleted_anchor_is_reported_and_not_recreated_behind_our_back(
+    make_service: Any, tmp_path: Path
+) -> None:
     svc = await _with_entries(make_service, n=1)
     assert svc.audit.anchor is not None
     svc.audit.anchor.path.unlink()
     assert svc.verify_audit().code is Problem.ANCHOR_MISSING
+    # later commits do not quietly anchor whatever the log holds now
+    aid = svc.hub.by_name("fake").id
+    await svc.create_rule(req(bh("203.0.113.99"), aid))
+    assert not (tmp_path / ANCHOR_FILE).exists()
+    assert svc.verify_audit().code is Problem.ANCHOR_MISSING
+    await svc.stop()
+    # the next start re-anchors and says so in the log
+    again = Service(settings_for(tmp_path), policy=policy())
+    await again.start()
+    try:
+        assert again.verify_audit().ok
+        with again.engine.connect() as conn:
+            last = conn.execute(
+                select(audit_log.c.action).order_by(audit_log.c.id.desc()).limit(1)
+            ).scalar_one()
+        assert last == "audit.reanchored"
+    finally:
+        await again.stop()
 
 
 async def test_adapter_changes_commit_with_their_audit_entry_across_two_processes(
