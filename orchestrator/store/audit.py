@@ -24,6 +24,7 @@ checks the old part with SHA-256 and everything from the seal on with the key.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -243,8 +244,14 @@ class AuditLog:
 
         def on_error(ctx: Any) -> None:
             conn = ctx.connection
-            if conn is not None and not conn.closed:
-                on_rollback(conn)
+            if conn is not None and not conn.closed and not conn.invalidated:
+                with contextlib.suppress(Exception):  # never mask the error being handled
+                    on_rollback(conn)
+
+        def on_invalidate(_dbapi: Any, record: Any, _exc: Any) -> None:
+            if record is not None:  # the connection is dropped: its commit is not known
+                record.info.pop(_PENDING, None)
+                record.info.pop(_COMMITTING, None)
 
         def on_checkin(_dbapi: Any, record: Any) -> None:
             info = record.info if record is not None else None
@@ -264,6 +271,7 @@ class AuditLog:
         event.listen(engine, "rollback", on_rollback)
         event.listen(engine, "handle_error", on_error)
         event.listen(engine, "checkin", on_checkin)
+        event.listen(engine, "invalidate", on_invalidate)
         event.listen(engine, "begin", on_begin)
 
     def _advance(self, head: tuple[int, str]) -> None:

@@ -264,3 +264,18 @@ async def test_cli_verify_exit_status_names_the_problem(make_service: Any, tmp_p
         conn.execute(update(audit_log).where(audit_log.c.id == 2).values(actor="x"))
     r = run()
     assert r.exit_code == 3 and '"code": "entry_modified"' in r.output, r.output
+
+
+async def test_a_rolled_back_entry_does_not_move_the_anchor(make_service: Any) -> None:
+    svc = await _with_entries(make_service, n=1)
+    assert svc.audit.anchor is not None
+    before = svc.audit.anchor.read()
+    with pytest.raises(RuntimeError), svc.engine.begin() as conn:
+        svc.audit.append(conn, actor="t", action="x", target="y")
+        raise RuntimeError("the change failed")
+    assert svc.audit.anchor.read() == before
+    with svc.engine.begin() as conn:
+        svc.audit.append(conn, actor="t", action="x", target="y")
+    after = svc.audit.anchor.read()
+    assert before is not None and after is not None and after.id == before.id + 1
+    assert svc.verify_audit().ok
