@@ -728,7 +728,7 @@ def secrets_new_key() -> None:
 
 @secrets_app.command("rotate")
 def secrets_rotate(data_dir: DataDir = Path("./var"), database: Database = None) -> None:
-    """Re-encrypt every stored secret under a new key. Stop the service first.
+    """Re-encrypt every stored secret under a new key (refused while the service runs).
 
     With the key file (data_dir/secrets.key) a new key is generated: it is added in front
     of the old one, every secret is re-encrypted, then the old key is dropped from the
@@ -736,21 +736,36 @@ def secrets_rotate(data_dir: DataDir = Path("./var"), database: Database = None)
     SLUICE_SECRET_KEY="new,old" every secret is re-encrypted under the first key; then set
     SLUICE_SECRET_KEY to the new key alone.
     """
-    from cryptography.fernet import Fernet
-
-    from orchestrator.hub import reseal_secrets
-    from orchestrator.store.audit import write_private
-    from orchestrator.store.crypto import SecretBox, SecretKeyError, key_file, load_keys
-    from orchestrator.store.db import make_engine, migrate
+    from orchestrator.instance import InstanceLock
+    from orchestrator.store.crypto import key_file, load_keys
+    from policies.errors import SluiceError
 
     settings = _offline_settings(data_dir, database)
     env = settings.secret_key.get_secret_value() if settings.secret_key else None
     path = key_file(settings.data_dir)
+    lock = InstanceLock(settings.data_dir)  # the service must not write secrets meanwhile
     try:
+        lock.acquire()
         old = load_keys(settings.data_dir, env, create=False)
-    except SecretKeyError as exc:
-        err.print(f"[red]{exc}[/red]")
+    except SluiceError as exc:
+        lock.release()
+        err.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(2) from None
+    try:
+        _rotate(settings, env, path, old)
+    finally:
+        lock.release()
+
+
+def _rotate(settings: Any, env: str | None, path: Path, old: list[Any]) -> None:
+    from cryptography.fernet import Fernet
+
+    from orchestrator.hub import reseal_secrets
+    from orchestrator.store.audit import write_private
+    from orchestrator.store.crypto import SecretBox, SecretKeyError
+    from orchestrator.store.db import make_engine, migrate
+
+    audit = _offline_audit(settings, create=False)
     new_key = None
     if env is None:
         new_key = Fernet.generate_key().decode()
@@ -758,7 +773,6 @@ def secrets_rotate(data_dir: DataDir = Path("./var"), database: Database = None)
         keys = [Fernet(new_key.encode()), *old]
     else:
         keys = old
-    audit = _offline_audit(settings, create=False)
     engine = make_engine(settings.sqlalchemy_url())
     audit.attach(engine)
     try:

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from labs.vendors.aws import ShieldServer
 from orchestrator.cli import app as cli_app
+from orchestrator.instance import InstanceLock
 from orchestrator.service import Service
 from orchestrator.store.crypto import KEY_FILE, PREFIX
 from orchestrator.store.models import adapters
@@ -143,6 +144,10 @@ async def test_secrets_rotate_reencrypts_under_a_new_key(
     with api.svc.engine.connect() as conn:
         before = conn.execute(select(adapters.c.auth_token).where(adapters.c.id == iid)).one()[0]
 
+    with InstanceLock(tmp_path):  # a running service holds the data directory
+        r = CliRunner().invoke(cli_app, ["secrets", "rotate", "--data-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "another Sluice service" in r.output, r.output
+    assert (tmp_path / KEY_FILE).read_text().strip() == old_key
     r = CliRunner().invoke(cli_app, ["secrets", "rotate", "--data-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     new_key = (tmp_path / KEY_FILE).read_text().strip()
