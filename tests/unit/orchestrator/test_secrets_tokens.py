@@ -67,9 +67,10 @@ async def test_adapter_secrets_are_encrypted_in_the_store(
 ) -> None:
     api: Api = await make_api()
     iid = (await api.ok("POST", "/scrubbing", 201, json=shield_body(shield)))["integration"]["id"]
-    on_disk = store_bytes(tmp_path)
-    assert AWS_SECRET.encode() not in on_disk
-    assert AWS_KEY.encode() not in on_disk
+    if api.svc.settings.database_url is None:  # SQLite: the files as they are on disk
+        on_disk = store_bytes(tmp_path)
+        assert AWS_SECRET.encode() not in on_disk
+        assert AWS_KEY.encode() not in on_disk
     with api.svc.engine.connect() as conn:
         row = conn.execute(select(adapters).where(adapters.c.id == iid)).one()
     assert row.auth_token.startswith(PREFIX)
@@ -107,7 +108,10 @@ async def test_clear_text_secrets_of_an_old_store_are_sealed_at_start(
                 config={**shield_body(shield)["config"]},
             )
         )
-    again = Service(settings_for(tmp_path), policy=policy())
+    svc.engine.dispose()  # used again after stop()
+    again = Service(
+        settings_for(tmp_path, database_url=api.svc.settings.database_url), policy=policy()
+    )
     await again.start()
     try:
         with again.engine.connect() as conn:
@@ -144,24 +148,29 @@ async def test_secrets_rotate_reencrypts_under_a_new_key(
     with api.svc.engine.connect() as conn:
         before = conn.execute(select(adapters.c.auth_token).where(adapters.c.id == iid)).one()[0]
 
+    rotate = ["secrets", "rotate", "--data-dir", str(tmp_path)]
+    rotate += ["--database", api.svc.settings.sqlalchemy_url()]
     with InstanceLock(tmp_path):  # a running service holds the data directory
-        r = CliRunner().invoke(cli_app, ["secrets", "rotate", "--data-dir", str(tmp_path)])
+        r = CliRunner().invoke(cli_app, rotate)
     assert r.exit_code == 2 and "another Sluice service" in r.output, r.output
     assert (tmp_path / KEY_FILE).read_text().strip() == old_key
-    r = CliRunner().invoke(cli_app, ["secrets", "rotate", "--data-dir", str(tmp_path)])
+    r = CliRunner().invoke(cli_app, rotate)
     assert r.exit_code == 0, r.output
     new_key = (tmp_path / KEY_FILE).read_text().strip()
     assert new_key != old_key and "\n" not in new_key
     assert stat.S_IMODE((tmp_path / KEY_FILE).stat().st_mode) == 0o600
     with api.svc.engine.connect() as conn:
         after = conn.execute(select(adapters.c.auth_token).where(adapters.c.id == iid)).one()[0]
+    api.svc.engine.dispose()  # used again after stop()
     assert after != before
     token = after.removeprefix(PREFIX).encode()
     assert Fernet(new_key.encode()).decrypt(token) == f'"{AWS_SECRET}"'.encode()
     with pytest.raises(InvalidToken):
         Fernet(old_key.encode()).decrypt(token)
 
-    again = Service(settings_for(tmp_path), policy=policy())
+    again = Service(
+        settings_for(tmp_path, database_url=api.svc.settings.database_url), policy=policy()
+    )
     await again.start()
     try:
         assert (await again.test_adapter(iid))["ok"] is True
@@ -279,7 +288,10 @@ async def test_a_wrong_secrets_key_leaves_the_adapter_unbuilt_not_the_service(
     iid = (await api.ok("POST", "/scrubbing", 201, json=shield_body(shield)))["integration"]["id"]
     await api.svc.stop()
     other = Fernet.generate_key().decode()
-    again = Service(settings_for(tmp_path, secret_key=other), policy=policy())
+    again = Service(
+        settings_for(tmp_path, secret_key=other, database_url=api.svc.settings.database_url),
+        policy=policy(),
+    )
     await again.start()
     try:
         rec = again.hub.get(iid)
