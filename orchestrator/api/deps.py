@@ -67,15 +67,17 @@ def guarded(request: Request, authenticate: Callable[[], _T]) -> _T:
     """Run ``authenticate``, counting failures per client address (429 once over the limit).
 
     An address over the limit is refused before its credentials are even looked at, so
-    guessing stops for the rest of the window whatever it sends.
+    guessing stops for the rest of the window whatever it sends. A request without any
+    credentials is not a guess (and costs no look-up): it gets its 401 but is not counted.
     """
     failures: FailureLimiter = request.app.state.auth_failures
     address = client_address(request)
     failures.check(address)
     try:
         return authenticate()
-    except AuthError:
-        failures.failed(address)
+    except AuthError as exc:
+        if exc.code != "missing_token":
+            failures.failed(address)
         raise
 
 

@@ -208,6 +208,9 @@ async def test_a_token_created_elsewhere_is_accepted_after_a_miss(make_api: Any)
 
 async def test_failed_authentication_is_rate_limited_per_address(make_api: Any) -> None:
     api: Api = await make_api(auth_failures_per_minute=5)
+    for _ in range(10):  # no credentials at all: not a guess, not counted
+        r = await api.call("GET", "/mitigation/rules", token=None)
+        assert error(r) == (401, "missing_token")
     for _ in range(5):
         r = await api.call("GET", "/mitigation/rules", token="x" * 64)
         assert r.status_code == 401
