@@ -31,6 +31,7 @@ from tests.unit.orchestrator.test_audit_trust import store_bytes
 AWS_KEY, AWS_SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 EIP = "arn:aws:ec2:us-east-1:123456789012:eip-allocation/eipalloc-0123456789abcdef0"
 FAST = {"timeout": 0.5, "retries": 1, "backoff": 0.0}
+LOOPBACK = ("loopback",)  # the fake provider listens on loopback: allowed explicitly
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def error(r: httpx.Response) -> tuple[int, str]:
 async def test_adapter_secrets_are_encrypted_in_the_store(
     make_api: Any, shield: ShieldServer, tmp_path: Path
 ) -> None:
-    api: Api = await make_api()
+    api: Api = await make_api(egress_allow=LOOPBACK)
     iid = (await api.ok("POST", "/scrubbing", 201, json=shield_body(shield)))["integration"]["id"]
     if api.svc.settings.database_url is None:  # SQLite: the files as they are on disk
         on_disk = store_bytes(tmp_path)
@@ -81,7 +82,7 @@ async def test_adapter_secrets_are_encrypted_in_the_store(
 
 
 async def test_status_shows_no_secret(make_api: Any, shield: ShieldServer) -> None:
-    api: Api = await make_api()
+    api: Api = await make_api(egress_allow=LOOPBACK)
     iid = (await api.ok("POST", "/scrubbing", 201, json=shield_body(shield)))["integration"]["id"]
     r = await api.call("GET", f"/scrubbing/{iid}/status")
     assert r.status_code == 200, r.text
@@ -95,7 +96,7 @@ async def test_status_shows_no_secret(make_api: Any, shield: ShieldServer) -> No
 async def test_clear_text_secrets_of_an_old_store_are_sealed_at_start(
     make_api: Any, shield: ShieldServer, tmp_path: Path
 ) -> None:
-    api: Api = await make_api()
+    api: Api = await make_api(egress_allow=LOOPBACK)
     iid = (await api.ok("POST", "/scrubbing", 201, json=shield_body(shield)))["integration"]["id"]
     svc = api.svc
     await svc.stop()
@@ -110,7 +111,8 @@ async def test_clear_text_secrets_of_an_old_store_are_sealed_at_start(
         )
     svc.engine.dispose()  # used again after stop()
     again = Service(
-        settings_for(tmp_path, database_url=api.svc.settings.database_url), policy=policy()
+        settings_for(tmp_path, egress_allow=LOOPBACK, database_url=api.svc.settings.database_url),
+        policy=policy(),
     )
     await again.start()
     try:
@@ -141,7 +143,7 @@ async def test_data_directory_and_store_files_are_private(tmp_path: Path) -> Non
 async def test_secrets_rotate_reencrypts_under_a_new_key(
     make_api: Any, shield: ShieldServer, tmp_path: Path
 ) -> None:
-    api: Api = await make_api()
+    api: Api = await make_api(egress_allow=LOOPBACK)
     iid = (await api.ok("POST", "/scrubbing", 201, json=shield_body(shield)))["integration"]["id"]
     await api.svc.stop()
     old_key = (tmp_path / KEY_FILE).read_text().strip()
@@ -169,7 +171,8 @@ async def test_secrets_rotate_reencrypts_under_a_new_key(
         Fernet(old_key.encode()).decrypt(token)
 
     again = Service(
-        settings_for(tmp_path, database_url=api.svc.settings.database_url), policy=policy()
+        settings_for(tmp_path, egress_allow=LOOPBACK, database_url=api.svc.settings.database_url),
+        policy=policy(),
     )
     await again.start()
     try:
@@ -183,7 +186,7 @@ async def test_secrets_rotate_reencrypts_under_a_new_key(
 
 
 async def test_failed_token_lookups_are_cached_in_bounded_memory(make_api: Any) -> None:
-    api: Api = await make_api()
+    api: Api = await make_api(egress_allow=LOOPBACK)
     store = TokenStore(api.svc.engine, api.svc.audit, cache_size=200)
     assert store.authenticate(f"Bearer {ADMIN}").scope == "admin"
     for i in range(1000):
@@ -195,7 +198,7 @@ async def test_failed_token_lookups_are_cached_in_bounded_memory(make_api: Any) 
 
 async def test_a_token_created_elsewhere_is_accepted_after_a_miss(make_api: Any) -> None:
     now = [0.0]
-    api: Api = await make_api()
+    api: Api = await make_api(egress_allow=LOOPBACK)
     store = TokenStore(api.svc.engine, api.svc.audit, cache_ttl=5.0, clock=lambda: now[0])
     other = TokenStore(api.svc.engine, api.svc.audit)  # another process
     token = "b" * 64
@@ -254,7 +257,7 @@ async def test_wrong_node_keys_count_as_failed_authentication(make_api: Any) -> 
 
 
 async def test_the_last_admin_token_cannot_be_revoked(make_api: Any) -> None:
-    api: Api = await make_api()
+    api: Api = await make_api(egress_allow=LOOPBACK)
     [me] = (await api.ok("GET", "/workspace/tokens"))["tokens"]
     r = await api.call("DELETE", f"/workspace/tokens/{me['id']}")
     assert error(r) == (409, "last_admin_token")
@@ -269,7 +272,7 @@ async def test_the_last_admin_token_cannot_be_revoked(make_api: Any) -> None:
 
 
 async def test_tokens_create_offline_recovers_administration(make_api: Any, tmp_path: Path) -> None:
-    api: Api = await make_api()
+    api: Api = await make_api(egress_allow=LOOPBACK)
     url = api.svc.settings.sqlalchemy_url()
     r = CliRunner().invoke(
         cli_app,
@@ -287,12 +290,17 @@ async def test_tokens_create_offline_recovers_administration(make_api: Any, tmp_
 async def test_a_wrong_secrets_key_leaves_the_adapter_unbuilt_not_the_service(
     make_api: Any, shield: ShieldServer, tmp_path: Path
 ) -> None:
-    api: Api = await make_api()
+    api: Api = await make_api(egress_allow=LOOPBACK)
     iid = (await api.ok("POST", "/scrubbing", 201, json=shield_body(shield)))["integration"]["id"]
     await api.svc.stop()
     other = Fernet.generate_key().decode()
     again = Service(
-        settings_for(tmp_path, secret_key=other, database_url=api.svc.settings.database_url),
+        settings_for(
+            tmp_path,
+            egress_allow=LOOPBACK,
+            secret_key=other,
+            database_url=api.svc.settings.database_url,
+        ),
         policy=policy(),
     )
     await again.start()
