@@ -1,8 +1,9 @@
 """The ``sluice`` command line.
 
 ``sluice serve`` runs the service. The other commands talk to a running service's REST API
-(``--url``/``SLUICE_URL``, ``--token``/``SLUICE_TOKEN``), except ``sluice audit verify
---database``, which checks the audit chain straight from the store.
+(``--url``/``SLUICE_URL``, ``--token``/``SLUICE_TOKEN``), except those given
+``--database`` (``audit verify``, ``tokens create``) and ``secrets rotate``, which work
+on the store directly, with the keys from the data directory or the environment.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 from datetime import datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -132,6 +134,7 @@ def serve(
     )
     # APScheduler logs every run of our sub-second jobs at INFO; its warnings still show
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
+    os.umask(0o077)  # files the service creates (store, keys, anchor) are its own alone
     settings = Settings(
         data_dir=data_dir, policy_dir=policy_dir, database_url=database_url, host=host, port=port
     )
@@ -561,37 +564,107 @@ def incidents_resolve(
 # ---------------------------------------------------------------- audit and tokens
 
 
+DataDir = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir",
+        envvar="SLUICE_DATA_DIR",
+        help="The service's data directory (audit key and anchor, secrets key).",
+    ),
+]
+Database = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        envvar="SLUICE_DATABASE_URL",
+        help="Database URL; default: the SQLite file in the data directory.",
+    ),
+]
+
+
+def _offline_settings(data_dir: Path, database: str | None) -> Any:
+    from orchestrator.settings import Settings
+
+    return Settings(data_dir=data_dir, database_url=database)
+
+
+def _offline_audit(settings: Any, *, create: bool) -> Any:
+    from orchestrator.store.audit import ANCHOR_FILE, Anchor, AuditKeyError, AuditLog, load_key
+
+    env = settings.audit_key.get_secret_value() if settings.audit_key else None
+    try:
+        key = load_key(settings.data_dir, env, create=create)
+    except AuditKeyError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    # an offline tool never creates a missing anchor (the next service start records it)
+    return AuditLog(key, Anchor(settings.data_dir / ANCHOR_FILE, create=False))
+
+
 @audit_app.command("verify")
 def audit_verify(
     database: Annotated[
         str | None,
         typer.Option(help="Check this database URL directly instead of asking the service."),
     ] = None,
+    data_dir: DataDir = Path("./var"),
     url: Url = DEFAULT_URL,
     token: Token = "",
+    as_json: AsJson = False,
 ) -> None:
-    """Verify the audit hash chain and report the first tampered entry."""
+    """Verify the keyed audit chain and its anchored head; report the first problem.
+
+    Exit status: 0 intact, 3 entry modified, 4 entries deleted, 5 truncated, 6 re-chained,
+    7 wrong key, 8 anchor missing, 9 anchor unreadable, 10 never keyed (legacy log).
+    """
+    from orchestrator.store.audit import EXIT_CODES, Problem
+
     if database:
         from orchestrator.store.audit import verify
         from orchestrator.store.db import make_engine
 
+        audit = _offline_audit(_offline_settings(data_dir, database), create=False)
         engine = make_engine(database)
-        with engine.connect() as conn:
-            res = verify(conn)
-        valid, entries, bad, problem = res.ok, res.entries, res.first_bad_id, res.problem
+        try:
+            with engine.connect() as conn:
+                res = verify(conn, audit.key, audit.anchor)
+        finally:
+            engine.dispose()
+        valid, entries, bad, problem, code = (
+            res.ok,
+            res.entries,
+            res.first_bad_id,
+            res.problem,
+            str(res.code),
+        )
     else:
         body = _call("GET", url, token, "/audit/verify")
-        valid, entries, bad, problem = (
+        valid, entries, bad, problem, code = (
             body["valid"],
             body["entries"],
             body["first_bad_id"],
             body["problem"],
+            body.get("code") or ("ok" if body["valid"] else "entry_modified"),
         )
-    if valid:
+    if as_json:
+        console.print_json(
+            json.dumps(
+                {
+                    "valid": valid,
+                    "code": code,
+                    "entries": entries,
+                    "first_bad_id": bad,
+                    "problem": problem or None,
+                }
+            )
+        )
+    elif valid:
         console.print(f"audit log intact: {entries} entries")
-        return
-    err.print(f"[red]audit log tampered:[/red] entry {bad}: {problem}")
-    raise typer.Exit(1)
+    else:
+        where = f" at entry {bad}" if bad is not None else ""
+        err.print(f"[red]audit log {code}{where}:[/red] {problem}")
+    if not valid:
+        raise typer.Exit(EXIT_CODES.get(Problem(code), 1) if code in set(Problem) else 1)
 
 
 @tokens_app.command("create")
@@ -599,15 +672,129 @@ def tokens_create(
     name: str,
     scope: Annotated[str, typer.Option(help="read, write or admin")] = "read",
     expires_in: Annotated[int | None, typer.Option(help="Seconds until it expires.")] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            help="Create it straight in this database (offline; the recovery when no admin "
+            "token is left). The audit key is read from --data-dir or SLUICE_AUDIT_KEY."
+        ),
+    ] = None,
+    data_dir: DataDir = Path("./var"),
     url: Url = DEFAULT_URL,
     token: Token = "",
 ) -> None:
     """Create an API token; it is printed once."""
+    if database:
+        from orchestrator.store.db import make_engine, migrate
+        from orchestrator.tokens import TokenStore
+        from policies.errors import SluiceError
+
+        audit = _offline_audit(_offline_settings(data_dir, database), create=False)
+        engine = make_engine(database)
+        audit.attach(engine)
+        try:
+            migrate(engine)
+            made, info = TokenStore(engine, audit).create(
+                name, scope, actor="cli", expires_in=expires_in
+            )
+        except SluiceError as exc:
+            err.print(f"[red]{exc.code}:[/red] {exc.message}")
+            raise typer.Exit(1) from None
+        finally:
+            engine.dispose()
+        err.print(f"created token {info.id} ({info.scope}); shown only now:")
+        console.print(made)
+        return
     body: dict[str, Any] = {"name": name, "scope": scope}
     if expires_in:
         body["expires_in"] = expires_in
     res = _call("POST", url, token, "/workspace/tokens", json=body)
     console.print(res["token"])
+
+
+# ---------------------------------------------------------------- secrets at rest
+
+secrets_app = typer.Typer(help="Adapter secrets encrypted at rest.", no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
+
+
+@secrets_app.command("new-key")
+def secrets_new_key() -> None:
+    """Print a fresh Fernet key (for SLUICE_SECRET_KEY)."""
+    from cryptography.fernet import Fernet
+
+    console.print(Fernet.generate_key().decode())
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(data_dir: DataDir = Path("./var"), database: Database = None) -> None:
+    """Re-encrypt every stored secret under a new key (refused while the service runs).
+
+    With the key file (data_dir/secrets.key) a new key is generated: it is added in front
+    of the old one, every secret is re-encrypted, then the old key is dropped from the
+    file. A crash at any point leaves a file that opens every secret. With
+    SLUICE_SECRET_KEY="new,old" every secret is re-encrypted under the first key; then set
+    SLUICE_SECRET_KEY to the new key alone.
+    """
+    from orchestrator.instance import InstanceLock
+    from orchestrator.store.crypto import key_file, load_keys
+    from policies.errors import SluiceError
+
+    settings = _offline_settings(data_dir, database)
+    env = settings.secret_key.get_secret_value() if settings.secret_key else None
+    path = key_file(settings.data_dir)
+    lock = InstanceLock(settings.data_dir)  # the service must not write secrets meanwhile
+    try:
+        lock.acquire()
+        old = load_keys(settings.data_dir, env, create=False)
+    except SluiceError as exc:
+        lock.release()
+        err.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    try:
+        _rotate(settings, env, path, old)
+    finally:
+        lock.release()
+
+
+def _rotate(settings: Any, env: str | None, path: Path, old: list[Any]) -> None:
+    from cryptography.fernet import Fernet
+
+    from orchestrator.hub import reseal_secrets
+    from orchestrator.store.audit import write_private
+    from orchestrator.store.crypto import SecretBox, SecretKeyError
+    from orchestrator.store.db import make_engine, migrate
+
+    audit = _offline_audit(settings, create=False)
+    new_key = None
+    if env is None:
+        new_key = Fernet.generate_key().decode()
+        write_private(path, new_key + "\n" + path.read_text())
+        keys = [Fernet(new_key.encode()), *old]
+    else:
+        keys = old
+    engine = make_engine(settings.sqlalchemy_url())
+    audit.attach(engine)
+    try:
+        migrate(engine)
+        with engine.begin() as conn:
+            n = reseal_secrets(conn, SecretBox(keys))
+            audit.append(
+                conn, actor="cli", action="secrets.rotate", target="secrets", detail={"rows": n}
+            )
+    except SecretKeyError as exc:
+        err.print(f"[red]{exc}; nothing was changed[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    if new_key is not None:
+        write_private(path, new_key + "\n")
+        console.print(f"re-encrypted the secrets of {n} adapters; {path} holds the new key only")
+    else:
+        console.print(
+            f"re-encrypted the secrets of {n} adapters under the first key of "
+            "SLUICE_SECRET_KEY; remove the old keys from it now"
+        )
 
 
 def main() -> None:

@@ -9,16 +9,17 @@ declared in the policy directory are synced in at start-up and on reload and mar
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, SecretStr
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from adapters.base import Adapter, AdapterConfig, Capability, Health, Registry
 from orchestrator.policy_check import adapter_configs
+from orchestrator.store.crypto import SecretBox, SecretKeyError
 from orchestrator.store.models import adapters
 from policies.errors import AdapterConfigInvalid, NotFound, PolicyInvalid, ReadOnly
 from policies.schema import AdapterDecl
@@ -91,22 +92,30 @@ def secret_keys(adapter: Adapter | None, config: Mapping[str, Any]) -> set[str]:
     return keys
 
 
-def _config_from_row(row: Any) -> AdapterConfig:
+# Called inside the transaction that writes an adapter: (conn, adapter id, created,
+# the config without its secrets). The service writes the audit entry there.
+OnWrite = Callable[[Connection, int, bool, dict[str, Any]], None]
+
+
+def _config_from_row(row: Any, box: SecretBox | None) -> AdapterConfig:
     caps = row.capabilities
+    token = box.open(row.auth_token) if box is not None else row.auth_token
+    config = dict(row.config or {})
     return AdapterConfig(
         name=row.name,
         adapter_type=row.adapter_type,
         endpoint=row.endpoint,
-        auth_token=SecretStr(row.auth_token) if row.auth_token else None,
-        config=dict(row.config or {}),
+        auth_token=SecretStr(token) if token else None,
+        config=box.open_config(config) if box is not None else config,
         capabilities=tuple(Capability(c) for c in caps) if caps is not None else None,
     )
 
 
 class AdapterHub:
-    def __init__(self, engine: Engine, registry: Registry) -> None:
+    def __init__(self, engine: Engine, registry: Registry, box: SecretBox | None = None) -> None:
         self.engine = engine
         self.registry = registry
+        self.box = box  # secrets at rest; None stores them as given (tests of old stores)
         self._records: dict[int, AdapterRecord] = {}
         self._live: dict[int, Adapter] = {}
         self._closing: list[Adapter] = []
@@ -125,10 +134,19 @@ class AdapterHub:
         caps: tuple[str, ...] = tuple(row.capabilities or ())
         adapter: Adapter | None = None
         try:
-            adapter = self.registry.create(_config_from_row(row))
+            config = _config_from_row(row, self.box)
+            adapter = self.registry.create(config)
             self._live[row.id] = adapter
             caps = tuple(sorted(adapter.capabilities))
-        except AdapterConfigInvalid as exc:
+        except (AdapterConfigInvalid, SecretKeyError) as exc:
+            if isinstance(exc, SecretKeyError):  # built without its secrets: not at all
+                plain = {k: v for k, v in (row.config or {}).items() if not SecretBox.is_sealed(v)}
+                config = AdapterConfig(
+                    name=row.name,
+                    adapter_type=row.adapter_type,
+                    endpoint=row.endpoint,
+                    config=plain,
+                )
             error = exc.message
             self._live.pop(row.id, None)
             log.error(  # noqa: TRY400  # the message is the whole story; no traceback
@@ -139,7 +157,7 @@ class AdapterHub:
             name=row.name,
             adapter_type=row.adapter_type,
             endpoint=row.endpoint,
-            config=dict(row.config or {}),
+            config=dict(config.config),
             capabilities=caps,
             source=row.source,
             created_at=row.created_at,
@@ -148,7 +166,7 @@ class AdapterHub:
             checked_at=row.checked_at,
             has_auth_token=bool(row.auth_token),
             error=error,
-            secret_keys=tuple(sorted(secret_keys(adapter, row.config or {}))),
+            secret_keys=tuple(sorted(secret_keys(adapter, config.config))),
         )
         self._records[row.id] = record
         return record
@@ -200,8 +218,12 @@ class AdapterHub:
         adapter_id: int | None = None,
         source: str = "api",
         keep_token: bool = True,
+        on_write: OnWrite | None = None,
     ) -> tuple[AdapterRecord, bool]:
-        """Create or update; returns (record, created). Nothing is stored if building fails."""
+        """Create or update; returns (record, created). Nothing is stored if building fails.
+
+        ``on_write`` runs in the same transaction as the write (the audit entry).
+        """
         existing: AdapterRecord | None = None
         if adapter_id is not None:
             existing = self.get(adapter_id)
@@ -225,16 +247,24 @@ class AdapterHub:
                 token = conn.execute(
                     select(adapters.c.auth_token).where(adapters.c.id == existing.id)
                 ).scalar_one_or_none()
+            if token and self.box is not None:
+                token = self.box.open(token)
             if token:
                 config = config.model_copy(update={"auth_token": SecretStr(token)})
-        self.registry.create(config)  # validate: raises with the adapter's own message
+        built = self.registry.create(config)  # validate: raises with the adapter's own message
+        hidden = secret_keys(built, config.config)
+        stored_token: str | None = token
+        stored_config = dict(config.config)
+        if self.box is not None:
+            stored_token = self.box.seal(token) if token else None
+            stored_config = self.box.seal_config(stored_config, hidden)
         now = datetime.now(UTC)
         values = {
             "name": config.name,
             "adapter_type": config.adapter_type,
             "endpoint": config.endpoint,
-            "auth_token": token,
-            "config": config.config,
+            "auth_token": stored_token,
+            "config": stored_config,
             "capabilities": [str(c) for c in config.capabilities]
             if config.capabilities is not None
             else None,
@@ -252,19 +282,27 @@ class AdapterHub:
                 rid = existing.id
                 conn.execute(update(adapters).where(adapters.c.id == rid).values(**values))
             row = conn.execute(select(adapters).where(adapters.c.id == rid)).one()
+            if on_write is not None:
+                public = {k: v for k, v in config.config.items() if k not in hidden}
+                on_write(conn, rid, existing is None, public)
         old = self._live.pop(rid, None)
         if old is not None:
             self._closing.append(old)
         return self._install(row), existing is None
 
-    def mark_deleted(self, adapter_id: int) -> None:
+    def mark_deleted(self, adapter_id: int, conn: Connection | None = None) -> None:
+        """Soft-delete; in ``conn``'s transaction when given (with its audit entry)."""
         now = datetime.now(UTC)
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(adapters)
-                .where(adapters.c.id == adapter_id)
-                .values(deleted_at=now, updated_at=now)
-            )
+        stmt = (
+            update(adapters)
+            .where(adapters.c.id == adapter_id)
+            .values(deleted_at=now, updated_at=now)
+        )
+        if conn is not None:
+            conn.execute(stmt)
+        else:
+            with self.engine.begin() as own:
+                own.execute(stmt)
         self._records.pop(adapter_id, None)
         old = self._live.pop(adapter_id, None)
         if old is not None:
@@ -313,3 +351,42 @@ class AdapterHub:
         return [
             r.id for r in self._records.values() if r.source == "policy" and r.id not in declared
         ]
+
+
+def reseal_secrets(
+    conn: Connection, box: SecretBox, known: Mapping[int, Iterable[str]] | None = None
+) -> int:
+    """Encrypt every adapter secret under the box's first key; returns the rows changed.
+
+    Values written before encryption are sealed, sealed ones re-encrypted (a rotation).
+    ``known`` adds secret setting names per adapter id (from the live adapters' settings
+    models) to the secret-sounding names. Deleted adapters are included: their secrets
+    stay in the store.
+    """
+    changed = 0
+    for row in conn.execute(select(adapters.c.id, adapters.c.auth_token, adapters.c.config)):
+        config = dict(row.config or {})
+        names = secret_keys(None, config) | set((known or {}).get(row.id, ()))
+        names |= {k for k, v in config.items() if box.is_sealed(v)}
+        new_config = {k: box.rotate(v) if k in names else v for k, v in config.items()}
+        new_token = box.rotate(row.auth_token) if row.auth_token else row.auth_token
+        if new_config != config or new_token != row.auth_token:
+            conn.execute(
+                update(adapters)
+                .where(adapters.c.id == row.id)
+                .values(config=new_config, auth_token=new_token)
+            )
+            changed += 1
+    return changed
+
+
+def unsealed_secrets(conn: Connection, box: SecretBox, known: Mapping[int, Iterable[str]]) -> int:
+    """How many adapter rows still hold a secret in clear text."""
+    count = 0
+    for row in conn.execute(select(adapters.c.id, adapters.c.auth_token, adapters.c.config)):
+        config = dict(row.config or {})
+        names = secret_keys(None, config) | set(known.get(row.id, ()))
+        clear = [k for k in names if k in config and not box.is_sealed(config[k])]
+        if clear or (row.auth_token and not box.is_sealed(row.auth_token)):
+            count += 1
+    return count

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pydantic import BaseModel, SecretStr
 from sqlalchemy import and_, select
 
 from adapters.base import Adapter, AdapterConfig, Diverting, Health
@@ -93,6 +94,48 @@ def _secrets_set(rec: AdapterRecord, adapter: Adapter | None) -> list[str]:
     if rec.has_auth_token:
         names.add("auth_token")
     return sorted(names)
+
+
+def redact(value: Any, adapter: Adapter | None, secret_values: frozenset[str]) -> Any:
+    """``value`` without secrets: secret-named keys dropped, secret values masked, nested.
+
+    Provider details come from the adapter (an AWS access key id, a token in a URL); the
+    status endpoint shows them only after this.
+    """
+    if isinstance(value, Mapping):
+        hidden = secret_keys(adapter, value)
+        return {k: redact(v, adapter, secret_values) for k, v in value.items() if k not in hidden}
+    if isinstance(value, list | tuple):
+        return [redact(v, adapter, secret_values) for v in value]
+    if isinstance(value, str):
+        for secret in secret_values:
+            value = value.replace(secret, "***")
+    return value
+
+
+def _secret_values(rec: AdapterRecord, adapter: Adapter | None) -> frozenset[str]:
+    values: set[str] = set()
+    for k in secret_keys(adapter, rec.config):
+        v = rec.config.get(k)
+        if isinstance(v, str) and len(v) >= 4:
+            values.add(v)
+    settings = getattr(adapter, "settings", None)
+    if isinstance(settings, BaseModel):  # SecretStr settings, e.g. the auth token
+        for name in type(settings).model_fields:
+            for v in _secret_strs(getattr(settings, name, None)):
+                if len(v) >= 4:
+                    values.add(v)
+    return frozenset(values)
+
+
+def _secret_strs(value: Any) -> list[str]:
+    if isinstance(value, SecretStr):
+        return [value.get_secret_value()]
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _secret_strs(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _secret_strs(v)]
+    return []
 
 
 def configured_prefixes(adapter: Adapter | None) -> list[str] | None:
@@ -235,6 +278,7 @@ async def status(svc: Service, integration_id: int) -> dict[str, Any]:
             details = {"error": health.detail}
     rec = svc.hub.record_health(rec.id, health)
     held = _held_rules(svc, rec.id)
+    details = redact(details, adapter, _secret_values(rec, adapter))
     diversion = _diversion(held, provider, details.get("error"))
     return {
         "integration": describe(svc, rec),

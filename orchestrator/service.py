@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, Connection, and_, func, select
 from adapters.base import AdapterConfig, Health, Registry, require_capability
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.events import EventLog
-from orchestrator.hub import AdapterHub, AdapterRecord
+from orchestrator.hub import AdapterHub, AdapterRecord, reseal_secrets, unsealed_secrets
 from orchestrator.lifecycle import HELD, LIVE, State
 from orchestrator.quotas import Quotas
 from orchestrator.reconcile import Reconciler, ReconcileReport
@@ -29,7 +29,8 @@ from orchestrator.session_watch import SessionWatcher
 from orchestrator.sessions import SessionTracker
 from orchestrator.settings import Settings
 from orchestrator.store.audit import AuditLog, VerifyResult, verify
-from orchestrator.store.db import make_engine, migrate
+from orchestrator.store.crypto import SecretBox, SecretKeyError
+from orchestrator.store.db import make_engine, migrate, secure_dir
 from orchestrator.store.models import rule_events, rules
 from orchestrator.views import rule_view
 from policies.engine import prepare
@@ -48,6 +49,10 @@ from policies.schema import Policy, load_policy
 log = logging.getLogger("sluice.service")
 
 Origin = Literal["manual", "policy", "runbook"]
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def utcnow() -> datetime:
@@ -137,13 +142,16 @@ class Service:
     ) -> None:
         self.settings = settings
         self.clock: Callable[[], datetime] = clock or utcnow
+        secure_dir(settings.data_dir)
         self.engine = make_engine(settings.sqlalchemy_url())
         self.rule_store = RuleStore()
         self.events = EventLog(self.engine)
         self.sessions = SessionTracker(self.engine, clock=self.clock)
         self.registry = registry or Registry(access=settings.host_access())
-        self.hub = AdapterHub(self.engine, self.registry)
-        self.audit = AuditLog()
+        self.box = SecretBox.for_data_dir(settings.data_dir, _secret(settings.secret_key))
+        self.hub = AdapterHub(self.engine, self.registry, self.box)
+        self.audit = AuditLog.for_data_dir(settings.data_dir, _secret(settings.audit_key))
+        self.audit.attach(self.engine)
         self.quotas = Quotas()
         self._live = _Live()
         self._cooldown: dict[tuple[str, str], datetime] = {}
@@ -177,7 +185,9 @@ class Service:
 
     async def start(self) -> None:
         migrate(self.engine)
+        self.audit.prepare(self.engine)
         self.hub.load()
+        self._seal_secrets()
         self._sync_policy_adapters()
         self._seed()
         self.dispatcher.start()
@@ -191,7 +201,20 @@ class Service:
         await self.hub.close_all()
         self.events.close()
         self.engine.dispose()
+        if self.audit.anchor is not None:
+            self.audit.anchor.close()
         self.started = False
+
+    def _seal_secrets(self) -> None:
+        """Encrypt adapter secrets a store from before encryption still holds in clear."""
+        known = {r.id: r.secret_keys for r in self.hub.records()}
+        try:
+            with self.engine.begin() as conn:
+                if unsealed_secrets(conn, self.box, known):
+                    n = reseal_secrets(conn, self.box, known)
+                    log.warning("encrypted the secrets of %d adapters stored in clear text", n)
+        except SecretKeyError as exc:
+            log.error("adapter secrets left as they are: %s", exc.message)  # noqa: TRY400
 
     def set_policy(self, policy: Policy, *, sync_adapters: bool = True) -> None:
         """Put a validated policy in force (adapters synced, guardrails rebuilt).
@@ -844,21 +867,23 @@ class Service:
     async def upsert_adapter(
         self, config: AdapterConfig, *, adapter_id: int | None, actor: str
     ) -> tuple[dict[str, Any], bool]:
-        rec, created = self.hub.upsert(config, adapter_id=adapter_id)
-        with self.engine.begin() as conn:
-            self.audit.append(
+
+        def audit(conn: Connection, rid: int, created: bool, public: dict[str, Any]) -> None:
+            self.audit.append(  # in the adapter's own transaction
                 conn,
                 actor=actor,
                 action="adapter.create" if created else "adapter.update",
-                target=f"adapter:{rec.id}",
+                target=f"adapter:{rid}",
                 detail={
-                    "name": rec.name,
-                    "adapter_type": rec.adapter_type,
-                    "endpoint": rec.endpoint,
-                    "config": rec.public_config(),
+                    "name": config.name,
+                    "adapter_type": config.adapter_type,
+                    "endpoint": config.endpoint,
+                    "config": public,
                     "auth_token": "set" if config.auth_token else "unchanged",
                 },
             )
+
+        rec, created = self.hub.upsert(config, adapter_id=adapter_id, on_write=audit)
         await self.hub.close_retired()
         if not created:
             # a changed adapter may talk to another speaker: make it hold what it should
@@ -930,7 +955,7 @@ class Service:
                 target=f"adapter:{adapter_id}",
                 detail={"name": rec.name},
             )
-        self.hub.mark_deleted(adapter_id)
+            self.hub.mark_deleted(adapter_id, conn)
         await self.hub.close_retired()
         return {"id": adapter_id, "name": rec.name, "withdrawn_rules": ids}
 
@@ -955,4 +980,4 @@ class Service:
 
     def verify_audit(self) -> VerifyResult:
         with self.engine.connect() as conn:
-            return verify(conn)
+            return verify(conn, self.audit.key, self.audit.anchor)

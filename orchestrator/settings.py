@@ -37,6 +37,17 @@ class Settings(BaseSettings):
     # and printed once.
     admin_token: SecretStr | None = None
     rate_limit_per_minute: Annotated[int, Field(ge=1)] = 1000
+    # Failed authentications (API tokens and node keys) allowed per client address and
+    # minute; beyond that the address gets 429 until the window has room again.
+    auth_failures_per_minute: Annotated[int, Field(ge=1)] = 20
+    # Agent requests (heartbeats, metrics, incidents) allowed per node and minute.
+    agent_rate_limit_per_minute: Annotated[int, Field(ge=1)] = 600
+    # Key of the audit chain's HMAC (hex, >= 32 bytes); default: data_dir/audit.key,
+    # created 0600 on first start. Never stored in the database.
+    audit_key: SecretStr | None = None
+    # Fernet key(s) for secrets at rest, comma-separated, the first one encrypts; default:
+    # data_dir/secrets.key, created 0600 on first start. See `sluice secrets rotate`.
+    secret_key: SecretStr | None = None
     # How long an idle keep-alive HTTP connection stays open. Longer than the idle
     # timeouts of common client pools (httpx and others: 5 s; load balancers: 60 s): with
     # uvicorn's default of 5 s, a detector reusing a connection just as the server closed

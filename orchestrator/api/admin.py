@@ -70,5 +70,6 @@ async def audit_verify(svc: Svc, _: Reader) -> dict[str, Any]:
         entries=res.entries,
         first_bad_id=res.first_bad_id,
         problem=res.problem or None,
+        code=str(res.code),
         head=res.head,
     )

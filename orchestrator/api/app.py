@@ -29,7 +29,7 @@ from orchestrator.nodes import NodeRegistry
 from orchestrator.pcaps import build_store
 from orchestrator.policy_doc import PolicyDocument
 from orchestrator.service import Service
-from orchestrator.tokens import TokenStore
+from orchestrator.tokens import FailureLimiter, TokenStore
 
 log = logging.getLogger("sluice.api")
 API_PREFIX = "/api/v1"
@@ -123,6 +123,8 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.state.service = service
     app.state.tokens = tokens
     app.state.limiter = RateLimiter(service.settings.rate_limit_per_minute)
+    app.state.agent_limiter = RateLimiter(service.settings.agent_rate_limit_per_minute)
+    app.state.auth_failures = FailureLimiter(service.settings.auth_failures_per_minute)
     app.state.pcaps = build_store(service)
     app.state.extra_jobs = {"pcap-retention": (600.0, app.state.pcaps.sweep_due)}
     app.state.runtime = runtime

@@ -6,13 +6,16 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from fastapi import Request
 
 from orchestrator.api.envelope import RateLimited
 from orchestrator.service import Service
-from orchestrator.tokens import TokenInfo, TokenStore
-from policies.errors import Forbidden
+from orchestrator.tokens import FailureLimiter, TokenInfo, TokenStore
+from policies.errors import AuthError, Forbidden
+
+_T = TypeVar("_T")
 
 
 class RateLimiter:
@@ -56,12 +59,34 @@ async def service_of(request: Request) -> Service:
     return svc
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def guarded(request: Request, authenticate: Callable[[], _T]) -> _T:
+    """Run ``authenticate``, counting failures per client address (429 once over the limit).
+
+    An address over the limit is refused before its credentials are even looked at, so
+    guessing stops for the rest of the window whatever it sends. A request without any
+    credentials is not a guess (and costs no look-up): it gets its 401 but is not counted.
+    """
+    failures: FailureLimiter = request.app.state.auth_failures
+    address = client_address(request)
+    failures.check(address)
+    try:
+        return authenticate()
+    except AuthError as exc:
+        if exc.code != "missing_token":
+            failures.failed(address)
+        raise
+
+
 def require(scope: str) -> Callable[[Request], Awaitable[TokenInfo]]:
     """A dependency that authenticates the caller, checks ``scope`` and counts the request."""
 
     async def dependency(request: Request) -> TokenInfo:
         store: TokenStore = request.app.state.tokens
-        info = store.authenticate(request.headers.get("authorization"))
+        info = guarded(request, lambda: store.authenticate(request.headers.get("authorization")))
         limiter: RateLimiter = request.app.state.limiter
         request.state.rate_headers = limiter.hit(info.token_hash)
         if not info.allows(scope):

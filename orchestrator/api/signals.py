@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.api.deps import require
+from orchestrator.api.deps import RateLimiter, guarded, require
 from orchestrator.api.envelope import ok
 from orchestrator.nodes import NodeRegistry
 from orchestrator.runtime import PolicyRuntime
@@ -229,11 +229,16 @@ async def list_nodes(
 
 
 async def agent(
+    request: Request,
     reg: Nodes,
     authorization: Annotated[str | None, Header()] = None,
     x_node_uuid: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
-    return reg.authenticate(authorization, x_node_uuid)
+    """Authenticate a node (failures limited per address) and rate limit it per node."""
+    node = guarded(request, lambda: reg.authenticate(authorization, x_node_uuid))
+    limiter: RateLimiter = request.app.state.agent_limiter
+    request.state.rate_headers = limiter.hit(f"node:{node['id']}")
+    return node
 
 
 Agent = Annotated[dict[str, Any], Depends(agent)]

@@ -1,12 +1,18 @@
-"""Engine creation and schema migrations.
+"""Engine creation, schema migrations and the data directory's permissions.
 
 SQLite runs in WAL mode with ``synchronous=NORMAL`` (durable across a process crash; a
 power loss may lose the last transactions) and a busy timeout; PostgreSQL needs nothing
 special. The schema is always brought to Alembic's head at start-up.
+
+The data directory is 0700 and the SQLite file 0600 (created so before SQLite opens it;
+SQLite gives its ``-wal`` and ``-shm`` files the database file's mode, and existing ones
+are tightened too).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +32,31 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def secure_dir(path: Path) -> None:
+    """Create ``path`` (0700) or take group and other access away from it."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        path.chmod(0o700)
+
+
+def secure_sqlite_files(db: Path) -> None:
+    """Create the database file 0600 if missing; make it and its WAL/SHM files 0600."""
+    fd = os.open(db, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        try:
+            if stat.S_IMODE(path.stat().st_mode) & 0o077:
+                path.chmod(0o600)
+        except FileNotFoundError:
+            continue
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
+        if path and path != ":memory:" and not path.startswith("file:"):
+            Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            secure_sqlite_files(Path(path))
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -102,9 +102,10 @@ ADMIN = "a" * 64
 class Api:
     """The app over an in-process transport, with the admin token by default."""
 
-    def __init__(self, client: httpx.AsyncClient, svc: Service) -> None:
+    def __init__(self, client: httpx.AsyncClient, svc: Service, app: Any = None) -> None:
         self.client = client
         self.svc = svc
+        self.app = app  # for a second client (another client address)
 
     async def call(
         self, method: str, path: str, token: str | None = ADMIN, **kw: Any
@@ -148,7 +149,7 @@ async def make_api(tmp_path: Path, store_url: str | None) -> AsyncIterator[Calla
         app = create_app(svc, run_scheduler=False)
         bootstrap_token(svc, app.state.tokens)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sluice")
-        return Api(client, svc)
+        return Api(client, svc, app)
 
     yield make
     for svc in made:
