@@ -97,6 +97,10 @@ def install(app: FastAPI) -> None:
         field = _loc(tuple(err.get("loc", ())))
         code = _PYDANTIC_CODES.get(str(err.get("type")), "invalid_parameter")
         msg = str(err.get("msg", "invalid input")).removeprefix("Value error, ")
+        if err.get("type") == "string_pattern_mismatch" and str(
+            (err.get("ctx") or {}).get("pattern", "")
+        ).startswith("^[^\\x00-\\x1f"):
+            msg = "must not contain control characters or line breaks"
         if not field and code != "invalid_json":
             msg = "the request body must be a JSON object"
         elif code == "missing_parameter":

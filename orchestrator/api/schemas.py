@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from policies.errors import IntentInvalid
 from policies.intents import AnyIntent, build_intent
@@ -32,8 +32,21 @@ Address = Annotated[str, Field(min_length=1, max_length=64)]
 # A free-form settings mapping (adapter config, geo lockdown): bounded in keys; the body
 # size limit bounds the rest.
 Mapping = Annotated[dict[Annotated[str, Field(max_length=100)], Any], Field(max_length=100)]
+
+
+def _at_most(n: int) -> BeforeValidator:
+    """Refuse a list longer than ``n`` before a union of shapes tries it (one clear error)."""
+
+    def check(value: object) -> object:
+        if isinstance(value, list) and len(value) > n:
+            raise ValueError(f"at most {n} values, not {len(value)}")
+        return value
+
+    return BeforeValidator(check)
+
+
 # One FlowSpec match component: a value, an expression ("=80|>=1024"), or a list of them.
-Component = int | Short | Annotated[list[int | Short], Field(max_length=32)]
+Component = Annotated[int | Short | list[int | Short], _at_most(32)]
 
 
 class Body(BaseModel):
@@ -83,10 +96,10 @@ class CreateRule(Body):
     source_port: Component | None = None
     icmp_type: Component | None = None
     icmp_code: Component | None = None
-    tcp_flags: Short | Annotated[list[Short], Field(max_length=32)] | None = None
+    tcp_flags: Annotated[Short | list[Short], _at_most(32)] | None = None
     packet_length: Component | None = None
     dscp: Component | None = None
-    fragment: Short | Annotated[list[Short], Field(max_length=8)] | None = None
+    fragment: Annotated[Short | list[Short], _at_most(8)] | None = None
     flow_label: Component | None = None
     # FlowSpec action: discard (default), rate-limit (bytes/s), redirect (route target), mark
     action: Annotated[str, Field(max_length=32)] | None = None

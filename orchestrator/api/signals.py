@@ -155,7 +155,7 @@ async def report_incident(request: Request, rt: Runtime, who: Writer) -> dict[st
     """Open or update an incident with a signal (or end it: ``action: unban``)."""
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         raise ValidationFailed("the request body must be JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ValidationFailed("the request body must be a JSON object")
