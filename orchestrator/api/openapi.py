@@ -7,8 +7,8 @@ gets the failure statuses it can answer, each with the one envelope schema
 * authenticated by an API token (:class:`~orchestrator.api.deps.Require`, declared as the
   ``apiToken`` bearer scheme): 401, 403, 429;
 * an agent endpoint (node key, the ``nodeKey`` bearer scheme): 401, 429;
-* takes parameters or a body: 422; takes a body: 400 (not JSON), 408 (body too slow),
-  413 (body too large);
+* takes parameters or a body: 422; takes a body (any method but GET): 400 (not JSON),
+  408 (body too slow), 413 (body too large);
 * names an object in its path: 404; changes something: 404 (a named object is missing)
   and 409 (conflicts with the current state, or managed by the policy directory);
 * talks to a backend (:data:`BACKEND_OPERATIONS`): 502;
@@ -92,9 +92,9 @@ def _statuses(method: str, path: str, op: dict[str, Any]) -> set[int]:
         statuses |= {401, 403, 429}
     if path.startswith(AGENT_PREFIX):
         statuses |= {401, 429}
-    if params or has_body:
-        statuses.add(422)
-    if has_body or method in ("post", "put", "patch", "delete"):
+    if params or has_body or method != "get":
+        statuses.add(422)  # (some handlers read their body themselves: POST /incidents)
+    if has_body or method != "get":
         statuses |= {400, 408, 413}
     if any(p.get("in") == "path" for p in params):
         statuses.add(404)
