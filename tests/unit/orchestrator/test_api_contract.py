@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import Case
 from schemathesis.config import SchemathesisConfig
+from schemathesis.core.result import Ok
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.python import asgi
 from schemathesis.schemas import APIOperation, BaseSchema
@@ -71,7 +72,7 @@ def _findings(exc: BaseException) -> list[str]:
     return [f"{type(exc).__name__}: {exc}".split("\n\nReproduce")[0][:1500]]
 
 
-def _run(op: APIOperation, mode: GenerationMode, found: dict[str, str]) -> None:
+def _run(op: APIOperation[Any, Any, Any, Any], mode: GenerationMode, found: dict[str, str]) -> None:
     @given(case=op.as_strategy(generation_mode=mode))
     @settings(
         max_examples=EXAMPLES,
@@ -81,7 +82,7 @@ def _run(op: APIOperation, mode: GenerationMode, found: dict[str, str]) -> None:
         phases=[Phase.explicit, Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    def run(case: Case) -> None:
+    def run(case: Case[Any]) -> None:
         try:
             case.call_and_validate(excluded_checks=[positive_data_acceptance])
         except (Exception, BaseExceptionGroup) as exc:  # every finding is kept and reported
@@ -95,7 +96,7 @@ def _run(op: APIOperation, mode: GenerationMode, found: dict[str, str]) -> None:
 
 def test_every_operation_keeps_its_contract(api_schema: BaseSchema) -> None:
     found: dict[str, str] = {}
-    operations = [r.ok() for r in api_schema.get_all_operations()]
+    operations = [r.ok() for r in api_schema.get_all_operations() if isinstance(r, Ok)]
     assert len(operations) > 30
     for op in operations:
         if (op.method.upper(), op.path) in SKIP:

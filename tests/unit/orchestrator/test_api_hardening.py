@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
@@ -63,9 +64,9 @@ class Asgi:
                 await forever.wait()  # the client never sends the rest
             return {"type": "http.disconnect"}
 
-        sent: list[dict[str, Any]] = []
+        sent: list[MutableMapping[str, Any]] = []
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
         scope = {
