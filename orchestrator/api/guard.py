@@ -35,7 +35,6 @@ from orchestrator.api.deps import AGENT_PREFIX, Require, authorize
 from orchestrator.api.envelope import EarlyRefusal, error_body
 from policies.errors import SluiceError
 
-NODE_STATE = "sluice_node"
 _BODY_METHODS = (b"POST", b"PUT", b"PATCH")
 
 
@@ -179,7 +178,8 @@ class RequestGuard:
                 headers = dict(scope["headers"])
                 auth = headers.get(b"authorization")
                 uuid = headers.get(b"x-node-uuid")
-                state[NODE_STATE] = scope["app"].state.nodes.authenticate(
+                # checked here, and again by the endpoint's own dependency
+                scope["app"].state.nodes.authenticate(
                     auth.decode("latin-1") if auth is not None else None,
                     uuid.decode("latin-1") if uuid is not None else None,
                 )

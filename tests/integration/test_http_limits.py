@@ -8,6 +8,7 @@ how fast the machine is beyond those generous bounds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -48,9 +49,8 @@ class Service:
         return r.status_code == 200 and bool(r.json()["ready"])
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    tmp_path = tmp_path_factory.mktemp("http-limits")
+@contextlib.contextmanager
+def serve(tmp_path: Path, log_level: str = "warning") -> Iterator[Service]:
     port = free_port()
     env = {
         **os.environ,
@@ -71,7 +71,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
                 "--port",
                 str(port),
                 "--log-level",
-                "warning",
+                log_level,
             ],
             env=env,
             stdout=out,
@@ -98,6 +98,12 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    with serve(tmp_path_factory.mktemp("http-limits")) as svc:
+        yield svc
 
 
 def closed_by_server(sock: socket.socket, deadline: float) -> bool:

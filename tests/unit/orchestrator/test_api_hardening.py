@@ -370,6 +370,26 @@ def test_log_lines_cannot_be_forged() -> None:
     assert "\\n2026-01-01" in line and "\\x1b[0m" in line
 
 
+def test_serve_logs_one_line_per_event(capsys: pytest.CaptureFixture[str]) -> None:
+    """``sluice serve``'s logging set-up (logfmt.configure) escapes what it is given."""
+    from orchestrator import logfmt
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        logfmt.configure("info")
+        logging.getLogger("sluice.test").warning(
+            "adapter %s created", "edge\n2026-01-01 00:00:00,000 WARNING sluice.api: forged"
+        )
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        "adapter edge\\n2026-01-01 00:00:00,000 WARNING sluice.api: forged created"
+    ), lines
+
+
 async def test_every_status_is_documented_with_the_envelope(make_api: Any) -> None:
     api = await make_api()
     doc = (await api.client.get("/api/v1/openapi.json")).json()
