@@ -42,6 +42,8 @@ BACKEND_OPERATIONS = {
     ("post", "/api/v1/scrubbing/{integration_id}/announce"),
     ("post", "/api/v1/scrubbing/{integration_id}/withdraw"),
 }
+# Operations whose success answer is a stream, not the JSON envelope.
+STREAMS = {("get", "/api/v1/events/stream"): "text/event-stream"}
 _DESCRIPTIONS = {
     400: "The body is not readable JSON.",
     401: "Missing, invalid or expired credentials.",
@@ -124,6 +126,9 @@ def complete(doc: dict[str, Any]) -> dict[str, Any]:
             if path.startswith(AGENT_PREFIX):
                 op["security"] = [{NODE_SCHEME: []}]
             responses = op["responses"]
+            stream = STREAMS.get((method, path))
+            if stream is not None:
+                responses["200"]["content"] = {stream: {"schema": {"type": "string"}}}
             for status in sorted(_statuses(method, path, op)):
                 answer: dict[str, Any] = {
                     "description": _DESCRIPTIONS[status],

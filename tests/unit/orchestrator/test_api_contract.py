@@ -6,7 +6,8 @@ documented status, an answer matching its documented schema, content type and he
 and invalid input must be refused. Every path answers an undeclared method with 405 and
 an ``Allow`` header naming exactly its methods. All findings are collected and reported together.
 
-Left out: revoking tokens (a generated id would revoke the caller's own token), and
+Left out: revoking tokens (a generated id would revoke the caller's own token), the
+event stream (its answer never ends; its parameters are covered by unit tests), and
 schemathesis' ``positive_data_acceptance``: the document describes shapes, and a value of
 the right shape can still be refused for its meaning (``target_ip: "0"``) with a
 documented 422.
@@ -39,8 +40,11 @@ from orchestrator.api.app import create_app
 from orchestrator.service import Service
 from tests.unit.orchestrator.conftest import ADMIN, policy, settings_for
 
-EXAMPLES = 8  # per operation and mode; the whole run stays under 2 minutes on 2 slow cores
-SKIP = {("DELETE", "/api/v1/workspace/tokens/{token_id}")}
+EXAMPLES = 6  # per operation and mode; the whole run stays under 2 minutes on 2 slow cores
+SKIP = {
+    ("DELETE", "/api/v1/workspace/tokens/{token_id}"),  # would revoke the caller's token
+    ("GET", "/api/v1/events/stream"),  # an answer that never ends (its parameters: unit tests)
+}
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 

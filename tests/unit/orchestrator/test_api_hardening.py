@@ -251,6 +251,8 @@ async def test_escalation_tiers_are_bounded(make_api: Any) -> None:
         ("GET", "/mitigation/rules/history", {"offset": 2**64}),
         ("GET", "/incidents", {"offset": 2**64}),
         ("GET", "/nodes", {"offset": 2**64}),
+        ("GET", "/events", {"after": 2**64}),
+        ("GET", "/events/stream", {"after": 2**64}),
     ],
 )
 async def test_huge_integers_are_refused_not_500(
@@ -260,6 +262,12 @@ async def test_huge_integers_are_refused_not_500(
     r = await api.call(method, path, params=params)
     status, code, _ = error(r)
     assert (status, code) == (422, "invalid_parameter"), r.text
+
+
+async def test_huge_event_ids_are_refused(make_api: Any) -> None:
+    api = await make_api()
+    r = await api.call("GET", "/events/stream", headers={"Last-Event-ID": str(2**64)})
+    assert error(r) == (422, "invalid_parameter", "Last-Event-ID")
 
 
 async def test_huge_integers_in_bodies_are_refused(make_api: Any) -> None:
