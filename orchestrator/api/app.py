@@ -40,6 +40,7 @@ from orchestrator.tokens import TokenStore
 log = logging.getLogger("sluice.api")
 API_PREFIX = "/api/v1"
 DOCS_URL = f"{API_PREFIX}/docs"
+PCAP_UPLOAD_SECONDS = 600.0
 # Swagger UI's files, from a Python package: the docs work where there is no internet.
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
@@ -115,6 +116,15 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
         RequestGuard,
         max_body_bytes=service.settings.max_body_bytes,
         body_timeout=service.settings.http_body_timeout_seconds,
+        # PCAP uploads stream to disk under the store's own size limit (pcap_too_large);
+        # the guard is only a backstop above it, with 10 minutes for a slow link
+        large_bodies=dict.fromkeys(
+            (f"{API_PREFIX}/pcaps", f"{API_PREFIX}/agent/pcaps"),
+            (
+                service.settings.pcap_max_bytes + service.settings.max_body_bytes,
+                PCAP_UPLOAD_SECONDS,
+            ),
+        ),
     )
     app.include_router(mitigation.router, prefix=API_PREFIX)
     app.include_router(admin.router, prefix=API_PREFIX)

@@ -9,7 +9,8 @@ A plain ASGI middleware (BaseHTTPMiddleware costs a task and a stream per reques
   that route's credential first - the API token and scope of a :class:`Require`
   dependency, or the node key of an agent endpoint. A refusal answers at once, the body
   unread, and the connection is closed.
-* **A body size limit, enforced while reading.** A ``Content-Length`` over the limit is
+* **A body size limit, enforced while reading** (uploads that stream their body to disk,
+  PCAPs, get their own limit and deadline). A ``Content-Length`` over the limit is
   refused with 413 before anything is read; a chunked body is counted as it arrives and
   refused the moment it passes the limit. Nothing past the limit is buffered.
 * **A body deadline.** Once the application starts reading, the whole body must arrive
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -88,11 +89,15 @@ class RequestGuard:
         *,
         max_body_bytes: int,
         body_timeout: float,
+        large_bodies: Mapping[str, tuple[int, float]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``large_bodies``: path -> (size limit, deadline) for uploads that stream their
+        body themselves (PCAPs), instead of ``max_body_bytes`` and ``body_timeout``."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
+        self.large_bodies = dict(large_bodies or {})
         self.clock = clock
         self._requirements: dict[int, Require | None] = {}
 
@@ -102,12 +107,15 @@ class RequestGuard:
             return
         length, chunked = _framing(scope)
         state: dict[str, Any] = scope.setdefault("state", {})
+        limit, timeout = self.large_bodies.get(
+            scope["path"], (self.max_body_bytes, self.body_timeout)
+        )
         if length is None:
             error = SluiceError("invalid Content-Length", code="invalid_body")
             await self._refuse(scope, send, error, 400)
             return
-        if length > self.max_body_bytes:
-            await self._refuse(scope, send, self._too_large(), 413)
+        if length > limit:
+            await self._refuse(scope, send, self._too_large(limit), 413)
             return
         body = _Body(has_body=length > 0 or chunked)
 
@@ -117,22 +125,22 @@ class RequestGuard:
             if not body.checked:
                 body.checked = True
                 self._authenticate(scope, state)
-                body.deadline = self.clock() + self.body_timeout
+                body.deadline = self.clock() + timeout
             try:
                 async with asyncio.timeout(max(0.0, body.deadline - self.clock())):
                     message = await receive()
             except TimeoutError:
                 raise EarlyRefusal(
                     SluiceError(
-                        f"the request body did not arrive within {self.body_timeout:g} s",
+                        f"the request body did not arrive within {timeout:g} s",
                         code="request_timeout",
                     ),
                     408,
                 ) from None
             if message["type"] == "http.request":
                 body.size += len(message.get("body", b""))
-                if body.size > self.max_body_bytes:
-                    raise EarlyRefusal(self._too_large(), 413)
+                if body.size > limit:
+                    raise EarlyRefusal(self._too_large(limit), 413)
                 body.done = not message.get("more_body", False)
             else:
                 body.done = True
@@ -186,10 +194,8 @@ class RequestGuard:
         except SluiceError as exc:
             raise EarlyRefusal(exc, exc.status) from None
 
-    def _too_large(self) -> SluiceError:
-        return SluiceError(
-            f"the request body is larger than {self.max_body_bytes} bytes", code="body_too_large"
-        )
+    def _too_large(self, limit: int) -> SluiceError:
+        return SluiceError(f"the request body is larger than {limit} bytes", code="body_too_large")
 
     async def _refuse(self, scope: Scope, send: Send, error: SluiceError, status: int) -> None:
         response = JSONResponse(

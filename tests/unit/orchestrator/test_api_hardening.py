@@ -156,6 +156,20 @@ async def test_body_limit_is_enforced_while_reading(make_api: Any) -> None:
     assert error(r)[:2] == (422, "missing_parameter")
 
 
+async def test_pcap_uploads_have_their_own_limit(make_api: Any) -> None:
+    """The 1 MiB limit is for JSON; a capture streams to disk under the PCAP store's limit."""
+    api = await make_api(max_body_bytes=64 * 1024)
+    r = await api.call(
+        "POST",
+        "/pcaps",
+        content=b"\x00" * (256 * 1024),
+        headers={"Content-Type": "application/vnd.tcpdump.pcap"},
+    )
+    assert r.json()["error"]["code"] != "body_too_large", r.text  # judged by the PCAP store
+    r = await api.call("POST", "/mitigation/rules", content=b" " * (256 * 1024))
+    assert error(r)[:2] == (413, "body_too_large")
+
+
 async def test_slow_body_gets_408(make_api: Any) -> None:
     api = await make_api(http_body_timeout_seconds=0.2)
     asgi = Asgi(api)
