@@ -31,8 +31,10 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json as jsonlib
 import logging
+import re
 import ssl
 import time
 import weakref
@@ -50,6 +52,8 @@ from adapters.egress import Check, EgressRefused, EgressTransport
 from policies.errors import AdapterConfigInvalid, AdapterError, AdapterRefused, AdapterUnavailable
 
 log = logging.getLogger("sluice.adapters.http")
+# What inet_aton reads as a number: decimal, octal (leading 0) or hexadecimal (0x) labels.
+_NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+", re.IGNORECASE)
 
 MAX_BACKOFF = 10.0
 MESSAGE_LIMIT = 300
@@ -73,6 +77,21 @@ def check_endpoint(value: str) -> str:
         _ = parts.port
     except ValueError as exc:
         raise ValueError(f"{text!r} has an invalid port") from exc
+    host = parts.hostname
+    if all(_NUMERIC_LABEL.fullmatch(label) for label in host.rstrip(".").split(".")):
+        # 0177.0.0.1, 0x7f.1, 2130706433: resolvers read them as (loopback) addresses,
+        # httpx refuses them; only dotted decimal is taken
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(
+                f"host {host!r} is not a dotted-decimal IPv4 address (octal, hexadecimal and "
+                "shortened forms are refused)"
+            ) from None
+    try:
+        httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"{text!r} is not a valid URL: {exc}") from None
     return text.rstrip("/")
 
 

@@ -122,6 +122,8 @@ def serve(
     """Run the service (REST API, dispatcher, TTL expiry, reconciliation)."""
     import uvicorn
 
+    from orchestrator import logfmt
+    from orchestrator.api import server
     from orchestrator.api.app import create_app
     from orchestrator.instance import InstanceLock
     from orchestrator.service import Service
@@ -129,9 +131,7 @@ def serve(
     from policies.errors import SluiceError
     from policies.schema import load_policy
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logfmt.configure(log_level)
     # APScheduler logs every run of our sub-second jobs at INFO; its warnings still show
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
     os.umask(0o077)  # files the service creates (store, keys, anchor) are its own alone
@@ -155,16 +155,7 @@ def serve(
         err.print(f"[red]cannot start:[/red] {exc.message}", soft_wrap=True, markup=True)
         raise typer.Exit(2) from None
     try:
-        # log_config=None: uvicorn keeps our logging set-up (one format, quiet APScheduler)
-        uvicorn.run(
-            create_app(service),
-            host=host,
-            port=port,
-            log_level=log_level,
-            lifespan="on",
-            log_config=None,
-            timeout_keep_alive=settings.http_keep_alive_seconds,
-        )
+        uvicorn.Server(server.config(create_app(service), settings, log_level=log_level)).run()
     finally:
         lock.release()
 

@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     # uvicorn's default of 5 s, a detector reusing a connection just as the server closed
     # it lost about one signal in 15,000 to a reset under load (bench_intake).
     http_keep_alive_seconds: Annotated[int, Field(ge=1, le=3600)] = 75
+    # A client has this long from connecting (or from its first byte on an idle keep-alive
+    # connection) to send complete request headers, and this long more for the body; then
+    # the connection is closed. Half-open connections cannot pile up.
+    http_header_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    http_body_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # The request line and headers together (h11's limit on an incomplete event).
+    http_max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
+    # Request bodies past this are refused with 413 while they are read (never buffered).
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
     # How often the expiry sweep runs; rules are withdrawn within this of their expiry
     # plus the adapter's own time.
     expiry_interval: Annotated[float, Field(gt=0, le=10)] = 0.2

@@ -67,7 +67,7 @@ class Signal(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     target_ip: Address
-    node: str | None = None
+    node: Annotated[str, Field(max_length=100)] | None = None
     bps: Rate = 0.0
     pps: Rate = 0.0
     attack_family: AttackFamily = "unknown"
@@ -75,10 +75,13 @@ class Signal(BaseModel):
     tcp_pct: Pct | None = None
     udp_pct: Pct | None = None
     icmp_pct: Pct | None = None
-    top_source_ports: tuple[Port, ...] = ()
-    top_destination_ports: tuple[Port, ...] = ()
-    top_sources: tuple[Address, ...] = ()
-    source_countries: Annotated[dict[Country, Pct], BeforeValidator(_countries)] = {}
+    # bounded, as every list an API body carries
+    top_source_ports: Annotated[tuple[Port, ...], Field(max_length=64)] = ()
+    top_destination_ports: Annotated[tuple[Port, ...], Field(max_length=64)] = ()
+    top_sources: Annotated[tuple[Address, ...], Field(max_length=64)] = ()
+    source_countries: Annotated[
+        dict[Country, Pct], BeforeValidator(_countries), Field(max_length=300)
+    ] = {}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Signal:

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchestrator.api.deps import require, service_of
 from orchestrator.api.envelope import ok
-from orchestrator.api.schemas import CreateToken
+from orchestrator.api.schemas import CreateToken, PathId
 from orchestrator.service import Service
 from orchestrator.tokens import TokenInfo, TokenStore
 
@@ -57,7 +57,7 @@ async def create_token(body: CreateToken, store: Tokens, who: Admin) -> dict[str
 
 
 @router.delete("/workspace/tokens/{token_id}")
-async def revoke_token(token_id: int, store: Tokens, who: Admin) -> dict[str, Any]:
+async def revoke_token(token_id: PathId, store: Tokens, who: Admin) -> dict[str, Any]:
     store.revoke(token_id, actor=who.name)
     return ok(revoked=token_id)
 

@@ -6,9 +6,13 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from orchestrator.api import (
     admin,
@@ -17,12 +21,14 @@ from orchestrator.api import (
     envelope,
     events,
     mitigation,
+    openapi,
     pcaps,
     policy,
     scrubbing,
     signals,
 )
 from orchestrator.api.deps import RateLimiter
+from orchestrator.api.guard import RequestGuard
 from orchestrator.core import Core
 from orchestrator.jobs import JobStore
 from orchestrator.nodes import NodeRegistry
@@ -33,6 +39,10 @@ from orchestrator.tokens import FailureLimiter, TokenStore
 
 log = logging.getLogger("sluice.api")
 API_PREFIX = "/api/v1"
+DOCS_URL = f"{API_PREFIX}/docs"
+PCAP_UPLOAD_SECONDS = 600.0
+# Swagger UI's files, from a Python package: the docs work where there is no internet.
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
 
 def bootstrap_token(service: Service, tokens: TokenStore) -> str | None:
@@ -52,46 +62,6 @@ def bootstrap_token(service: Service, tokens: TokenStore) -> str | None:
         sys.stdout.flush()
         return token
     return None
-
-
-class HeadersMiddleware:
-    """Plain ASGI (BaseHTTPMiddleware costs a task and a stream per request).
-
-    * JSON is the only body this API takes: a POST/PUT/PATCH without a Content-Type (curl
-      -d sends form encoding by default) is read as JSON.
-    * The rate-limit headers the auth dependency computed go on every answer, errors too.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] in ("POST", "PUT", "PATCH"):
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            ctype = dict(scope["headers"]).get(b"content-type", b"")
-            if not ctype or ctype.startswith(b"application/x-www-form-urlencoded"):
-                scope["headers"] = [*headers, (b"content-type", b"application/json")]
-        state = scope.setdefault("state", {})
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                extra = state.get("rate_headers")
-                if extra:
-                    present = {k.lower() for k, _ in message.get("headers", [])}
-                    message["headers"] = [
-                        *message.get("headers", []),
-                        *(
-                            (k.lower().encode(), v.encode())
-                            for k, v in extra.items()
-                            if k.lower().encode() not in present
-                        ),
-                    ]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
@@ -116,7 +86,7 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
         version="1",
         description="BGP mitigation orchestration (REST API v1)",
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -141,8 +111,23 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
         ],
     )
     envelope.install(app)
+    openapi.install(app)
+    _install_docs(app)
 
-    app.add_middleware(HeadersMiddleware)
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=service.settings.max_body_bytes,
+        body_timeout=service.settings.http_body_timeout_seconds,
+        # PCAP uploads stream to disk under the store's own size limit (pcap_too_large);
+        # the guard is only a backstop above it, with 10 minutes for a slow link
+        large_bodies=dict.fromkeys(
+            (f"{API_PREFIX}/pcaps", f"{API_PREFIX}/agent/pcaps"),
+            (
+                service.settings.pcap_max_bytes + service.settings.max_body_bytes,
+                PCAP_UPLOAD_SECONDS,
+            ),
+        ),
+    )
     app.include_router(mitigation.router, prefix=API_PREFIX)
     app.include_router(admin.router, prefix=API_PREFIX)
     app.include_router(policy.router, prefix=API_PREFIX)
@@ -153,3 +138,20 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(agent_jobs.router, prefix=API_PREFIX)
     app.include_router(pcaps.router, prefix=API_PREFIX)
     return app
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/api/v1/docs``, every file served from here (no CDN)."""
+    static = f"{DOCS_URL}/static"
+    app.mount(static, StaticFiles(directory=DOCS_ASSETS), name="docs-static")
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=f"{API_PREFIX}/openapi.json",
+            title="Sluice API",
+            swagger_js_url=f"{static}/swagger-ui-bundle.js",
+            swagger_css_url=f"{static}/swagger-ui.css",
+            swagger_favicon_url=f"{static}/favicon.png",
+            swagger_ui_parameters={"persistAuthorization": True},
+        )

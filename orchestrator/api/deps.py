@@ -1,14 +1,23 @@
-"""Request dependencies: authentication, scopes and the per-token rate limit."""
+"""Request dependencies: authentication, scopes and the per-token rate limit.
+
+:class:`Require` is both the dependency that authenticates an API token and the bearer
+security scheme the OpenAPI document declares. A request that carries a body is
+authenticated by :mod:`orchestrator.api.guard` before the body is read (FastAPI reads and
+parses a body before it runs dependencies); the dependency then finds the result in the
+request state instead of checking the token twice.
+"""
 
 from __future__ import annotations
 
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import Request
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
 
 from orchestrator.api.envelope import RateLimited
 from orchestrator.service import Service
@@ -16,6 +25,14 @@ from orchestrator.tokens import FailureLimiter, TokenInfo, TokenStore
 from policies.errors import AuthError, Forbidden
 
 _T = TypeVar("_T")
+
+# Where an authenticated caller is kept in the ASGI scope's state for this request.
+CALLER_STATE = "sluice_caller"
+# Where an authenticated node (agent endpoints) is kept likewise.
+NODE_STATE = "sluice_node"
+BEARER_SCHEME = "apiToken"
+# Agent endpoints authenticate with a node key (Authorization: Bearer + X-Node-UUID).
+AGENT_PREFIX = "/api/v1/agent/"
 
 
 class RateLimiter:
@@ -63,15 +80,14 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"
 
 
-def guarded(request: Request, authenticate: Callable[[], _T]) -> _T:
+def counted(app_state: Any, address: str, authenticate: Callable[[], _T]) -> _T:
     """Run ``authenticate``, counting failures per client address (429 once over the limit).
 
     An address over the limit is refused before its credentials are even looked at, so
     guessing stops for the rest of the window whatever it sends. A request without any
     credentials is not a guess (and costs no look-up): it gets its 401 but is not counted.
     """
-    failures: FailureLimiter = request.app.state.auth_failures
-    address = client_address(request)
+    failures: FailureLimiter = app_state.auth_failures
     failures.check(address)
     try:
         return authenticate()
@@ -81,16 +97,54 @@ def guarded(request: Request, authenticate: Callable[[], _T]) -> _T:
         raise
 
 
-def require(scope: str) -> Callable[[Request], Awaitable[TokenInfo]]:
+def guarded(request: Request, authenticate: Callable[[], _T]) -> _T:
+    """:func:`counted` for a request's client address."""
+    return counted(request.app.state, client_address(request), authenticate)
+
+
+def authorize(
+    app_state: Any, state: dict[str, Any], authorization: str | None, scope: str, address: str
+) -> TokenInfo:
+    """Authenticate ``authorization``, count the request, check ``scope``; remember the caller.
+
+    ``state`` is the ASGI scope's per-request state: the rate-limit headers go there for
+    :class:`~orchestrator.api.guard.RequestGuard` to add to the answer, and so does the
+    caller, so a second call for the same request (guard, then dependency) costs nothing.
+    """
+    info: TokenInfo | None = state.get(CALLER_STATE)
+    if info is None:
+        store: TokenStore = app_state.tokens
+        info = counted(app_state, address, lambda: store.authenticate(authorization))
+        limiter: RateLimiter = app_state.limiter
+        state["rate_headers"] = limiter.hit(info.token_hash)
+        state[CALLER_STATE] = info
+    if not info.allows(scope):
+        raise Forbidden(f"this token has scope {info.scope!r}; this endpoint needs {scope!r}")
+    return info
+
+
+class Require(SecurityBase):
+    """Dependency: an API token (``Authorization: Bearer ...``) with at least ``scope``."""
+
+    def __init__(self, scope: str) -> None:
+        self.scope = scope
+        self.scheme_name = BEARER_SCHEME
+        self.model = HTTPBearerModel(
+            description="An API token (`sluice tokens create`), scope read, write or admin.",
+            bearerFormat="opaque",
+        )
+
+    async def __call__(self, request: Request) -> TokenInfo:
+        state: dict[str, Any] = request.scope.setdefault("state", {})
+        return authorize(
+            request.app.state,
+            state,
+            request.headers.get("authorization"),
+            self.scope,
+            client_address(request),
+        )
+
+
+def require(scope: str) -> Require:
     """A dependency that authenticates the caller, checks ``scope`` and counts the request."""
-
-    async def dependency(request: Request) -> TokenInfo:
-        store: TokenStore = request.app.state.tokens
-        info = guarded(request, lambda: store.authenticate(request.headers.get("authorization")))
-        limiter: RateLimiter = request.app.state.limiter
-        request.state.rate_headers = limiter.hit(info.token_hash)
-        if not info.allows(scope):
-            raise Forbidden(f"this token has scope {info.scope!r}; this endpoint needs {scope!r}")
-        return info
-
-    return dependency
+    return Require(scope)

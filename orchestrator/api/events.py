@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from orchestrator.api.deps import require, service_of
 from orchestrator.api.envelope import ok
+from orchestrator.api.schemas import MAX_ID, Offset
 from orchestrator.service import Service
 from orchestrator.tokens import TokenInfo
 from policies.errors import ValidationFailed
@@ -33,7 +34,7 @@ PAGE = 500
 async def list_events(
     svc: Svc,
     _: Reader,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     items = svc.events.after(after, limit)
@@ -52,9 +53,11 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int:
             code="invalid_parameter",
             field="Last-Event-ID",
         ) from None
-    if value < 0:
+    if not 0 <= value <= MAX_ID:
         raise ValidationFailed(
-            "Last-Event-ID must not be negative", code="invalid_parameter", field="Last-Event-ID"
+            f"Last-Event-ID must be 0 to {MAX_ID}",
+            code="invalid_parameter",
+            field="Last-Event-ID",
         )
     return value
 
@@ -69,7 +72,7 @@ async def stream_events(
     svc: Svc,
     _: Reader,
     last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Offset | None = None,
 ) -> StreamingResponse:
     start = _resume_point(last_event_id, after)
 

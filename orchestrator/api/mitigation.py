@@ -10,7 +10,14 @@ from pydantic import SecretStr, ValidationError
 from adapters.base import AdapterConfig, Capability
 from orchestrator.api.deps import require, service_of
 from orchestrator.api.envelope import ok
-from orchestrator.api.schemas import CreateRule, UpsertAdapter, WithdrawRule
+from orchestrator.api.schemas import (
+    MAX_ID,
+    CreateRule,
+    Offset,
+    PathId,
+    UpsertAdapter,
+    WithdrawRule,
+)
 from orchestrator.service import RuleRequest, Service
 from orchestrator.tokens import TokenInfo
 from policies.errors import ValidationFailed
@@ -29,10 +36,10 @@ Admin = Annotated[TokenInfo, Depends(require("admin"))]
 async def list_rules(
     svc: Svc,
     _: Reader,
-    adapter_id: int | None = None,
-    intent_type: str | None = None,
+    adapter_id: Annotated[int, Query(ge=1, le=MAX_ID)] | None = None,
+    intent_type: Annotated[str, Query(max_length=32)] | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     rules, total = svc.list_active(
         adapter_id=adapter_id, intent_type=intent_type, limit=limit, offset=offset
@@ -45,14 +52,14 @@ async def rule_history(
     svc: Svc,
     _: Reader,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     rules, total = svc.history(limit=limit, offset=offset)
     return ok(rules=rules, total=total, limit=limit, offset=offset)
 
 
 @router.get("/rules/{rule_id}")
-async def get_rule(rule_id: int, svc: Svc, _: Reader) -> dict[str, Any]:
+async def get_rule(rule_id: PathId, svc: Svc, _: Reader) -> dict[str, Any]:
     return ok(rule=svc.get_rule(rule_id))
 
 
@@ -82,7 +89,7 @@ async def create_rule(
 
 
 @router.delete("/rules/{rule_id}")
-async def withdraw_rule(rule_id: int, svc: Svc, who: Writer, request: Request) -> dict[str, Any]:
+async def withdraw_rule(rule_id: PathId, svc: Svc, who: Writer, request: Request) -> dict[str, Any]:
     reason = ""
     if await request.body():
         try:
@@ -122,10 +129,10 @@ async def upsert_adapter(
 
 
 @router.delete("/adapters/{adapter_id}")
-async def delete_adapter(adapter_id: int, svc: Svc, who: Admin) -> dict[str, Any]:
+async def delete_adapter(adapter_id: PathId, svc: Svc, who: Admin) -> dict[str, Any]:
     return ok(deleted=await svc.delete_adapter(adapter_id, who.name))
 
 
 @router.post("/adapters/{adapter_id}/test")
-async def test_adapter(adapter_id: int, svc: Svc, _: Writer) -> dict[str, Any]:
+async def test_adapter(adapter_id: PathId, svc: Svc, _: Writer) -> dict[str, Any]:
     return ok(test=await svc.test_adapter(adapter_id))

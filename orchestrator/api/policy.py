@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.api.deps import require
 from orchestrator.api.envelope import ok
+from orchestrator.api.schemas import Address, Body, Label, Name
 from orchestrator.policy_doc import PolicyDocument, entry_id
 from orchestrator.policy_export import to_yaml
 from orchestrator.tokens import TokenInfo
@@ -35,7 +36,8 @@ async def doc_of(request: Request) -> PolicyDocument:
 Doc = Annotated[PolicyDocument, Depends(doc_of)]
 Reader = Annotated[TokenInfo, Depends(require("read"))]
 Writer = Annotated[TokenInfo, Depends(require("write"))]
-RateValue = int | float | str
+RateValue = int | float | Annotated[str, Field(max_length=32)]
+Adapters = Annotated[list[Name], Field(max_length=32)]
 GeoAction = Literal["block", "allow_only"]
 
 
@@ -55,44 +57,61 @@ class Geo(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
-    countries: Annotated[list[str], Field(min_length=1, max_length=250)]
+    countries: Annotated[
+        list[Annotated[str, Field(max_length=2)]], Field(min_length=1, max_length=250)
+    ]
     action: GeoAction | None = None
     mode: GeoAction | None = None  # our name for action
     # no database here: a file path is the service's configuration (geoip_database), never
     # a write token's to choose
-    from_tier: str | None = None  # default: the first tier
+    from_tier: Name | None = None  # default: the first tier
     rule_budget: int | None = None
     only_seen_countries: bool | None = None
-    adapters: list[str] | None = None
+    adapters: Adapters | None = None
     ttl: int | None = None
 
 
-class SaveEscalation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+TIERS = 32  # at most this many tiers (and per-tier entries naming them)
+
+
+class Tier(BaseModel):
+    """One escalation tier as the API takes it: a name, and the policy's tier fields."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    name: Name
+
+
+class SaveEscalation(Body):
     # {"tier1_bps": 1000000, "tier2_pps": "50k"} or {"tier1": {"bps": ..., "pps": ...}}
-    thresholds: dict[str, RateValue | dict[str, RateValue | None] | None] | None = None
-    ttl: int | dict[str, int] | None = None  # every tier, or per tier
-    adapters: list[str] | dict[str, list[str]] | None = None  # every tier, or per tier
+    thresholds: (
+        Annotated[
+            dict[Name, RateValue | dict[str, RateValue | None] | None],
+            Field(max_length=2 * TIERS),
+        ]
+        | None
+    ) = None
+    ttl: int | Annotated[dict[Name, int], Field(max_length=TIERS)] | None = None
+    adapters: Adapters | Annotated[dict[Name, Adapters], Field(max_length=TIERS)] | None = None
     baseline_mode: Literal["static", "dynamic"] | None = None
     geo_lockdown: Geo | None = None  # null removes it
     dry_run: bool | None = None
-    tiers: list[dict[str, Any]] | None = None  # the whole ladder
+    tiers: Annotated[list[Tier], Field(max_length=TIERS)] | None = None  # the whole ladder
     escalation: Timing | None = None
 
 
-class SaveThreshold(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    target_ip: Annotated[str, Field(min_length=1)]
-    label: str = ""
-    thresholds: dict[str, RateValue]
+class SaveThreshold(Body):
+    target_ip: Address
+    label: Label = ""
+    thresholds: Annotated[
+        dict[Annotated[str, Field(max_length=64)], RateValue], Field(max_length=64)
+    ]
 
 
-class AddAllow(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    ip_address: Annotated[str, Field(min_length=1)]
-    label: str = ""
+class AddAllow(Body):
+    ip_address: Address
+    label: Label = ""
     scope: Literal["workspace", "node"] = "workspace"
-    node: str | None = None
+    node: Name | None = None
 
 
 def _norm(text: str, field: str) -> str:
@@ -179,7 +198,7 @@ async def save_escalation(body: SaveEscalation, doc: Doc, who: Writer) -> dict[s
         doc.require_api("geo_lockdown", field="geo_lockdown")
 
     tiers: list[dict[str, Any]] = (
-        [dict(t) for t in body.tiers]
+        [t.model_dump() for t in body.tiers]
         if body.tiers is not None
         else doc.service.policy.escalation.model_dump(mode="json", exclude_defaults=True)["tiers"]
     )

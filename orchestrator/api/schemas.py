@@ -1,13 +1,59 @@
-"""Request bodies, named as in the Flowtriq API v1 reference; unknown fields are errors."""
+"""Request bodies, named as in the Flowtriq API v1 reference; unknown fields are errors.
+
+Every field is bounded: strings in length, lists and mappings in entries, integers to what
+the store can hold; names and labels refuse control characters (a newline in a name would
+otherwise forge lines in the service log). NaN and infinities are refused.
+The shared field types here are for every router's bodies and parameters.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Path, Query
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from policies.errors import IntentInvalid
 from policies.intents import AnyIntent, build_intent
+
+# The largest id the store (a signed 64-bit integer) can hold.
+MAX_ID = 2**63 - 1
+# No C0/C1 control characters, no Unicode line or paragraph separators.
+NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+PathId = Annotated[int, Path(ge=1, le=MAX_ID, description="an object id")]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NO_CONTROL)]
+Label = Annotated[str, StringConstraints(max_length=200, pattern=NO_CONTROL)]
+Text = Annotated[str, Field(max_length=1000)]
+Short = Annotated[str, Field(max_length=256)]
+Address = Annotated[str, Field(min_length=1, max_length=64)]
+# A free-form settings mapping (adapter config, geo lockdown): bounded in keys; the body
+# size limit bounds the rest.
+Mapping = Annotated[dict[Annotated[str, Field(max_length=100)], Any], Field(max_length=100)]
+
+
+def _at_most(n: int) -> BeforeValidator:
+    """Refuse a list longer than ``n`` before a union of shapes tries it (one clear error)."""
+
+    def check(value: object) -> object:
+        if isinstance(value, list) and len(value) > n:
+            raise ValueError(f"at most {n} values, not {len(value)}")
+        return value
+
+    return BeforeValidator(check)
+
+
+# One FlowSpec match component: a value, an expression ("=80|>=1024"), or a list of them.
+Component = Annotated[int | Short | list[int | Short], _at_most(32)]
+
+
+class Body(BaseModel):
+    """Base of every request body: unknown fields are errors, NaN/infinity refused."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
 
 FLOWSPEC_FIELDS = (
     "source",
@@ -35,37 +81,36 @@ _API_FIELD = {
 _ACTION_FIELD = {"bytes_per_second": "rate_limit", "route_target": "redirect", "dscp": "mark"}
 
 
-class CreateRule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    target_ip: Annotated[str, Field(min_length=1, max_length=64)]
-    intent_type: str
-    adapter_id: int | str
-    ttl: int | None = None
-    reason: Annotated[str, Field(max_length=1000)] = ""
+class CreateRule(Body):
+    target_ip: Address
+    intent_type: Annotated[str, Field(max_length=32)]
+    adapter_id: Id | Name
+    ttl: Annotated[int, Field(ge=-MAX_ID, le=MAX_ID)] | None = None
+    reason: Text = ""
     dry_run: bool = False
     # FlowSpec match components (RFC 8955/8956); see the README for the grammar
-    source: str | None = None
-    protocol: int | str | list[int | str] | None = None
-    port: int | str | list[int | str] | None = None
-    destination_port: int | str | list[int | str] | None = None
-    source_port: int | str | list[int | str] | None = None
-    icmp_type: int | str | list[int | str] | None = None
-    icmp_code: int | str | list[int | str] | None = None
-    tcp_flags: str | list[str] | None = None
-    packet_length: int | str | list[int | str] | None = None
-    dscp: int | str | list[int | str] | None = None
-    fragment: str | list[str] | None = None
-    flow_label: int | str | list[int | str] | None = None
+    source: Address | None = None
+    protocol: Component | None = None
+    port: Component | None = None
+    destination_port: Component | None = None
+    source_port: Component | None = None
+    icmp_type: Component | None = None
+    icmp_code: Component | None = None
+    tcp_flags: Annotated[Short | list[Short], _at_most(32)] | None = None
+    packet_length: Component | None = None
+    dscp: Component | None = None
+    fragment: Annotated[Short | list[Short], _at_most(8)] | None = None
+    flow_label: Component | None = None
     # FlowSpec action: discard (default), rate-limit (bytes/s), redirect (route target), mark
-    action: str | None = None
-    rate_limit: float | None = None
-    redirect: str | None = None
-    mark: int | None = None
+    action: Annotated[str, Field(max_length=32)] | None = None
+    rate_limit: Annotated[float, Field(ge=0, le=1e15)] | None = None
+    redirect: Short | None = None
+    mark: Annotated[int, Field(ge=-MAX_ID, le=MAX_ID)] | None = None
     # Blackhole options
-    communities: list[str] | None = None
-    large_communities: list[str] | None = None
-    next_hop: str | None = None
-    peers: list[str] | None = None
+    communities: Annotated[list[Short], Field(max_length=64)] | None = None
+    large_communities: Annotated[list[Short], Field(max_length=64)] | None = None
+    next_hop: Address | None = None
+    peers: Annotated[list[Short], Field(max_length=64)] | None = None
 
     def to_intent(self) -> AnyIntent:
         kind = self.intent_type
@@ -118,24 +163,24 @@ class CreateRule(BaseModel):
         )
 
 
-class WithdrawRule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: Annotated[str, Field(max_length=1000)] = ""
+class WithdrawRule(Body):
+    reason: Text = ""
 
 
-class UpsertAdapter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: int | None = None
+class UpsertAdapter(Body):
+    id: Id | None = None
     adapter_type: Annotated[str, Field(min_length=1, max_length=50)]
-    name: Annotated[str, Field(min_length=1, max_length=100)]
+    name: Name
     endpoint: Annotated[str, Field(max_length=1000)] = ""
-    auth_token: str | None = None
-    config: dict[str, Any] = {}
-    capabilities: list[str] | None = None
+    auth_token: Annotated[str, Field(max_length=8192)] | None = None
+    config: Mapping = {}
+    capabilities: (
+        Annotated[list[Annotated[str, Field(max_length=32)]], Field(max_length=8)] | None
+    ) = None
 
 
-class CreateToken(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(min_length=1, max_length=100)]
-    scope: str = "read"
-    expires_in: int | None = None
+class CreateToken(Body):
+    name: Name
+    scope: Literal["read", "write", "admin"] = "read"
+    # up to ten years
+    expires_in: Annotated[int, Field(ge=1, le=10 * 366 * 86400)] | None = None

@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Response
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from adapters.base import AdapterConfig
 from orchestrator import scrubbing
 from orchestrator.api.deps import require, service_of
 from orchestrator.api.envelope import ok
+from orchestrator.api.schemas import MAX_ID, Body, Id, Mapping, Name, PathId
 from orchestrator.service import Service
 from orchestrator.tokens import TokenInfo
 
@@ -32,26 +33,24 @@ Reason = Annotated[str, Field(max_length=1000)]
 TargetIp = Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class UpsertIntegration(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: int | None = None
+class UpsertIntegration(Body):
+    id: Id | None = None
     type: Annotated[str, Field(min_length=1, max_length=50)]
-    name: Annotated[str, Field(min_length=1, max_length=100)]
+    name: Name
     endpoint: Annotated[str, Field(max_length=1000)] = ""
-    auth_token: SecretStr | None = None  # write-only; left out on update: kept
-    config: dict[str, Any] = {}
+    # write-only; left out on update: kept
+    auth_token: Annotated[SecretStr, Field(max_length=8192)] | None = None
+    config: Mapping = Field(default_factory=dict)
 
 
-class Announce(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Announce(Body):
     target_ip: TargetIp | None = None  # default: every prefix the integration is configured with
     # seconds; none given (or 0): diverted until withdrawn, as the reference's enable does
-    ttl: int | None = None
+    ttl: Annotated[int, Field(ge=-MAX_ID, le=MAX_ID)] | None = None
     reason: Reason = ""
 
 
-class Withdraw(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Withdraw(Body):
     target_ip: TargetIp | None = None  # default: every scrubbing rule of the integration
     reason: Reason = ""
 
@@ -81,23 +80,23 @@ async def upsert_integration(
 
 
 @router.delete("/{integration_id}")
-async def delete_integration(integration_id: int, svc: Svc, who: Admin) -> dict[str, Any]:
+async def delete_integration(integration_id: PathId, svc: Svc, who: Admin) -> dict[str, Any]:
     return ok(deleted=await scrubbing.delete(svc, integration_id, who.name))
 
 
 @router.get("/{integration_id}/status")
-async def integration_status(integration_id: int, svc: Svc, _: Reader) -> dict[str, Any]:
+async def integration_status(integration_id: PathId, svc: Svc, _: Reader) -> dict[str, Any]:
     return ok(**await scrubbing.status(svc, integration_id))
 
 
 @router.post("/{integration_id}/test")
-async def test_integration(integration_id: int, svc: Svc, _: Writer) -> dict[str, Any]:
+async def test_integration(integration_id: PathId, svc: Svc, _: Writer) -> dict[str, Any]:
     return ok(test=await scrubbing.check_connection(svc, integration_id))
 
 
 @router.post("/{integration_id}/announce", status_code=201)
 async def announce(
-    integration_id: int, svc: Svc, who: Writer, response: Response, body: Announce | None = None
+    integration_id: PathId, svc: Svc, who: Writer, response: Response, body: Announce | None = None
 ) -> dict[str, Any]:
     body = body or Announce()
     result = await scrubbing.announce(
@@ -115,7 +114,7 @@ async def announce(
 
 @router.post("/{integration_id}/withdraw")
 async def withdraw(
-    integration_id: int, svc: Svc, who: Writer, body: Withdraw | None = None
+    integration_id: PathId, svc: Svc, who: Writer, body: Withdraw | None = None
 ) -> dict[str, Any]:
     body = body or Withdraw()
     return ok(

@@ -10,10 +10,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from orchestrator.api.deps import RateLimiter, guarded, require
+from orchestrator.api.deps import NODE_STATE, RateLimiter, guarded, require
 from orchestrator.api.envelope import ok
+from orchestrator.api.schemas import Address, Body, Label, Name, Offset
 from orchestrator.nodes import NodeRegistry
 from orchestrator.runtime import PolicyRuntime
 from orchestrator.tokens import TokenInfo
@@ -154,7 +155,7 @@ async def report_incident(request: Request, rt: Runtime, who: Writer) -> dict[st
     """Open or update an incident with a signal (or end it: ``action: unban``)."""
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         raise ValidationFailed("the request body must be JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ValidationFailed("the request body must be a JSON object")
@@ -167,7 +168,7 @@ async def list_incidents(
     _: Reader,
     status: Literal["open", "mitigating", "resolved", "expired"] | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     return ok(incidents=rt.list_incidents(status=status, limit=limit, offset=offset))
 
@@ -185,13 +186,12 @@ async def resolve_incident(incident_id: str, rt: Runtime, who: Writer) -> dict[s
 # ---------------------------------------------------------------- nodes
 
 
-class RegisterNode(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(min_length=1, max_length=100)]
-    ip: str
-    location: str | None = None
-    os: str | None = None
-    interface: Annotated[str, Field(max_length=32)] = "eth0"
+class RegisterNode(Body):
+    name: Name
+    ip: Address
+    location: Label | None = None
+    os: Label | None = None
+    interface: Annotated[str, Field(max_length=32, pattern=r"^[A-Za-z0-9_.:@-]+$")] = "eth0"
 
 
 @router.post("/nodes", status_code=201)
@@ -218,7 +218,7 @@ async def list_nodes(
     reg: Nodes,
     _: Reader,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     status: Literal["online", "offline", "attack", "elevated"] | None = None,
 ) -> dict[str, Any]:
     items, total = reg.list(limit=limit, offset=offset, status=status)
@@ -235,7 +235,9 @@ async def agent(
     x_node_uuid: Annotated[str | None, Header()] = None,
 ) -> dict[str, Any]:
     """Authenticate a node (failures limited per address) and rate limit it per node."""
-    node = guarded(request, lambda: reg.authenticate(authorization, x_node_uuid))
+    # a request with a body was authenticated (and counted) by the request guard already
+    known: dict[str, Any] | None = request.scope.get("state", {}).get(NODE_STATE)
+    node = known or guarded(request, lambda: reg.authenticate(authorization, x_node_uuid))
     limiter: RateLimiter = request.app.state.agent_limiter
     request.state.rate_headers = limiter.hit(f"node:{node['id']}")
     return node
@@ -244,15 +246,13 @@ async def agent(
 Agent = Annotated[dict[str, Any], Depends(agent)]
 
 
-class Heartbeat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    agent_version: str | None = None
+class Heartbeat(Body):
+    agent_version: Label | None = None
     uptime: Annotated[float, Field(ge=0)] | None = None
-    os: str | None = None
+    os: Label | None = None
 
 
-class Metrics(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Metrics(Body):
     pps: Annotated[float, Field(ge=0)]
     bps: Annotated[float, Field(ge=0)]
     tcp_pct: Pct | None = None
@@ -262,20 +262,22 @@ class Metrics(BaseModel):
     recorded_at: datetime | None = None
 
 
-class AgentIncident(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AgentIncident(Body):
     attack_family: Family
     severity: Literal["low", "medium", "high", "critical"]
     peak_pps: Annotated[float, Field(ge=0)] = 0.0
     peak_bps: Annotated[float, Field(ge=0)] = 0.0
-    target_ip: str | None = None
+    target_ip: Address | None = None
     tcp_pct: Pct | None = None
     udp_pct: Pct | None = None
     icmp_pct: Pct | None = None
-    top_source_ports: list[int] = []
-    top_destination_ports: list[int] = []
-    top_sources: list[str] = []
-    source_countries: dict[str, float] | list[str] = {}
+    top_source_ports: Annotated[list[int], Field(max_length=64)] = Field(default_factory=list)
+    top_destination_ports: Annotated[list[int], Field(max_length=64)] = Field(default_factory=list)
+    top_sources: Annotated[list[Address], Field(max_length=64)] = Field(default_factory=list)
+    source_countries: (
+        Annotated[dict[Annotated[str, Field(max_length=2)], float], Field(max_length=300)]
+        | Annotated[list[Annotated[str, Field(max_length=2)]], Field(max_length=300)]
+    ) = Field(default_factory=dict)
 
 
 @router.post("/agent/heartbeat")

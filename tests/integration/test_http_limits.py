@@ -1,0 +1,240 @@
+"""Connections and bodies against the real ``sluice serve``, over real sockets.
+
+Issue #10: 2,000 connections sending partial headers stayed open for 90 s and more; a
+30 MB body with no token was read and parsed (the service grew from 173 to 966 MiB)
+before its 401. Each wait here has a deadline that fails loudly; nothing depends on
+how fast the machine is beyond those generous bounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+TOKEN = "h" * 64
+HEADER_TIMEOUT = 1.0
+MIB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Service:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.log = log
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=5)
+
+    def rss(self) -> int:
+        return int(psutil.Process(self.proc.pid).memory_info().rss)
+
+    def healthy(self) -> bool:
+        r = httpx.get(f"http://127.0.0.1:{self.port}/api/v1/health", timeout=10)
+        return r.status_code == 200 and bool(r.json()["ready"])
+
+
+@contextlib.contextmanager
+def serve(tmp_path: Path, log_level: str = "warning") -> Iterator[Service]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SLUICE_ADMIN_TOKEN": TOKEN,
+        "SLUICE_HTTP_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
+        "SLUICE_HTTP_BODY_TIMEOUT_SECONDS": "2",
+    }
+    log = tmp_path / "serve.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(  # our own CLI with fixed arguments
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "serve",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--port",
+                str(port),
+                "--log-level",
+                log_level,
+            ],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    svc = Service(proc, port, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if svc.healthy():
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"service did not start: {log.read_text()}")
+            time.sleep(0.1)
+        yield svc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    with serve(tmp_path_factory.mktemp("http-limits")) as svc:
+        yield svc
+
+
+def closed_by_server(sock: socket.socket, deadline: float) -> bool:
+    """True once the server closes ``sock`` (EOF or reset), False at ``deadline``."""
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            data = sock.recv(4096)
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+        if not data:
+            return True
+    return False
+
+
+def read_response(sock: socket.socket, timeout: float) -> bytes:
+    """The status line and headers of the answer on ``sock`` (bounded wait)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_partial_headers_are_closed(service: Service) -> None:
+    socks = []
+    for i in range(200):
+        s = service.connect()
+        s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow-" + str(i).encode())
+        socks.append(s)
+    idle = [service.connect() for _ in range(20)]  # connected, sent nothing
+    # the service still answers others meanwhile
+    assert service.healthy()
+    deadline = time.monotonic() + HEADER_TIMEOUT + 20
+    try:
+        still_open = [s for s in socks + idle if not closed_by_server(s, deadline)]
+        assert not still_open, f"{len(still_open)} half-open connections still open"
+    finally:
+        for s in socks + idle:
+            s.close()
+
+
+def test_header_timeout_is_not_reset_by_dribbling(service: Service) -> None:
+    """One byte every 0.2 s keeps a connection busy, but the clock started at connect."""
+    request = b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n" + b"X-Drip: " + b"a" * 200
+    with service.connect() as s:
+        started = time.monotonic()
+        closed = False
+        for byte in request:
+            try:
+                s.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            if closed_by_server(s, time.monotonic() + 0.2):
+                closed = True
+                break
+        # 240 bytes at 5/s would take 48 s: closed long before that
+        assert closed, "the server kept a dribbling connection open"
+        assert time.monotonic() - started < 30
+
+
+def test_keep_alive_connection_gets_the_header_timeout_too(service: Service) -> None:
+    with service.connect() as s:
+        s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s, 10).startswith(b"HTTP/1.1 200")
+        s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")  # never finished
+        assert closed_by_server(s, time.monotonic() + HEADER_TIMEOUT + 20)
+
+
+def test_big_body_without_token_is_refused_unread(service: Service) -> None:
+    assert service.healthy()
+    before = service.rss()
+    body_size = 30 * MIB
+    with service.connect() as s:
+        s.sendall(
+            b"POST /api/v1/mitigation/rules HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: " + str(body_size).encode() + b"\r\n\r\n" + b"[" * 65536
+        )
+        head = read_response(s, 20)  # answered while 30 MB are still to come
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert b"connection: close" in head.lower()
+    # no Content-Length (chunked), no token: 401 after the first chunk, the rest unread
+    with service.connect() as s:
+        s.sendall(
+            b"POST /api/v1/mitigation/rules HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"10000\r\n" + b"[" * 65536 + b"\r\n"
+        )
+        head = read_response(s, 20)
+        assert head.startswith(b"HTTP/1.1 401"), head
+        # push the whole 30 MB anyway: the server closed, nothing of it is kept
+        sent = 0
+        chunk = b"10000\r\n" + b"[" * 65536 + b"\r\n"
+        try:
+            while sent < body_size:
+                s.sendall(chunk)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    # with a token, a chunked body is cut off at the limit
+    with service.connect() as s:
+        s.sendall(
+            b"POST /api/v1/mitigation/rules HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        try:
+            for _ in range(40):  # 2.5 MB offered
+                s.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        head = read_response(s, 20)
+        assert head.startswith(b"HTTP/1.1 413"), head
+    assert service.healthy()
+    grown = service.rss() - before
+    assert grown < 40 * MIB, f"the service grew by {grown / MIB:.0f} MiB"
+
+
+def test_slow_body_is_cut_off(service: Service) -> None:
+    with service.connect() as s:
+        s.sendall(
+            b"POST /api/v1/mitigation/rules HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        head = read_response(s, 30)
+        assert head.startswith(b"HTTP/1.1 408"), head
