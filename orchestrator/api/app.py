@@ -13,16 +13,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator.api import (
     admin,
     agent_jobs,
+    channels,
     detectors,
     envelope,
     events,
     mitigation,
     pcaps,
     policy,
+    runbooks,
     scrubbing,
     signals,
 )
 from orchestrator.api.deps import RateLimiter
+from orchestrator.automation import Automation
 from orchestrator.core import Core
 from orchestrator.jobs import JobStore
 from orchestrator.nodes import NodeRegistry
@@ -140,6 +143,8 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
             if e.scope == "workspace" or e.node == node
         ],
     )
+    app.state.automation = Automation(service, app.state.jobs)
+    core.consumers.append(app.state.automation)
     envelope.install(app)
 
     app.add_middleware(HeadersMiddleware)
@@ -152,4 +157,6 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(scrubbing.router, prefix=API_PREFIX)
     app.include_router(agent_jobs.router, prefix=API_PREFIX)
     app.include_router(pcaps.router, prefix=API_PREFIX)
+    app.include_router(runbooks.router, prefix=API_PREFIX)
+    app.include_router(channels.router, prefix=API_PREFIX)
     return app
