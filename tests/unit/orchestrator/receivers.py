@@ -50,8 +50,8 @@ class Receivers:
     def at(self, prefix: str) -> list[Got]:
         return [g for g in self.got if g.path.startswith(prefix)]
 
-    async def wait(self, prefix: str, n: int = 1, timeout: float = 20.0) -> list[Got]:
-        async with asyncio.timeout(timeout):
+    async def wait(self, prefix: str, n: int = 1, seconds: float = 20.0) -> list[Got]:
+        async with asyncio.timeout(seconds):
             while len(self.at(prefix)) < n:
                 self.arrived.clear()
                 if len(self.at(prefix)) >= n:

@@ -76,8 +76,8 @@ class Env:
         body = await self.ok("POST", "/incidents", json={**base, **kw})
         return str(body["incident"]["id"])
 
-    async def until(self, check: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
+    async def until(self, check: Any, seconds: float = 20.0, what: str = "condition") -> Any:
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             got = check()
             if got:
