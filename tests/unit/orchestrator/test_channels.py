@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import Envelope, Session
-from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 
 from orchestrator.store.models import channel_deliveries, channels
@@ -25,7 +24,7 @@ class Inbox:
     def __init__(self) -> None:
         self.mail: list[tuple[Envelope, bool]] = []
 
-    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:  # noqa: N802  # aiosmtpd's hook name
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802  # aiosmtpd's hook name
         self.mail.append((envelope, session.ssl is not None))
         return "250 OK"
 

@@ -506,3 +506,58 @@ async def test_failing_step_stops_unless_continue_and_timeouts(env: Env) -> None
     rows = env.steps(run["id"])
     assert [r.status for r in rows] == ["failed", "failed"]
     assert "HTTP 503" in rows[0].error and "timed out" in rows[1].error
+
+
+async def test_iptables_and_notify_steps_on_the_incident_node(env: Env) -> None:
+    """The firewall step becomes an agent job for the incident's node (the node answers
+    through the job channel's agent side); the notify step reaches a real channel."""
+    from orchestrator.nodes import NodeRegistry
+
+    node, _ = NodeRegistry(env.svc.engine, env.svc.audit).register(
+        name="edge-1", ip="198.51.100.1", location=None, os=None, interface="eth0", actor="t"
+    )
+    await env.ok(
+        "POST",
+        "/channels",
+        201,
+        json={
+            "name": "ops",
+            "channel_type": "discord",
+            "secrets": {"webhook_url": env.rec.base + "/discord"},
+        },
+    )
+    steps = [
+        {
+            "action_type": "iptables",
+            "action_config": {
+                "action": "apply",
+                "profile_id": "game_server",
+                "rules": [{"cmd": "-A INPUT -p udp --dport 27015 -j DROP", "title": "srcds"}],
+            },
+        },
+        {
+            "action_type": "notify_channel",
+            "action_config": {
+                "channel": "ops",
+                "message": "{attack_family} on {target_ip} at {node}",
+            },
+        },
+        {"action_type": "iptables", "action_config": {"action": "remove"}},
+    ]
+    rid = (await env.ok("POST", "/runbooks", 201, json=runbook(steps=steps)))["runbook"]["id"]
+    jobs = env.auto.runbooks.jobs
+    await env.signal(node="edge-1")
+    for expect in ("firewall.apply", "firewall.remove"):
+        taken = await env.until(lambda: jobs.take(node["id"]), what=f"the {expect} job")
+        assert [j["kind"] for j in taken] == [expect]
+        if expect == "firewall.apply":
+            payload = taken[0]["payload"]
+            assert payload["profile_id"] == "game_server" and payload["suite"] == "iptables"
+            assert payload["rules"][0]["cmd"] == "-p udp --dport 27015 -j DROP"  # normalised
+        jobs.report(node["id"], taken[0]["id"], status="succeeded", detail="applied", output=None)
+    ex = (await env.until(lambda: [e for e in env.executions(rid) if e.status != "running"]))[0]
+    assert ex.status == "succeeded", ex.error
+    msgs = [g.body["content"] for g in env.rec.at("/discord")]  # + the channel's own alert
+    assert sum("udp_flood on 203.0.113.20 at edge-1" in m for m in msgs) == 1
+    outs = [s.output for s in env.steps(ex.id)]
+    assert outs[0]["node_id"] == node["id"] and outs[0]["result"]["status"] == "succeeded"
