@@ -8,7 +8,7 @@ from adapters.webhook.targets import TargetPolicy
 from orchestrator.channels.service import ChannelService
 from orchestrator.channels.transports import Egress
 from orchestrator.jobs import JobStore
-from orchestrator.runbooks.consumer import Consumer
+from orchestrator.runbooks.consumer import Batch, Consumer
 from orchestrator.runbooks.engine import RunbookEngine
 
 
@@ -21,8 +21,8 @@ class Automation:
         self.channels = ChannelService(svc.engine, svc.audit, self.egress, retry_base=retry_base)
         self.runbooks = RunbookEngine(svc, jobs, self.channels, self.egress, lease=lease)
 
-        async def notify(kind: str, incident_id: str, ctx: dict[str, Any], event_id: int) -> None:
-            self.channels.on_event(kind, incident_id, ctx)
+        async def notify(batch: Batch) -> None:
+            await self.channels.on_events(batch)
 
         self.channel_consumer = Consumer("channels", svc.events, notify)
 
@@ -34,3 +34,4 @@ class Automation:
         await self.runbooks.stop()
         await self.channel_consumer.stop()
         await self.channels.stop()
+        await self.egress.aclose()

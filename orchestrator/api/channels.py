@@ -35,7 +35,7 @@ Channels = Annotated[ChannelService, Depends(channels_of)]
 
 @router.get("/channels")
 async def list_channels(ch: Channels, _: Reader) -> dict[str, Any]:
-    items = ch.list()
+    items = ch.list_all()
     return ok(channels=items, total=len(items))
 
 

@@ -34,7 +34,7 @@ Json = Annotated[dict[str, Any], Body()]
 
 @router.get("/runbooks")
 async def list_runbooks(eng: Engine, _: Reader) -> dict[str, Any]:
-    items = eng.list()
+    items = eng.list_all()
     return ok(runbooks=items, total=len(items))
 
 

@@ -16,7 +16,6 @@ last error are recorded on its row (``GET /channels`` shows the recent ones).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -24,9 +23,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, and_, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from orchestrator.channels.transports import TYPES, DeliveryFailed, Egress, Message, check_config
+from orchestrator.runbooks.consumer import Batch, insert_new
 from orchestrator.runbooks.steps import FAMILIES, SEVERITIES, SEVERITY_RANK
 from orchestrator.store.audit import AuditLog
 from orchestrator.store.models import alert_groups, channel_deliveries, channels
@@ -75,7 +74,7 @@ def _passes(filters: Mapping[str, Any], kind: str, ctx: Mapping[str, Any]) -> bo
     if sev != "any" and SEVERITY_RANK.get(str(ctx.get("severity")), -1) < SEVERITY_RANK[sev]:
         return False
     fam = filters["attack_family"]
-    return fam == "any" or ctx.get("attack_family") == fam
+    return bool(fam == "any" or ctx.get("attack_family") == fam)
 
 
 def _view(row: Any) -> dict[str, Any]:
@@ -127,7 +126,7 @@ class ChannelService:
 
     # ------------------------------------------------------------ store
 
-    def list(self) -> list[dict[str, Any]]:
+    def list_all(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(channels).order_by(channels.c.created_at)).all()
             recent = conn.execute(
@@ -201,7 +200,7 @@ class ChannelService:
                     "enabled must be true or false", code="invalid_channel", field="enabled"
                 )
             values = {
-                "name": name if isinstance(name, str) and name.strip() else existing.name,
+                "name": name if isinstance(name, str) and name.strip() else existing.name,  # type: ignore[union-attr]  # existing when no name
                 "config": cfg,
                 "secrets": sec,
                 "filters": filters,
@@ -255,86 +254,93 @@ class ChannelService:
             row = self._row(conn, ident)
         return await TYPES[row.channel_type].send(self.egress, row.config, row.secrets, msg)
 
-    def group_for(self, incident_id: str, ctx: Mapping[str, Any]) -> str:
+    def _group(self, conn: Any, incident_id: str, ctx: Mapping[str, Any], now: datetime) -> str:
         """The correlated group of an incident (assigned once, when first asked)."""
-        now = self.clock()
+        mine = conn.execute(
+            select(alert_groups.c.group_key).where(alert_groups.c.incident_id == incident_id)
+        ).scalar()
+        if mine is not None:
+            return str(mine)
         sources = sorted(set(ctx.get("sources") or []))
         family = str(ctx.get("attack_family") or "unknown")
-        with self.engine.begin() as conn:
-            mine = conn.execute(
-                select(alert_groups.c.group_key).where(alert_groups.c.incident_id == incident_id)
-            ).scalar()
-            if mine is not None:
-                return str(mine)
-            key = incident_id
-            if sources:
-                recent = conn.execute(
-                    select(alert_groups)
-                    .where(
-                        and_(
-                            alert_groups.c.attack_family == family,
-                            alert_groups.c.at >= now - GROUP_WINDOW,
-                        )
-                    )
-                    .order_by(alert_groups.c.at)
-                ).all()
-                for r in recent:
-                    if set(r.sources) & set(sources):
-                        key = r.group_key
-                        break
-            with contextlib.suppress(IntegrityError):
-                conn.execute(
-                    insert(alert_groups).values(
-                        incident_id=incident_id,
-                        group_key=key,
-                        attack_family=family,
-                        sources=sources,
-                        node=ctx.get("node"),
-                        at=now,
+        key = incident_id
+        if sources:
+            recent = conn.execute(
+                select(alert_groups)
+                .where(
+                    and_(
+                        alert_groups.c.attack_family == family,
+                        alert_groups.c.at >= now - GROUP_WINDOW,
                     )
                 )
-        with self.engine.connect() as conn:
-            got = conn.execute(
-                select(alert_groups.c.group_key).where(alert_groups.c.incident_id == incident_id)
-            ).scalar()
-        return str(got or key)
+                .order_by(alert_groups.c.at)
+            ).all()
+            for r in recent:
+                if set(r.sources) & set(sources):
+                    key = r.group_key
+                    break
+        row = {
+            "incident_id": incident_id,
+            "group_key": key,
+            "attack_family": family,
+            "sources": sources,
+            "node": ctx.get("node"),
+            "at": now,
+        }
+        if not insert_new(conn, alert_groups, [row]):  # another instance grouped it first
+            key = str(
+                conn.execute(
+                    select(alert_groups.c.group_key).where(
+                        alert_groups.c.incident_id == incident_id
+                    )
+                ).scalar()
+            )
+        return key
 
-    def on_event(self, kind: str, incident_id: str, ctx: Mapping[str, Any]) -> int:
-        """Queue the deliveries an incident event calls for; returns how many were new."""
+    async def on_events(self, batch: Batch) -> int:
+        """Queue the deliveries a page of incident events calls for; returns how many."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(channels).where(channels.c.enabled.is_(True))).all()
-        wanted = [r for r in rows if _passes(r.filters, kind, ctx)]
-        if not wanted:
+        if not rows:
             return 0
-        group = self.group_for(incident_id, ctx)
-        if kind != "incident.opened" and group != incident_id:
-            return 0  # the group speaks through its first incident
-        title, text = describe(kind, ctx)
-        sev = str(ctx.get("severity") or "medium")
-        msg = Message(kind, group, title, text, sev, dict(ctx))
-        n = 0
-        for r in wanted:
-            try:
-                with self.engine.begin() as conn:
-                    did = conn.execute(
-                        insert(channel_deliveries).values(
-                            channel_id=r.id,
-                            group_key=group,
-                            event_kind=kind,
-                            incident_id=incident_id,
-                            status="pending",
-                            attempts=0,
-                            payload={"title": title, "text": text},
-                            created_at=self.clock(),
-                        )
-                    ).inserted_primary_key[0]
-            except IntegrityError:
-                continue  # already delivered (or being delivered) for this group
-            n += 1
-            task = asyncio.get_running_loop().create_task(self._deliver(int(did), r.id, msg))
+        now = self.clock()
+        queued: list[tuple[int, str, Message]] = []
+        with self.engine.begin() as conn:
+            for kind, incident_id, ctx, _ in batch:
+                wanted = [r for r in rows if _passes(r.filters, kind, ctx)]
+                if not wanted:
+                    continue
+                group = self._group(conn, incident_id, ctx, now)
+                if kind != "incident.opened" and group != incident_id:
+                    continue  # the group speaks through its first incident
+                title, text = describe(kind, ctx)
+                sev = str(ctx.get("severity") or "medium")
+                msg = Message(kind, group, title, text, sev, dict(ctx))
+                for r in wanted:
+                    ids = insert_new(
+                        conn,
+                        channel_deliveries,
+                        [
+                            {
+                                "channel_id": r.id,
+                                "group_key": group,
+                                "event_kind": kind,
+                                "incident_id": incident_id,
+                                "status": "pending",
+                                "attempts": 0,
+                                "payload": {"title": title, "text": text},
+                                "created_at": now,
+                            }
+                        ],
+                    )
+                    # nothing inserted: already delivered (or being delivered) for the group
+                    queued.extend((int(i), r.id, msg) for i in ids)
+        loop = asyncio.get_running_loop()
+        for did, cid, msg in queued:
+            task = loop.create_task(self._deliver(did, cid, msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return n
+        return len(queued)
 
     async def _deliver(self, delivery_id: int, channel_id: str, msg: Message) -> None:
         error: str | None = None

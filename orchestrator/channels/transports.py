@@ -59,6 +59,22 @@ class Egress:
     def __init__(self, policy: TargetPolicy, timeout: float = 10.0) -> None:
         self.policy = policy
         self.timeout = timeout
+        # one client for all sends: building one loads the CA bundle (tens of ms of CPU)
+        self._client: httpx.AsyncClient | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None or self._client.is_closed:
+            self._client = httpx.AsyncClient(
+                timeout=self.timeout,
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     async def check(self, url: str) -> None:
         parts = urlsplit(url)
@@ -81,10 +97,9 @@ class Egress:
     ) -> httpx.Response:
         await self.check(url)
         try:
-            async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as c:
-                r = await c.request(
-                    method, url, json=json_body, content=content, headers=dict(headers or {})
-                )
+            r = await self.client().request(
+                method, url, json=json_body, content=content, headers=dict(headers or {})
+            )
         except httpx.HTTPError as exc:
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from None
         if r.status_code >= 300:
@@ -325,7 +340,9 @@ def check_config(
             )
         if k in URL_CONFIG:
             _check_url(v, f"config.{k}")
-        if k == "to" and (not v or not all(isinstance(x, str) and x for x in v)):
+        if k == "to" and (
+            not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v)
+        ):
             raise ValidationFailed(
                 "to must be a non-empty list of strings", code="invalid_channel", field="config.to"
             )

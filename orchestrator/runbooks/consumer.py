@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from orchestrator.events import EventLog
@@ -26,7 +28,27 @@ from orchestrator.store.models import incidents, kv
 
 log = logging.getLogger("sluice.consumer")
 KINDS = ("incident.opened", "incident.escalated", "incident.resolved")
-Handler = Callable[[str, str, dict[str, Any], int], Awaitable[None]]
+# One page of incident events: (kind, incident id, context, event id), in log order.
+Batch = list[tuple[str, str, dict[str, Any], int]]
+Handler = Callable[[Batch], Awaitable[None]]
+
+
+def insert_new(conn: Any, table: Any, rows: list[dict[str, Any]]) -> list[Any]:
+    """Insert rows, skipping those a unique constraint already holds.
+
+    Returns the primary keys of the rows this call inserted."""
+    if not rows:
+        return []
+    name = conn.dialect.name
+    if name not in ("sqlite", "postgresql"):  # pragma: no cover - the store's two databases
+        raise RuntimeError(f"unsupported database {name}")
+    done = []
+    for row in rows:
+        stmt: Any = (sqlite_insert if name == "sqlite" else pg_insert)(table).values(**row)
+        res = conn.execute(stmt.on_conflict_do_nothing())
+        if res.rowcount:
+            done.append(res.inserted_primary_key[0])
+    return done
 
 
 def incident_context(conn: Any, incident_id: str, kind: str) -> dict[str, Any] | None:
@@ -83,15 +105,18 @@ class Consumer:
         items = self.events.after(after, 200)
         if not items:
             return after
-        for item in items:
-            if item["kind"] in KINDS and item["incident_id"]:
-                with self.events.engine.connect() as conn:
+        batch: Batch = []
+        with self.events.engine.connect() as conn:
+            for item in items:
+                if item["kind"] in KINDS and item["incident_id"]:
                     ctx = incident_context(conn, item["incident_id"], item["kind"])
-                if ctx is not None:
-                    try:
-                        await self.handler(item["kind"], item["incident_id"], ctx, item["id"])
-                    except Exception:
-                        log.exception("%s: event %s failed", self.key, item["id"])
+                    if ctx is not None:
+                        batch.append((item["kind"], item["incident_id"], ctx, int(item["id"])))
+        if batch:
+            try:
+                await self.handler(batch)
+            except Exception:
+                log.exception("%s: events up to %s failed", self.key, items[-1]["id"])
         last = int(items[-1]["id"])
         self.save(last)
         return last

@@ -41,14 +41,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
 
 from adapters.webhook.signing import headers_for
 from orchestrator.channels.service import ChannelService
 from orchestrator.channels.transports import DeliveryFailed, Egress, Message
 from orchestrator.jobs import JobStore
 from orchestrator.runbooks import expr
-from orchestrator.runbooks.consumer import Consumer
+from orchestrator.runbooks.consumer import Batch, Consumer, insert_new
 from orchestrator.runbooks.steps import (
     RESUMABLE,
     SIDE_EFFECTS,
@@ -113,7 +112,7 @@ class RunbookEngine:
         self.owner = uuid.uuid4().hex
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._bg: list[asyncio.Task[None]] = []
-        self.consumer = Consumer("runbooks", svc.events, self.on_event)
+        self.consumer = Consumer("runbooks", svc.events, self.on_events)
         # measurement hook: (execution id, event id, first step start) per live execution
         self.first_step: dict[str, datetime] = {}
 
@@ -173,7 +172,7 @@ class RunbookEngine:
         ).all()
         return {r[0]: (int(r[1]), r[2]) for r in rows}
 
-    def list(self) -> list[dict[str, Any]]:
+    def list_all(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(runbooks)
@@ -369,27 +368,67 @@ class RunbookEngine:
 
     # ------------------------------------------------------------ triggering
 
-    async def on_event(
-        self, kind: str, incident_id: str, ctx: dict[str, Any], event_id: int
-    ) -> None:
+    async def on_events(self, batch: Batch) -> None:
+        """Create the executions a page of incident events calls for (one transaction)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(runbooks).where(
                     and_(runbooks.c.active.is_(True), runbooks.c.deleted_at.is_(None))
                 )
             ).all()
-        for row in rows:
-            if matches(row.trigger_conditions, kind, ctx):
-                eid = self._new_execution(
-                    row,
-                    incident_id=incident_id,
-                    trigger=kind,
-                    mode="live",
-                    ctx=ctx,
-                    event_id=event_id,
-                )
-                if eid is not None:
-                    self._launch(eid)
+        if not rows:
+            return
+        now = self.clock()
+        new: list[dict[str, Any]] = []
+        for kind, incident_id, ctx, event_id in batch:
+            for row in rows:
+                if matches(row.trigger_conditions, kind, ctx):
+                    new.append(
+                        self._execution_row(
+                            row,
+                            incident_id=incident_id,
+                            trigger=kind,
+                            mode="live",
+                            ctx=ctx,
+                            event_id=event_id,
+                            now=now,
+                        )
+                    )
+        if not new:
+            return
+        with self.engine.begin() as conn:
+            # only the ones this consumer created (a replay or another instance may not)
+            mine = insert_new(conn, runbook_executions, new)
+        for eid in mine:
+            self._launch(str(eid))
+
+    def _execution_row(
+        self,
+        row: Any,
+        *,
+        incident_id: str | None,
+        trigger: str,
+        mode: str,
+        ctx: Mapping[str, Any],
+        event_id: int | None,
+        now: datetime,
+    ) -> dict[str, Any]:
+        return {
+            "id": str(uuid.uuid4()),
+            "runbook_id": row.id,
+            "incident_id": incident_id,
+            "trigger": trigger,
+            "event_id": event_id,
+            "mode": mode,
+            "status": "running",
+            "context": {**ctx, "event": trigger},
+            "steps": row.steps,
+            "step_index": 0,
+            "owner": self.owner,
+            "lease_until": now + timedelta(seconds=self.lease),
+            "created_at": now,
+            "started_at": now,
+        }
 
     def _new_execution(
         self,
@@ -401,31 +440,19 @@ class RunbookEngine:
         ctx: Mapping[str, Any],
         event_id: int | None,
     ) -> str | None:
-        eid = str(uuid.uuid4())
-        now = self.clock()
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    insert(runbook_executions).values(
-                        id=eid,
-                        runbook_id=row.id,
-                        incident_id=incident_id,
-                        trigger=trigger,
-                        event_id=event_id,
-                        mode=mode,
-                        status="running",
-                        context={**ctx, "event": trigger},
-                        steps=row.steps,
-                        step_index=0,
-                        owner=self.owner,
-                        lease_until=now + timedelta(seconds=self.lease),
-                        created_at=now,
-                        started_at=now,
-                    )
-                )
-        except IntegrityError:
-            return None  # another consumer (a replay, another instance) created it
-        return eid
+        values = self._execution_row(
+            row,
+            incident_id=incident_id,
+            trigger=trigger,
+            mode=mode,
+            ctx=ctx,
+            event_id=event_id,
+            now=self.clock(),
+        )
+        with self.engine.begin() as conn:
+            if not insert_new(conn, runbook_executions, [values]):
+                return None  # another consumer (a replay, another instance) created it
+        return str(values["id"])
 
     def _launch(self, eid: str) -> None:
         task = asyncio.get_running_loop().create_task(self._run(eid), name=f"runbook-exec-{eid}")

@@ -38,6 +38,7 @@ class Got:
     headers: dict[str, str]
     body: Any
     at: float
+    wall: float = 0.0
 
 
 @dataclass
@@ -135,10 +136,10 @@ def app_for(rec: Receivers) -> Starlette:
             except Exception as exc:
                 return _bad(rec, f"webhook: signature: {exc}")
         elif path == "/fail":
-            rec.got.append(Got(path, headers, body, time.monotonic()))
+            rec.got.append(Got(path, headers, body, time.monotonic(), time.time()))
             rec.arrived.set()
             return Response(status_code=503)
-        rec.got.append(Got(path, headers, body, time.monotonic()))
+        rec.got.append(Got(path, headers, body, time.monotonic(), time.time()))
         rec.arrived.set()
         return answer
 

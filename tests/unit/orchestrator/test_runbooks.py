@@ -93,6 +93,14 @@ class Env:
                 ).all()
             )
 
+    def execution_status(self, eid: str) -> str:
+        with self.svc.engine.connect() as conn:
+            return str(
+                conn.execute(
+                    select(runbook_executions.c.status).where(runbook_executions.c.id == eid)
+                ).scalar()
+            )
+
     def steps(self, eid: str) -> list[Any]:
         with self.svc.engine.connect() as conn:
             return list(
@@ -478,18 +486,6 @@ async def test_test_run_plans_side_effects_unless_asked(env: Env) -> None:
     assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_node"
 
 
-def _status(self: Env, eid: str) -> str:
-    with self.svc.engine.connect() as conn:
-        return str(
-            conn.execute(
-                select(runbook_executions.c.status).where(runbook_executions.c.id == eid)
-            ).scalar()
-        )
-
-
-Env.execution_status = _status  # type: ignore[attr-defined]
-
-
 async def test_failing_step_stops_unless_continue_and_timeouts(env: Env) -> None:
     steps = [
         {
@@ -502,7 +498,7 @@ async def test_failing_step_stops_unless_continue_and_timeouts(env: Env) -> None
     ]
     rid = (await env.ok("POST", "/runbooks", 201, json=runbook(steps=steps)))["runbook"]["id"]
     run = (await env.ok("POST", f"/runbooks/{rid}/test", json={"execute": True}))["execution"]
-    await env.until(lambda: env.execution_status(run["id"]) == "failed")  # type: ignore[attr-defined]
+    await env.until(lambda: env.execution_status(run["id"]) == "failed")
     rows = env.steps(run["id"])
     assert [r.status for r in rows] == ["failed", "failed"]
     assert "HTTP 503" in rows[0].error and "timed out" in rows[1].error
