@@ -557,3 +557,73 @@ async def test_iptables_and_notify_steps_on_the_incident_node(env: Env) -> None:
     assert sum("udp_flood on 203.0.113.20 at edge-1" in m for m in msgs) == 1
     outs = [s.output for s in env.steps(ex.id)]
     assert outs[0]["node_id"] == node["id"] and outs[0]["result"]["status"] == "succeeded"
+
+
+async def test_scrubbing_and_cloudflare_uam_steps_against_the_cloudflare_fake(env: Env) -> None:
+    """``scrubbing_enable`` creates a scrubbing rule through the rule path (the provider
+    advertises the prefix); ``cloudflare_uam`` sets the zone's security level."""
+    from labs.vendors.cloudflare import CloudflareServer
+
+    fast = {"timeout": 2.0, "retries": 1, "backoff": 0.0}
+    with CloudflareServer(prefixes={"pfx1": "203.0.113.0/24"}, zones=("zone1",)) as srv:
+        sid = (
+            await env.ok(
+                "POST",
+                "/scrubbing",
+                201,
+                json={
+                    "type": "cloudflare_magic_transit",
+                    "name": "mt",
+                    "endpoint": srv.url,
+                    "auth_token": "cf-test-token",
+                    "config": {
+                        **fast,
+                        "account_id": "acc1",
+                        "prefixes": [{"prefix": "203.0.113.0/24", "prefix_id": "pfx1"}],
+                    },
+                },
+            )
+        )["integration"]["id"]
+        cf = (
+            await env.ok(
+                "POST",
+                "/mitigation/adapters",
+                201,
+                json={
+                    "adapter_type": "cloudflare",
+                    "name": "cf-zone",
+                    "endpoint": srv.url,
+                    "auth_token": "cf-test-token",
+                    "config": {
+                        **fast,
+                        "account_id": "acc1",
+                        "prefixes": [{"prefix": "203.0.113.0/24", "prefix_id": "pfx1"}],
+                        "zones": [{"zone_id": "zone1"}],
+                    },
+                },
+            )
+        )["adapter"]["id"]
+        steps = [
+            {
+                "action_type": "scrubbing_enable",
+                "action_config": {"integration_id": sid, "ttl": 600},
+            },
+            {
+                "action_type": "cloudflare_uam",
+                "action_config": {"adapter_id": cf, "zone_id": "zone1"},
+            },
+        ]
+        rid = (await env.ok("POST", "/runbooks", 201, json=runbook(steps=steps)))["runbook"]["id"]
+        await env.signal()
+        ex = (await env.until(lambda: [e for e in env.executions(rid) if e.status != "running"]))[0]
+        assert ex.status == "succeeded", ex.error
+        assert srv.prefixes["pfx1"]["advertised"] is True
+        assert srv.zones["zone1"]["value"] == "under_attack"
+        rows = env.steps(ex.id)
+        assert rows[1].output["security_level"] == "under_attack"
+        # the scrubbing rule is an ordinary rule, origin manual, made by the execution
+        rules = (await env.ok("GET", "/mitigation/rules"))["rules"]
+        scrub = [r for r in rules if r["intent_type"] == "scrubbing"]
+        assert len(scrub) == 1 and scrub[0]["adapter_id"] == sid
+        assert scrub[0]["state"] == "active" and scrub[0]["ttl"] == 600
+        assert scrub[0]["created_by"] == f"runbook-exec:{ex.id}"
