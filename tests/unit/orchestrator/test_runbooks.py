@@ -30,9 +30,10 @@ H = {"Authorization": f"Bearer {ADMIN}"}
 
 
 class Env:
-    def __init__(self, tmp: Path, rec: Receivers) -> None:
+    def __init__(self, tmp: Path, rec: Receivers, url: str | None = None) -> None:
         self.tmp = tmp
         self.rec = rec
+        self.url = url
         self.svc: Service
         self.http: httpx.AsyncClient
         self.auto: Automation
@@ -116,6 +117,18 @@ class Env:
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
     async with http_receivers() as rec:
         e = Env(tmp_path, rec)
+        await e.start()
+        try:
+            yield e
+        finally:
+            await e.stop()
+
+
+@pytest.fixture
+async def store_env(tmp_path: Path, store_url: str | None) -> AsyncIterator[Env]:
+    """The same, on SQLite and on PostgreSQL (the once-only inserts differ per database)."""
+    async with http_receivers() as rec:
+        e = Env(tmp_path, rec, store_url)
         await e.start()
         try:
             yield e
@@ -308,7 +321,8 @@ async def test_bad_input_saves_nothing(
 # ---------------------------------------------------------------- triggering and executing
 
 
-async def test_incident_triggers_matching_runbooks_once(env: Env) -> None:
+async def test_incident_triggers_matching_runbooks_once(store_env: Env) -> None:
+    env = store_env
     hit = (await env.ok("POST", "/runbooks", 201, json=runbook()))["runbook"]["id"]
     miss_family = (
         await env.ok(
@@ -350,7 +364,8 @@ async def test_incident_triggers_matching_runbooks_once(env: Env) -> None:
     assert (await env.ok("GET", f"/runbooks/{hit}"))["runbook"]["execution_count"] == 1
 
 
-async def test_restart_in_a_wait_neither_loses_nor_repeats(env: Env) -> None:
+async def test_restart_in_a_wait_neither_loses_nor_repeats(store_env: Env) -> None:
+    env = store_env
     steps = [
         {
             "action_type": "webhook",
