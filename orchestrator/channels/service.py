@@ -304,7 +304,7 @@ class ChannelService:
         if not rows:
             return 0
         now = self.clock()
-        queued: list[tuple[int, str, Message]] = []
+        queued: list[tuple[int, Any, Message]] = []
         with self.engine.begin() as conn:
             for kind, incident_id, ctx, _ in batch:
                 wanted = [r for r in rows if _passes(r.filters, kind, ctx)]
@@ -334,21 +334,20 @@ class ChannelService:
                         ],
                     )
                     # nothing inserted: already delivered (or being delivered) for the group
-                    queued.extend((int(i), r.id, msg) for i in ids)
+                    queued.extend((int(i), r, msg) for i in ids)
         loop = asyncio.get_running_loop()
-        for did, cid, msg in queued:
-            task = loop.create_task(self._deliver(did, cid, msg))
+        for did, row, msg in queued:
+            task = loop.create_task(self._deliver(did, row, msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return len(queued)
 
-    async def _deliver(self, delivery_id: int, channel_id: str, msg: Message) -> None:
+    async def _deliver(self, delivery_id: int, row: Any, msg: Message) -> None:
+        channel_id = row.id
         error: str | None = None
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                await self.send_now(channel_id, msg)
-            except NotFound:
-                return
+                await TYPES[row.channel_type].send(self.egress, row.config, row.secrets, msg)
             except DeliveryFailed as exc:
                 error = str(exc)
                 self._record(delivery_id, attempt, "pending", error)
