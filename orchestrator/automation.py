@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.webhook.targets import TargetPolicy
+from adapters.egress import EgressPolicy
 from orchestrator.channels.service import ChannelService
 from orchestrator.channels.transports import Egress
 from orchestrator.jobs import JobStore
@@ -17,7 +17,7 @@ class Automation:
         self, svc: Any, jobs: JobStore, *, lease: float = 15.0, retry_base: float = 0.5
     ) -> None:
         settings = svc.settings
-        self.egress = Egress(TargetPolicy.from_entries(settings.egress_allowed_targets))
+        self.egress = Egress(EgressPolicy.from_entries(settings.egress_allow))
         self.channels = ChannelService(svc.engine, svc.audit, self.egress, retry_base=retry_base)
         self.runbooks = RunbookEngine(svc, jobs, self.channels, self.egress, lease=lease)
 

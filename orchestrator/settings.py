@@ -73,9 +73,6 @@ class Settings(BaseSettings):
     pcap_max_bytes: Annotated[int, Field(ge=1024)] = 128 * 1024 * 1024
     pcap_max_total_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024 * 1024
     pcap_retention_days: Annotated[float, Field(gt=0)] = 30.0
-    # Outbound HTTP of alert channels and runbook webhooks: allowed hosts/networks (the
-    # webhook adapter's rules; empty = any public host, internal ranges need an entry).
-    egress_allowed_targets: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _pcap_limits(self) -> Settings:

@@ -5,8 +5,10 @@ API), its secrets (write-only) and a sender. The senders follow the providers' p
 APIs (Slack and Discord incoming webhooks, a Teams connector MessageCard, Telegram
 ``sendMessage``, PagerDuty Events API v2, OpsGenie Alert API v2, SMTP with STARTTLS, an
 SMS provider's JSON API with a bearer key, and a Standard Webhooks HMAC-SHA256-signed
-POST). Every outbound HTTP request passes the service-wide egress check first
-(:class:`Egress`): internal addresses are refused unless the operator allowed them.
+POST). Every outbound HTTP request goes through the service-wide egress policy
+(:class:`Egress`, :mod:`adapters.egress`): internal addresses are refused unless the
+operator allowed them (``SLUICE_EGRESS_ALLOW``). SMTP is a plain socket to the configured
+host and is not under that policy.
 
 A provider's ``api_base`` may be set (an EU PagerDuty/OpsGenie region, a proxy, a test
 receiver); it goes through the same egress check.
@@ -28,8 +30,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from adapters.egress import EgressPolicy, EgressRefused, egress_client
 from adapters.webhook.signing import headers_for, secret_key
-from adapters.webhook.targets import TargetPolicy, TargetRefused
 from policies.errors import ValidationFailed
 
 
@@ -54,9 +56,13 @@ class Message:
 
 
 class Egress:
-    """The service-wide outbound policy (``SLUICE_EGRESS_ALLOWED_TARGETS``)."""
+    """Outbound HTTP under the service-wide egress policy (``SLUICE_EGRESS_ALLOW``).
 
-    def __init__(self, policy: TargetPolicy, timeout: float = 10.0) -> None:
+    The check is made where the connection is made (:mod:`adapters.egress`): every
+    address the host resolves to, internal ranges refused unless allowed, no redirects.
+    """
+
+    def __init__(self, policy: EgressPolicy, timeout: float = 10.0) -> None:
         self.policy = policy
         self.timeout = timeout
         # one client for all sends: building one loads the CA bundle (tens of ms of CPU)
@@ -64,27 +70,13 @@ class Egress:
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None or self._client.is_closed:
-            self._client = httpx.AsyncClient(
-                timeout=self.timeout,
-                follow_redirects=False,
-                limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
-            )
+            self._client = egress_client(self.policy, timeout=self.timeout)
         return self._client
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
-
-    async def check(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise DeliveryFailed(f"not an http(s) URL: {parts.scheme}://…", retry=False)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            await self.policy.resolve(parts.hostname, port)
-        except TargetRefused as exc:
-            raise DeliveryFailed(f"egress refused: {exc}", retry=False) from None
 
     async def post(
         self,
@@ -95,12 +87,19 @@ class Egress:
         headers: Mapping[str, str] | None = None,
         method: str = "POST",
     ) -> httpx.Response:
-        await self.check(url)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise DeliveryFailed(f"not an http(s) URL: {parts.scheme}://…", retry=False)
         try:
             r = await self.client().request(
                 method, url, json=json_body, content=content, headers=dict(headers or {})
             )
+        except EgressRefused as exc:
+            raise DeliveryFailed(f"egress refused: {exc}", retry=False) from None
         except httpx.HTTPError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, EgressRefused):
+                raise DeliveryFailed(f"egress refused: {cause}", retry=False) from None
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from None
         if r.status_code >= 300:
             raise DeliveryFailed(

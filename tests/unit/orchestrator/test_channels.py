@@ -15,6 +15,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 
+from adapters.egress import EgressPolicy
+from orchestrator.channels.transports import Egress
 from orchestrator.store.models import channel_deliveries, channels
 from tests.unit.orchestrator.receivers import WEBHOOK_SECRET, http_receivers, self_signed
 from tests.unit.orchestrator.test_runbooks import Env
@@ -263,7 +265,7 @@ async def test_egress_refuses_internal_targets_not_allowed(tmp_path: Path) -> No
         e = Env(tmp_path, rec)
         await e.start()
         try:
-            e.auto.channels.egress.policy = type(e.auto.channels.egress.policy)()  # no entries
+            e.auto.channels.egress = Egress(EgressPolicy.from_entries([]))  # nothing internal
             cid = (
                 await e.ok(
                     "POST",

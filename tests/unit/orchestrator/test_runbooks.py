@@ -39,7 +39,7 @@ class Env:
         self.auto: Automation
 
     async def start(self) -> None:
-        settings = settings_for(self.tmp, admin_token=ADMIN, egress_allowed_targets=("127.0.0.1",))
+        settings = settings_for(self.tmp, admin_token=ADMIN, egress_allow=("127.0.0.1",))
         self.svc = Service(settings, policy=policy(cooldown_seconds=0))
         app = create_app(self.svc, run_scheduler=False)
         await self.svc.start()
