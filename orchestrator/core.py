@@ -32,6 +32,8 @@ class Core:
         self.runtime = PolicyRuntime(service)
         self.run_scheduler = run_scheduler
         self.scheduler: AsyncIOScheduler | None = None
+        # long-running consumers of the event log (runbooks, alert channels)
+        self.consumers: list[Any] = []
 
     def jobs(self) -> Jobs:
         async def save_state() -> None:
@@ -43,6 +45,8 @@ class Core:
         if not self.service.started:
             await self.service.start()
         self.runtime.load_state()
+        for consumer in self.consumers:
+            await consumer.start()
         if self.run_scheduler:
             self.scheduler = build_scheduler(self.service, {**self.jobs(), **(extra_jobs or {})})
             self.scheduler.start()
@@ -52,6 +56,8 @@ class Core:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None
         self.runtime.intake.cancel_timers()
+        for consumer in reversed(self.consumers):
+            await consumer.stop()
         if self.service.started:
             self.runtime.save_state()
             await self.service.stop()

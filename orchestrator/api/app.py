@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from orchestrator.api import (
     admin,
     agent_jobs,
+    channels,
     detectors,
     envelope,
     events,
@@ -24,11 +25,13 @@ from orchestrator.api import (
     openapi,
     pcaps,
     policy,
+    runbooks,
     scrubbing,
     signals,
 )
 from orchestrator.api.deps import RateLimiter
 from orchestrator.api.guard import RequestGuard
+from orchestrator.automation import Automation
 from orchestrator.core import Core
 from orchestrator.jobs import JobStore
 from orchestrator.nodes import NodeRegistry
@@ -110,6 +113,8 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
             if e.scope == "workspace" or e.node == node
         ],
     )
+    app.state.automation = Automation(service, app.state.jobs)
+    core.consumers.append(app.state.automation)
     envelope.install(app)
     openapi.install(app)
     _install_docs(app)
@@ -137,6 +142,8 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(scrubbing.router, prefix=API_PREFIX)
     app.include_router(agent_jobs.router, prefix=API_PREFIX)
     app.include_router(pcaps.router, prefix=API_PREFIX)
+    app.include_router(runbooks.router, prefix=API_PREFIX)
+    app.include_router(channels.router, prefix=API_PREFIX)
     return app
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 
 
@@ -276,10 +277,118 @@ kv = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+# Runbooks (issue 12): definitions, durable executions and each step's result. An
+# execution is unique per runbook + incident + trigger, so several consumers of the event
+# log (restarts, other instances) can race to create it and only one wins.
+runbooks = Table(
+    "runbooks",
+    metadata,
+    Column("id", String(36), primary_key=True),  # UUID
+    Column("name", String(200), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("trigger_conditions", JSON, nullable=False),
+    Column("steps", JSON, nullable=False),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("deleted_at", UTCDateTime(), nullable=True),
+)
+
+runbook_executions = Table(
+    "runbook_executions",
+    metadata,
+    Column("id", String(36), primary_key=True),  # UUID
+    Column("runbook_id", String(36), ForeignKey("runbooks.id"), nullable=False),
+    Column("incident_id", String(36), nullable=True),
+    Column("trigger", String(64), nullable=False),  # an event kind, or test:<uuid>
+    Column("event_id", Id, nullable=True),
+    Column("mode", String(16), nullable=False),  # live | test | dry_run
+    Column("status", String(16), nullable=False),  # running|succeeded|failed|interrupted
+    Column("context", JSON, nullable=False),
+    Column("steps", JSON, nullable=False),  # the steps as they were when it started
+    Column("step_index", Integer, nullable=False, default=0),
+    Column("owner", String(64), nullable=True),
+    Column("lease_until", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=True),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Column("error", Text, nullable=True),
+    UniqueConstraint("runbook_id", "incident_id", "trigger", name="uq_runbook_executions_once"),
+    Index("ix_runbook_executions_runbook", "runbook_id", "created_at"),
+    Index("ix_runbook_executions_status", "status", "lease_until"),
+)
+
+runbook_step_results = Table(
+    "runbook_step_results",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("execution_id", String(36), ForeignKey("runbook_executions.id"), nullable=False),
+    Column("step_index", Integer, nullable=False),
+    Column("action_type", String(32), nullable=False),
+    Column(
+        "status", String(16), nullable=False
+    ),  # running|succeeded|failed|skipped|planned|interrupted
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime(), nullable=True),
+    Column("output", JSON(none_as_null=True), nullable=True),
+    Column("error", Text, nullable=True),
+    UniqueConstraint("execution_id", "step_index", name="uq_runbook_step_results_once"),
+)
+
+# Alert channels: where incidents are announced. ``secrets`` is write-only.
+channels = Table(
+    "channels",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("channel_type", String(32), nullable=False),
+    Column("config", JSON, nullable=False),
+    Column("secrets", JSON, nullable=False),
+    Column("filters", JSON, nullable=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# One delivery per channel, correlated group and event kind (the unique constraint is the
+# dedup across instances); attempts and the last error are recorded.
+channel_deliveries = Table(
+    "channel_deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("channel_id", String(36), ForeignKey("channels.id"), nullable=False),
+    Column("group_key", String(80), nullable=False),
+    Column("event_kind", String(40), nullable=False),
+    Column("incident_id", String(36), nullable=True),
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+    Column("payload", JSON, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime(), nullable=True),
+    UniqueConstraint("channel_id", "group_key", "event_kind", name="uq_channel_deliveries_once"),
+)
+
+# Incidents correlated into one alert group (same family, overlapping sources, 5 minutes).
+alert_groups = Table(
+    "alert_groups",
+    metadata,
+    Column("incident_id", String(36), primary_key=True),
+    Column("group_key", String(80), nullable=False),
+    Column("attack_family", String(32), nullable=False),
+    Column("sources", JSON, nullable=False),
+    Column("node", String(64), nullable=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Index("ix_alert_groups_family_at", "attack_family", "at"),
+)
+
 __all__ = [
     "adapters",
     "agent_jobs",
+    "alert_groups",
     "audit_log",
+    "channel_deliveries",
+    "channels",
     "decisions",
     "events",
     "incidents",
@@ -289,5 +398,8 @@ __all__ = [
     "pcaps",
     "rule_events",
     "rules",
+    "runbook_executions",
+    "runbook_step_results",
+    "runbooks",
     "tokens",
 ]

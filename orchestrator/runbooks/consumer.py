@@ -1,0 +1,143 @@
+"""Incident events from the event log, followed by an id cursor kept in the store.
+
+Each consumer (runbooks, channels) keeps its own cursor in ``kv`` (``consumer.<name>``).
+On its first start it begins at the log's current end (a new deployment does not replay
+history). The cursor is saved after each handled page; what a handler does must be
+idempotent per event (the runbook executions and channel deliveries are unique rows), so
+a crash between the handling and the cursor update, or a second instance reading the
+same events, never does anything twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+
+from orchestrator.events import EventLog
+from orchestrator.runbooks.steps import SEVERITY_RANK
+from orchestrator.store.models import incidents, kv
+
+log = logging.getLogger("sluice.consumer")
+KINDS = ("incident.opened", "incident.escalated", "incident.resolved")
+# One page of incident events: (kind, incident id, context, event id), in log order.
+Batch = list[tuple[str, str, dict[str, Any], int]]
+Handler = Callable[[Batch], Awaitable[None]]
+
+
+def insert_new(conn: Any, table: Any, rows: list[dict[str, Any]]) -> list[Any]:
+    """Insert rows, skipping those a unique constraint already holds.
+
+    Returns the primary keys of the rows this call inserted."""
+    if not rows:
+        return []
+    name = conn.dialect.name
+    if name not in ("sqlite", "postgresql"):  # pragma: no cover - the store's two databases
+        raise RuntimeError(f"unsupported database {name}")
+    done = []
+    for row in rows:
+        stmt: Any = (sqlite_insert if name == "sqlite" else pg_insert)(table).values(**row)
+        res = conn.execute(stmt.on_conflict_do_nothing())
+        if res.rowcount:
+            done.append(res.inserted_primary_key[0])
+    return done
+
+
+def incident_context(conn: Any, incident_id: str, kind: str) -> dict[str, Any] | None:
+    """The variables conditions, templates and triggers see for one incident."""
+    row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).first()
+    if row is None:
+        return None
+    last = row.last_signal or {}
+    return {
+        "incident_id": row.id,
+        "target_ip": row.target,
+        "node": row.node,
+        "attack_family": row.attack_family,
+        "severity": row.severity,
+        "severity_rank": float(SEVERITY_RANK.get(row.severity, 0)),
+        "pps": float(max(row.peak_pps or 0.0, float(last.get("pps") or 0.0))),
+        "bps": float(max(row.peak_bps or 0.0, float(last.get("bps") or 0.0))),
+        "status": row.status,
+        "event": kind,
+        "sources": [str(s) for s in last.get("top_sources") or []],
+    }
+
+
+class Consumer:
+    def __init__(self, name: str, log_: EventLog, handler: Handler, *, idle: float = 2.0) -> None:
+        self.key = f"consumer.{name}"
+        self.events = log_
+        self.handler = handler
+        self.idle = idle
+        self._task: asyncio.Task[None] | None = None
+
+    def cursor(self) -> int:
+        with self.events.engine.begin() as conn:
+            row = conn.execute(select(kv.c.value).where(kv.c.key == self.key)).first()
+            if row is not None:
+                return int(row.value)
+            start = self.events.last_id()
+            with contextlib.suppress(IntegrityError):
+                conn.execute(
+                    insert(kv).values(key=self.key, value=start, updated_at=datetime.now(UTC))
+                )
+            return start
+
+    def save(self, value: int) -> None:
+        with self.events.engine.begin() as conn:
+            conn.execute(
+                update(kv)
+                .where(kv.c.key == self.key)
+                .values(value=value, updated_at=datetime.now(UTC))
+            )
+
+    async def step(self, after: int) -> int:
+        """Handle one page after ``after``; returns the new cursor."""
+        items = self.events.after(after, 200)
+        if not items:
+            return after
+        batch: Batch = []
+        with self.events.engine.connect() as conn:
+            for item in items:
+                if item["kind"] in KINDS and item["incident_id"]:
+                    ctx = incident_context(conn, item["incident_id"], item["kind"])
+                    if ctx is not None:
+                        batch.append((item["kind"], item["incident_id"], ctx, int(item["id"])))
+        if batch:
+            try:
+                await self.handler(batch)
+            except Exception:
+                log.exception("%s: events up to %s failed", self.key, items[-1]["id"])
+        last = int(items[-1]["id"])
+        self.save(last)
+        return last
+
+    async def run(self) -> None:
+        last = self.cursor()
+        while True:
+            armed = self.events.arm()  # before reading: a commit in between still wakes us
+            new = await self.step(last)
+            if new != last:
+                last = new
+                armed.cancel()
+                continue
+            await self.events.wait(armed, self.idle)
+
+    def start(self) -> None:
+        self.cursor()  # fixed before anything can be written after the start
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=self.key)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
