@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # Taken for the first admin token when the store has none; otherwise one is generated
     # and printed once.
     admin_token: SecretStr | None = None
+    # /metrics (at the root) answers without a token: for a Prometheus that scrapes over a
+    # management network. /api/v1/metrics always needs one.
+    metrics_public: bool = False
     rate_limit_per_minute: Annotated[int, Field(ge=1)] = 1000
     # How long an idle keep-alive HTTP connection stays open. Longer than the idle
     # timeouts of common client pools (httpx and others: 5 s; load balancers: 60 s): with

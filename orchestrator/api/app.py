@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator.api import (
     admin,
     agent_jobs,
+    dashboard,
     detectors,
     envelope,
     events,
@@ -25,7 +26,9 @@ from orchestrator.api import (
 from orchestrator.api.deps import RateLimiter
 from orchestrator.core import Core
 from orchestrator.jobs import JobStore
+from orchestrator.metrics import registry_for
 from orchestrator.nodes import NodeRegistry
+from orchestrator.operators import OperatorStore
 from orchestrator.pcaps import build_store
 from orchestrator.policy_doc import PolicyDocument
 from orchestrator.service import Service
@@ -122,6 +125,8 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     )
     app.state.service = service
     app.state.tokens = tokens
+    app.state.operators = OperatorStore(service.engine, service.audit)
+    app.state.metrics = registry_for(service, runtime)
     app.state.limiter = RateLimiter(service.settings.rate_limit_per_minute)
     app.state.pcaps = build_store(service)
     app.state.extra_jobs = {"pcap-retention": (600.0, app.state.pcaps.sweep_due)}
@@ -150,4 +155,6 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(scrubbing.router, prefix=API_PREFIX)
     app.include_router(agent_jobs.router, prefix=API_PREFIX)
     app.include_router(pcaps.router, prefix=API_PREFIX)
+    app.include_router(dashboard.api, prefix=API_PREFIX)
+    app.include_router(dashboard.pages)
     return app

@@ -9,9 +9,11 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
+from orchestrator.api.auth import authenticate
 from orchestrator.api.envelope import RateLimited
+from orchestrator.operators import SCOPE_ROLE
 from orchestrator.service import Service
-from orchestrator.tokens import TokenInfo, TokenStore
+from orchestrator.tokens import TokenInfo
 from policies.errors import Forbidden
 
 
@@ -60,12 +62,14 @@ def require(scope: str) -> Callable[[Request], Awaitable[TokenInfo]]:
     """A dependency that authenticates the caller, checks ``scope`` and counts the request."""
 
     async def dependency(request: Request) -> TokenInfo:
-        store: TokenStore = request.app.state.tokens
-        info = store.authenticate(request.headers.get("authorization"))
+        info = authenticate(request)  # a bearer token or an operator's session
         limiter: RateLimiter = request.app.state.limiter
         request.state.rate_headers = limiter.hit(info.token_hash)
         if not info.allows(scope):
-            raise Forbidden(f"this token has scope {info.scope!r}; this endpoint needs {scope!r}")
+            raise Forbidden(
+                f"this caller has scope {info.scope!r} (role {SCOPE_ROLE[info.scope]}); "
+                f"this endpoint needs {scope!r} (role {SCOPE_ROLE[scope]})"
+            )
         return info
 
     return dependency
