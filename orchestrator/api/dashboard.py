@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import and_, asc, desc, func, or_, select
+from sqlalchemy import ColumnElement, and_, asc, desc, func, or_, select
 
 from orchestrator.api.auth import COOKIE, authenticate
 from orchestrator.api.deps import require, service_of
@@ -74,7 +74,7 @@ async def login(
         secure=request.url.scheme == "https",
         path="/",
     )
-    return ok(username=sess.username, role=sess.role, csrf=sess.csrf)
+    return ok(username=sess.username, role=sess.role, kind="session", csrf=sess.csrf)
 
 
 @api.post("/auth/logout")
@@ -203,7 +203,7 @@ async def dashboard_rules(
         raise ValidationFailed(
             f"sort must be one of {', '.join(SORTS)}", code="invalid_parameter", field="sort"
         )
-    cond = []
+    cond: list[ColumnElement[bool]] = []
     if state == "live":
         cond.append(rules.c.state.in_([s.value for s in LIVE]))
     elif state != "all":

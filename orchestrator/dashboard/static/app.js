@@ -162,7 +162,7 @@ async function render() {
   const page = PAGES[S.page] || PAGES.overview;
   try {
     const content = await page();
-    view.replaceChildren(...[content].flat());
+    view.replaceChildren(...[content].flat(Infinity));
     view.dataset.page = S.page;
   } catch (e) {
     if (e.status === 401) { showLogin(); return; }

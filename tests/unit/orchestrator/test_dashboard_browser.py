@@ -89,6 +89,7 @@ def log_in(driver: Any, base: str, user: str) -> None:
     css(driver, "#password")[0].send_keys(PASSWORD)
     css(driver, "#login-submit")[0].click()
     until("the rules page", lambda: css(driver, "#rules-table"))
+    until("the login form to go", lambda: not css(driver, "#login")[0].is_displayed())
     until("the live stream", lambda: css(driver, "#live.on"))
 
 
@@ -100,6 +101,8 @@ def log_out(driver: Any) -> None:
 def shoot(driver: Any, shots: Path, base: str, page: str, ready: str) -> Path:
     driver.execute_script("go(arguments[0])", f"/ui/{page}")
     until(f"page {page}", lambda: css(driver, ready))
+    text = driver.execute_script("return document.getElementById('view').innerText")
+    assert "[object " not in text and "undefined" not in text, text
     path = shots / f"{page.replace('/', '-')}.png"
     driver.save_screenshot(str(path))
     assert path.stat().st_size > 5000, f"{path} looks empty"
@@ -196,13 +199,19 @@ async def test_dashboard_in_chromium(tmp_path: Path) -> None:
                 :5
             ]
 
-            # one screenshot per page
+            # one screenshot per page (with a rule on the wire)
+            r = await api.post(
+                "/mitigation/rules",
+                json={"intent_type": "blackhole", "target_ip": "203.0.113.80", "adapter_id": edge},
+            )
+            assert r.status_code == 201, r.text
+
             def screenshots() -> list[Path]:
                 return [
                     shoot(driver, shots, base, "overview", "#rules-by-adapter"),
                     shoot(driver, shots, base, "rules", "#rules-table"),
                     shoot(driver, shots, base, "incidents", "main table"),
-                    shoot(driver, shots, base, f"incident/{incident}", "main h2"),
+                    shoot(driver, shots, base, f"incident/{incident}", "main .card pre"),
                     shoot(driver, shots, base, "adapters", "main table"),
                     shoot(driver, shots, base, "policy", "#policy-tiers"),
                     shoot(driver, shots, base, "audit", "#audit-verify"),
