@@ -316,6 +316,26 @@ const PAGES = {
       table(["#", "At", "Actor", "Action", "Target", "Detail"], rows)];
   },
 
+  async pcaps() {
+    const d = await call("GET", "/pcaps?limit=100");
+    return [h("h1", {}, "PCAPs"), autoTable(d.pcaps, (row, key, v) =>
+      key === "id" ? link(`/ui/pcap/${v}`, String(v).slice(0, 8)) : null, { id: "pcaps-table" })];
+  },
+
+  async pcap() {
+    const id = S.arg;
+    const [p, a] = await Promise.all([call("GET", `/pcaps/${id}`), call("GET", `/pcaps/${id}/analysis`)]);
+    return [h("h1", {}, `PCAP ${id.slice(0, 8)}`), h("div", { class: "grid" },
+      h("section", { class: "card" }, h("h2", {}, "Capture"), h("pre", {}, JSON.stringify(p.pcap, null, 2))),
+      h("section", { class: "card" }, h("h2", {}, "Analysis"), h("pre", { id: "pcap-analysis" }, JSON.stringify(a.analysis, null, 2))))];
+  },
+
+  async jobs() {
+    const [jobs, profiles] = await Promise.all([call("GET", "/jobs"), call("GET", "/attack-profiles")]);
+    return [h("h1", {}, "Agent jobs"), autoTable(jobs.jobs || [], null, { id: "jobs-table" }),
+      h("h2", {}, "Attack profiles"), autoTable(profiles.profiles || [], null)];
+  },
+
   async operators() {
     const d = await call("GET", "/workspace/operators");
     const form = h("form", { class: "toolbar", onsubmit: async (e) => {
@@ -332,6 +352,18 @@ const PAGES = {
     return [h("h1", {}, "Operators"), form, table(["Username", "Role", "Last login", ""], rows)];
   },
 };
+
+// A table of whatever the API lists: its scalar fields as columns (cell() may override one).
+function autoTable(items, cell, attrs) {
+  if (!items.length) return h("p", { class: "muted" }, "none");
+  const cols = Object.keys(items[0]).filter((k) => items.some((i) => i[k] === null || typeof i[k] !== "object")).slice(0, 9);
+  const rows = items.map((i) => h("tr", {}, cols.map((k) => {
+    const custom = cell ? cell(i, k, i[k]) : null;
+    const v = i[k];
+    return h("td", {}, custom || (k === "status" || k === "state" ? badge(String(v)) : (v === null || v === undefined ? "" : String(v))));
+  })));
+  return table(cols, rows, attrs);
+}
 
 function eventLine(e) {
   const what = [e.rule_id ? `rule ${e.rule_id}` : "", e.incident_id ? `incident ${e.incident_id.slice(0, 8)}` : "",

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from tests import pcapgen as g
 from tests.conftest import need, need_binaries
 from tests.unit.orchestrator.test_event_stream import H, serving
 
@@ -149,6 +150,15 @@ async def test_dashboard_in_chromium(tmp_path: Path) -> None:
         )
         assert r.status_code in (200, 201), r.text
         incident = r.json()["incident"]["id"]
+        capture = g.write(tmp_path / "c.pcap", g.dns_reflection(200), fmt="pcap").read_bytes()
+        r = await api.post(
+            "/pcaps",
+            params={"incident_id": incident},
+            content=capture,
+            headers={"Content-Type": "application/vnd.tcpdump.pcap"},
+        )
+        assert r.status_code == 201, r.text
+        pcap = r.json()["pcap"]["id"]
 
         with chromium(tmp_path / "profile-operator") as driver:
             await asyncio.to_thread(log_in, driver, base, "otto")
@@ -215,12 +225,16 @@ async def test_dashboard_in_chromium(tmp_path: Path) -> None:
                     shoot(driver, shots, base, "adapters", "main table"),
                     shoot(driver, shots, base, "policy", "#policy-tiers"),
                     shoot(driver, shots, base, "audit", "#audit-verify"),
+                    shoot(driver, shots, base, "pcaps", "#pcaps-table"),
+                    shoot(driver, shots, base, f"pcap/{pcap}", "#pcap-analysis"),
+                    shoot(driver, shots, base, "jobs", "main h2"),
                 ]
 
             taken = await asyncio.to_thread(screenshots)
 
             def verify_audit() -> str:
-                css(driver, "#audit-verify")[0].click()
+                driver.execute_script("go('/ui/audit')")
+                until("the audit page", lambda: css(driver, "#audit-verify"))[0].click()
                 el = until(
                     "the verification",
                     lambda: [e for e in css(driver, "#audit-verify-result") if e.text],
@@ -263,5 +277,5 @@ async def test_dashboard_in_chromium(tmp_path: Path) -> None:
                 await asyncio.to_thread(shoot, driver, shots, base, "operators", "main table")
             )
 
-        assert len(taken) == 8
+        assert len(taken) == 11
         print(f"\nscreenshots: {shots}")
