@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.deps import require, service_of
 from orchestrator.api.envelope import ok
@@ -43,7 +44,8 @@ def metrics_text(request: Request) -> PlainTextResponse:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request, _: Reader) -> PlainTextResponse:
-    return metrics_text(request)
+    # the scrape queries the store: off the event loop, so requests are not held up
+    return await run_in_threadpool(metrics_text, request)
 
 
 @router.get("/workspace/tokens")

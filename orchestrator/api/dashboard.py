@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, and_, asc, desc, func, or_, select
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.auth import COOKIE, authenticate
 from orchestrator.api.deps import require, service_of
@@ -335,4 +336,4 @@ async def root_metrics(request: Request) -> PlainTextResponse:
         await require("read")(request)
     from orchestrator.api.admin import metrics_text
 
-    return metrics_text(request)
+    return await run_in_threadpool(metrics_text, request)
