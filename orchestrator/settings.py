@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # Taken for the first admin token when the store has none; otherwise one is generated
     # and printed once.
     admin_token: SecretStr | None = None
+    # /metrics (at the root) answers without a token: for a Prometheus that scrapes over a
+    # management network. /api/v1/metrics always needs one.
+    metrics_public: bool = False
     rate_limit_per_minute: Annotated[int, Field(ge=1)] = 1000
     # Failed authentications (API tokens and node keys) allowed per client address and
     # minute; beyond that the address gets 429 until the window has room again.

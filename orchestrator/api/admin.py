@@ -7,10 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.deps import require, service_of
 from orchestrator.api.envelope import ok
 from orchestrator.api.schemas import CreateToken, PathId
+from orchestrator.operators import ROLE_SCOPE, SCOPE_ROLE
 from orchestrator.service import Service
 from orchestrator.tokens import TokenInfo, TokenStore
 
@@ -34,24 +36,33 @@ async def health(svc: Svc) -> dict[str, Any]:
     return ok(ready=svc.started, queued=svc.dispatcher.pending_jobs())
 
 
+def metrics_text(request: Request) -> PlainTextResponse:
+    """The process's own series (adapter operations, batches) and the service's."""
+    text = generate_latest() + generate_latest(request.app.state.metrics)
+    return PlainTextResponse(text.decode(), media_type=CONTENT_TYPE_LATEST)
+
+
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(_: Reader) -> PlainTextResponse:
-    return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request, _: Reader) -> PlainTextResponse:
+    # the scrape queries the store: off the event loop, so requests are not held up
+    return await run_in_threadpool(metrics_text, request)
 
 
 @router.get("/workspace/tokens")
 async def list_tokens(store: Tokens, _: Admin) -> dict[str, Any]:
-    return ok(tokens=store.list())
+    return ok(tokens=[{**t, "role": SCOPE_ROLE.get(str(t["scope"]))} for t in store.list()])
 
 
 @router.post("/workspace/tokens", status_code=201)
 async def create_token(body: CreateToken, store: Tokens, who: Admin) -> dict[str, Any]:
-    token, info = store.create(body.name, body.scope, actor=who.name, expires_in=body.expires_in)
+    scope = ROLE_SCOPE.get(body.scope, body.scope)  # a role name is taken for its scope
+    token, info = store.create(body.name, scope, actor=who.name, expires_in=body.expires_in)
     return ok(
         token=token,
         id=info.id,
         name=info.name,
         scope=info.scope,
+        role=SCOPE_ROLE[info.scope],
         expires_at=info.expires_at.isoformat() if info.expires_at else None,
     )
 

@@ -18,6 +18,7 @@ from orchestrator.api import (
     admin,
     agent_jobs,
     channels,
+    dashboard,
     detectors,
     envelope,
     events,
@@ -34,7 +35,9 @@ from orchestrator.api.guard import RequestGuard
 from orchestrator.automation import Automation
 from orchestrator.core import Core
 from orchestrator.jobs import JobStore
+from orchestrator.metrics import registry_for
 from orchestrator.nodes import NodeRegistry
+from orchestrator.operators import OperatorStore
 from orchestrator.pcaps import build_store
 from orchestrator.policy_doc import PolicyDocument
 from orchestrator.service import Service
@@ -95,6 +98,8 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     )
     app.state.service = service
     app.state.tokens = tokens
+    app.state.operators = OperatorStore(service.engine, service.audit)
+    app.state.metrics = registry_for(service, runtime)
     app.state.limiter = RateLimiter(service.settings.rate_limit_per_minute)
     app.state.agent_limiter = RateLimiter(service.settings.agent_rate_limit_per_minute)
     app.state.auth_failures = FailureLimiter(service.settings.auth_failures_per_minute)
@@ -144,6 +149,8 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(pcaps.router, prefix=API_PREFIX)
     app.include_router(runbooks.router, prefix=API_PREFIX)
     app.include_router(channels.router, prefix=API_PREFIX)
+    app.include_router(dashboard.api, prefix=API_PREFIX)
+    app.include_router(dashboard.pages)
     return app
 
 

@@ -19,9 +19,11 @@ from fastapi import Request
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 
+from orchestrator.api.auth import authenticate
 from orchestrator.api.envelope import RateLimited
+from orchestrator.operators import SCOPE_ROLE
 from orchestrator.service import Service
-from orchestrator.tokens import FailureLimiter, TokenInfo, TokenStore
+from orchestrator.tokens import FailureLimiter, TokenInfo
 from policies.errors import AuthError, Forbidden
 
 _T = TypeVar("_T")
@@ -102,24 +104,27 @@ def guarded(request: Request, authenticate: Callable[[], _T]) -> _T:
     return counted(request.app.state, client_address(request), authenticate)
 
 
-def authorize(
-    app_state: Any, state: dict[str, Any], authorization: str | None, scope: str, address: str
-) -> TokenInfo:
-    """Authenticate ``authorization``, count the request, check ``scope``; remember the caller.
+def authorize(request: Request, scope: str) -> TokenInfo:
+    """Authenticate the caller (a bearer token or an operator's login session), count the
+    request, check ``scope``; remember the caller in the request state.
 
-    ``state`` is the ASGI scope's per-request state: the rate-limit headers go there for
+    The rate-limit headers go to the request state for
     :class:`~orchestrator.api.guard.RequestGuard` to add to the answer, and so does the
     caller, so a second call for the same request (guard, then dependency) costs nothing.
+    Failed authentication is counted per client address.
     """
+    state: dict[str, Any] = request.scope.setdefault("state", {})
     info: TokenInfo | None = state.get(CALLER_STATE)
     if info is None:
-        store: TokenStore = app_state.tokens
-        info = counted(app_state, address, lambda: store.authenticate(authorization))
-        limiter: RateLimiter = app_state.limiter
+        info = guarded(request, lambda: authenticate(request))
+        limiter: RateLimiter = request.app.state.limiter
         state["rate_headers"] = limiter.hit(info.token_hash)
         state[CALLER_STATE] = info
     if not info.allows(scope):
-        raise Forbidden(f"this token has scope {info.scope!r}; this endpoint needs {scope!r}")
+        raise Forbidden(
+            f"this caller has scope {info.scope!r} (role {SCOPE_ROLE[info.scope]}); "
+            f"this endpoint needs {scope!r} (role {SCOPE_ROLE[scope]})"
+        )
     return info
 
 
@@ -135,14 +140,7 @@ class Require(SecurityBase):
         )
 
     async def __call__(self, request: Request) -> TokenInfo:
-        state: dict[str, Any] = request.scope.setdefault("state", {})
-        return authorize(
-            request.app.state,
-            state,
-            request.headers.get("authorization"),
-            self.scope,
-            client_address(request),
-        )
+        return authorize(request, self.scope)
 
 
 def require(scope: str) -> Require:

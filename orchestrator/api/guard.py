@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -177,15 +178,8 @@ class RequestGuard:
         app_state = scope["app"].state
         try:
             if required is not None:
-                headers = dict(scope["headers"])
-                auth = headers.get(b"authorization")
-                authorize(
-                    app_state,
-                    state,
-                    auth.decode("latin-1") if auth is not None else None,
-                    required.scope,
-                    address,
-                )
+                # a bearer token or a login session's cookie (+ CSRF header)
+                authorize(Request(scope), required.scope)
             elif str(scope.get("path", "")).startswith(AGENT_PREFIX):
                 headers = dict(scope["headers"])
                 auth = headers.get(b"authorization")

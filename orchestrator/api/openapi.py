@@ -29,6 +29,9 @@ from orchestrator.api.deps import AGENT_PREFIX, BEARER_SCHEME
 ERROR_SCHEMA = "ErrorEnvelope"
 NODE_SCHEME = "nodeKey"
 # (method, path) of operations whose answer depends on a backend (adapter, provider).
+# the dashboard's login and logout take no token: a password (failures counted per
+# address, 429 past the limit) or the session cookie (its CSRF header, 403 without)
+SESSION_OPERATIONS = {("post", "/api/v1/auth/login"), ("post", "/api/v1/auth/logout")}
 BACKEND_OPERATIONS = {
     ("post", "/api/v1/mitigation/rules"),
     ("delete", "/api/v1/mitigation/rules/{rule_id}"),
@@ -104,6 +107,8 @@ def _statuses(method: str, path: str, op: dict[str, Any]) -> set[int]:
         statuses |= {404, 409}
     if (method, path) in BACKEND_OPERATIONS:
         statuses.add(502)
+    if (method, path) in SESSION_OPERATIONS:
+        statuses |= {401, 403, 429}
     return statuses
 
 

@@ -181,6 +181,7 @@ class UpsertAdapter(Body):
 
 class CreateToken(Body):
     name: Name
-    scope: Literal["read", "write", "admin"] = "read"
+    # a scope, or the role name it stands for (viewer = read, operator = write, admin)
+    scope: Literal["read", "write", "admin", "viewer", "operator"] = "read"
     # up to ten years
     expires_in: Annotated[int, Field(ge=1, le=10 * 366 * 86400)] | None = None

@@ -382,6 +382,29 @@ alert_groups = Table(
     Index("ix_alert_groups_family_at", "attack_family", "at"),
 )
 
+# Dashboard operators (people; API tokens are for programs) and their login sessions.
+operators = Table(
+    "operators",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("username", String(100), nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),  # Argon2id, with its parameters
+    Column("role", String(16), nullable=False),  # viewer | operator | admin
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("last_login_at", UTCDateTime(), nullable=True),
+    Column("disabled_at", UTCDateTime(), nullable=True),
+)
+
+operator_sessions = Table(
+    "operator_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),  # SHA-256 of the cookie's value
+    Column("operator_id", Id, ForeignKey("operators.id"), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
 __all__ = [
     "adapters",
     "agent_jobs",
@@ -395,6 +418,8 @@ __all__ = [
     "kv",
     "metadata",
     "nodes",
+    "operator_sessions",
+    "operators",
     "pcaps",
     "rule_events",
     "rules",

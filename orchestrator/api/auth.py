@@ -1,0 +1,42 @@
+"""Who is calling: an API token (``Authorization: Bearer``) or an operator's login session.
+
+A session comes from the ``sluice_session`` cookie (HttpOnly, SameSite=Strict). A request
+that changes something (any method but GET/HEAD/OPTIONS) made with the cookie must also
+carry the session's CSRF token in ``X-CSRF-Token``; a bearer token needs none (a browser
+never adds it by itself). Either way the caller is a :class:`TokenInfo` whose scope is the
+role's (viewer=read, operator=write, admin=admin), so every endpoint checks one ladder.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from orchestrator.operators import OperatorStore
+from orchestrator.tokens import TokenInfo, TokenStore
+from policies.errors import Forbidden
+
+COOKIE = "sluice_session"
+CSRF_HEADER = "x-csrf-token"
+SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def authenticate(request: Request) -> TokenInfo:
+    header = request.headers.get("authorization")
+    sid = request.cookies.get(COOKIE)
+    if header or not sid:
+        store: TokenStore = request.app.state.tokens
+        return store.authenticate(header)
+    operators: OperatorStore = request.app.state.operators
+    sess = operators.session(sid)
+    if request.method not in SAFE:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent.encode(), sess.csrf.encode()):
+            raise Forbidden(
+                "missing or wrong X-CSRF-Token header for a change made with a login session",
+                code="csrf_failed",
+            )
+    return TokenInfo(
+        -sess.operator_id, sess.username, sess.scope, "session:" + sess.id_hash, sess.expires_at
+    )

@@ -1,0 +1,157 @@
+"""Operators and roles: Argon2 passwords, HttpOnly SameSite session cookies with CSRF, and
+the one ladder shared with API tokens (viewer=read, operator=write, admin=admin)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from orchestrator.store.models import operators, rules
+from tests.unit.orchestrator.conftest import Api
+
+PASSWORD = "correct horse battery"
+
+
+async def login(api: Api, username: str, password: str = PASSWORD) -> tuple[str, str]:
+    """Log in; returns the session cookie's value and the CSRF token."""
+    r = await api.call(
+        "POST", "/auth/login", token=None, json={"username": username, "password": password}
+    )
+    assert r.status_code == 200, r.text
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    sid = cookie.split(";", 1)[0].split("=", 1)[1]
+    return sid, str(r.json()["csrf"])
+
+
+async def as_session(
+    api: Api, sid: str, method: str, path: str, csrf: str | None = None, **kw: Any
+) -> httpx.Response:
+    headers = {"Cookie": f"sluice_session={sid}"}
+    if csrf is not None:
+        headers["X-CSRF-Token"] = csrf
+    return await api.call(method, path, token=None, headers=headers, **kw)
+
+
+async def test_sessions_roles_and_csrf(make_api: Callable[..., Any]) -> None:
+    api: Api = await make_api()
+    edge = await api.fake()
+    for name, role in (("vera", "viewer"), ("otto", "operator"), ("ada", "admin")):
+        body = await api.ok(
+            "POST",
+            "/workspace/operators",
+            201,
+            json={"username": name, "password": PASSWORD, "role": role},
+        )
+        assert body["operator"]["role"] == role
+    with api.svc.engine.connect() as conn:
+        hashes = conn.execute(select(operators.c.password_hash)).scalars().all()
+    assert all(h.startswith("$argon2id$") and PASSWORD not in h for h in hashes)
+
+    # bad input is refused, specifically, and changes nothing
+    r = await api.call("POST", "/workspace/operators", json={"username": "x", "password": "short"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "password"
+    r = await api.call(
+        "POST", "/workspace/operators", json={"username": "vera", "password": PASSWORD}
+    )
+    assert r.status_code == 409 and r.json()["error"]["code"] == "operator_exists"
+    r = await api.call(
+        "POST", "/auth/login", token=None, json={"username": "vera", "password": "nope" * 4}
+    )
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_credentials"
+    r = await api.call(
+        "POST", "/auth/login", token=None, json={"username": "nobody", "password": PASSWORD}
+    )
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_credentials"
+    assert len((await api.ok("GET", "/workspace/operators"))["operators"]) == 3
+
+    rule = await api.ok(
+        "POST",
+        "/mitigation/rules",
+        201,
+        json={"intent_type": "blackhole", "target_ip": "203.0.113.7", "adapter_id": edge},
+    )
+    rule_id = rule["rule"]["id"]
+
+    # a viewer reads, and cannot withdraw even with its CSRF token
+    vsid, vcsrf = await login(api, "vera")
+    me = (await as_session(api, vsid, "GET", "/auth/me")).json()
+    assert (me["username"], me["role"], me["kind"], me["csrf"]) == (
+        "vera",
+        "viewer",
+        "session",
+        vcsrf,
+    )
+    r = await as_session(api, vsid, "GET", "/mitigation/rules")
+    assert r.status_code == 200 and r.json()["total"] == 1
+    r = await as_session(
+        api, vsid, "DELETE", f"/mitigation/rules/{rule_id}", vcsrf, json={"reason": "x"}
+    )
+    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", r.text
+
+    # an operator withdraws, but only with the CSRF header of its own session
+    osid, ocsrf = await login(api, "otto")
+    r = await as_session(api, osid, "DELETE", f"/mitigation/rules/{rule_id}", json={"reason": "x"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "csrf_failed"
+    r = await as_session(
+        api, osid, "DELETE", f"/mitigation/rules/{rule_id}", vcsrf, json={"reason": "x"}
+    )
+    assert r.status_code == 403 and r.json()["error"]["code"] == "csrf_failed"
+    with api.svc.engine.connect() as conn:
+        assert conn.execute(select(rules.c.state).where(rules.c.id == rule_id)).scalar() == "active"
+    r = await as_session(
+        api, osid, "DELETE", f"/mitigation/rules/{rule_id}", ocsrf, json={"reason": "done"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["rule"]["state"] in ("withdrawing", "withdrawn")
+    # ...and is not an admin: adapters and operators are out of reach
+    r = await as_session(
+        api, osid, "POST", "/mitigation/adapters", ocsrf, json={"adapter_type": "fake", "name": "x"}
+    )
+    assert r.status_code == 403
+    r = await as_session(api, osid, "GET", "/workspace/operators")
+    assert r.status_code == 403
+    r = await as_session(api, osid, "GET", "/workspace/tokens")
+    assert r.status_code == 403
+    # an admin session may
+    asid, acsrf = await login(api, "ada")
+    r = await as_session(
+        api, asid, "POST", "/mitigation/adapters", acsrf, json={"adapter_type": "fake", "name": "x"}
+    )
+    assert r.status_code == 201, r.text
+
+    # logout ends the session on the server, not only in the browser
+    r = await as_session(api, osid, "POST", "/auth/logout", ocsrf)
+    assert r.status_code == 200 and "sluice_session=" in r.headers["set-cookie"]
+    r = await as_session(api, osid, "GET", "/mitigation/rules")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_session"
+
+    # disabling ends the sessions; the last admin cannot be disabled
+    await api.ok("DELETE", "/workspace/operators/vera")
+    r = await as_session(api, vsid, "GET", "/mitigation/rules")
+    assert r.status_code == 401
+    r = await api.call("DELETE", "/workspace/operators/ada")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "last_admin_operator"
+    actions = [e["action"] for e in (await api.ok("GET", "/audit"))["entries"]]
+    assert {"operator.create", "operator.login", "operator.disable"} <= set(actions)
+
+
+async def test_tokens_take_role_names(make_api: Callable[..., Any]) -> None:
+    api: Api = await make_api()
+    body = await api.ok("POST", "/workspace/tokens", 201, json={"name": "noc", "scope": "viewer"})
+    assert (body["scope"], body["role"]) == ("read", "viewer")
+    viewer = body["token"]
+    me = (await api.call("GET", "/auth/me", token=viewer)).json()
+    assert (me["role"], me["kind"], me["csrf"]) == ("viewer", "token", None)
+    r = await api.call("POST", "/mitigation/rules", token=viewer, json={})
+    assert r.status_code == 403 and "role operator" in r.json()["error"]["message"]
+    writer = await api.token("operator")
+    r = await api.call(
+        "POST", "/mitigation/adapters", token=writer, json={"adapter_type": "fake", "name": "x"}
+    )
+    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope"
+    listed = (await api.ok("GET", "/workspace/tokens"))["tokens"]
+    assert {(t["scope"], t["role"]) for t in listed} >= {("read", "viewer"), ("write", "operator")}
