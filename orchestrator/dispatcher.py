@@ -311,6 +311,10 @@ class Dispatcher:
             return
         self.sessions.observe(adapter_id, health.sessions)
 
+    def off_the_wire(self, adapter_id: int, ref: RuleRef) -> str | None:
+        """Why a route the speaker holds reaches no peer (None: it can be on the wire)."""
+        return self._off_the_wire(adapter_id, ref)
+
     def _off_the_wire(self, adapter_id: int, ref: RuleRef) -> str | None:
         """Why a route a BGP speaker accepted reaches no peer yet, or None.
 

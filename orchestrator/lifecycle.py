@@ -12,7 +12,10 @@
 * ``active``: the adapter confirmed it (or, for a dry-run rule, it would have been sent).
 * ``failed``: the adapter refused (an announce, or the re-announce of an active rule the
   backend lost) or could not be reached; ``next_attempt_at`` is set
-  when a retry is due, absent when the failure is final.
+  when a retry is due, absent when the failure is final. A failed rule is never on the
+  wire: when reconciliation finds its route on the speaker with a session up, the rule
+  becomes ``active`` (failed -> active); a rule whose retries are exhausted stays wanted
+  while its TTL lasts and is announced again when a session is up.
 * ``withdrawing``: the withdrawal is committed and being sent; it is retried until the
   adapter confirms, because a lost withdrawal can blackhole a customer for days.
 * ``withdrawn`` / ``expired``: final; the rule stays in history forever.
@@ -45,7 +48,8 @@ HELD = frozenset({State.PENDING, State.ACTIVE, State.FAILED})
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.ACTIVE, State.FAILED, State.WITHDRAWING}),
     State.ACTIVE: frozenset({State.WITHDRAWING, State.FAILED}),
-    State.FAILED: frozenset({State.PENDING, State.WITHDRAWING}),
+    # failed -> active: reconciliation found the route on the speaker with a session up
+    State.FAILED: frozenset({State.PENDING, State.ACTIVE, State.WITHDRAWING}),
     State.WITHDRAWING: frozenset({State.WITHDRAWN, State.EXPIRED}),
     State.WITHDRAWN: frozenset(),
     State.EXPIRED: frozenset(),

@@ -12,6 +12,18 @@ the backend holds:
 
 For an adapter without read-back, every active rule is re-sent at start-up and whenever
 ``check()`` shows a BGP session come back up; announces are idempotent.
+
+A failed rule is never on the wire (:mod:`orchestrator.lifecycle`):
+
+* a ``failed`` rule that is still wanted (its TTL has not passed) whose route the backend
+  holds, while a session to its peers is established (any time, for a backend that is no
+  BGP speaker), is confirmed ``active`` - the speaker sent the route once a session came
+  back, after the announce had been counted as failed;
+* a failed rule whose retries are exhausted stays wanted while its TTL lasts: when the
+  backend lacks its route and a session is up, it is announced again (failed -> pending);
+* a failed rule whose TTL has passed is not wanted: the expiry job moves it to
+  ``withdrawing`` and its route is withdrawn from the speaker; reconciliation never
+  confirms it.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
@@ -48,6 +60,7 @@ class ReconcileReport:
     foreign: int = 0
     confirmed: int = 0
     resent: int = 0
+    revived: int = 0  # failed rules confirmed by read-back or announced again
     error: str | None = None
 
 
@@ -78,7 +91,15 @@ async def reconcile_adapter(
     engine, dispatcher = service.engine, service.dispatcher
     with engine.connect() as conn:
         snapshot = conn.execute(
-            select(rules.c.id, rules.c.key, rules.c.state).where(
+            select(
+                rules.c.id,
+                rules.c.key,
+                rules.c.state,
+                rules.c.intent,
+                rules.c.attempts,
+                rules.c.next_attempt_at,
+                rules.c.expires_at,
+            ).where(
                 and_(
                     rules.c.adapter_id == adapter_id,
                     rules.c.state.in_([s.value for s in LIVE]),
@@ -93,17 +114,30 @@ async def reconcile_adapter(
         log.warning("reconcile %s: %s", name, report.error)
         return report
 
+    now = service.clock()
     if held is None:
-        resend = startup or await _sessions_came_up(service, adapter_id)
-        if resend:
+        came_up = await _sessions_came_up(service, adapter_id)
+        if startup or came_up:
             ids = [r.id for r in snapshot if r.state == State.ACTIVE]
             report.resent = dispatcher.submit(adapter_id, "reannounce", ids)
         pending = [r.id for r in snapshot if r.state == State.PENDING]
         dispatcher.submit(adapter_id, "announce", pending)
+        if came_up:
+            wire = _wire_check(service, adapter_id, True)
+            again = [r for r in _exhausted(service, snapshot, now) if wire(r)]
+            report.revived = _announce_again(service, adapter_id, again, now)
         return report
 
     report.readback = True
-    now = service.clock()
+    _revive_failed(
+        service,
+        adapter_id,
+        snapshot=snapshot,
+        held=held,
+        now=now,
+        report=report,
+        sessions_known=await _check_sessions(service, adapter_id),
+    )
     confirm = [
         r.id
         for r in snapshot
@@ -146,6 +180,120 @@ async def reconcile_adapter(
 
     _withdraw_orphans(service, adapter_id, snapshot=snapshot, held=held, report=report)
     return report
+
+
+def _wanted(row: Any, now: datetime) -> bool:
+    """A rule is wanted while its TTL lasts (failed or not)."""
+    if row.expires_at is None:
+        return True
+    at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+    return bool(at > now)
+
+
+def _exhausted(service: Reconciler, snapshot: Sequence[Any], now: datetime) -> list[Any]:
+    """Failed rules whose retries ran out but whose TTL has not passed."""
+    limit = service.dispatcher.max_attempts
+    return [
+        r
+        for r in snapshot
+        if r.state == State.FAILED
+        and r.next_attempt_at is None
+        and int(r.attempts or 0) >= limit
+        and _wanted(r, now)
+    ]
+
+
+def _wire_check(service: Reconciler, adapter_id: int, known: bool) -> Callable[[Any], bool]:
+    """Whether a rule's route can be on the wire now (a session to its peers is up)."""
+
+    def check(row: Any) -> bool:
+        if not known:
+            return False
+        ref = RuleRef(int(row.id), parse_canonical(row.intent), row.key, {})
+        return service.dispatcher.off_the_wire(adapter_id, ref) is None
+
+    return check
+
+
+def _revive_failed(
+    service: Reconciler,
+    adapter_id: int,
+    *,
+    snapshot: Sequence[Any],
+    held: frozenset[str],
+    now: datetime,
+    report: ReconcileReport,
+    sessions_known: bool,
+) -> None:
+    """Failed rules that are wanted: confirm the ones on the wire, re-send exhausted ones."""
+    wire = _wire_check(service, adapter_id, sessions_known)
+    held_failed = [
+        r for r in snapshot if r.state == State.FAILED and r.key in held and _wanted(r, now)
+    ]
+    confirm = [int(r.id) for r in held_failed if wire(r)]
+    if confirm:
+        with service.engine.begin() as conn:
+            moved = service.store.move(
+                conn,
+                confirm,
+                frm=State.FAILED,
+                to=State.ACTIVE,
+                now=now,
+                event="announced",
+                why="confirmed by read-back: the speaker holds the route and a session is up",
+                values={"activated_at": now, "error": None, "next_attempt_at": None},
+            )
+        report.revived += len(moved)
+        if moved:
+            log.info(
+                "reconcile %s: %d failed rules are on the wire; now active",
+                service.hub.name_of(adapter_id),
+                len(moved),
+            )
+    again = [r for r in _exhausted(service, snapshot, now) if r.key not in held and wire(r)]
+    report.revived += _announce_again(service, adapter_id, again, now)
+
+
+def _announce_again(
+    service: Reconciler, adapter_id: int, rows: Sequence[Any], now: datetime
+) -> int:
+    """Failed rules whose retries ran out, still wanted: failed -> pending, announced."""
+    if not rows:
+        return 0
+    with service.engine.begin() as conn:
+        moved = service.store.move(
+            conn,
+            [int(r.id) for r in rows],
+            frm=State.FAILED,
+            to=State.PENDING,
+            now=now,
+            event="retry",
+            why="retries were exhausted but the rule is wanted while its TTL lasts and "
+            "a session is up: announcing again",
+            values={"next_attempt_at": None},
+        )
+    service.dispatcher.submit(adapter_id, "announce", moved)
+    return len(moved)
+
+
+async def _check_sessions(service: Reconciler, adapter_id: int) -> bool:
+    """Look at a BGP speaker's sessions; False when a speaker could not tell."""
+    adapter = service.hub.live(adapter_id)
+    if adapter is None:
+        return False
+    if not getattr(adapter, "speaks_bgp", False):
+        return True  # not a speaker: holding the route is being on the wire
+    try:
+        health = await adapter.check()
+    except Exception:
+        log.warning("reconcile %s: session check failed", service.hub.name_of(adapter_id))
+        service.sessions.forget(adapter_id)
+        return False
+    if not health.sessions:
+        service.sessions.forget(adapter_id)
+        return False
+    service.sessions.observe(adapter_id, health.sessions)
+    return True
 
 
 def _withdraw_orphans(
