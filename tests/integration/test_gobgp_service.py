@@ -169,3 +169,84 @@ async def sessions_down_round_trip(topo: Topology, data_dir: Path) -> None:
 
 def test_no_established_session_means_not_active(gobgp_topology: Topology, tmp_path: Path) -> None:
     asyncio.run(sessions_down_round_trip(gobgp_topology, tmp_path))
+
+
+async def retries_exhausted_round_trip(topo: Topology, data_dir: Path) -> None:
+    """Sessions down past the retry budget, then back: the rule becomes active and stays.
+
+    gobgpd keeps the route in its RIB while no session is up and sends it when one comes
+    back; reconciliation sees it held with a session established and confirms the rule
+    (it used to stay ``failed`` for good while its route was on the wire).
+    """
+    speaker = topo.speaker
+    assert isinstance(speaker, GoBgpNode)
+    bird = topo.receivers["bird"]
+    policy = Policy(settings=GlobalSettings(cooldown_seconds=0, default_ttl=0))
+    neighbors = [nb.address for nb in speaker.spec.neighbors]
+    service = lab_service(topo, data_dir, policy, retry_base=0.2, retry_max=0.5, max_attempts=3)
+    try:
+        async with service as (svc, aid):
+            for address in neighbors:
+                assert speaker.gobgp("neighbor", address, "disable").returncode == 0
+            wait_for(
+                lambda: not any(s == ESTABLISHED for s in speaker.sessions().values()),
+                timeout=15,
+                what="every gobgpd session down",
+            )
+            res = await svc.create_rule(
+                RuleRequest(build_intent(CASES["blackhole-v4"]), aid, ttl=0, reason="test")
+            )
+            rule_id = res.rule["id"]
+            # retry until the budget is spent (counted by attempts, not by time)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                await svc.retry_due()
+                await svc.dispatcher.drain(30)
+                rule = svc.get_rule(rule_id, events=False)
+                if rule["state"] == "failed" and rule["next_attempt_at"] is None:
+                    break
+                await asyncio.sleep(0.2)
+            rule = svc.get_rule(rule_id, events=False)
+            assert rule["state"] == "failed" and rule["next_attempt_at"] is None, rule
+            assert rule["attempts"] == 3, rule
+            assert "not on the wire" in rule["error"], rule
+            report = await svc.reconcile(aid)  # still down: nothing changes, nothing removed
+            await svc.dispatcher.drain(30)
+            assert report.orphans == 0, report
+            assert state_of(svc, rule_id) == "failed"
+
+            for address in neighbors:
+                assert speaker.gobgp("neighbor", address, "enable").returncode == 0
+            await asyncio.to_thread(speaker.wait_established, None, 30)
+            wait_for(lambda: "203.0.113.1/32" in bird.prefixes(4), timeout=15, what="route in BIRD")
+            deadline = time.monotonic() + 15
+            while state_of(svc, rule_id) != "active" and time.monotonic() < deadline:
+                await svc.reconcile(aid)
+                await svc.dispatcher.drain(30)
+                await asyncio.sleep(0.2)
+            rule = svc.get_rule(rule_id)
+            assert rule["state"] == "active", rule
+            assert rule["error"] is None
+            assert "confirmed by read-back" in (rule["events"][-1]["detail"] or "")
+
+            # it stays: further reconciliations and expiry runs leave it and its route alone
+            for _ in range(2):
+                report = await svc.reconcile(aid)
+                await svc.expire_due()
+                await svc.dispatcher.drain(30)
+                assert (report.orphans, report.missing) == (0, 0), report
+            assert state_of(svc, rule_id) == "active"
+            assert "203.0.113.1/32" in bird.prefixes(4)
+
+            await svc.withdraw_rule(rule_id, actor="test", reason="done")
+            await svc.dispatcher.drain(30)
+            wait_for(lambda: "203.0.113.1/32" not in bird.prefixes(4), timeout=15, what="withdrawn")
+    finally:
+        for address in neighbors:
+            speaker.gobgp("neighbor", address, "enable")
+
+
+def test_retries_exhausted_rule_becomes_active_when_sessions_return(
+    gobgp_topology: Topology, tmp_path: Path
+) -> None:
+    asyncio.run(retries_exhausted_round_trip(gobgp_topology, tmp_path))
