@@ -179,6 +179,7 @@ class Service:
         self._reconcile_locks: dict[int, asyncio.Lock] = {}
         # speakers' session changes: reconcile at once on up, health on all-down
         self.session_watcher = SessionWatcher(self.hub, self.sessions, self.reconcile)
+        self._retiring: set[int] = set()  # policy adapters no longer declared
         self.started = False
 
     # ------------------------------------------------------------ start / stop
@@ -235,13 +236,27 @@ class Service:
         prepare(policy)  # warm the engine's per-policy indexes off the signal path
 
     def _sync_policy_adapters(self) -> None:
+        """Put the policy's adapters in place; retire the ones no longer declared.
+
+        A retired adapter's rules are withdrawn at once; the adapter is deleted when the
+        withdrawals are confirmed (:meth:`finish_retirements`, run with reconciliation),
+        or by an admin with ``force`` if its backend is gone.
+        """
         configs = self.hub.policy_configs(self.policy.adapters)
         stale = self.hub.sync_policy(configs)
+        self._retiring &= set(stale)
         for adapter_id in stale:
+            if adapter_id in self._retiring:
+                continue
+            name = self.hub.name_of(adapter_id)
             log.warning(
-                "adapter %s is no longer declared in the policy; it stays until its rules "
-                "are withdrawn and it is deleted",
-                self.hub.name_of(adapter_id),
+                "adapter %s is no longer declared in the policy; withdrawing its rules and "
+                "retiring it",
+                name,
+            )
+            self._retiring.add(adapter_id)
+            self._start_retirement(
+                adapter_id, "policy", f"adapter {name!r} was removed from the policy files"
             )
 
     def _seed(self) -> None:
@@ -790,7 +805,10 @@ class Service:
         return await self.reconciler.run(adapter_id, startup=startup)
 
     async def reconcile_all(self) -> list[ReconcileReport]:
-        return [await self.reconcile(rec.id) for rec in self.hub.records()]
+        reports = [await self.reconcile(rec.id) for rec in self.hub.records()]
+        if self.finish_retirements():
+            await self.hub.close_retired()
+        return reports
 
     # ------------------------------------------------------------ queries
 
@@ -901,63 +919,143 @@ class Service:
                 ).scalars()
             )
 
-    async def delete_adapter(self, adapter_id: int, actor: str) -> dict[str, Any]:
+    async def delete_adapter(
+        self, adapter_id: int, actor: str, *, force: bool = False
+    ) -> dict[str, Any]:
+        """Withdraw an adapter's rules and delete it.
+
+        Without ``force`` the adapter is kept (``withdraw_pending``) while any withdrawal
+        is unconfirmed. With ``force`` (an admin retiring an adapter whose backend is gone
+        for good) the rules whose withdrawal was not confirmed end ``withdrawn`` with that
+        reason, in the transaction that writes the audit entry and retires the adapter.
+        A policy adapter can be deleted only once it is no longer declared.
+        """
         rec = self.hub.get(adapter_id)
-        if rec.source == "policy":
+        if rec.source == "policy" and adapter_id not in self._retiring:
             from policies.errors import ReadOnly
 
             raise ReadOnly(
                 f"adapter {rec.name!r} is declared in the policy directory; remove it there"
             )
-        now = self.clock()
-        ids: list[int] = []
-        with self.engine.begin() as conn:
-            rows = conn.execute(
-                select(rules).where(
-                    and_(
-                        rules.c.adapter_id == adapter_id, rules.c.state.in_([s.value for s in HELD])
-                    )
-                )
-            ).all()
-            ids = self._begin_withdraw(
-                conn,
-                rows,
-                State.WITHDRAWN,
-                now=now,
-                why=f"adapter {rec.name!r} deleted by {actor}",
-            )
-            self.audit.append(
-                conn,
-                actor=actor,
-                action="adapter.withdraw_rules",
-                target=f"adapter:{adapter_id}",
-                detail={"rules": ids},
-                at=now,
-            )
-        self.dispatcher.submit(adapter_id, "withdraw", ids)
+        ids = self._start_retirement(adapter_id, actor, f"adapter {rec.name!r} deleted by {actor}")
         deadline = time.monotonic() + max(self.settings.api_wait_seconds, 1.0)
         pending = self._withdrawing_ids(adapter_id)
         while pending and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             pending = self._withdrawing_ids(adapter_id)
-        if pending:
+        if pending and not force:
             raise Conflict(
                 f"{len(pending)} rules of adapter {rec.name!r} are still being withdrawn "
                 f"(rule ids {pending[:10]}); the adapter is kept until they are gone - "
-                "check its health and try again",
+                "check its health and try again, or retire it with force=true (admin) "
+                "if its backend is gone for good",
                 code="withdraw_pending",
             )
-        with self.engine.begin() as conn:
-            self.audit.append(
-                conn,
-                actor=actor,
-                action="adapter.delete",
-                target=f"adapter:{adapter_id}",
-                detail={"name": rec.name},
-            )
-            self.hub.mark_deleted(adapter_id, conn)
+        unconfirmed = self._retire(adapter_id, actor, force=force)
         await self.hub.close_retired()
-        return {"id": adapter_id, "name": rec.name, "withdrawn_rules": ids}
+        return {
+            "id": adapter_id,
+            "name": rec.name,
+            "withdrawn_rules": ids,
+            "forced": force,
+            "unconfirmed_rules": unconfirmed,
+        }
+
+    def _start_retirement(self, adapter_id: int, actor: str, why: str) -> list[int]:
+        """Begin withdrawing every held rule of the adapter (audited); returns their ids."""
+        now = self.clock()
+        try:
+            with self.engine.begin() as conn:
+                rows = conn.execute(
+                    select(rules).where(
+                        and_(
+                            rules.c.adapter_id == adapter_id,
+                            rules.c.state.in_([s.value for s in HELD]),
+                        )
+                    )
+                ).all()
+                ids = self._begin_withdraw(conn, rows, State.WITHDRAWN, now=now, why=why)
+                if rows or actor != "policy":  # a restart finds nothing new to say
+                    self.audit.append(
+                        conn,
+                        actor=actor,
+                        action="adapter.withdraw_rules",
+                        target=f"adapter:{adapter_id}",
+                        detail={"rules": ids, "reason": why},
+                        at=now,
+                    )
+        except Exception:
+            self.rolled_back()
+            raise
+        self.dispatcher.submit(adapter_id, "withdraw", ids)
+        return ids
+
+    def _retire(self, adapter_id: int, actor: str, *, force: bool) -> list[int]:
+        """Delete the adapter; with ``force`` end its unconfirmed withdrawals first.
+
+        Returns the ids of the rules ended without a confirmed withdrawal.
+        """
+        rec = self.hub.get(adapter_id)
+        now = self.clock()
+        unconfirmed: list[int] = []
+        try:
+            with self.engine.begin() as conn:
+                if force:
+                    rows = conn.execute(
+                        select(rules.c.id, rules.c.state).where(
+                            and_(
+                                rules.c.adapter_id == adapter_id,
+                                rules.c.state == State.WITHDRAWING,
+                            )
+                        )
+                    ).all()
+                    unconfirmed = self.rule_store.move_rows(
+                        conn,
+                        rows,
+                        to=State.WITHDRAWN,
+                        now=now,
+                        event="withdrawn",
+                        why=f"withdrawal not confirmed: adapter {rec.name!r} retired by "
+                        f"{actor} with force (its backend is gone)",
+                        values={
+                            "end_state": State.WITHDRAWN,
+                            "ended_at": now,
+                            "next_attempt_at": None,
+                            "error": "withdrawal not confirmed (adapter retired with force)",
+                        },
+                    )
+                self.audit.append(
+                    conn,
+                    actor=actor,
+                    action="adapter.delete",
+                    target=f"adapter:{adapter_id}",
+                    detail={
+                        "name": rec.name,
+                        "forced": force,
+                        "unconfirmed_rules": sorted(unconfirmed),
+                    },
+                    at=now,
+                )
+                self.hub.mark_deleted(adapter_id, conn)
+        except Exception:
+            self.audit.forget_head()
+            self.hub.load()
+            raise
+        for rid in unconfirmed:
+            self.dispatcher.intents.pop(rid, None)
+        self._retiring.discard(adapter_id)
+        return sorted(unconfirmed)
+
+    def finish_retirements(self) -> list[int]:
+        """Delete adapters removed from the policy once their withdrawals are confirmed."""
+        done = []
+        for adapter_id in sorted(self._retiring):
+            if adapter_id not in {r.id for r in self.hub.records()}:
+                self._retiring.discard(adapter_id)
+            elif not self._withdrawing_ids(adapter_id):
+                self._retire(adapter_id, "policy", force=False)
+                done.append(adapter_id)
+        return done
 
     async def test_adapter(self, adapter_id: int) -> dict[str, Any]:
         rec = self.hub.get(adapter_id)

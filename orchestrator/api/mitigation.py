@@ -129,8 +129,11 @@ async def upsert_adapter(
 
 
 @router.delete("/adapters/{adapter_id}")
-async def delete_adapter(adapter_id: PathId, svc: Svc, who: Admin) -> dict[str, Any]:
-    return ok(deleted=await svc.delete_adapter(adapter_id, who.name))
+async def delete_adapter(
+    adapter_id: PathId, svc: Svc, who: Admin, force: bool = False
+) -> dict[str, Any]:
+    """Withdraw the adapter's rules and delete it; ``force`` retires a dead one."""
+    return ok(deleted=await svc.delete_adapter(adapter_id, who.name, force=force))
 
 
 @router.post("/adapters/{adapter_id}/test")
