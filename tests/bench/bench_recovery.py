@@ -73,7 +73,7 @@ def main() -> None:
         bird = topo.receivers["bird"]
         pdir = Path(tmp) / "policy"
         write_policy(pdir, topo.speaker.adapter_config("edge"))
-        srv = Server(Path(tmp), pdir)
+        srv = Server(Path(tmp), pdir, topo.access.allowed_dirs)  # the lab's sockets
         srv.start()
 
         def post(host: str) -> None:
