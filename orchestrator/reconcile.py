@@ -37,7 +37,7 @@ from typing import Any
 from prometheus_client import Counter
 from sqlalchemy import Engine, and_, select
 
-from adapters.base import RuleRef
+from adapters.base import BgpSpeaker, RuleRef
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.hub import AdapterHub
 from orchestrator.lifecycle import LIVE, State
@@ -122,7 +122,7 @@ async def reconcile_adapter(
             report.resent = dispatcher.submit(adapter_id, "reannounce", ids)
         pending = [r.id for r in snapshot if r.state == State.PENDING]
         dispatcher.submit(adapter_id, "announce", pending)
-        if came_up:
+        if startup or came_up:
             wire = _wire_check(service, adapter_id, True)
             again = [r for r in _exhausted(service, snapshot, now) if wire(r)]
             report.revived = _announce_again(service, adapter_id, again, now)
@@ -281,7 +281,7 @@ async def _check_sessions(service: Reconciler, adapter_id: int) -> bool:
     adapter = service.hub.live(adapter_id)
     if adapter is None:
         return False
-    if not getattr(adapter, "speaks_bgp", False):
+    if not isinstance(adapter, BgpSpeaker):
         return True  # not a speaker: holding the route is being on the wire
     try:
         health = await adapter.check()

@@ -31,6 +31,17 @@ async def settle(svc: Service) -> None:
     await svc.dispatcher.drain(5)
 
 
+async def until_active(svc: Service, rule_id: int, seconds: float = 10.0) -> None:
+    """Wait (retrying due announces) until the rule is active; fail loudly at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while svc.get_rule(rule_id)["state"] != "active":
+        assert loop.time() < deadline, svc.get_rule(rule_id)
+        await svc.retry_due()
+        await settle(svc)
+        await asyncio.sleep(0.05)
+
+
 async def test_rule_is_committed_pending_then_active(make_service: Any) -> None:
     svc = await make_service()
     aid, fake = await add_fake(svc)
@@ -147,10 +158,8 @@ async def test_speaker_without_an_established_session_does_not_make_a_rule_activ
     assert res.rule["key"] in fake.held  # sent as soon as a session comes up
     assert [r["state"] for r in svc.list_active()[0]] == ["failed"]
     fake.sessions["2001:db8::2"] = "Established"  # one session is enough
-    await asyncio.sleep(0.1)
-    assert await svc.retry_due() == 1
-    await settle(svc)
-    assert svc.get_rule(res.rule["id"])["state"] == "active"
+    # the session watch reconciles at once (the held route is confirmed), else the retry
+    await until_active(svc, res.rule["id"])
     second = await svc.create_rule(req(bh("203.0.113.6"), aid))
     await settle(svc)
     assert svc.get_rule(second.rule["id"])["state"] == "active"
@@ -173,10 +182,7 @@ async def test_rule_pinned_to_peers_needs_one_of_them_established(make_service: 
     assert svc.get_rule(anywhere.rule["id"])["state"] == "active"
     assert "(192.0.2.9 not configured)" in svc.get_rule(elsewhere.rule["id"])["error"]
     fake.sessions["2001:0db8:0:0::2"] = "Established"
-    await asyncio.sleep(0.1)
-    await svc.retry_due()
-    await settle(svc)
-    assert svc.get_rule(pinned.rule["id"])["state"] == "active"
+    await until_active(svc, pinned.rule["id"])
 
 
 async def test_refusal_is_final_and_attempts_are_bounded(make_service: Any) -> None:
