@@ -26,6 +26,7 @@ from prometheus_client import Counter
 from sqlalchemy import Engine, and_, select
 
 from adapters.base import RuleRef
+from orchestrator.cluster import write
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.hub import AdapterHub
 from orchestrator.lifecycle import LIVE, State
@@ -110,7 +111,7 @@ async def reconcile_adapter(
         if r.state == State.PENDING and r.key in held and not dispatcher.is_queued("announce", r.id)
     ]
     if confirm and startup:
-        with engine.begin() as conn:
+        with write(engine) as conn:
             report.confirmed = len(
                 service.store.move(
                     conn,
@@ -136,7 +137,7 @@ async def reconcile_adapter(
                 name,
                 report.missing,
             )
-            with engine.begin() as conn:
+            with write(engine) as conn:
                 service.store.note(
                     conn,
                     [(rid, "not held by the backend; re-announcing") for rid in missing],
