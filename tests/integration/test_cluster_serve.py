@@ -18,11 +18,13 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from labs.netns import wait_for
-from orchestrator.store.audit import verify
+from orchestrator.store.audit import ANCHOR_FILE, Anchor, verify
 from orchestrator.store.models import leases, rules
 from tests.integration.test_crash import Server
 
 QUOTA = 50
+AUDIT_KEY = "5a" * 32
+KEY = bytes.fromhex(AUDIT_KEY)
 
 
 class ClusterServer(Server):
@@ -33,10 +35,12 @@ class ClusterServer(Server):
 
     def start(self) -> None:
         os.environ["SLUICE_DATABASE_URL"] = self.database_url
+        os.environ["SLUICE_AUDIT_KEY"] = AUDIT_KEY  # one chain, one key, every instance
         try:
             super().start()
         finally:
             del os.environ["SLUICE_DATABASE_URL"]
+            del os.environ["SLUICE_AUDIT_KEY"]
 
 
 def _post(srv: Server, target: str) -> int:
@@ -75,7 +79,7 @@ def test_instances_share_one_truth_and_fail_over(tmp_path: Path, postgres_url: s
             per_target = Counter(str(t) for (t,) in conn.execute(select(rules.c.target)).all())
             assert sum(per_target.values()) == QUOTA, per_target
             assert max(per_target.values()) == 1  # never two rules for one target
-            report = verify(conn)
+            report = verify(conn, KEY, Anchor(servers[0].tmp / "data" / ANCHOR_FILE))
             assert report.ok, report
             holder = str(conn.execute(select(leases.c.holder)).scalar_one())
 
@@ -114,7 +118,8 @@ def test_instances_share_one_truth_and_fail_over(tmp_path: Path, postgres_url: s
         took = time.monotonic() - killed_at
         assert took < 20, took
         with engine.connect() as conn:
-            assert verify(conn).ok
+            for srv in servers:  # each instance's anchor (it follows that instance's commits)
+                assert verify(conn, KEY, Anchor(srv.tmp / "data" / ANCHOR_FILE)).ok
     finally:
         engine.dispose()
         for srv in servers:

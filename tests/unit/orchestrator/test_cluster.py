@@ -25,6 +25,7 @@ from policies.guardrails import Guardrails
 from tests.unit.orchestrator.conftest import add_fake, bh, policy, req, settings_for
 
 pytestmark = pytest.mark.usefixtures("postgres")
+AUDIT_KEY = "5a" * 32  # every instance signs the one chain with the same key
 
 
 async def _services(tmp_path: Path, url: str, n: int, **pol: Any) -> list[Service]:
@@ -32,7 +33,9 @@ async def _services(tmp_path: Path, url: str, n: int, **pol: Any) -> list[Servic
     for k in range(n):
         data = tmp_path / f"i{k}"
         data.mkdir()
-        svc = Service(settings_for(data, database_url=url), policy=policy(**pol))
+        svc = Service(
+            settings_for(data, database_url=url, audit_key=AUDIT_KEY), policy=policy(**pol)
+        )
         await svc.start()
         if k == 0:
             await add_fake(svc, "edge")
@@ -168,7 +171,10 @@ async def test_one_driver_takeover_and_fencing(tmp_path: Path, postgres_url: str
             data = tmp_path / f"i{k}"
             data.mkdir()
             svc = Service(
-                settings_for(data, database_url=postgres_url, lease_seconds=3.0), policy=policy()
+                settings_for(
+                    data, database_url=postgres_url, lease_seconds=3.0, audit_key=AUDIT_KEY
+                ),
+                policy=policy(),
             )
             await svc.start()
             made.append(svc)
