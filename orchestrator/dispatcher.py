@@ -30,6 +30,7 @@ from prometheus_client import Counter, Histogram
 from sqlalchemy import Engine, select
 
 from adapters.base import Adapter, BgpSpeaker, Outcome, RuleRef
+from orchestrator.cluster import write
 from orchestrator.lifecycle import State, backoff
 from orchestrator.rulestore import Failure, RuleStore
 from orchestrator.sessions import SessionTracker, peer_key
@@ -98,6 +99,10 @@ class Dispatcher:
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self.intents: dict[int, AnyIntent] = {}  # rule id -> intent, for live rules
         self._running = False
+        # several instances (orchestrator/cluster.py): only the lease holder sends; a
+        # passive dispatcher queues nothing, and ``fence`` is checked before every send
+        self.passive = False
+        self.fence: Callable[[], bool] = lambda: True
 
     # ------------------------------------------------------------ lifecycle
 
@@ -116,6 +121,8 @@ class Dispatcher:
 
     def submit(self, adapter_id: int, op: Op, rule_ids: Iterable[int]) -> int:
         """Queue operations; returns how many were new (not already queued)."""
+        if self.passive:
+            return 0  # the lease holder picks the rows up from the store
         jobs = []
         for rid in rule_ids:
             if (op, rid) not in self._queued:
@@ -186,6 +193,9 @@ class Dispatcher:
                     break
                 batch.append(nxt)
             try:
+                if not self.fence():  # the lease lapsed: the store keeps the rows for the holder
+                    log.warning("not the lease holder: %d %s jobs left", len(batch), first.op)
+                    continue
                 await self._run_batch(adapter_id, first.op, batch)
             except Exception:  # a bug or a database error must not kill the lane
                 log.exception(
@@ -348,7 +358,7 @@ class Dispatcher:
         failed = [o for o in outcomes if not o.ok]
         released: list[int] = []
         store = self.store
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             if op == "orphan":
                 store.note(
                     conn, [(o.rule_id, o.error) for o in outcomes if o.ok], "orphan_withdrawn", now

@@ -18,6 +18,7 @@ from pydantic import BaseModel, SecretStr
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from adapters.base import Adapter, AdapterConfig, Capability, Health, Registry
+from orchestrator.cluster import write
 from orchestrator.policy_check import adapter_configs
 from orchestrator.store.crypto import SecretBox, SecretKeyError
 from orchestrator.store.models import adapters
@@ -271,7 +272,7 @@ class AdapterHub:
             "source": source,
             "updated_at": now,
         }
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             if existing is None:
                 new_id = conn.execute(
                     insert(adapters).values(created_at=now, **values)
@@ -301,7 +302,7 @@ class AdapterHub:
         if conn is not None:
             conn.execute(stmt)
         else:
-            with self.engine.begin() as own:
+            with write(self.engine) as own:
                 own.execute(stmt)
         self._records.pop(adapter_id, None)
         old = self._live.pop(adapter_id, None)
@@ -310,7 +311,7 @@ class AdapterHub:
 
     def record_health(self, adapter_id: int, health: Health) -> AdapterRecord:
         now = datetime.now(UTC)
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             conn.execute(
                 update(adapters)
                 .where(adapters.c.id == adapter_id)

@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import and_, insert, select
 
+from orchestrator.cluster import StaleRead, write, writers
 from orchestrator.incidents import ENDED, LIVE, AlreadyEnded, Incident, IncidentStore, Status
 from orchestrator.lifecycle import HELD
 from orchestrator.service import RuleRequest, Service
 from orchestrator.store.models import decisions, incidents, rules
 from policies.engine import Decision, evaluate
-from policies.errors import NotFound, SluiceError, ValidationFailed
+from policies.errors import Conflict, NotFound, SluiceError, ValidationFailed
 from policies.intents import canonical
 from policies.signals import Signal
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.intake")
 
 MAX_BATCH = 256  # signals handled in one group commit
+STALE_RETRIES = 20  # reads redone when other instances keep writing in between
 ESCALATING = ("announce", "escalate")
 Action = Literal["ban", "unban", "recheck"]
 
@@ -101,7 +103,7 @@ class Intake:
                 if batch[0].action == "unban":
                     results: list[dict[str, Any] | Exception] = [self._unban(batch[0])]
                 else:
-                    results = self._handle_batch(batch)
+                    results = self._handle_batch_fresh(batch)
             except Exception as exc:  # a database error: every item of the batch fails
                 if not isinstance(exc, SluiceError):
                     log.exception("handling %d signals", len(batch))
@@ -117,9 +119,22 @@ class Intake:
 
     # ------------------------------------------------------------ signals
 
+    def _handle_batch_fresh(self, batch: list[Item]) -> list[dict[str, Any] | Exception]:
+        """Handle a batch; read again when another instance wrote between read and write."""
+        for _ in range(STALE_RETRIES):
+            try:
+                return self._handle_batch(batch)
+            except StaleRead:
+                continue
+        raise Conflict(
+            "the store kept changing under this batch (other instances writing); try again",
+            code="store_busy",
+        )
+
     def _handle_batch(self, batch: list[Item]) -> list[dict[str, Any] | Exception]:
         svc = self.service
         now = svc.clock()
+        read_at = writers(svc.engine).seen()
         quiet = timedelta(seconds=svc.policy.escalation.episode_timeout_seconds)
         hold = svc.policy.escalation.hold_down_seconds
         with svc.engine.connect() as conn:
@@ -158,7 +173,9 @@ class Intake:
                 touched[inc.id] = inc
             items.append((item, inc, decision))
         done = [x for x in items if not isinstance(x, Exception)]
-        applied = self._write(done, new, touched, stale, now) if done or stale else []
+        applied: list[dict[str, Any]] = []
+        if done or stale:
+            applied = self._write(done, new, touched, stale, now, read_at=read_at)
         for inc in {i.id: i for _, i, _ in done}.values():
             if inc.held_until is not None:
                 self._arm(inc)
@@ -285,6 +302,8 @@ class Intake:
         touched: dict[str, Incident],
         stale: list[Incident],
         now: datetime,
+        *,
+        read_at: int | None = None,
     ) -> list[dict[str, Any]]:
         """Everything a batch changed, in one transaction; then queue the rule changes."""
         svc = self.service
@@ -311,7 +330,7 @@ class Intake:
         ]
         afters: list[Callable[[], None]] = []
         try:
-            with svc.engine.begin() as conn:
+            with write(svc.engine, read_at) as conn:
                 for inc in stale:  # first: a new incident's rules must not extend these
                     cause = "no signal for the episode timeout"
                     self.store.end(conn, inc, Status.EXPIRED, now=now, by="system", cause=cause)
@@ -480,7 +499,7 @@ class Intake:
         after: Callable[[], None] = lambda: None  # noqa: E731
         ids: list[int] = []
         try:
-            with svc.engine.begin() as conn:
+            with write(svc.engine) as conn:
                 inc = self.store.get(conn, incident_id)
                 self.store.end(conn, inc, to, now=now, by=actor, cause=cause)
                 if raw_details is not None:

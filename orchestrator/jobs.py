@@ -23,6 +23,7 @@ from sqlalchemy import Engine, and_, func, insert, or_, select, true, update
 
 from orchestrator.agent.grammar import RuleInvalid, check_custom
 from orchestrator.agent.profiles import PROFILES, SUITES
+from orchestrator.cluster import write
 from orchestrator.store.audit import AuditLog
 from orchestrator.store.models import agent_jobs, nodes
 from policies.errors import NotFound, ValidationFailed
@@ -144,7 +145,7 @@ class JobStore:
     ) -> list[dict[str, Any]]:
         now = self.clock()
         ids = {n: str(uuid.uuid4()) for n in payloads}
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             conn.execute(
                 insert(agent_jobs),
                 [
@@ -194,7 +195,7 @@ class JobStore:
                 and_(agent_jobs.c.status == "delivered", agent_jobs.c.delivered_at <= stale),
             ),
         )
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             rows = conn.execute(
                 select(agent_jobs).where(cond).order_by(agent_jobs.c.created_at).limit(limit)
             ).all()
@@ -252,7 +253,7 @@ class JobStore:
         if status not in ("succeeded", "failed"):
             raise ValidationFailed("status must be succeeded or failed", field="status")
         now = self.clock()
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             row = conn.execute(
                 select(agent_jobs).where(agent_jobs.c.id == job_id, agent_jobs.c.node_id == node_id)
             ).first()

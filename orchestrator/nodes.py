@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, update
 
+from orchestrator.cluster import write
 from orchestrator.store.audit import AuditLog
 from orchestrator.store.models import nodes
 from orchestrator.tokens import hash_token
@@ -51,7 +52,7 @@ class NodeRegistry:
         key = secrets.token_hex(32)
         node_id = str(uuid.uuid4())
         now = datetime.now(UTC)
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             conn.execute(
                 insert(nodes).values(
                     id=node_id,
@@ -115,5 +116,5 @@ class NodeRegistry:
             values["agent_version"] = agent_version
         if os:
             values["os"] = os
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             conn.execute(update(nodes).where(nodes.c.id == node_id).values(**values))

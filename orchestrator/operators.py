@@ -20,6 +20,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, delete, func, insert, select, update
 
+from orchestrator.cluster import write
 from orchestrator.store.audit import AuditLog
 from orchestrator.store.models import operator_sessions, operators
 from policies.errors import AuthError, Conflict, NotFound, ValidationFailed
@@ -72,7 +73,7 @@ class OperatorStore:
                 f"a password must have at least {MIN_PASSWORD} characters", field="password"
             )
         now = datetime.now(UTC)
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             taken = conn.execute(
                 select(operators.c.id).where(operators.c.username == username)
             ).first()
@@ -116,7 +117,7 @@ class OperatorStore:
     def disable(self, username: str, *, actor: str) -> None:
         """Disable an account and end its sessions; the last enabled admin stays."""
         now = datetime.now(UTC)
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             row = conn.execute(
                 select(operators).where(
                     operators.c.username == username, operators.c.disabled_at.is_(None)
@@ -166,7 +167,7 @@ class OperatorStore:
             secrets.token_urlsafe(32),
             now + timedelta(seconds=SESSION_SECONDS),
         )
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             conn.execute(
                 insert(operator_sessions).values(
                     id_hash=sess.id_hash,
@@ -212,7 +213,7 @@ class OperatorStore:
         )
 
     def logout(self, sid: str) -> None:
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             conn.execute(
                 delete(operator_sessions).where(operator_sessions.c.id_hash == _digest(sid))
             )

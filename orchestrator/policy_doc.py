@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 
 from orchestrator import events as ev
+from orchestrator.cluster import write
 from orchestrator.runtime import PolicyRuntime
 from orchestrator.store.models import kv
 from policies.errors import PolicyInvalid, ReadOnly
@@ -111,7 +112,7 @@ class PolicyDocument:
         mutate(layer)
         policy = compose(self.files, layer, self._api_adapters())
         now = datetime.now(UTC)
-        with self.service.engine.begin() as conn:
+        with write(self.service.engine) as conn:
             res = conn.execute(
                 update(kv).where(kv.c.key == LAYER_KEY).values(value=layer, updated_at=now)
             )

@@ -38,6 +38,7 @@ from prometheus_client import Counter
 from sqlalchemy import Engine, and_, select
 
 from adapters.base import BgpSpeaker, RuleRef
+from orchestrator.cluster import write
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.hub import AdapterHub
 from orchestrator.lifecycle import LIVE, State
@@ -144,7 +145,7 @@ async def reconcile_adapter(
         if r.state == State.PENDING and r.key in held and not dispatcher.is_queued("announce", r.id)
     ]
     if confirm and startup:
-        with engine.begin() as conn:
+        with write(engine) as conn:
             report.confirmed = len(
                 service.store.move(
                     conn,
@@ -170,7 +171,7 @@ async def reconcile_adapter(
                 name,
                 report.missing,
             )
-            with engine.begin() as conn:
+            with write(engine) as conn:
                 service.store.note(
                     conn,
                     [(rid, "not held by the backend; re-announcing") for rid in missing],
@@ -232,7 +233,7 @@ def _revive_failed(
     ]
     confirm = [int(r.id) for r in held_failed if wire(r)]
     if confirm:
-        with service.engine.begin() as conn:
+        with write(service.engine) as conn:
             moved = service.store.move(
                 conn,
                 confirm,
@@ -260,7 +261,7 @@ def _announce_again(
     """Failed rules whose retries ran out, still wanted: failed -> pending, announced."""
     if not rows:
         return 0
-    with service.engine.begin() as conn:
+    with write(service.engine) as conn:
         moved = service.store.move(
             conn,
             [int(r.id) for r in rows],

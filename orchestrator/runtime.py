@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 
 from orchestrator import events as ev
+from orchestrator.cluster import write
 from orchestrator.incidents import Status
 from orchestrator.intake import Intake, Item
 from orchestrator.policy_check import adapter_check
@@ -82,7 +83,7 @@ class PolicyRuntime:
     def save_state(self) -> None:
         snapshot = self.state.to_dict()
         now = self.service.clock()
-        with self.service.engine.begin() as conn:
+        with write(self.service.engine) as conn:
             res = conn.execute(
                 update(kv).where(kv.c.key == STATE_KEY).values(value=snapshot, updated_at=now)
             )
@@ -123,7 +124,7 @@ class PolicyRuntime:
             self.watcher.reject()
             self.reload_status = ReloadStatus(False, now, str(exc), change.digest)
             return self.reload_status
-        with self.service.engine.begin() as conn:
+        with write(self.service.engine) as conn:
             self.service.audit.append(
                 conn,
                 actor="system",

@@ -8,8 +8,12 @@ called; the dispatcher then sends it and writes the outcome back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,6 +22,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Connection, and_, func, select
 
 from adapters.base import AdapterConfig, Health, Registry, require_capability
+from orchestrator.cluster import Lease, write, writers
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.events import EventLog
 from orchestrator.hub import AdapterHub, AdapterRecord, reseal_secrets, unsealed_secrets
@@ -181,6 +186,18 @@ class Service:
         self.session_watcher = SessionWatcher(self.hub, self.sessions, self.reconcile)
         self._retiring: set[int] = set()  # policy adapters no longer declared
         self.started = False
+        # another instance wrote (PostgreSQL): what memory holds of the store is stale
+        writers(self.engine).on_foreign(self.rolled_back)
+        # several instances (PostgreSQL): the driver lease says which one drives speakers
+        self.lease: Lease | None = None
+        self._leading = False
+        self._leader_task: asyncio.Task[None] | None = None
+        self._acquiring: asyncio.Future[bool] | None = None
+        if writers(self.engine).shared:
+            holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            self.lease = Lease(self.engine, holder, ttl=settings.lease_seconds)
+            self.dispatcher.passive = True
+            self.dispatcher.fence = self.lease.valid
 
     # ------------------------------------------------------------ start / stop
 
@@ -191,13 +208,95 @@ class Service:
         self._seal_secrets()
         self._sync_policy_adapters()
         self._seed()
-        self.dispatcher.start()
-        await self.recover()
-        self.session_watcher.start()
+        if self.lease is None:
+            self.dispatcher.start()
+            await self.recover()
+            self.session_watcher.start()
+        else:
+            await self._lead_once()
+            self._leader_task = asyncio.get_running_loop().create_task(
+                self._lead(), name="driver-lease"
+            )
         self.started = True
+
+    @property
+    def leading(self) -> bool:
+        """True when this instance drives the speakers (always, on SQLite)."""
+        return self.lease is None or (self._leading and self.lease.valid())
+
+    async def _lead(self) -> None:
+        assert self.lease is not None  # noqa: S101
+        while True:
+            await asyncio.sleep(self.lease.ttl / 5)
+            try:
+                await self._lead_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("driver lease round failed")
+
+    async def _lead_once(self) -> None:
+        """Renew or take the driver lease; on winning it, drive: recover, then pick up rows
+        other instances wrote (a short poll of pending and withdrawing rules)."""
+        assert self.lease is not None  # noqa: S101
+        try:
+            # shielded: a cancelled round still lets its thread give the connection back
+            self._acquiring = asyncio.ensure_future(asyncio.to_thread(self.lease.acquire))
+            held = await asyncio.shield(self._acquiring)
+        except Exception:
+            log.exception("renewing the driver lease")
+            held = False
+        if held and not self._leading:
+            log.warning("this instance drives the speakers now (lease token %s)", self.lease.token)
+            self._leading = True
+            self.dispatcher.passive = False
+            self.dispatcher.start()
+            await self.recover()
+            self.session_watcher.start()
+        elif not held and self._leading:
+            log.warning("lost the driver lease: no longer driving the speakers")
+            self._leading = False
+            self.dispatcher.passive = True
+            await self.session_watcher.stop()
+            await self.dispatcher.stop()
+        if self._leading:
+            self._pick_up()
+
+    def _pick_up(self) -> int:
+        """Queue the pending and withdrawing rules that are not queued yet (any instance
+        may have written them); returns how many were queued."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(rules.c.id, rules.c.state, rules.c.adapter_id).where(
+                    rules.c.state.in_([State.PENDING.value, State.WITHDRAWING.value]),
+                    rules.c.dry_run.is_(False),
+                    rules.c.next_attempt_at.is_(None),
+                )
+            ).all()
+        queued = 0
+        for r in rows:
+            op: Literal["announce", "withdraw"] = (
+                "announce" if r.state == State.PENDING else "withdraw"
+            )
+            if not self.dispatcher.is_queued(op, r.id):
+                queued += self.dispatcher.submit(r.adapter_id, op, [r.id])
+        return queued
 
     async def stop(self) -> None:
         await self.session_watcher.stop()
+        if self._leader_task is not None:
+            self._leader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leader_task
+            self._leader_task = None
+        if self._acquiring is not None:
+            with contextlib.suppress(Exception):
+                await self._acquiring
+        if self.lease is not None and self._leading:
+            await self.dispatcher.stop()
+            self._leading = False
+            with contextlib.suppress(Exception):
+                self.lease.release()
         await self.dispatcher.stop()
         await self.hub.close_all()
         self.events.close()
@@ -210,7 +309,7 @@ class Service:
         """Encrypt adapter secrets a store from before encryption still holds in clear."""
         known = {r.id: r.secret_keys for r in self.hub.records()}
         try:
-            with self.engine.begin() as conn:
+            with write(self.engine) as conn:
                 if unsealed_secrets(conn, self.box, known):
                     n = reseal_secrets(conn, self.box, known)
                     log.warning("encrypted the secrets of %d adapters stored in clear text", n)
@@ -271,8 +370,19 @@ class Service:
                 .where(rules.c.created_at >= since)
                 .group_by(rules.c.target, rules.c.kind)
             ).all()
+            minute_ago = self.clock() - timedelta(seconds=self.quotas.new_rules.span)
+            created = conn.execute(
+                select(rules.c.created_at)
+                .where(rules.c.created_at > minute_ago, rules.c.dry_run.is_(False))
+                .order_by(rules.c.created_at)
+            ).all()
         self.quotas = Quotas()
         self._live = _Live()
+        # new rules in the last minute, whoever created them, on this process's clock
+        now, mono = self.clock(), time.monotonic()
+        for (at,) in created:
+            stamp = at if at.tzinfo else at.replace(tzinfo=UTC)
+            self.quotas.new_rules.add(mono - (now - stamp).total_seconds())
         for r in rows:
             if r.state in HELD:
                 self._live.by_key[(r.key, r.adapter_id, bool(r.dry_run))] = r.id
@@ -299,7 +409,7 @@ class Service:
     def create_rules_sync(self, reqs: Sequence[RuleRequest]) -> list[RuleResult | SluiceError]:
         """Validate, store and queue rules in one transaction; per-request results."""
         try:
-            with self.engine.begin() as conn:
+            with write(self.engine) as conn:
                 results, after = self.create_rules_in(conn, reqs, self.clock())
         except Exception:
             self.rolled_back()
@@ -601,7 +711,7 @@ class Service:
 
     async def withdraw_rule(self, rule_id: int, actor: str, reason: str = "") -> dict[str, Any]:
         now = self.clock()
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             row = conn.execute(select(rules).where(rules.c.id == rule_id)).first()
             if row is None:
                 raise NotFound(f"rule {rule_id} does not exist", code="rule_not_found")
@@ -636,7 +746,7 @@ class Service:
     def withdraw_keys(self, keys: Sequence[str], *, actor: str, reason: str) -> list[int]:
         """Start withdrawing the held policy rules with these intent keys; returns rule ids."""
         try:
-            with self.engine.begin() as conn:
+            with write(self.engine) as conn:
                 ids, after = self.withdraw_keys_in(
                     conn, keys, actor=actor, reason=reason, now=self.clock()
                 )
@@ -709,7 +819,7 @@ class Service:
         now = self.clock()
         limit = limit or self.settings.batch_size * 5
         to_send: dict[int, list[int]] = {}
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             rows = conn.execute(
                 select(*_HELD_COLUMNS, rules.c.ttl)
                 .where(
@@ -746,7 +856,7 @@ class Service:
     async def retry_due(self) -> int:
         """Re-send failed announces and withdrawals whose backoff has passed."""
         now = self.clock()
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             rows = conn.execute(
                 select(rules.c.id, rules.c.state, rules.c.adapter_id)
                 .where(
@@ -805,6 +915,8 @@ class Service:
         return await self.reconciler.run(adapter_id, startup=startup)
 
     async def reconcile_all(self) -> list[ReconcileReport]:
+        if not self.leading:
+            return []  # the lease holder reconciles the speakers
         reports = [await self.reconcile(rec.id) for rec in self.hub.records()]
         if self.finish_retirements():
             await self.hub.close_retired()
@@ -965,7 +1077,7 @@ class Service:
         """Begin withdrawing every held rule of the adapter (audited); returns their ids."""
         now = self.clock()
         try:
-            with self.engine.begin() as conn:
+            with write(self.engine) as conn:
                 rows = conn.execute(
                     select(rules).where(
                         and_(
@@ -999,7 +1111,7 @@ class Service:
         now = self.clock()
         unconfirmed: list[int] = []
         try:
-            with self.engine.begin() as conn:
+            with write(self.engine) as conn:
                 if force:
                     rows = conn.execute(
                         select(rules.c.id, rules.c.state).where(

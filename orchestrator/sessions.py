@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine
 
 from orchestrator import events as ev
+from orchestrator.cluster import write
 
 SESSIONS_TRUSTED_SECONDS = 1.0
 
@@ -116,5 +117,5 @@ class SessionTracker:
             )
             for p in sorted(down)
         ]
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             ev.record(conn, items)

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     expiry_interval: Annotated[float, Field(gt=0, le=10)] = 0.2
     retry_interval: Annotated[float, Field(gt=0, le=60)] = 0.5
     reconcile_interval: Annotated[float, Field(gt=0)] = 30.0
+    # several instances on PostgreSQL: the driver lease lapses this long after the holder's
+    # last renewal (renewed every fifth of it); takeover within about this time
+    lease_seconds: Annotated[float, Field(ge=2, le=60)] = 5.0
     policy_reload_interval: Annotated[float, Field(gt=0)] = 2.0
     # Announce retries: exponential backoff from retry_base to retry_max seconds, at most
     # max_attempts announces. Withdrawals are retried without limit.

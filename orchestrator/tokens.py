@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Engine, and_, func, insert, or_, select, update
 
+from orchestrator.cluster import write
 from orchestrator.store.audit import AuditLog
 from orchestrator.store.models import tokens
 from policies.errors import AuthError, Conflict, NotFound, SluiceError, ValidationFailed
@@ -157,7 +158,7 @@ class TokenStore:
         now = datetime.now(UTC)
         expires = now + timedelta(seconds=expires_in) if expires_in else None
         digest = hash_token(token)
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             res = conn.execute(
                 insert(tokens).values(
                     name=name, token_hash=digest, scope=scope, created_at=now, expires_at=expires
@@ -178,7 +179,7 @@ class TokenStore:
 
     def revoke(self, token_id: int, *, actor: str) -> None:
         now = datetime.now(UTC)
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             row = conn.execute(select(tokens).where(tokens.c.id == token_id)).first()
             if row is None:
                 raise NotFound(f"token {token_id} does not exist", code="token_not_found")

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, delete, insert, select, update
 
 from orchestrator.channels.transports import TYPES, DeliveryFailed, Egress, Message, check_config
+from orchestrator.cluster import write
 from orchestrator.runbooks.consumer import Batch, insert_new
 from orchestrator.runbooks.steps import FAMILIES, SEVERITIES, SEVERITY_RANK
 from orchestrator.store.audit import AuditLog
@@ -176,7 +177,7 @@ class ChannelService:
         ident = body.get("id")
         name = body.get("name")
         now = self.clock()
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             existing = self._row(conn, str(ident)) if ident else None
             kind = body.get("channel_type", existing.channel_type if existing else None)
             if existing is not None and kind != existing.channel_type:
@@ -235,7 +236,7 @@ class ChannelService:
         return view, existing is None
 
     def delete(self, ident: str, *, actor: str) -> dict[str, Any]:
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             row = self._row(conn, ident)
             conn.execute(
                 delete(channel_deliveries).where(channel_deliveries.c.channel_id == row.id)
@@ -305,7 +306,7 @@ class ChannelService:
             return 0
         now = self.clock()
         queued: list[tuple[int, Any, Message]] = []
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             for kind, incident_id, ctx, _ in batch:
                 wanted = [r for r in rows if _passes(r.filters, kind, ctx)]
                 if not wanted:
@@ -374,7 +375,7 @@ class ChannelService:
         error: str | None,
         at: datetime | None = None,
     ) -> None:
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             conn.execute(
                 update(channel_deliveries)
                 .where(channel_deliveries.c.id == delivery_id)

@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, delete, func, insert, select, update
 
+from orchestrator.cluster import write
 from orchestrator.pcaps.analysis import analyze, summarize
 from orchestrator.pcaps.reader import PcapCorrupt, decode, open_capture
 from orchestrator.store.audit import AuditLog
@@ -290,7 +291,7 @@ class PcapStore:
     def _insert(self, up: _Upload, part: Path) -> dict[str, Any]:
         final = self.dir / f"{up.pcap_id}.{up.scan.format}"
         try:
-            with self.engine.begin() as conn:
+            with write(self.engine) as conn:
                 conn.execute(
                     insert(pcaps).values(
                         id=up.pcap_id,
@@ -335,7 +336,7 @@ class PcapStore:
         if not rows:
             return
         try:
-            with self.engine.begin() as conn:
+            with write(self.engine) as conn:
                 conn.execute(delete(pcaps).where(pcaps.c.id.in_([r.id for r in rows])))
                 for r in rows:
                     self.audit.append(
@@ -471,7 +472,7 @@ class PcapStore:
                     select(incidents.c.target).where(incidents.c.id == row.incident_id)
                 ).scalar()
             report = await asyncio.to_thread(self._compute, self.path_of(row), target)
-            with self.engine.begin() as conn:
+            with write(self.engine) as conn:
                 conn.execute(
                     update(pcaps)
                     .where(pcaps.c.id == pcap_id)

@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
+from orchestrator.cluster import write
 from orchestrator.events import EventLog
 from orchestrator.runbooks.steps import SEVERITY_RANK
 from orchestrator.store.models import incidents, kv
@@ -81,7 +82,7 @@ class Consumer:
         self._task: asyncio.Task[None] | None = None
 
     def cursor(self) -> int:
-        with self.events.engine.begin() as conn:
+        with write(self.events.engine) as conn:
             row = conn.execute(select(kv.c.value).where(kv.c.key == self.key)).first()
             if row is not None:
                 return int(row.value)
@@ -93,7 +94,7 @@ class Consumer:
             return start
 
     def save(self, value: int) -> None:
-        with self.events.engine.begin() as conn:
+        with write(self.events.engine) as conn:
             conn.execute(
                 update(kv)
                 .where(kv.c.key == self.key)

@@ -45,6 +45,7 @@ from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from adapters.webhook.signing import headers_for
 from orchestrator.channels.service import ChannelService
 from orchestrator.channels.transports import DeliveryFailed, Egress, Message
+from orchestrator.cluster import write
 from orchestrator.jobs import JobStore
 from orchestrator.runbooks import expr
 from orchestrator.runbooks.consumer import Batch, Consumer, insert_new
@@ -216,7 +217,7 @@ class RunbookEngine:
             raise ValidationFailed("active must be true or false", field="active")
         rid = str(uuid.uuid4())
         now = self.clock()
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             conn.execute(
                 insert(runbooks).values(
                     id=rid,
@@ -257,7 +258,7 @@ class RunbookEngine:
             if not isinstance(body["active"], bool):
                 raise ValidationFailed("active must be true or false", field="active")
             values["active"] = body["active"]
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             self._row(conn, rid)
             values["updated_at"] = self.clock()
             conn.execute(update(runbooks).where(runbooks.c.id == rid).values(**values))
@@ -272,7 +273,7 @@ class RunbookEngine:
 
     def delete(self, rid: str, *, actor: str) -> dict[str, Any]:
         """Soft delete: history stays; running executions finish (they hold their steps)."""
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             self._row(conn, rid)
             conn.execute(
                 update(runbooks)
@@ -285,7 +286,7 @@ class RunbookEngine:
         return {"id": rid, "deleted": True}
 
     def toggle(self, rid: str, *, actor: str) -> dict[str, Any]:
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             row = self._row(conn, rid)
             conn.execute(
                 update(runbooks)
@@ -396,7 +397,7 @@ class RunbookEngine:
                     )
         if not new:
             return
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             # only the ones this consumer created (a replay or another instance may not)
             mine = insert_new(conn, runbook_executions, new)
         for eid in mine:
@@ -449,7 +450,7 @@ class RunbookEngine:
             event_id=event_id,
             now=self.clock(),
         )
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             if not insert_new(conn, runbook_executions, [values]):
                 return None  # another consumer (a replay, another instance) created it
         return str(values["id"])
@@ -479,7 +480,7 @@ class RunbookEngine:
             row, incident_id=None, trigger=f"test:{uuid.uuid4()}", mode=mode, ctx=ctx, event_id=None
         )
         assert eid is not None  # noqa: S101  # a fresh test trigger is unique
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             self.audit.append(
                 conn,
                 actor=actor,
@@ -496,7 +497,7 @@ class RunbookEngine:
     # ------------------------------------------------------------ running
 
     def _renew(self, eid: str) -> None:
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             conn.execute(
                 update(runbook_executions)
                 .where(
@@ -506,7 +507,7 @@ class RunbookEngine:
             )
 
     def _finish(self, eid: str, status: str, error: str | None = None) -> None:
-        with self.engine.begin() as conn:
+        with write(self.engine) as conn:
             conn.execute(
                 update(runbook_executions)
                 .where(runbook_executions.c.id == eid)
@@ -535,7 +536,7 @@ class RunbookEngine:
                 prior = done.get(i)
                 started = prior.started_at if prior is not None else self.clock()
                 if prior is None:
-                    with self.engine.begin() as conn:
+                    with write(self.engine) as conn:
                         conn.execute(
                             insert(runbook_step_results).values(
                                 execution_id=eid,
@@ -567,7 +568,7 @@ class RunbookEngine:
                     status, error = "failed", f"timed out after {step['timeout_seconds']:g} s"
                 except (StepFailed, DeliveryFailed, SluiceError) as exc:
                     status, error = "failed", str(getattr(exc, "message", None) or exc)
-                with self.engine.begin() as conn:
+                with write(self.engine) as conn:
                     conn.execute(
                         update(runbook_step_results)
                         .where(
@@ -594,7 +595,7 @@ class RunbookEngine:
             self._finish(eid, "succeeded")
         except asyncio.CancelledError:
             # stopping: give the execution back at once, a restart resumes it by the rule
-            with contextlib.suppress(Exception), self.engine.begin() as conn:
+            with contextlib.suppress(Exception), write(self.engine) as conn:
                 conn.execute(
                     update(runbook_executions)
                     .where(
@@ -625,7 +626,7 @@ class RunbookEngine:
             for j in range(start, len(steps))
         ]
         if rows:
-            with self.engine.begin() as conn:
+            with write(self.engine) as conn:
                 conn.execute(insert(runbook_step_results), rows)
 
     def _plan(self, step: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, Any]:
@@ -778,7 +779,7 @@ class RunbookEngine:
         for (eid,) in lapsed:
             if eid in self._tasks:
                 continue
-            with self.engine.begin() as conn:
+            with write(self.engine) as conn:
                 got = conn.execute(
                     update(runbook_executions)
                     .where(

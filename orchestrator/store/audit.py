@@ -42,6 +42,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event, insert, select
 
+from orchestrator.cluster import write
 from orchestrator.store.models import audit_log
 from policies.errors import SluiceError
 
@@ -337,7 +338,7 @@ class AuditLog:
 
     def prepare(self, engine: Engine) -> None:
         """At start-up: seal a legacy (unkeyed) log, and anchor the head when unanchored."""
-        with engine.begin() as conn:
+        with write(engine) as conn:
             first = conn.execute(select(audit_log).order_by(audit_log.c.id).limit(1)).first()
             if first is None:
                 if self.anchor is not None and self._read_anchor() is None:

@@ -405,6 +405,24 @@ operator_sessions = Table(
     Column("expires_at", UTCDateTime(), nullable=False),
 )
 
+# Several instances on one PostgreSQL: the writers' generation (bumped by every write
+# transaction, under the writer lock) and the adapter leases (see orchestrator/cluster.py).
+cluster_state = Table(
+    "cluster_state",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("generation", BigInteger, nullable=False, default=0),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("holder", String(100), nullable=False),
+    Column("token", BigInteger, nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
 __all__ = [
     "adapters",
     "agent_jobs",
@@ -412,10 +430,12 @@ __all__ = [
     "audit_log",
     "channel_deliveries",
     "channels",
+    "cluster_state",
     "decisions",
     "events",
     "incidents",
     "kv",
+    "leases",
     "metadata",
     "nodes",
     "operator_sessions",
