@@ -29,7 +29,8 @@ def _adapters(extra: str) -> str:
 def no_server(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """`serve` must stop before the HTTP server; record it if it gets that far."""
     ran: list[Any] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: ran.append(a))
+    # serve runs uvicorn.Server(config).run() (its own header timeouts); never for real here
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **kw: ran.append(self))
     return ran
 
 
