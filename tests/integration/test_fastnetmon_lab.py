@@ -208,7 +208,12 @@ def test_fastnetmon_flood_to_blackhole_in_bird_and_unban(topo: Topology, tmp_pat
             "--log-level", "warning",
         ],
         name="sluice",
-        env={"SLUICE_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)},
+        env={
+            "SLUICE_ADMIN_TOKEN": TOKEN,
+            "PYTHONPATH": str(ROOT),
+            # the lab's gobgpd socket lives in its temporary directory: allowed on purpose
+            "SLUICE_ADAPTER_DIRS": ":".join(str(d) for d in topo.access.allowed_dirs),
+        },
         cwd=ROOT,
     )  # fmt: skip
     db = data / "sluice.db"

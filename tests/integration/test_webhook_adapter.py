@@ -18,7 +18,7 @@ from labs.vendors.server import Fault
 from labs.vendors.webhook_receiver import WebhookReceiver
 from policies.errors import AdapterConfigInvalid
 from policies.intents import build_intent
-from tests.hostaccess import LOOPBACK
+from tests.hostaccess import LOOPBACK, loopback_name
 
 INCIDENT = {"id": "inc_42", "target_ip": "192.0.2.7", "bps": 9.6e9, "vector": "udp-flood"}
 
@@ -239,17 +239,18 @@ def test_loopback_target_is_refused_unless_the_service_allows_it(rx: WebhookRece
 
 
 async def test_a_name_resolving_to_loopback_is_refused_at_connection(rx: WebhookReceiver) -> None:
-    # "127.1" is no address literal to Python, so nothing is known at creation; the
-    # resolver makes it 127.0.0.1, which the connection-time check refuses
-    url = rx.hook_url.replace("127.0.0.1", "127.1")
-    adapter = make(url, rx.secret, ("127.1",), HostAccess())  # on the list, not allowed
+    # a name, so nothing is known at creation; the resolver makes it a loopback address,
+    # which the connection-time check refuses
+    name, address = loopback_name()
+    url = rx.hook_url.replace("127.0.0.1", name)
+    adapter = make(url, rx.secret, (name,), HostAccess())  # on the list, not allowed
     try:
         [outcome] = await adapter.announce([rule(1)])
         health = await adapter.check()
     finally:
         await adapter.close()
     assert not outcome.ok and not outcome.retryable
-    assert "127.1 resolves to 127.0.0.1, loopback" in (outcome.error or "")
+    assert f"{name} resolves to {address}, loopback" in (outcome.error or "")
     assert not health.ok
     assert len(rx.journal) == 0  # nothing left the process
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from adapters.http import HttpClient, HttpSettings
 from orchestrator.settings import Settings
 from policies.errors import AdapterConfigInvalid
 from policies.intents import build_intent
-from tests.hostaccess import LOOPBACK, allow
+from tests.hostaccess import LOOPBACK, allow, loopback_name
 
 # ---------------------------------------------------------------- egress
 
@@ -103,13 +104,16 @@ async def test_every_resolved_address_is_checked() -> None:
 
 
 async def test_http_client_refuses_at_connection_and_does_not_retry() -> None:
+    name, address = loopback_name()
     settings = HttpSettings.model_validate(
-        {"endpoint": "http://127.1:9", "retries": 3, "backoff": 0},
+        {"endpoint": f"http://{name}:9", "retries": 3, "backoff": 0},
         context={"access": HostAccess()},
     )
     client = HttpClient(settings, label="thing adapter 't'")
     try:
-        with pytest.raises(Exception, match=r"127\.1 resolves to 127\.0\.0\.1, loopback") as err:
+        with pytest.raises(
+            Exception, match=rf"{re.escape(name)} resolves to {re.escape(address)}, loopback"
+        ) as err:
             await client.send("GET", "/x")
     finally:
         await client.close()

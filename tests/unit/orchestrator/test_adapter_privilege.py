@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.hostaccess import loopback_name
 from tests.unit.orchestrator.conftest import Api
 
 INTERNAL_BODY = "internal-service-secret-7f3a"
@@ -148,11 +149,12 @@ async def test_test_adapter_does_not_reach_a_loopback_service(
     assert "loopback" in r.json()["error"]["message"]
     assert INTERNAL_BODY not in r.text
     # a name only the resolver turns into loopback is refused where it connects
-    created = await api.ok("POST", "/mitigation/adapters", 201, json=f5(f"http://127.1:{port}"))
+    name, address = loopback_name()
+    created = await api.ok("POST", "/mitigation/adapters", 201, json=f5(f"http://{name}:{port}"))
     aid = created["adapter"]["id"]
     test = (await api.ok("POST", f"/mitigation/adapters/{aid}/test"))["test"]
     assert test["ok"] is False
-    assert "127.1 resolves to 127.0.0.1, loopback" in test["detail"]
+    assert f"{name} resolves to {address}, loopback" in test["detail"]
     assert INTERNAL_BODY not in str(test)
     assert hits == []  # nothing reached the service
 

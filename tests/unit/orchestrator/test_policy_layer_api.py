@@ -203,7 +203,7 @@ async def test_bad_input_gets_a_specific_code_and_changes_nothing(tmp_path: Path
                 "PUT",
                 put,
                 {"tiers": [{"bps": "1G", "intents": blackhole}]},
-                ("invalid_policy", "escalation.tiers.0.name"),
+                ("missing_parameter", "tiers.0.name"),  # the request schema says so first
             ),
             (
                 "PUT",

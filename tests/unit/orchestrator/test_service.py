@@ -244,8 +244,13 @@ async def test_withdraw_before_dispatch_sends_no_announce(make_service: Any) -> 
     aid, fake = await add_fake(svc)
     res = await svc.create_rule(req(bh(), aid))
     await svc.withdraw_rule(res.rule["id"], "ops")
-    await settle(svc)
-    assert svc.get_rule(res.rule["id"])["state"] == "withdrawn"
+    # on PostgreSQL the driver lease may still be being taken: wait, with a deadline
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while svc.get_rule(res.rule["id"])["state"] != "withdrawn":
+        assert loop.time() < deadline, svc.get_rule(res.rule["id"])
+        await settle(svc)
+        await asyncio.sleep(0.05)
     assert [c.op for c in fake.calls] == ["withdraw"]
 
 
