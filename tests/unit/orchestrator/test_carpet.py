@@ -348,7 +348,7 @@ async def test_below_the_threshold_nothing_aggregates(sluice_at: Any) -> None:
     # 31 distinct targets (one short of min_targets), many signals each
     answers = await s.signals([f"198.51.100.{i % 31 + 1}" for i in range(310)])
     assert not [i for i in await s.incidents() if "/" in i["target_ip"]]
-    assert not any("covered" == a["decision"]["status"] for a in answers)
+    assert not any(a["decision"]["status"] == "covered" for a in answers)
     await s.svc.dispatcher.drain()
     assert s.live_targets() == sorted(f"198.51.100.{i}/32" for i in range(1, 32))
 
