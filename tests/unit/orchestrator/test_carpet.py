@@ -470,3 +470,76 @@ def test_example_policy_documents_carpet_bombing() -> None:
     policy = load_policy(root)
     cb = policy.carpet_bombing
     assert cb is not None and cb.min_prefix_length.ipv4 == 24
+
+
+# ---------------------------------------------------------------- the policy API
+
+
+async def test_policy_api_sets_validates_and_refuses_carpet_bombing(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    clock = Clock()
+    settings = settings_for(
+        tmp_path, admin_token=ADMIN, database_url=store_url, rate_limit_per_minute=100_000
+    )
+    svc = Service(settings, clock=clock)
+    app = create_app(svc, run_scheduler=False)
+    await svc.start()
+    bootstrap_token(svc, app.state.tokens)
+    app.state.runtime.load_state()
+    app.state.policy_doc.load()
+    s = Sluice(app, svc, clock)
+    try:
+        r = await s.call(
+            "POST", "/mitigation/adapters", json={"adapter_type": "fake", "name": "edge"}
+        )
+        assert r.status_code == 201, r.text
+        tiers = [
+            {
+                "name": "tier1",
+                "bps": "100M",
+                "intents": [{"type": "blackhole"}],
+                "adapters": ["edge"],
+            }
+        ]
+        r = await s.call("PUT", "/mitigation/escalation-policy", json={"tiers": tiers})
+        assert r.status_code == 200, r.text
+        # a bad section changes nothing and names the field
+        bad = {"min_targets": 8, "tier": "tier7"}
+        r = await s.call("PUT", "/mitigation/escalation-policy", json={"carpet_bombing": bad})
+        assert r.status_code == 422, r.text
+        err = r.json()["error"]
+        assert err["field"] == "carpet_bombing.tier" and "tier7" in err["message"]
+        assert svc.policy.carpet_bombing is None
+        bad = {"min_targets": 8, "tier": "tier1", "prefix_lengths": {"ipv4": [16]}}
+        r = await s.call("PUT", "/mitigation/escalation-policy", json={"carpet_bombing": bad})
+        assert r.status_code == 422 and "/16 is wider than" in r.json()["error"]["message"]
+        good = {"min_targets": 16, "tier": "tier1", "window_seconds": 5}
+        r = await s.call("PUT", "/mitigation/escalation-policy", json={"carpet_bombing": good})
+        assert r.status_code == 200, r.text
+        view = r.json()["policy"]
+        assert view["carpet_bombing"]["min_targets"] == 16
+        assert view["managed_by_field"]["carpet_bombing"] == "api"
+        # in force: 16 targets of a /24 give one covering rule
+        await s.signals(hosts("192.0.2", 1, 16))
+        await s.wait_until("covered", lambda: s.live_targets() == ["192.0.2.0/24"])
+        # the export writes it out, to commit into the policy files
+        r = await s.call("GET", "/policy/export")
+        assert r.status_code == 200 and "carpet_bombing" in r.text
+        # null removes it
+        r = await s.call("PUT", "/mitigation/escalation-policy", json={"carpet_bombing": None})
+        assert r.status_code == 200 and r.json()["policy"]["carpet_bombing"] is None
+    finally:
+        await s.http.aclose()
+        app.state.runtime.intake.cancel_timers()
+        await svc.stop()
+
+
+async def test_policy_api_refuses_a_section_the_files_declare(sluice_at: Any) -> None:
+    s: Sluice = await sluice_at()
+    r = await s.call(
+        "PUT", "/mitigation/escalation-policy", json={"carpet_bombing": {"min_targets": 4}}
+    )
+    assert r.status_code == 409 and r.json()["error"]["code"] == "read_only"
+    assert s.svc.policy.carpet_bombing is not None
+    assert s.svc.policy.carpet_bombing.min_targets == 32
