@@ -175,6 +175,8 @@ class CarpetBatch:
         sig = item.signal
         if sig is None or decision.status not in ATTACKED:
             return decision
+        if self._find(sig) is not None:  # already covered (a signal naming its incident)
+            return decision
         carpet = self.carpet
         now = self.now.timestamp()
         target = sig.target_ip
@@ -239,15 +241,13 @@ class CarpetBatch:
                 detail={**found.to_dict(), "explanation": why},
             )
         )
-        for plen in self.cfg.prefix_lengths.for_version(found.network.version):
-            if plen >= found.network.prefixlen:
-                net = int(found.network.network_address)
-                bits = found.network.max_prefixlen - plen
-                # the counts inside are spent: the covering incident takes over
-                for sub in range(net, net + found.size, 1 << bits):
-                    self.carpet.window.forget(found.network.version, plen, sub)
-                    if found.size // (1 << bits) > 4096:
-                        break
+        # the counts inside are spent: the covering incident takes over
+        version, net = found.network.version, int(found.network.network_address)
+        for plen in self.cfg.prefix_lengths.for_version(version):
+            step = 1 << (found.network.max_prefixlen - plen)
+            if plen >= found.network.prefixlen and found.size // step <= 256:
+                for sub in range(net, net + found.size, step):
+                    self.carpet.window.forget(version, plen, sub)
         line = (
             f"carpet bombing: covering incident {inc.id} opened for {found.network}; "
             "this signal's own rules are withdrawn once its covering rule is active"
@@ -308,7 +308,13 @@ class Carpet:
         cfg = self.service.policy.carpet_bombing
         if cfg is None or not cfg.enabled:
             return None
-        return CarpetBatch(self, cfg, self.live_covers(conn), now)
+        protected, allowed = self._sets()
+        covers = [
+            c
+            for c in self.live_covers(conn)
+            if not (protected.overlaps(c.network) or allowed.overlaps(c.network))
+        ]
+        return CarpetBatch(self, cfg, covers, now)
 
     @staticmethod
     def live_covers(conn: Connection) -> list[LiveCover]:
@@ -414,9 +420,16 @@ class Carpet:
         svc = self.service
         now = svc.clock()
         with svc.engine.connect() as conn:
-            covers = [
-                c for c in self.live_covers(conn) if any(r.state == State.ACTIVE for r in c.rules)
-            ]
+            covers = self.live_covers(conn)
+        protected, allowed = self._sets()
+        blocked = [
+            c for c in covers if protected.overlaps(c.network) or allowed.overlaps(c.network)
+        ]
+        for cover in blocked:
+            self._end_blocked(cover)
+        covers = [
+            c for c in covers if c not in blocked and any(r.state == State.ACTIVE for r in c.rules)
+        ]
         if not covers:
             return 0
         afters: list[Callable[[], None]] = []
@@ -450,6 +463,34 @@ class Carpet:
         if total:
             log.info("carpet bombing: %d per-target rules superseded", total)
         return total
+
+    def _end_blocked(self, cover: LiveCover) -> None:
+        """A policy change put protected or allowlisted space inside a live covering
+        prefix: end its incident and withdraw its rules (the targets inside are judged one
+        by one again)."""
+        svc = self.service
+        now = svc.clock()
+        cause = (
+            f"carpet bombing: {cover.network} now overlaps protected or allowlisted space; "
+            "its covering rule is withdrawn"
+        )
+        log.warning("covering incident %s: %s", cover.incident.id, cause)
+        after: Callable[[], None] = lambda: None  # noqa: E731
+        try:
+            with write(svc.engine) as conn:
+                IncidentStore().end(
+                    conn, cover.incident, Status.RESOLVED, now=now, by=ACTOR, cause=cause
+                )
+                _ids, after = svc.withdraw_incident_in(
+                    conn, cover.incident.id, actor=ACTOR, reason=cause, now=now
+                )
+        except SluiceError as exc:  # ended meanwhile
+            log.info("ending covering incident %s: %s", cover.incident.id, exc.message)
+            return
+        except Exception:
+            svc.rolled_back()
+            raise
+        after()
 
     @staticmethod
     def _inside(conn: Connection, cover: LiveCover) -> list[Any]:

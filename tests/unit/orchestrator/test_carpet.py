@@ -543,3 +543,31 @@ async def test_policy_api_refuses_a_section_the_files_declare(sluice_at: Any) ->
     assert r.status_code == 409 and r.json()["error"]["code"] == "read_only"
     assert s.svc.policy.carpet_bombing is not None
     assert s.svc.policy.carpet_bombing.min_targets == 32
+
+
+async def test_an_allowlist_change_inside_a_covering_prefix_ends_it(
+    sluice_at: Any, tmp_path: Path
+) -> None:
+    s: Sluice = await sluice_at()
+    await s.signals(hosts("198.51.100", 1, 32))
+    await s.wait_until("covered", lambda: s.live_targets() == ["198.51.100.0/24"])
+    cover = next(i for i in await s.incidents() if i["target_ip"] == "198.51.100.0/24")
+    # an explicit incident id inside the prefix keeps its incident and forms no second cover
+    mine = next(i for i in await s.incidents() if i["target_ip"] == "198.51.100.3")
+    r = await s.call(
+        "POST", "/incidents", json={**signal("198.51.100.3"), "incident_id": mine["id"]}
+    )
+    assert r.status_code == 200 and r.json()["incident"]["id"] == mine["id"]
+    assert len([i for i in await s.incidents() if "/" in i["target_ip"]]) == 1
+
+    (tmp_path / "policy" / "allow.yaml").write_text("allowlist:\n  - ip_address: 198.51.100.200\n")
+    status = await s.app.state.runtime.reload()
+    assert status is not None and status.ok, status
+    await s.app.state.runtime.intake.carpet.supersede_due()  # the periodic job
+    ended = next(i for i in await s.incidents() if i["id"] == cover["id"])
+    assert ended["status"] == "resolved" and ended["resolved_by"] == "system:carpet-bombing"
+    await s.wait_until("cover withdrawn", lambda: "198.51.100.0/24" not in s.live_targets())
+    # the targets inside are judged one by one again
+    again = (await s.signals(["198.51.100.9"]))[0]
+    assert again["decision"]["status"] == "announce"
+    assert again["decision"]["rules"][0]["intent"].startswith("blackhole 198.51.100.9/32")
