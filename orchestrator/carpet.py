@@ -188,6 +188,7 @@ class CarpetBatch:
             now,
             protected=carpet.protected(),
             allowed=carpet.allowed(),
+            hold_down=carpet.service.policy.escalation.hold_down_seconds,
         )
         if found is None:
             return decision

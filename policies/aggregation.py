@@ -181,12 +181,16 @@ class AttackWindow:
 
     def __init__(self) -> None:
         self._buckets: dict[tuple[int, int, int], dict[int, float]] = {}
+        self._since: dict[tuple[int, int, int], float] = {}  # when each bucket's attack began
         self._adds = 0
 
     def add(self, cfg: CarpetBombing, version: int, value: int, now: float) -> None:
         for plen in cfg.prefix_lengths.for_version(version):
             key = (version, plen, _net_value(version, value, plen))
-            bucket = self._buckets.setdefault(key, {})
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = {}
+                self._since[key] = now
             bucket.pop(value, None)
             bucket[value] = now
         self._adds += 1
@@ -208,11 +212,17 @@ class AttackWindow:
             del bucket[addr]
         if not bucket:
             del self._buckets[key]
+            self._since.pop(key, None)
             return []
         return list(bucket)
 
+    def since(self, version: int, plen: int, net_value: int) -> float | None:
+        """When the prefix's current run of attacked targets began (None: no run)."""
+        return self._since.get((version, plen, net_value))
+
     def forget(self, version: int, plen: int, net_value: int) -> None:
         self._buckets.pop((version, plen, net_value), None)
+        self._since.pop((version, plen, net_value), None)
 
     def sweep(self, oldest: float) -> None:
         for key in list(self._buckets):
@@ -223,6 +233,7 @@ class AttackWindow:
                 del bucket[addr]
             if not bucket:
                 del self._buckets[key]
+                self._since.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -286,11 +297,13 @@ class Refusal:
     network: IPNetwork
     attacked: int
     reason: str
+    held: bool = False  # only the hold-down is missing
 
     def explain(self) -> str:
         return (
             f"carpet bombing: {self.attacked} targets attacked in {self.network}, but no "
-            f"covering rule: {self.reason}; the per-target rules stay"
+            f"covering rule{' yet' if self.held else ''}: {self.reason}; the per-target "
+            "rules stay"
         )
 
 
@@ -308,12 +321,15 @@ def judge(
     *,
     protected: PrefixSet,
     allowed: PrefixSet,
+    hold_down: float = 0.0,
 ) -> Covering | Refusal | None:
     """The widest candidate prefix of ``signal_target`` that qualifies, a refusal, or None.
 
     A prefix that reaches the threshold but touches protected or allowlisted space is
     refused and the next (longer) candidate is tried; the first refusal is returned when
-    none qualifies.
+    none qualifies. ``hold_down`` (the policy's ``escalation.hold_down_seconds``) holds at
+    the level of the prefix too: it must have been under attack that long (a refusal
+    says so until then).
     """
     version = signal_target.version
     value = int(signal_target)
@@ -338,6 +354,13 @@ def judge(
             refusal = refusal or Refusal(network, len(attacked), reason)
             continue
         make = IPv4Address if version == 4 else IPv6Address
+        began = window.since(version, plen, net_value)
+        lasted = now - (now if began is None else began)
+        if lasted < hold_down:
+            reason = (
+                f"hold-down: the prefix has been attacked for {lasted:.0f} s of {hold_down:g} s"
+            )
+            return refusal or Refusal(network, len(attacked), reason, held=True)
         texts = tuple(str(make(a)) for a in attacked)
         return Covering(network, texts, cfg.window_seconds, cfg.threshold_text())
     return refusal

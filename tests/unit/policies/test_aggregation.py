@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from ipaddress import ip_address, ip_network
+from pathlib import Path
 from typing import Any
+
+from typer.testing import CliRunner
 
 from policies.aggregation import (
     AttackWindow,
@@ -13,6 +17,7 @@ from policies.aggregation import (
     covering_rules,
     judge,
 )
+from policies.cli import app
 from policies.guardrails import GuardrailChecker, Guardrails
 from policies.intents import FlowSpecIntent
 from policies.prefixes import PrefixSet
@@ -136,3 +141,46 @@ def test_covering_flowspec_matches_the_signature_on_the_whole_prefix() -> None:
         == []
     )
     assert any("prefix_too_short" in line for line in why)
+
+
+def test_the_hold_down_holds_for_the_prefix_too() -> None:
+    c, w = cfg(), AttackWindow()
+    feed(c, w, ["10.0.0.1", "10.0.0.2"], 0.0)
+    feed(c, w, ["10.0.0.3", "10.0.0.4"], 3.0)
+    found = judge(c, w, ip_address("10.0.0.4"), 3.0, protected=NONE, allowed=NONE, hold_down=5)
+    assert isinstance(found, Refusal) and found.held
+    assert "no covering rule yet: hold-down: the prefix has been attacked for 3 s of 5 s" in (
+        found.explain()
+    )
+    found = judge(c, w, ip_address("10.0.0.4"), 5.0, protected=NONE, allowed=NONE, hold_down=5)
+    assert isinstance(found, Covering)
+
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "policies" / "examples"
+
+
+def test_policy_plan_shows_the_covering_rule(tmp_path: Path) -> None:
+    """``sluice policy plan``: the example policy with and without its carpet_bombing file."""
+    before = tmp_path / "before"
+    shutil.copytree(EXAMPLES / "default", before)
+    (before / "carpet_bombing.yaml").unlink()
+    hosts = [f"100.64.1.{i}" for i in range(1, 33)]
+    # 32 hosts at 3 Gbps (tier3: blackhole); again 5 s later, past the hold-down
+    lines = [f"  - {{at: {at}, target_ip: {h}, bps: 3G}}" for at in (0, 5) for h in hosts]
+    signals = tmp_path / "signals.yaml"
+    signals.write_text("signals:\n" + "\n".join(lines) + "\n")
+    result = CliRunner().invoke(
+        app,
+        ["plan", str(EXAMPLES / "default"), "--signals", str(signals), "--current", str(before)],
+    )
+    assert result.exit_code == 0, result.output
+    out = result.output
+    # the first signal past the hold-down completes the picture: one /24 for the prefix
+    assert "signal 32 at 5 s, target 100.64.1.1: announce/tier3 -> announce/tier3" in out
+    assert "  + blackhole 100.64.1.0/24; community 65535:666 via log ttl 300" in out
+    # the 31 after it are covered instead of getting their /32
+    assert "signal 33 at 5 s, target 100.64.1.2: announce/tier3 -> covered/tier3" in out
+    assert "  - blackhole 100.64.1.2/32; community 65535:666 via log ttl 300" in out
+    assert out.count("-> covered/tier3") == 31
+    # before the hold-down, nothing differs (held either way)
+    assert "signal 31 " not in out
