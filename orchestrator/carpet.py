@@ -175,8 +175,9 @@ class CarpetBatch:
         sig = item.signal
         if sig is None or decision.status not in ATTACKED:
             return decision
-        if self._find(sig) is not None:  # already covered (a signal naming its incident)
-            return decision
+        inside = self._find(sig)
+        if inside is not None:  # a signal naming its incident, or a hold-down recheck
+            return self._strip(decision, inside)
         carpet = self.carpet
         now = self.now.timestamp()
         target = sig.target_ip
@@ -195,6 +196,24 @@ class CarpetBatch:
         if isinstance(found, Refusal):
             return decision._replace(explanation=(*decision.explanation, found.explain()))
         return self._form(item, decision, found)
+
+    def _strip(self, decision: Decision, cover: LiveCover) -> Decision:
+        """No /32 inside a live covering prefix: the covering rule mitigates the target.
+
+        What the engine planned is dropped, its withdrawals too (the covering rule
+        replaces those rules once active), and the target's engine state is forgotten so
+        that it is judged afresh if it is ever attacked outside a cover.
+        """
+        if not decision.rules and not decision.withdraw:
+            return decision
+        self.carpet.forget_target(decision.target)
+        line = (
+            f"carpet bombing: {decision.target} is inside {cover.network}, covered by incident "
+            f"{cover.incident.id}: no /{cover.network.max_prefixlen} rule"
+        )
+        return decision._replace(
+            status="covered", rules=(), withdraw=(), explanation=(*decision.explanation, line)
+        )
 
     def _form(self, item: Item, decision: Decision, found: Covering) -> Decision:
         sig = item.signal
@@ -279,6 +298,9 @@ class Carpet:
             allowed = blocked_space((), (to_network(e.net) for e in policy.allowlist.entries))
             self._blocked = (id(policy), protected, allowed)
         return self._blocked[1], self._blocked[2]
+
+    def forget_target(self, target: str) -> None:
+        self._state().targets.pop(target, None)
 
     def protected(self) -> PrefixSet:
         return self._sets()[0]
@@ -458,9 +480,8 @@ class Carpet:
             raise
         for after in afters:
             after()
-        state = self._state()
         for target in targets:  # judged afresh if it is ever attacked outside a cover
-            state.targets.pop(target, None)
+            self.forget_target(target)
         if total:
             log.info("carpet bombing: %d per-target rules superseded", total)
         return total

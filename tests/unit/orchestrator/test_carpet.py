@@ -558,6 +558,7 @@ async def test_an_allowlist_change_inside_a_covering_prefix_ends_it(
         "POST", "/incidents", json={**signal("198.51.100.3"), "incident_id": mine["id"]}
     )
     assert r.status_code == 200 and r.json()["incident"]["id"] == mine["id"]
+    assert r.json()["decision"]["rules"] == []  # no /32 inside a cover
     assert len([i for i in await s.incidents() if "/" in i["target_ip"]]) == 1
 
     (tmp_path / "policy" / "allow.yaml").write_text("allowlist:\n  - ip_address: 198.51.100.200\n")
@@ -571,3 +572,37 @@ async def test_an_allowlist_change_inside_a_covering_prefix_ends_it(
     again = (await s.signals(["198.51.100.9"]))[0]
     assert again["decision"]["status"] == "announce"
     assert again["decision"]["rules"][0]["intent"].startswith("blackhole 198.51.100.9/32")
+
+
+async def test_the_hold_down_holds_for_the_prefix_and_rechecks_form_the_cover(
+    sluice_at: Any,
+) -> None:
+    s: Sluice = await sluice_at()
+    # the escalation file of this test's policy holds down for 5 s
+    pdir = s.svc.settings.policy_dir
+    assert pdir is not None
+    (pdir / "escalation.yaml").write_text(
+        ESCALATION.replace(
+            "episode_timeout_seconds: 120", "episode_timeout_seconds: 120\n  hold_down_seconds: 5"
+        )
+    )
+    status = await s.app.state.runtime.reload()
+    assert status is not None and status.ok, status
+    answers = await s.signals(hosts("198.51.100", 1, 40))
+    assert {a["decision"]["status"] for a in answers} == {"held"}
+    assert not [i for i in await s.incidents() if "/" in i["target_ip"]]
+    assert any(
+        "no covering rule yet: hold-down" in x
+        for a in answers
+        for x in a["decision"]["explanation"]
+    )
+    # past the hold-down, the incidents are evaluated again: the first completes the
+    # prefix, the others are covered (never a /32 after the cover)
+    s.app.state.runtime.intake.cancel_timers()
+    s.clock.advance(5)
+    assert await s.app.state.runtime.intake.recheck_held() == 40
+    covers = [i for i in await s.incidents() if "/" in i["target_ip"]]
+    assert [c["target_ip"] for c in covers] == ["198.51.100.0/24"]
+    await s.wait_until("covered", lambda: s.live_targets() == ["198.51.100.0/24"])
+    created = s.events("rule.created")
+    assert len(created) == 2, created  # the first target's /32 and the covering /24
