@@ -63,6 +63,7 @@ from policies.prefixes import PrefixSet
 if TYPE_CHECKING:
     from orchestrator.intake import Item
     from orchestrator.service import Service
+    from policies.schema import Policy
     from policies.signals import Signal
     from policies.state import EngineState
 
@@ -286,17 +287,17 @@ class Carpet:
         self.service = service
         self._state = state
         self.window = AttackWindow()
-        self._blocked: tuple[int, PrefixSet, PrefixSet] | None = None
+        self._blocked: tuple[Policy, PrefixSet, PrefixSet] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ policy caches
 
     def _sets(self) -> tuple[PrefixSet, PrefixSet]:
         policy = self.service.policy
-        if self._blocked is None or self._blocked[0] != id(policy):
+        if self._blocked is None or self._blocked[0] is not policy:
             protected = blocked_space(policy.guardrails.protected_prefixes, ())
             allowed = blocked_space((), (to_network(e.net) for e in policy.allowlist.entries))
-            self._blocked = (id(policy), protected, allowed)
+            self._blocked = (policy, protected, allowed)
         return self._blocked[1], self._blocked[2]
 
     def forget_target(self, target: str) -> None:

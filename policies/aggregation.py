@@ -22,7 +22,7 @@ candidate, :func:`covering_rules` plans the rules. The orchestrator
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, KeysView, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any
@@ -128,11 +128,11 @@ class CarpetBombing(BaseModel):
                         f"/{minimum}; a covering rule is never wider than that"
                     )
             if self.min_targets is not None and lengths:
-                longest = max(lengths)
-                size = 1 << ((32 if family == "ipv4" else 128) - longest)
+                widest = min(lengths)
+                size = 1 << ((32 if family == "ipv4" else 128) - widest)
                 if self.min_targets > size:
                     raise ValueError(
-                        f"min_targets {self.min_targets} can never be reached in a /{longest} "
+                        f"min_targets {self.min_targets} can never be reached in a /{widest} "
                         f"({size} addresses): lower it or list wider prefix_lengths.{family}"
                     )
         return self
@@ -172,6 +172,18 @@ def _net_value(version: int, value: int, plen: int) -> int:
     return (value >> host_bits) << host_bits
 
 
+_NOTHING: dict[int, float] = {}
+
+
+def _expire(bucket: dict[int, float], oldest: float) -> None:
+    """Drop the entries last seen before ``oldest`` (they come first: oldest first)."""
+    while bucket:
+        addr, at = next(iter(bucket.items()))
+        if at >= oldest:
+            return
+        del bucket[addr]
+
+
 class AttackWindow:
     """Distinct attacked targets per candidate prefix over a sliding window.
 
@@ -199,22 +211,18 @@ class AttackWindow:
 
     def targets(
         self, cfg: CarpetBombing, version: int, plen: int, net_value: int, now: float
-    ) -> list[int]:
-        """The addresses attacked in ``(version, net_value/plen)`` within the window."""
+    ) -> KeysView[int]:
+        """The addresses attacked in ``(version, net_value/plen)`` within the window, oldest
+        first (a live view: its length costs nothing, which the signal path relies on)."""
         key = (version, plen, net_value)
         bucket = self._buckets.get(key)
         if bucket is None:
-            return []
-        oldest = now - cfg.window_seconds
-        for addr, at in list(bucket.items()):
-            if at >= oldest:
-                break
-            del bucket[addr]
+            return _NOTHING.keys()
+        _expire(bucket, now - cfg.window_seconds)
         if not bucket:
             del self._buckets[key]
             self._since.pop(key, None)
-            return []
-        return list(bucket)
+        return bucket.keys()
 
     def since(self, version: int, plen: int, net_value: int) -> float | None:
         """When the prefix's current run of attacked targets began (None: no run)."""
@@ -227,10 +235,7 @@ class AttackWindow:
     def sweep(self, oldest: float) -> None:
         for key in list(self._buckets):
             bucket = self._buckets[key]
-            for addr, at in list(bucket.items()):
-                if at >= oldest:
-                    break
-                del bucket[addr]
+            _expire(bucket, oldest)
             if not bucket:
                 del self._buckets[key]
                 self._since.pop(key, None)
