@@ -184,3 +184,8 @@ def test_policy_plan_shows_the_covering_rule(tmp_path: Path) -> None:
     assert out.count("-> covered/tier3") == 31
     # before the hold-down, nothing differs (held either way)
     assert "signal 31 " not in out
+
+
+def test_min_targets_needs_only_the_widest_candidate_to_reach_it() -> None:
+    c = cfg(min_targets=100, prefix_lengths={"ipv4": [24, 26]})  # a /26 has 64 addresses
+    assert c.prefix_lengths.ipv4 == [24, 26]
