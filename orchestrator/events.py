@@ -3,7 +3,9 @@
 Kinds (:class:`Kind`): ``rule.created``, ``rule.pending`` (a retry), ``rule.active``,
 ``rule.failed``, ``rule.withdrawing``, ``rule.withdrawn``, ``rule.expired``;
 ``incident.opened``, ``incident.escalated`` (a tier's rules planned: the first one moves
-the incident to mitigating), ``incident.resolved``, ``incident.expired``;
+the incident to mitigating), ``incident.resolved``, ``incident.expired``,
+``incident.aggregated`` (a carpet-bombing covering incident formed: targets, window,
+collateral);
 ``adapter.session_up``, ``adapter.session_down``; ``policy.reloaded``.
 
 Writers call :func:`record` with the connection of their own transaction, so an event
@@ -37,6 +39,7 @@ class Kind(enum.StrEnum):
     INCIDENT_ESCALATED = "incident.escalated"
     INCIDENT_RESOLVED = "incident.resolved"
     INCIDENT_EXPIRED = "incident.expired"
+    INCIDENT_AGGREGATED = "incident.aggregated"
     SESSION_UP = "adapter.session_up"
     SESSION_DOWN = "adapter.session_down"
     POLICY_RELOADED = "policy.reloaded"

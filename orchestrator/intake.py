@@ -22,13 +22,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import and_, insert, select
 
+from orchestrator import events as ev
+from orchestrator.carpet import Carpet
 from orchestrator.cluster import StaleRead, write, writers
 from orchestrator.incidents import ENDED, LIVE, AlreadyEnded, Incident, IncidentStore, Status
 from orchestrator.lifecycle import HELD
@@ -72,6 +74,7 @@ class Intake:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._rechecking: set[str] = set()
         self._tasks: set[asyncio.Task[int]] = set()
+        self.carpet = Carpet(service, state)  # carpet bombing: covering rules (#14.4)
 
     @property
     def state(self) -> EngineState:
@@ -145,12 +148,19 @@ class Intake:
             by_event = self.store.by_event(
                 conn, [(i.source, i.event_id) for i in batch if i.source and i.event_id]
             )
+            carpet = self.carpet.begin(conn, now)
         new: dict[str, Incident] = {}
         touched: dict[str, Incident] = {}
         stale: list[Incident] = []
         items: list[tuple[Item, Incident, Decision] | Exception] = []
         for item in batch:
             assert item.signal is not None  # noqa: S101  # bans and rechecks carry one
+            covered = carpet.cover(item) if carpet is not None else None
+            if carpet is not None and covered is not None:  # inside a covering prefix
+                if not carpet.is_new(covered[0]):
+                    touched[covered[0].id] = covered[0]
+                items.append((item, *covered))
+                continue
             try:
                 inc = self._incident_for(
                     item,
@@ -169,13 +179,29 @@ class Intake:
                 items.append(NotFound("nothing to re-evaluate", code="not_held"))
                 continue
             decision = self._decide(item, inc, now, hold)
+            if carpet is not None:
+                decision = carpet.observe(item, decision)
             if inc.id not in new:
                 touched[inc.id] = inc
             items.append((item, inc, decision))
         done = [x for x in items if not isinstance(x, Exception)]
+        formed = carpet.formed if carpet is not None else []
+        for _, inc, _ in formed:
+            new[inc.id] = inc
         applied: list[dict[str, Any]] = []
         if done or stale:
-            applied = self._write(done, new, touched, stale, now, read_at=read_at)
+            applied = self._write(
+                [*formed, *done],  # a covering incident's decision before those it covers
+                new,
+                touched,
+                stale,
+                now,
+                read_at=read_at,
+                events=carpet.events if carpet is not None else (),
+            )
+            if carpet is not None:
+                self.carpet.after_write(carpet, applied[: len(formed)])
+            applied = applied[len(formed) :]
         for inc in {i.id: i for _, i, _ in done}.values():
             if inc.held_until is not None:
                 self._arm(inc)
@@ -304,6 +330,7 @@ class Intake:
         now: datetime,
         *,
         read_at: int | None = None,
+        events: Sequence[ev.Event] = (),
     ) -> list[dict[str, Any]]:
         """Everything a batch changed, in one transaction; then queue the rule changes."""
         svc = self.service
@@ -394,6 +421,7 @@ class Intake:
                         for k, (_item, inc, d) in enumerate(done)
                     ],
                 )
+                ev.record(conn, events)
         except Exception:
             svc.rolled_back()
             raise
@@ -423,6 +451,7 @@ class Intake:
         self._timers[inc.id] = loop.call_later(delay + 0.01, fire)
 
     def cancel_timers(self) -> None:
+        self.carpet.cancel()
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()

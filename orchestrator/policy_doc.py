@@ -164,6 +164,9 @@ class PolicyDocument:
             },
             "baseline_mode": p.baseline.mode,
             "geo_lockdown": p.geo_lockdown.model_dump(mode="json") if p.geo_lockdown else None,
+            "carpet_bombing": p.carpet_bombing.model_dump(mode="json")
+            if p.carpet_bombing
+            else None,
             "dry_run": p.settings.dry_run,
             "tiers": tiers,
             "escalation": {
@@ -176,6 +179,7 @@ class PolicyDocument:
                 "baseline_mode": owner(files, "baseline", "mode"),
                 "dry_run": owner(files, "settings", "dry_run"),
                 "geo_lockdown": owner(files, "geo_lockdown"),
+                "carpet_bombing": owner(files, "carpet_bombing"),
                 **{f"escalation.{k}": owner(files, "escalation", k) for k in TIMING},
             },
             "policy_dir": str(self.service.settings.policy_dir)

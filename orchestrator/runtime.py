@@ -208,4 +208,5 @@ class PolicyRuntime:
             "policy-reload": (self.service.settings.policy_reload_interval, self.reload),
             "hold-down": (1.0, self.intake.recheck_held),
             "incident-expiry": (self.service.settings.expiry_interval, self.intake.expire_quiet),
+            "carpet-supersede": (2.0, self.intake.carpet.supersede_due),
         }

@@ -785,6 +785,13 @@ class Service:
         ).all()
         return self._withdraw_rows(conn, rows, actor=actor, reason=reason, now=now)
 
+    def withdraw_rows_in(
+        self, conn: Connection, rows: Sequence[Any], *, actor: str, reason: str, now: datetime
+    ) -> tuple[list[int], Callable[[], None]]:
+        """Start withdrawing held rule rows (with the columns of ``_HELD_COLUMNS``) that the
+        caller selected, in its transaction; run ``after`` once committed."""
+        return self._withdraw_rows(conn, rows, actor=actor, reason=reason, now=now)
+
     def _withdraw_rows(
         self, conn: Connection, rows: Sequence[Any], *, actor: str, reason: str, now: datetime
     ) -> tuple[list[int], Callable[[], None]]:

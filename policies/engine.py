@@ -75,6 +75,7 @@ STATUSES = (
     "steady",  # tier unchanged, rules in place
     "refresh",  # tier unchanged, rules re-announced before their TTL runs out
     "update",  # tier unchanged, the attack changed shape: new rules, stale ones withdrawn
+    "covered",  # inside a carpet-bombing covering prefix: its covering rule mitigates it
 )
 
 

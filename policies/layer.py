@@ -6,7 +6,7 @@ what the files leave out:
 
 * ``settings``, ``guardrails``, ``baseline``, ``escalation``: key by key (the tier ladder,
   ``escalation.tiers``, is one key: its tiers are ordered and checked together);
-* ``geo_lockdown``: the whole section;
+* ``geo_lockdown``, ``carpet_bombing``: the whole section;
 * ``thresholds`` and ``allowlist``: entry by entry (an entry the files declare for the same
   prefix wins).
 
@@ -29,6 +29,7 @@ from policies.tables import EntryInvalid
 
 ManagedBy = Literal["policy", "api"]
 KEYED_SECTIONS = ("settings", "guardrails", "baseline", "escalation")
+WHOLE_SECTIONS = ("geo_lockdown", "carpet_bombing")  # set or removed as a whole
 TIMING = (
     "hold_down_seconds",
     "hysteresis",
@@ -137,8 +138,9 @@ def merged_document(
     esc = doc.setdefault("escalation", {})
     if "tiers" not in esc:
         esc["tiers"] = copy.deepcopy(DEFAULT_TIERS)
-    if "geo_lockdown" in layer and not declared(files, "geo_lockdown"):
-        doc["geo_lockdown"] = copy.deepcopy(layer["geo_lockdown"])
+    for section in WHOLE_SECTIONS:
+        if layer.get(section) is not None and not declared(files, section):
+            doc[section] = copy.deepcopy(layer[section])
     for section, key in TABLES.items():
         mine = layer.get(section) or []
         if not isinstance(mine, list) or not mine:
@@ -188,8 +190,9 @@ def effective_layer(files: Policy, layer: Mapping[str, Any]) -> dict[str, Any]:
     if not declared(files, "escalation", "tiers") and "tiers" not in out.get("escalation", {}):
         # the default tiers are in force: written out, so the export reproduces them
         out.setdefault("escalation", {})["tiers"] = copy.deepcopy(DEFAULT_TIERS)
-    if "geo_lockdown" in layer and not declared(files, "geo_lockdown"):
-        out["geo_lockdown"] = layer["geo_lockdown"]
+    for section in WHOLE_SECTIONS:
+        if layer.get(section) is not None and not declared(files, section):
+            out[section] = layer[section]
     for section, key in TABLES.items():
         theirs = file_keys(files, section)
         kept_entries = [e for e in layer.get(section) or [] if _safe_key(key, e) not in theirs]

@@ -15,9 +15,20 @@ from typing import Any
 import yaml_rs
 from pydantic import ValidationError
 
+from policies.aggregation import (
+    ATTACKED,
+    AttackWindow,
+    CarpetBombing,
+    Refusal,
+    blocked_space,
+    covering_rules,
+    judge,
+)
 from policies.engine import Decision, evaluate
 from policies.errors import ValidationFailed
 from policies.intents import canonical
+from policies.netindex import to_network
+from policies.planning import PlannedRule, compile_policy
 from policies.schema import Policy
 from policies.signals import Signal
 from policies.state import EngineState
@@ -52,9 +63,75 @@ def read_signals(path: Path) -> list[Timed]:
 
 
 def replay(policy: Policy, signals: list[Timed]) -> list[Decision]:
-    """Decisions for each signal in turn, starting from an empty state."""
+    """Decisions for each signal in turn, starting from an empty state.
+
+    With carpet bombing in the policy, a covering rule is added to the decision of the
+    signal that completes a prefix, and later signals inside it are ``covered`` (as the
+    service does; there the covering rule has its own incident).
+    """
     state = EngineState()
-    return [evaluate(sig, policy, state, at) for at, sig in signals]
+    cb = policy.carpet_bombing
+    if cb is None or not cb.enabled:
+        return [evaluate(sig, policy, state, at) for at, sig in signals]
+    carpet = _CarpetReplay(policy, cb)
+    return [carpet.decide(sig, state, at) for at, sig in signals]
+
+
+class _CarpetReplay:
+    """:mod:`policies.aggregation` over a replay: covers last while signals keep coming."""
+
+    def __init__(self, policy: Policy, cfg: CarpetBombing) -> None:
+        self.policy = policy
+        self.cfg = cfg
+        self.window = AttackWindow()
+        self.covers: list[list[Any]] = []  # [network, last signal at]
+        self.protected = blocked_space(policy.guardrails.protected_prefixes, ())
+        self.allowed = blocked_space((), (to_network(e.net) for e in policy.allowlist.entries))
+
+    def decide(self, sig: Signal, state: EngineState, at: float) -> Decision:
+        policy, cfg = self.policy, self.cfg
+        quiet = policy.escalation.episode_timeout_seconds
+        self.covers = [c for c in self.covers if at - c[1] <= quiet]
+        target = sig.target_ip
+        for cover in self.covers:
+            if cover[0].version == target.version and target in cover[0]:
+                cover[1] = at
+                line = f"{target} is inside {cover[0]}: its covering rule mitigates it"
+                dry = policy.settings.dry_run
+                return Decision(str(target), "covered", cfg.label(), (), (), (line,), dry)
+        decision = evaluate(sig, policy, state, at)
+        if decision.status not in ATTACKED:
+            return decision
+        self.window.add(cfg, target.version, int(target), at)
+        found = judge(
+            cfg,
+            self.window,
+            target,
+            at,
+            protected=self.protected,
+            allowed=self.allowed,
+            hold_down=policy.escalation.hold_down_seconds,
+        )
+        if isinstance(found, Refusal):
+            return decision._replace(explanation=(*decision.explanation, found.explain()))
+        if found is None:
+            return decision
+        why = found.explain()
+        planned = covering_rules(
+            cfg,
+            tiers=policy.escalation.tiers,
+            default_ttl=policy.settings.default_ttl,
+            network=found.network,
+            signal=sig,
+            checker=compile_policy(policy).checker(),
+            why=why,
+        )
+        if planned:
+            self.covers.append([found.network, at])
+        extra = tuple(PlannedRule(r.intent, r.adapter, r.ttl, r.reason) for r in planned)
+        return decision._replace(
+            rules=(*decision.rules, *extra), explanation=(*decision.explanation, *why)
+        )
 
 
 def explain(policy: Policy, signal: Signal) -> Decision:

@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from policies.aggregation import CarpetBombing
 from policies.errors import PolicyInvalid
 from policies.guardrails import Guardrails
 from policies.tables import Allowlist, EntryInvalid, HostThresholds
@@ -160,6 +161,7 @@ class Policy(BaseModel):
     escalation: Escalation = Escalation()
     baseline: Baseline = Baseline()
     geo_lockdown: GeoLockdown | None = None
+    carpet_bombing: CarpetBombing | None = None
     thresholds: ThresholdTable = Field(default_factory=HostThresholds)
     allowlist: AllowTable = Field(default_factory=Allowlist)
 
@@ -199,7 +201,36 @@ class Policy(BaseModel):
                         ("geo_lockdown", "adapters", j),
                         f"adapter {name!r} is not declared in adapters ({known})",
                     )
+        if self.carpet_bombing is not None:
+            self._check_carpet(self.carpet_bombing, declared, known)
         return self
+
+    def _check_carpet(self, cb: CarpetBombing, declared: set[str], known: str) -> None:
+        names = [t.name for t in self.escalation.tiers]
+        if cb.tier is not None and cb.tier not in names:
+            raise EntryInvalid(
+                ("carpet_bombing", "tier"),
+                f"unknown tier {cb.tier!r} (tiers: {', '.join(names) or 'none'})",
+            )
+        for j, name in enumerate(cb.adapters or ()):
+            if name not in declared:
+                raise EntryInvalid(
+                    ("carpet_bombing", "adapters", j),
+                    f"adapter {name!r} is not declared in adapters ({known})",
+                )
+        specs, _adapters, _ttl = cb.covering_tier(self.escalation.tiers)
+        for spec in specs:
+            kind = spec.type if spec.type in ("blackhole", "scrubbing") else "flowspec"
+            floor = self.guardrails.min_prefix(kind)
+            for family in ("ipv4", "ipv6"):
+                mine: int = getattr(cb.min_prefix_length, family)
+                theirs: int = getattr(floor, family)
+                if mine < theirs:
+                    raise EntryInvalid(
+                        ("carpet_bombing", "min_prefix_length", family),
+                        f"/{mine} is wider than guardrails.min_prefix_{kind}.{family} "
+                        f"/{theirs}: the covering {kind} rule would always be refused",
+                    )
 
 
 # ---------------------------------------------------------------- loading

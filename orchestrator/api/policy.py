@@ -4,8 +4,8 @@ What the policy files declare is read-only here (``read_only``); everything else
 created in the API's layer over the files (see :mod:`orchestrator.policy_doc`).
 Accepted shapes besides our own: flat ``{"tier1_bps": 1000000, "tier2_pps": 50000}``
 thresholds (per host and for the workspace tiers), ``ttl`` as one number or per tier,
-``geo_lockdown`` with ``countries`` and an ``action``, and the ``escalation`` timing block
-that GET shows.
+``geo_lockdown`` with ``countries`` and an ``action``, ``carpet_bombing`` as in the policy
+files, and the ``escalation`` timing block that GET shows.
 """
 
 from __future__ import annotations
@@ -94,6 +94,9 @@ class SaveEscalation(Body):
     adapters: Adapters | Annotated[dict[Name, Adapters], Field(max_length=TIERS)] | None = None
     baseline_mode: Literal["static", "dynamic"] | None = None
     geo_lockdown: Geo | None = None  # null removes it
+    # the policy files' carpet_bombing section as a whole (null removes it); validated
+    # with the whole policy: errors name the field (carpet_bombing.tier, ...)
+    carpet_bombing: Annotated[dict[str, Any], Field(max_length=32)] | None = None
     dry_run: bool | None = None
     tiers: Annotated[list[Tier], Field(max_length=TIERS)] | None = None  # the whole ladder
     escalation: Timing | None = None
@@ -196,6 +199,8 @@ async def save_escalation(body: SaveEscalation, doc: Doc, who: Writer) -> dict[s
         doc.require_api("settings", "dry_run", field="dry_run")
     if "geo_lockdown" in sent:
         doc.require_api("geo_lockdown", field="geo_lockdown")
+    if "carpet_bombing" in sent:
+        doc.require_api("carpet_bombing", field="carpet_bombing")
 
     tiers: list[dict[str, Any]] = (
         [t.model_dump() for t in body.tiers]
@@ -250,6 +255,8 @@ async def save_escalation(body: SaveEscalation, doc: Doc, who: Writer) -> dict[s
             layer.setdefault("settings", {})["dry_run"] = body.dry_run
         if "geo_lockdown" in sent:
             layer["geo_lockdown"] = geo
+        if "carpet_bombing" in sent:
+            layer["carpet_bombing"] = body.carpet_bombing
 
     doc.change(mutate, actor=who.name, what="escalation")
     return ok(policy=doc.escalation_view())
