@@ -164,6 +164,11 @@ def test_policy_plan_shows_the_covering_rule(tmp_path: Path) -> None:
     before = tmp_path / "before"
     shutil.copytree(EXAMPLES / "default", before)
     (before / "carpet_bombing.yaml").unlink()
+    # the example ships it off; the change planned here turns it on
+    after = tmp_path / "after"
+    shutil.copytree(EXAMPLES / "default", after)
+    cb = after / "carpet_bombing.yaml"
+    cb.write_text(cb.read_text().replace("enabled: false", "enabled: true"))
     hosts = [f"100.64.1.{i}" for i in range(1, 33)]
     # 32 hosts at 3 Gbps (tier3: blackhole); again 5 s later, past the hold-down
     lines = [f"  - {{at: {at}, target_ip: {h}, bps: 3G}}" for at in (0, 5) for h in hosts]
@@ -171,7 +176,7 @@ def test_policy_plan_shows_the_covering_rule(tmp_path: Path) -> None:
     signals.write_text("signals:\n" + "\n".join(lines) + "\n")
     result = CliRunner().invoke(
         app,
-        ["plan", str(EXAMPLES / "default"), "--signals", str(signals), "--current", str(before)],
+        ["plan", str(after), "--signals", str(signals), "--current", str(before)],
     )
     assert result.exit_code == 0, result.output
     out = result.output
