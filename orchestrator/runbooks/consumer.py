@@ -34,19 +34,30 @@ Batch = list[tuple[str, str, dict[str, Any], int]]
 Handler = Callable[[Batch], Awaitable[None]]
 
 
-def insert_new(conn: Any, table: Any, rows: list[dict[str, Any]]) -> list[Any]:
-    """Insert rows, skipping those a unique constraint already holds.
+def insert_new_rows(conn: Any, table: Any, rows: list[dict[str, Any]], *cols: Any) -> list[Any]:
+    """Insert rows, skipping those a unique constraint already holds (one statement).
 
-    Returns the primary keys of the rows this call inserted."""
+    Returns ``cols`` of the rows this call inserted (RETURNING names only those)."""
     if not rows:
         return []
     name = conn.dialect.name
     if name not in ("sqlite", "postgresql"):  # pragma: no cover - the store's two databases
         raise RuntimeError(f"unsupported database {name}")
+    out: list[Any] = []
+    for start in range(0, len(rows), 200):  # bound the statement's parameters
+        stmt: Any = (sqlite_insert if name == "sqlite" else pg_insert)(table).values(
+            rows[start : start + 200]
+        )
+        out.extend(conn.execute(stmt.on_conflict_do_nothing().returning(*cols)).all())
+    return out
+
+
+def insert_new(conn: Any, table: Any, rows: list[dict[str, Any]]) -> list[Any]:
+    """Insert rows, skipping those a unique constraint already holds.
+
+    Returns the primary keys of the rows this call inserted."""
     pk = next(iter(table.primary_key.columns))
-    stmt: Any = (sqlite_insert if name == "sqlite" else pg_insert)(table).values(rows)
-    # one statement for the page; RETURNING names the rows this statement inserted
-    return list(conn.execute(stmt.on_conflict_do_nothing().returning(pk)).scalars())
+    return [r[0] for r in insert_new_rows(conn, table, rows, pk)]
 
 
 def incident_contexts(conn: Any, wanted: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
@@ -71,12 +82,6 @@ def incident_contexts(conn: Any, wanted: list[tuple[str, str]]) -> dict[str, dic
                 "sources": [str(s) for s in last.get("top_sources") or []],
             }
     return found
-
-
-def incident_context(conn: Any, incident_id: str, kind: str) -> dict[str, Any] | None:
-    """The context of one incident for one event kind."""
-    ctx = incident_contexts(conn, [(incident_id, kind)]).get(incident_id)
-    return None if ctx is None else {**ctx, "event": kind}
 
 
 class Consumer:
@@ -125,8 +130,12 @@ class Consumer:
                 ctx = ctxs.get(str(item["incident_id"])) if item["kind"] in KINDS else None
                 if ctx is not None:
                     batch.append(
-                        (item["kind"], item["incident_id"], {**ctx, "event": item["kind"]},
-                         int(item["id"]))
+                        (
+                            item["kind"],
+                            item["incident_id"],
+                            {**ctx, "event": item["kind"]},
+                            int(item["id"]),
+                        )
                     )
         if batch:
             try:
