@@ -13,11 +13,13 @@ again. The group is resolved (PagerDuty ``resolve``) when its first incident res
 A page of events is handled in one transaction with a few statements (the recent groups
 read once, the groups and deliveries inserted with one ``INSERT .. RETURNING`` each).
 
-**Sending.** At most :attr:`ChannelService.concurrency` messages are in flight at once;
-each outcome is committed through the group commit (:class:`~orchestrator.runbooks.journal.
-Journal`). A delivery is tried :data:`ATTEMPTS` times with exponential backoff; every
-attempt, the last error and the time of the next attempt are on its row (``GET
-/channels`` shows the recent ones).
+**Sending.** The connections are made on a loop of their own (:mod:`.sender`), so a
+burst of intake on the main loop does not hold a message back. At most
+:attr:`ChannelService.concurrency` messages are in flight at once; each outcome is
+committed through the group commit (:class:`~orchestrator.runbooks.journal.Journal`). A
+delivery is tried :data:`ATTEMPTS` times with exponential backoff; every attempt, the last
+error and the time of the next attempt are on its row (``GET /channels`` shows the recent
+ones).
 
 **Durable deliveries** (the rule): a delivery row is ``pending`` or ``retrying`` until an
 attempt is confirmed (``delivered``) or the attempts are spent or the failure is permanent
@@ -49,8 +51,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, insert, or_, select, true, update
 
+from orchestrator.channels.sender import SendLoop
 from orchestrator.channels.transports import (
-    TYPES,
     DeliveryFailed,
     Egress,
     Message,
@@ -177,7 +179,7 @@ class ChannelService:
         self.clock = clock
         self.owner = uuid.uuid4().hex
         self.journal = Journal(engine)
-        self._sem: asyncio.Semaphore | None = None
+        self.sender = SendLoop(concurrency)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._bg: asyncio.Task[None] | None = None
         # test hook / metrics: (channel id, event kind, dedup key, time) after each delivery
@@ -323,15 +325,9 @@ class ChannelService:
         """One attempt, no record (the test endpoint and the notify_channel step)."""
         with self.engine.connect() as conn:
             row = self._row(conn, ident)
-        async with self._bound():
-            return await TYPES[row.channel_type].send(
-                self.egress, row.config, self._open(row.secrets), msg
-            )
-
-    def _bound(self) -> asyncio.Semaphore:
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.concurrency)
-        return self._sem
+        return await self.sender.send(
+            self.egress, row.channel_type, row.config, self._open(row.secrets), msg
+        )
 
     def _groups(self, conn: Connection, batch: Batch, now: datetime) -> dict[str, str]:
         """The correlated group of each incident of a page (assigned once, when first asked).
@@ -469,16 +465,19 @@ class ChannelService:
                 attempt = attempts + 1
                 error: str | None = None
                 retry = True
-                async with self._bound():
-                    try:
-                        await TYPES[channel.channel_type].send(
-                            self.egress, channel.config, self._open(channel.secrets), msg
-                        )
-                    except DeliveryFailed as exc:
-                        error, retry = str(exc), exc.retry
-                    except Exception as exc:  # a bug in a sender must not kill the consumer
-                        log.exception("channel %s: delivery crashed", channel.id)
-                        error, retry = f"{type(exc).__name__}: {exc}", False
+                try:  # bounded by the send loop (self.concurrency in flight)
+                    await self.sender.send(
+                        self.egress,
+                        channel.channel_type,
+                        channel.config,
+                        self._open(channel.secrets),
+                        msg,
+                    )
+                except DeliveryFailed as exc:
+                    error, retry = str(exc), exc.retry
+                except Exception as exc:  # a bug in a sender must not kill the consumer
+                    log.exception("channel %s: delivery crashed", channel.id)
+                    error, retry = f"{type(exc).__name__}: {exc}", False
                 now = self.clock()
                 if error is None:
                     await self.journal.write(_record(did, attempt, "delivered", None, at=now))
@@ -582,6 +581,7 @@ class ChannelService:
         return n
 
     async def start(self) -> None:
+        self.sender.start(warm=self.egress)
         self.seal_stored()
         self.recover(starting=True)
         self._bg = asyncio.get_running_loop().create_task(
@@ -598,6 +598,7 @@ class ChannelService:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._bg = None
+        await asyncio.to_thread(self.sender.stop)
 
 
 def _message(kind: str, group: str, payload: Mapping[str, Any]) -> Message:

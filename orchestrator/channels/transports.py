@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from adapters.egress import Address, EgressPolicy, EgressRefused, egress_client
+from adapters.egress import Address, EgressPolicy, EgressRefused, EgressTransport, egress_client
 from adapters.webhook.signing import headers_for, secret_key
 from policies.errors import ValidationFailed
 
@@ -87,15 +87,24 @@ class Egress:
     address the host resolves to, internal ranges refused unless allowed, no redirects.
     """
 
-    def __init__(self, policy: EgressPolicy, timeout: float = 10.0) -> None:
+    def __init__(self, policy: EgressPolicy, timeout: float = 10.0, connections: int = 20) -> None:
         self.policy = policy
         self.timeout = timeout
+        self.connections = connections  # kept alive for the next messages
         # one client for all sends: building one loads the CA bundle (tens of ms of CPU)
         self._client: httpx.AsyncClient | None = None
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None or self._client.is_closed:
-            self._client = egress_client(self.policy, timeout=self.timeout)
+            limits = httpx.Limits(
+                max_connections=max(100, self.connections),
+                max_keepalive_connections=self.connections,
+            )
+            self._client = egress_client(
+                self.policy,
+                timeout=self.timeout,
+                transport=EgressTransport(self.policy, limits=limits),
+            )
         return self._client
 
     async def aclose(self) -> None:

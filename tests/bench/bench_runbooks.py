@@ -13,7 +13,10 @@ p50/p99/max of
   service's own times, from ``GET /events`` and ``GET /runbooks/{id}/executions``);
 * the same event time -> the Slack message's arrival at the receiver (wall clock, one
   machine);
-* the signal's send time at the detector -> the Slack message's arrival.
+* the signal's send time at the detector -> the Slack message's arrival;
+* (to read the others) the event's time -> the execution's creation: the event's time is
+  when the intake evaluated the signal, before its group commit, so this includes the
+  intake's batch and the consumer's pick-up.
 
 The last line is a one-line summary with the load average.
 """
@@ -155,6 +158,8 @@ async def run(url: str, n: int, spread: float) -> dict[str, Any]:
             inc = (await call("GET", f"/incidents/{iid}"))["incident"]
             opened[iid] = (opened[iid][0], inc["target_ip"])
     to_step = [ts(e["steps"][0]["started_at"]) - opened[e["incident_id"]][0] for e in execs]
+    # the part before the event was committed and picked up: the intake's group commit
+    to_pickup = [ts(e["started_at"]) - opened[e["incident_id"]][0] for e in execs]
     to_msg, signal_to_msg = [], []
     for g in rec.at("/slack"):
         iid = next(i for i in opened if i in g.body["text"])
@@ -165,9 +170,23 @@ async def run(url: str, n: int, spread: float) -> dict[str, Any]:
         "spread_s": spread,
         "posting_all_signals_s": round(posted, 2),
         "event_to_first_step_s": stats(to_step),
+        "event_to_execution_created_s": stats(to_pickup),
         "event_to_channel_message_s": stats(to_msg),
         "signal_sent_to_channel_message_s": stats(signal_to_msg),
     }
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/api/v1/health", timeout=1).json()["ready"]:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the service did not start")
+        time.sleep(0.2)
 
 
 def main() -> None:
@@ -210,16 +229,7 @@ def main() -> None:
             )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/api/v1/health", timeout=1).json()["ready"]:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the service did not start")
-                time.sleep(0.2)
+            wait_ready(url, proc)
             out = asyncio.run(run(url, n, args.spread))
         except BaseException:
             print("server log (tail):", (Path(tmp) / "serve.log").read_text()[-4000:])
