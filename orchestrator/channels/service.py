@@ -265,7 +265,14 @@ class ChannelService:
                 body.get("secrets", {}),
                 existing=self._open(existing.secrets) if existing else None,
             )
-            check_egress(self.egress.policy, str(kind), cfg, sec)
+            # what this request sets (a stored destination is checked again when used)
+            given: Mapping[str, Any] = body.get("secrets") or {}
+            check_egress(
+                self.egress.policy,
+                str(kind),
+                cfg if existing is None or "config" in body else {},
+                {k: v for k, v in sec.items() if k in given},
+            )
             filters = check_filters(body.get("filters", existing.filters if existing else None))
             enabled = body.get("enabled", existing.enabled if existing else True)
             if not isinstance(enabled, bool):

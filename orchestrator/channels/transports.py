@@ -475,7 +475,7 @@ def check_egress(
     alone (an internal address literal, ``localhost``); names are checked again, resolved,
     at every connection."""
     targets: list[tuple[str, str]] = []
-    if kind == "email":
+    if kind == "email" and "host" in config:
         targets.append(("config.host", str(config["host"])))
     for k in URL_CONFIG:
         if k in config:

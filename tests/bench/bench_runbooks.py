@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from tests.bench.bench_intake import free_port
 from tests.unit.orchestrator.receivers import http_receivers
@@ -74,7 +75,7 @@ def ts(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-async def run(url: str, n: int, spread: float) -> dict[str, Any]:
+async def run(url: str, n: int, spread: float, server: psutil.Process) -> dict[str, Any]:
     async with (
         http_receivers() as rec,
         httpx.AsyncClient(
@@ -131,9 +132,11 @@ async def run(url: str, n: int, spread: float) -> dict[str, Any]:
             )
 
         t0 = time.monotonic()
+        cpu0 = sum(server.cpu_times()[:2])
         await asyncio.gather(*(detector(i) for i in range(n)))
         posted = time.monotonic() - t0
         await rec.wait("/slack", n, seconds=300)
+        cpu = sum(server.cpu_times()[:2]) - cpu0
         deadline = time.monotonic() + 300
         while True:
             execs = (
@@ -169,6 +172,8 @@ async def run(url: str, n: int, spread: float) -> dict[str, Any]:
         "incidents": n,
         "spread_s": spread,
         "posting_all_signals_s": round(posted, 2),
+        # the service's CPU from the first signal to the last message (all threads)
+        "service_cpu_s": round(cpu, 2),
         "event_to_first_step_s": stats(to_step),
         "event_to_execution_created_s": stats(to_pickup),
         "event_to_channel_message_s": stats(to_msg),
@@ -230,7 +235,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(url, proc)
-            out = asyncio.run(run(url, n, args.spread))
+            out = asyncio.run(run(url, n, args.spread, psutil.Process(proc.pid)))
         except BaseException:
             print("server log (tail):", (Path(tmp) / "serve.log").read_text()[-4000:])
             raise
@@ -244,7 +249,8 @@ def main() -> None:
     print(
         f"runbooks bench: {n} incidents: event -> first step p50 {s['p50']:.3f} s "
         f"p99 {s['p99']:.3f} s; event -> Slack message p50 {m['p50']:.3f} s "
-        f"p99 {m['p99']:.3f} s (load average {load[0]:.2f})"
+        f"p99 {m['p99']:.3f} s; service CPU {out['service_cpu_s']:.2f} s "
+        f"(load average {load[0]:.2f})"
     )
 
 
