@@ -13,6 +13,7 @@ an httpx client belongs to the loop it is used on).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Mapping
@@ -71,13 +72,29 @@ class SendLoop:
         msg: Message,
     ) -> dict[str, Any]:
         """Send one message under ``egress``'s policy; on the send loop when it runs."""
+        fut = self.submit(egress, kind, config, secrets, msg)
+        if fut is None:
+            return await TYPES[kind].send(egress, config, secrets, msg)
+        return await asyncio.wrap_future(fut)  # cancelling this cancels the send there
+
+    def submit(
+        self,
+        egress: Egress,
+        kind: str,
+        config: Mapping[str, Any],
+        secrets: Mapping[str, Any],
+        msg: Message,
+    ) -> concurrent.futures.Future[dict[str, Any]] | None:
+        """Start sending now, from synchronous code (None: the send loop is not running).
+
+        The channel consumer hands the first attempts over this way as soon as their rows
+        are committed, without waiting for the main loop to run the delivery tasks."""
         loop = self._loop
         if loop is None or not loop.is_running():
-            return await TYPES[kind].send(egress, config, secrets, msg)
-        fut = asyncio.run_coroutine_threadsafe(
+            return None
+        return asyncio.run_coroutine_threadsafe(
             self._send((egress.policy, egress.timeout), kind, config, secrets, msg), loop
         )
-        return await asyncio.wrap_future(fut)  # cancelling this cancels the send there
 
     async def _send(
         self,

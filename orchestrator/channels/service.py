@@ -42,6 +42,7 @@ opened only to send. Rows written before encryption are sealed at start-up
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import uuid
@@ -447,21 +448,41 @@ class ChannelService:
                 channel_deliveries.c.event_kind,
             )
         for did, cid, group, kind in made:
-            row = new[(cid, group, kind)]
-            self._launch(int(did), by_channel[cid], _message(kind, group, row["payload"]), 0, None)
+            ch = by_channel[cid]
+            msg = _message(kind, group, new[(cid, group, kind)]["payload"])
+            # the first attempt starts at once on the send loop
+            first = self.sender.submit(
+                self.egress, ch.channel_type, ch.config, self._open(ch.secrets), msg
+            )
+            self._launch(int(did), ch, msg, 0, first=first)
         return len(made)
 
     def _launch(
-        self, did: int, channel: Any, msg: Message, attempts: int, not_before: datetime | None
+        self,
+        did: int,
+        channel: Any,
+        msg: Message,
+        attempts: int,
+        *,
+        not_before: datetime | None = None,
+        first: concurrent.futures.Future[dict[str, Any]] | None = None,
     ) -> None:
         task = asyncio.get_running_loop().create_task(
-            self._deliver(did, channel, msg, attempts, not_before), name=f"delivery-{did}"
+            self._deliver(did, channel, msg, attempts, not_before=not_before, first=first),
+            name=f"delivery-{did}",
         )
         self._tasks[did] = task
         task.add_done_callback(lambda _t: self._tasks.pop(did, None))
 
     async def _deliver(
-        self, did: int, channel: Any, msg: Message, attempts: int, not_before: datetime | None
+        self,
+        did: int,
+        channel: Any,
+        msg: Message,
+        attempts: int,
+        *,
+        not_before: datetime | None = None,
+        first: concurrent.futures.Future[dict[str, Any]] | None = None,
     ) -> None:
         try:
             while True:
@@ -473,13 +494,17 @@ class ChannelService:
                 error: str | None = None
                 retry = True
                 try:  # bounded by the send loop (self.concurrency in flight)
-                    await self.sender.send(
-                        self.egress,
-                        channel.channel_type,
-                        channel.config,
-                        self._open(channel.secrets),
-                        msg,
-                    )
+                    if first is not None:  # already on its way
+                        sending, first = asyncio.wrap_future(first), None
+                        await sending
+                    else:
+                        await self.sender.send(
+                            self.egress,
+                            channel.channel_type,
+                            channel.config,
+                            self._open(channel.secrets),
+                            msg,
+                        )
                 except DeliveryFailed as exc:
                     error, retry = str(exc), exc.retry
                 except Exception as exc:  # a bug in a sender must not kill the consumer
@@ -508,6 +533,8 @@ class ChannelService:
                 )
                 attempts = attempt
         except asyncio.CancelledError:
+            if first is not None:  # cancelled before it was awaited: stop that send too
+                first.cancel()
             # stopping: give the delivery back at once; a restart resumes it
             with contextlib.suppress(Exception), write(self.engine) as conn:
                 conn.execute(
@@ -566,7 +593,7 @@ class ChannelService:
                 continue
             msg = _message(r.event_kind, r.group_key, r.payload or {})
             log.info("channel %s: resuming delivery %d after %d attempts", ch.id, r.id, r.attempts)
-            self._launch(int(r.id), ch, msg, int(r.attempts), r.next_attempt_at)
+            self._launch(int(r.id), ch, msg, int(r.attempts), not_before=r.next_attempt_at)
         return [int(r.id) for r in taken]
 
     async def _recovery_loop(self) -> None:
