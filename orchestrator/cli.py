@@ -782,7 +782,10 @@ def _rotate(settings: Any, env: str | None, path: Path, old: list[Any]) -> None:
         engine.dispose()
     if new_key is not None:
         write_private(path, new_key + "\n")
-        console.print(f"re-encrypted the secrets of {n} adapters and alert channels; {path} holds the new key only")
+        console.print(
+            f"re-encrypted the secrets of {n} adapters and alert channels; "
+            f"{path} holds the new key only"
+        )
     else:
         console.print(
             f"re-encrypted the secrets of {n} adapters and alert channels under the first key of "

@@ -139,9 +139,9 @@ async def run(url: str, n: int, spread: float, server: psutil.Process) -> dict[s
         cpu = sum(server.cpu_times()[:2]) - cpu0
         deadline = time.monotonic() + 300
         while True:
-            execs = (
-                await call("GET", f"/runbooks/{rb['runbook']['id']}/executions?limit=500")
-            )["executions"]
+            execs = (await call("GET", f"/runbooks/{rb['runbook']['id']}/executions?limit=500"))[
+                "executions"
+            ]
             if len(execs) >= n and all(e["steps"] for e in execs):
                 break
             if time.monotonic() > deadline:
