@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select, update
 
 from adapters.egress import EgressPolicy
+from orchestrator.channels.service import reseal_channel_secrets
 from orchestrator.channels.transports import Egress
-from orchestrator.store.crypto import SecretBox
+from orchestrator.store.crypto import KEY_FILE, PREFIX, SecretBox
 from orchestrator.store.models import channel_deliveries, channels
 from tests.unit.orchestrator.receivers import WEBHOOK_SECRET, http_receivers, self_signed
 from tests.unit.orchestrator.test_runbooks import Env
@@ -232,6 +234,15 @@ async def test_secrets_are_encrypted_at_rest_and_old_rows_sealed_at_start(
             assert rec.base not in str(raw)
             r = await e("POST", "/channels/slack/test")
             assert r.status_code == 200 and len(rec.at("/slack")) == 1
+            # a rotation (what `sluice secrets rotate` runs): under the new key only
+            old = Fernet((tmp_path / KEY_FILE).read_text().strip().encode())
+            new = Fernet(Fernet.generate_key())
+            with e.svc.engine.begin() as conn:
+                assert reseal_channel_secrets(conn, SecretBox([new, old])) == len(table)
+            token = stored_secrets(e)["slack"]["webhook_url"].removeprefix(PREFIX).encode()
+            assert new.decrypt(token) == f'"{rec.base}/slack"'.encode()
+            with pytest.raises(InvalidToken):
+                old.decrypt(token)
         finally:
             await e.stop()
 
