@@ -142,7 +142,7 @@ async def run(url: str, n: int, spread: float, server: psutil.Process) -> dict[s
             execs = (await call("GET", f"/runbooks/{rb['runbook']['id']}/executions?limit=500"))[
                 "executions"
             ]
-            if len(execs) >= n and all(e["steps"] for e in execs):
+            if len(execs) >= n and all(e["steps"] and e["steps"][0]["finished_at"] for e in execs):
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(execs)} executions started")
@@ -161,6 +161,7 @@ async def run(url: str, n: int, spread: float, server: psutil.Process) -> dict[s
             inc = (await call("GET", f"/incidents/{iid}"))["incident"]
             opened[iid] = (opened[iid][0], inc["target_ip"])
     to_step = [ts(e["steps"][0]["started_at"]) - opened[e["incident_id"]][0] for e in execs]
+    step_done = [ts(e["steps"][0]["finished_at"]) - opened[e["incident_id"]][0] for e in execs]
     # the part before the event was committed and picked up: the intake's group commit
     to_pickup = [ts(e["started_at"]) - opened[e["incident_id"]][0] for e in execs]
     to_msg, signal_to_msg = [], []
@@ -175,6 +176,7 @@ async def run(url: str, n: int, spread: float, server: psutil.Process) -> dict[s
         # the service's CPU from the first signal to the last message (all threads)
         "service_cpu_s": round(cpu, 2),
         "event_to_first_step_s": stats(to_step),
+        "event_to_first_step_finished_s": stats(step_done),
         "event_to_execution_created_s": stats(to_pickup),
         "event_to_channel_message_s": stats(to_msg),
         "signal_sent_to_channel_message_s": stats(signal_to_msg),
