@@ -46,7 +46,9 @@ class Journal:
         return await asyncio.shield(fut)
 
     async def _flush(self) -> None:
-        await asyncio.sleep(0)  # let the writers woken in this turn queue theirs
+        # runs one loop turn after the first write was queued: the writers of that turn
+        # have queued theirs. No further yield: under a busy loop (the intake's group
+        # commits) every turn waits for a whole intake batch.
         while self._queue:
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             try:
@@ -70,4 +72,3 @@ class Journal:
             for (_, fut), res in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(res)
-            await asyncio.sleep(0)  # writers resumed by this commit queue the next ones
