@@ -18,7 +18,9 @@ class Automation:
     ) -> None:
         settings = svc.settings
         self.egress = Egress(EgressPolicy.from_entries(settings.egress_allow))
-        self.channels = ChannelService(svc.engine, svc.audit, self.egress, retry_base=retry_base)
+        self.channels = ChannelService(
+            svc.engine, svc.audit, self.egress, box=getattr(svc, "box", None), retry_base=retry_base
+        )
         self.runbooks = RunbookEngine(svc, jobs, self.channels, self.egress, lease=lease)
 
         async def notify(batch: Batch) -> None:
@@ -27,6 +29,7 @@ class Automation:
         self.channel_consumer = Consumer("channels", svc.events, notify)
 
     async def start(self) -> None:
+        await self.channels.start()  # seals clear-text secrets, resumes open deliveries
         self.channel_consumer.start()
         await self.runbooks.start()
 

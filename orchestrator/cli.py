@@ -751,6 +751,7 @@ def secrets_rotate(data_dir: DataDir = Path("./var"), database: Database = None)
 def _rotate(settings: Any, env: str | None, path: Path, old: list[Any]) -> None:
     from cryptography.fernet import Fernet
 
+    from orchestrator.channels.service import reseal_channel_secrets
     from orchestrator.hub import reseal_secrets
     from orchestrator.store.audit import write_private
     from orchestrator.store.crypto import SecretBox, SecretKeyError
@@ -770,6 +771,7 @@ def _rotate(settings: Any, env: str | None, path: Path, old: list[Any]) -> None:
         migrate(engine)
         with engine.begin() as conn:
             n = reseal_secrets(conn, SecretBox(keys))
+            n += reseal_channel_secrets(conn, SecretBox(keys))  # alert channels' secrets too
             audit.append(
                 conn, actor="cli", action="secrets.rotate", target="secrets", detail={"rows": n}
             )
@@ -780,10 +782,13 @@ def _rotate(settings: Any, env: str | None, path: Path, old: list[Any]) -> None:
         engine.dispose()
     if new_key is not None:
         write_private(path, new_key + "\n")
-        console.print(f"re-encrypted the secrets of {n} adapters; {path} holds the new key only")
+        console.print(
+            f"re-encrypted the secrets of {n} adapters and alert channels; "
+            f"{path} holds the new key only"
+        )
     else:
         console.print(
-            f"re-encrypted the secrets of {n} adapters under the first key of "
+            f"re-encrypted the secrets of {n} adapters and alert channels under the first key of "
             "SLUICE_SECRET_KEY; remove the old keys from it now"
         )
 

@@ -89,6 +89,11 @@ def view(row: Any) -> dict[str, Any]:
     }
 
 
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class EventLog:
     """Reads the log and wakes this process's live streams after a commit that wrote to it."""
 
@@ -133,14 +138,27 @@ class EventLog:
         self._waiters.add(fut)
         return fut
 
-    async def wait(self, fut: asyncio.Future[None], seconds: float) -> None:
-        """Wait for an armed future, at most ``seconds`` (other processes write too)."""
+    async def wait(self, fut: asyncio.Future[None], seconds: float) -> bool:
+        """Wait for an armed future, at most ``seconds`` (other processes write too);
+        True when a commit woke it.
+
+        The future is awaited directly (a timer settles it at the limit): the waiting task
+        is then resumed in the loop turn right after the commit's wake-up, before a busy
+        writer (the intake's next group commit) gets the loop again; ``wait_for`` over a
+        ``shield`` took three turns."""
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            _settle(fut)
+
+        timer = asyncio.get_running_loop().call_later(seconds, expire)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), seconds)
-        except TimeoutError:
-            pass
+            await fut
         finally:
+            timer.cancel()
             self._waiters.discard(fut)
+        return not expired
 
     def after(self, after_id: int, limit: int) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

@@ -25,6 +25,12 @@ class ChannelTestFailed(SluiceError):
     status = 502
 
 
+class ChannelEgressRefused(ChannelTestFailed):
+    """The service's egress policy refused the channel's destination."""
+
+    code = "egress_refused"
+
+
 async def channels_of(request: Request) -> ChannelService:
     auto: Automation = request.app.state.automation
     return auto.channels
@@ -83,5 +89,7 @@ async def test_channel(channel_id: str, ch: Channels, _: Writer) -> dict[str, An
     try:
         out = await ch.send_now(channel_id, msg)
     except DeliveryFailed as exc:
+        if exc.code == "egress_refused":
+            raise ChannelEgressRefused(f"the test message was not sent: {exc}") from None
         raise ChannelTestFailed(f"the channel did not take the test message: {exc}") from None
     return ok(delivered=True, detail=out)

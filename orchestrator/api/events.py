@@ -91,8 +91,7 @@ async def stream_events(
             if await request.is_disconnected():
                 armed.cancel()
                 return
-            await svc.events.wait(armed, KEEPALIVE_SECONDS)
-            if not armed.done():
+            if not await svc.events.wait(armed, KEEPALIVE_SECONDS):
                 yield ": keep-alive\n\n"
 
     return StreamingResponse(

@@ -1,17 +1,38 @@
 """How one message reaches one alert channel.
 
 Each channel type is described by :data:`TYPES`: its settings (``config``, returned by the
-API), its secrets (write-only) and a sender. The senders follow the providers' published
-APIs (Slack and Discord incoming webhooks, a Teams connector MessageCard, Telegram
-``sendMessage``, PagerDuty Events API v2, OpsGenie Alert API v2, SMTP with STARTTLS, an
-SMS provider's JSON API with a bearer key, and a Standard Webhooks HMAC-SHA256-signed
-POST). Every outbound HTTP request goes through the service-wide egress policy
-(:class:`Egress`, :mod:`adapters.egress`): internal addresses are refused unless the
-operator allowed them (``SLUICE_EGRESS_ALLOW``). SMTP is a plain socket to the configured
-host and is not under that policy.
+API), its secrets (write-only, sealed at rest) and a sender. The senders follow the
+providers' published APIs (Slack and Discord incoming webhooks, a Teams connector
+MessageCard, Telegram ``sendMessage``, PagerDuty Events API v2, OpsGenie Alert API v2,
+SMTP with STARTTLS, an SMS provider's JSON API with a bearer key, and a Standard Webhooks
+HMAC-SHA256-signed POST). Every outbound connection goes through the service-wide egress
+policy (:mod:`adapters.egress`, ``SLUICE_EGRESS_ALLOW``), checked where the connection is
+made: HTTP through :class:`Egress`, SMTP through :class:`_CheckedSMTP` (the host resolved
+and every address checked in the event loop, the socket then opened to a checked address,
+the certificate still verified against the configured name). A host the policy refuses
+by its name alone (an internal literal, ``localhost``) is refused when the channel is
+saved (:func:`check_egress`, code ``egress_refused``).
 
 A provider's ``api_base`` may be set (an EU PagerDuty/OpsGenie region, a proxy, a test
 receiver); it goes through the same egress check.
+
+**Why not Apprise.** Apprise (checked: 2.3.0) covers these providers, but none of its
+transports can be used here without losing a requirement (docs/alert-channels.md):
+
+* its HTTP plugins call ``requests.post``/``requests.request`` at module level with their
+  own DNS resolution and connection: there is no hook to route them through the egress
+  policy's connect-time check, and a check made before the call could be bypassed by DNS
+  rebinding (and by redirects, which its plugins follow unless told not to);
+* Slack, Discord, Telegram, PagerDuty and OpsGenie have fixed hosts in Apprise (PagerDuty
+  and OpsGenie: a US or EU choice), so neither a proxy/``api_base`` nor the loopback
+  receivers the tests check request shapes on can be configured;
+* its generic ``json://`` has its own body and no HMAC signature (our webhook channel is
+  Standard Webhooks-signed like the webhook adapter);
+* its email plugin (``mailtos://``, host and port configurable, STARTTLS) verifies the
+  server against the system CAs only (no ``ca_file``), resolves the host itself (outside
+  the egress policy; passing a checked address instead breaks the certificate's name
+  check), and reports a refused recipient or a failed login as a bare ``False``, so a
+  permanent failure cannot be told from one worth retrying.
 """
 
 from __future__ import annotations
@@ -19,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import json
 import smtplib
+import socket
 import ssl
 import time
 import uuid
@@ -30,17 +52,20 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from adapters.egress import EgressPolicy, EgressRefused, egress_client
+from adapters.egress import Address, EgressPolicy, EgressRefused, EgressTransport, egress_client
 from adapters.webhook.signing import headers_for, secret_key
 from policies.errors import ValidationFailed
 
 
 class DeliveryFailed(Exception):
-    """A channel did not take the message; ``retry`` says whether trying again may help."""
+    """A channel did not take the message; ``retry`` says whether trying again may help.
 
-    def __init__(self, message: str, *, retry: bool = True) -> None:
+    ``code``: ``egress_refused`` when the egress policy refused the connection."""
+
+    def __init__(self, message: str, *, retry: bool = True, code: str = "delivery_failed") -> None:
         super().__init__(message)
         self.retry = retry
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +87,24 @@ class Egress:
     address the host resolves to, internal ranges refused unless allowed, no redirects.
     """
 
-    def __init__(self, policy: EgressPolicy, timeout: float = 10.0) -> None:
+    def __init__(self, policy: EgressPolicy, timeout: float = 10.0, connections: int = 20) -> None:
         self.policy = policy
         self.timeout = timeout
+        self.connections = connections  # kept alive for the next messages
         # one client for all sends: building one loads the CA bundle (tens of ms of CPU)
         self._client: httpx.AsyncClient | None = None
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None or self._client.is_closed:
-            self._client = egress_client(self.policy, timeout=self.timeout)
+            limits = httpx.Limits(
+                max_connections=max(100, self.connections),
+                max_keepalive_connections=self.connections,
+            )
+            self._client = egress_client(
+                self.policy,
+                timeout=self.timeout,
+                transport=EgressTransport(self.policy, limits=limits),
+            )
         return self._client
 
     async def aclose(self) -> None:
@@ -95,11 +129,15 @@ class Egress:
                 method, url, json=json_body, content=content, headers=dict(headers or {})
             )
         except EgressRefused as exc:
-            raise DeliveryFailed(f"egress refused: {exc}", retry=False) from None
+            raise DeliveryFailed(
+                f"egress refused: {exc}", retry=False, code="egress_refused"
+            ) from None
         except httpx.HTTPError as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, EgressRefused):
-                raise DeliveryFailed(f"egress refused: {cause}", retry=False) from None
+                raise DeliveryFailed(
+                    f"egress refused: {cause}", retry=False, code="egress_refused"
+                ) from None
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from None
         if r.status_code >= 300:
             raise DeliveryFailed(
@@ -250,7 +288,33 @@ async def _webhook(
     return {"webhook_id": msg_id}
 
 
-def _smtp_send(cfg: Mapping[str, Any], sec: Mapping[str, Any], m: Message, timeout: float) -> None:
+class _CheckedSMTP(smtplib.SMTP):
+    """``smtplib.SMTP`` whose socket goes to addresses the egress policy already checked.
+
+    ``self._host`` stays the configured name, so STARTTLS verifies the certificate
+    against it; only the TCP connection is made to a checked address."""
+
+    def __init__(self, addrs: list[Address], *args: Any, **kw: Any) -> None:
+        self._addrs = addrs
+        super().__init__(*args, **kw)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        last: OSError | None = None
+        for addr in self._addrs:
+            try:
+                return socket.create_connection((str(addr), port), timeout)
+            except OSError as exc:
+                last = exc
+        raise last or OSError(f"no address for {host}")
+
+
+def _smtp_send(
+    cfg: Mapping[str, Any],
+    sec: Mapping[str, Any],
+    m: Message,
+    timeout: float,
+    addrs: list[Address],
+) -> None:
     msg = EmailMessage()
     msg["Subject"] = m.title
     msg["From"] = cfg["sender"]
@@ -259,7 +323,7 @@ def _smtp_send(cfg: Mapping[str, Any], sec: Mapping[str, Any], m: Message, timeo
     ctx = ssl.create_default_context()
     if cfg.get("ca_file"):
         ctx.load_verify_locations(cfg["ca_file"])
-    with smtplib.SMTP(cfg["host"], int(cfg.get("port", 587)), timeout=timeout) as smtp:
+    with _CheckedSMTP(addrs, cfg["host"], _smtp_port(cfg), timeout=timeout) as smtp:
         if cfg.get("starttls", True):
             smtp.starttls(context=ctx)
         if sec.get("username"):
@@ -267,11 +331,24 @@ def _smtp_send(cfg: Mapping[str, Any], sec: Mapping[str, Any], m: Message, timeo
         smtp.send_message(msg)
 
 
+def _smtp_port(cfg: Mapping[str, Any]) -> int:
+    return int(cfg.get("port", 587))
+
+
 async def _email(
     e: Egress, cfg: Mapping[str, Any], sec: Mapping[str, Any], m: Message
 ) -> dict[str, Any]:
     try:
-        await asyncio.to_thread(_smtp_send, cfg, sec, m, e.timeout)
+        # resolved and checked here, the connection made to these addresses only
+        addrs = await e.policy.resolve(cfg["host"], _smtp_port(cfg), limit_s=e.timeout)
+    except EgressRefused as exc:
+        raise DeliveryFailed(
+            f"egress refused: SMTP {cfg['host']}:{_smtp_port(cfg)}: {exc}",
+            retry=False,
+            code="egress_refused",
+        ) from None
+    try:
+        await asyncio.to_thread(_smtp_send, cfg, sec, m, e.timeout, addrs)
     except (OSError, smtplib.SMTPException) as exc:
         permanent = isinstance(exc, smtplib.SMTPRecipientsRefused | smtplib.SMTPAuthenticationError)
         raise DeliveryFailed(f"{type(exc).__name__}: {exc}", retry=not permanent) from None
@@ -339,6 +416,10 @@ def check_config(
             )
         if k in URL_CONFIG:
             _check_url(v, f"config.{k}")
+        if k == "port" and not (isinstance(v, int) and 1 <= v <= 65535):
+            raise ValidationFailed(
+                "port must be 1-65535", code="invalid_channel", field="config.port"
+            )
         if k == "to" and (
             not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v)
         ):
@@ -385,6 +466,28 @@ def check_config(
                 field=f"secrets.{k}",
             )
     return out, sec
+
+
+def check_egress(
+    policy: EgressPolicy, kind: str, config: Mapping[str, Any], secrets: Mapping[str, Any]
+) -> None:
+    """Refuse, when a channel is saved, a destination the egress policy refuses by name
+    alone (an internal address literal, ``localhost``); names are checked again, resolved,
+    at every connection."""
+    targets: list[tuple[str, str]] = []
+    if kind == "email" and "host" in config:
+        targets.append(("config.host", str(config["host"])))
+    for k in URL_CONFIG:
+        if k in config:
+            targets.append((f"config.{k}", urlsplit(str(config[k])).hostname or ""))
+    for k in URL_SECRETS:
+        if k in secrets:
+            targets.append((f"secrets.{k}", urlsplit(str(secrets[k])).hostname or ""))
+    for fld, host in targets:
+        why = policy.check_host(host)
+        if why is not None:
+            port = f":{_smtp_port(config)}" if fld == "config.host" else ""
+            raise ValidationFailed(f"{fld}: {host}{port}: {why}", code="egress_refused", field=fld)
 
 
 def _check_url(v: Any, fld: str) -> None:

@@ -34,43 +34,54 @@ Batch = list[tuple[str, str, dict[str, Any], int]]
 Handler = Callable[[Batch], Awaitable[None]]
 
 
-def insert_new(conn: Any, table: Any, rows: list[dict[str, Any]]) -> list[Any]:
-    """Insert rows, skipping those a unique constraint already holds.
+def insert_new_rows(conn: Any, table: Any, rows: list[dict[str, Any]], *cols: Any) -> list[Any]:
+    """Insert rows, skipping those a unique constraint already holds (one statement).
 
-    Returns the primary keys of the rows this call inserted."""
+    Returns ``cols`` of the rows this call inserted (RETURNING names only those)."""
     if not rows:
         return []
     name = conn.dialect.name
     if name not in ("sqlite", "postgresql"):  # pragma: no cover - the store's two databases
         raise RuntimeError(f"unsupported database {name}")
-    done = []
-    for row in rows:
-        stmt: Any = (sqlite_insert if name == "sqlite" else pg_insert)(table).values(**row)
-        res = conn.execute(stmt.on_conflict_do_nothing())
-        if res.rowcount:
-            done.append(res.inserted_primary_key[0])
-    return done
+    out: list[Any] = []
+    for start in range(0, len(rows), 200):  # bound the statement's parameters
+        stmt: Any = (sqlite_insert if name == "sqlite" else pg_insert)(table).values(
+            rows[start : start + 200]
+        )
+        out.extend(conn.execute(stmt.on_conflict_do_nothing().returning(*cols)).all())
+    return out
 
 
-def incident_context(conn: Any, incident_id: str, kind: str) -> dict[str, Any] | None:
-    """The variables conditions, templates and triggers see for one incident."""
-    row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).first()
-    if row is None:
-        return None
-    last = row.last_signal or {}
-    return {
-        "incident_id": row.id,
-        "target_ip": row.target,
-        "node": row.node,
-        "attack_family": row.attack_family,
-        "severity": row.severity,
-        "severity_rank": float(SEVERITY_RANK.get(row.severity, 0)),
-        "pps": float(max(row.peak_pps or 0.0, float(last.get("pps") or 0.0))),
-        "bps": float(max(row.peak_bps or 0.0, float(last.get("bps") or 0.0))),
-        "status": row.status,
-        "event": kind,
-        "sources": [str(s) for s in last.get("top_sources") or []],
-    }
+def insert_new(conn: Any, table: Any, rows: list[dict[str, Any]]) -> list[Any]:
+    """Insert rows, skipping those a unique constraint already holds.
+
+    Returns the primary keys of the rows this call inserted."""
+    pk = next(iter(table.primary_key.columns))
+    return [r[0] for r in insert_new_rows(conn, table, rows, pk)]
+
+
+def incident_contexts(conn: Any, wanted: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """The variables conditions, templates and triggers see, per incident id (one query)."""
+    ids = sorted({iid for iid, _ in wanted})
+    found = {}
+    for start in range(0, len(ids), 500):
+        for row in conn.execute(
+            select(incidents).where(incidents.c.id.in_(ids[start : start + 500]))
+        ).all():
+            last = row.last_signal or {}
+            found[row.id] = {
+                "incident_id": row.id,
+                "target_ip": row.target,
+                "node": row.node,
+                "attack_family": row.attack_family,
+                "severity": row.severity,
+                "severity_rank": float(SEVERITY_RANK.get(row.severity, 0)),
+                "pps": float(max(row.peak_pps or 0.0, float(last.get("pps") or 0.0))),
+                "bps": float(max(row.peak_bps or 0.0, float(last.get("bps") or 0.0))),
+                "status": row.status,
+                "sources": [str(s) for s in last.get("top_sources") or []],
+            }
+    return found
 
 
 class Consumer:
@@ -106,13 +117,26 @@ class Consumer:
         items = self.events.after(after, 200)
         if not items:
             return after
+        wanted = [
+            (str(item["incident_id"]), str(item["kind"]))
+            for item in items
+            if item["kind"] in KINDS and item["incident_id"]
+        ]
         batch: Batch = []
-        with self.events.engine.connect() as conn:
+        if wanted:
+            with self.events.engine.connect() as conn:
+                ctxs = incident_contexts(conn, wanted)
             for item in items:
-                if item["kind"] in KINDS and item["incident_id"]:
-                    ctx = incident_context(conn, item["incident_id"], item["kind"])
-                    if ctx is not None:
-                        batch.append((item["kind"], item["incident_id"], ctx, int(item["id"])))
+                ctx = ctxs.get(str(item["incident_id"])) if item["kind"] in KINDS else None
+                if ctx is not None:
+                    batch.append(
+                        (
+                            item["kind"],
+                            item["incident_id"],
+                            {**ctx, "event": item["kind"]},
+                            int(item["id"]),
+                        )
+                    )
         if batch:
             try:
                 await self.handler(batch)

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 
 from adapters.webhook.signing import headers_for
 from orchestrator.channels.service import ChannelService
@@ -49,6 +49,7 @@ from orchestrator.cluster import write
 from orchestrator.jobs import JobStore
 from orchestrator.runbooks import expr
 from orchestrator.runbooks.consumer import Batch, Consumer, insert_new
+from orchestrator.runbooks.journal import Journal
 from orchestrator.runbooks.steps import (
     RESUMABLE,
     SIDE_EFFECTS,
@@ -113,6 +114,7 @@ class RunbookEngine:
         self.owner = uuid.uuid4().hex
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._bg: list[asyncio.Task[None]] = []
+        self.journal = Journal(self.engine)
         self.consumer = Consumer("runbooks", svc.events, self.on_events)
         # measurement hook: (execution id, event id, first step start) per live execution
         self.first_step: dict[str, datetime] = {}
@@ -399,9 +401,10 @@ class RunbookEngine:
             return
         with write(self.engine) as conn:
             # only the ones this consumer created (a replay or another instance may not)
-            mine = insert_new(conn, runbook_executions, new)
-        for eid in mine:
-            self._launch(str(eid))
+            mine = set(insert_new(conn, runbook_executions, new))
+        for values in new:
+            if values["id"] in mine:
+                self._launch(str(values["id"]), values)
 
     def _execution_row(
         self,
@@ -455,8 +458,10 @@ class RunbookEngine:
                 return None  # another consumer (a replay, another instance) created it
         return str(values["id"])
 
-    def _launch(self, eid: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(eid), name=f"runbook-exec-{eid}")
+    def _launch(self, eid: str, fresh: Mapping[str, Any] | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._run(eid, fresh), name=f"runbook-exec-{eid}"
+        )
         self._tasks[eid] = task
         task.add_done_callback(lambda _t: self._tasks.pop(eid, None))
 
@@ -514,7 +519,11 @@ class RunbookEngine:
                 .values(status=status, error=error, finished_at=self.clock(), lease_until=None)
             )
 
-    async def _run(self, eid: str) -> None:
+    def _load(
+        self, eid: str, fresh: Mapping[str, Any] | None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any], bool, int, dict[int, Any]]:
+        if fresh is not None:
+            return fresh["steps"], dict(fresh["context"]), fresh["mode"] == "dry_run", 0, {}
         with self.engine.connect() as conn:
             ex = conn.execute(
                 select(runbook_executions).where(runbook_executions.c.id == eid)
@@ -525,10 +534,11 @@ class RunbookEngine:
                     select(runbook_step_results).where(runbook_step_results.c.execution_id == eid)
                 ).all()
             }
-        steps: list[dict[str, Any]] = ex.steps
-        ctx: dict[str, Any] = dict(ex.context)
-        dry = ex.mode == "dry_run"
-        i = ex.step_index
+        return ex.steps, dict(ex.context), ex.mode == "dry_run", ex.step_index, done
+
+    async def _run(self, eid: str, fresh: Mapping[str, Any] | None = None) -> None:
+        """Run (or resume) one execution; ``fresh``: its just-inserted row (nothing done)."""
+        steps, ctx, dry, i, done = self._load(eid, fresh)
         try:
             while i < len(steps):
                 step = steps[i]
@@ -536,24 +546,8 @@ class RunbookEngine:
                 prior = done.get(i)
                 started = prior.started_at if prior is not None else self.clock()
                 if prior is None:
-                    with write(self.engine) as conn:
-                        conn.execute(
-                            insert(runbook_step_results).values(
-                                execution_id=eid,
-                                step_index=i,
-                                action_type=kind,
-                                status="running",
-                                started_at=started,
-                            )
-                        )
-                        conn.execute(
-                            update(runbook_executions)
-                            .where(runbook_executions.c.id == eid)
-                            .values(
-                                step_index=i,
-                                lease_until=self.clock() + timedelta(seconds=self.lease),
-                            )
-                        )
+                    # committed before the step runs: a restart knows it was begun
+                    await self.journal.write(self._begin_op(eid, i, kind, started))
                     if i == 0:
                         self.first_step[eid] = started
                 status, output, error = "succeeded", None, None
@@ -568,31 +562,42 @@ class RunbookEngine:
                     status, error = "failed", f"timed out after {step['timeout_seconds']:g} s"
                 except (StepFailed, DeliveryFailed, SluiceError) as exc:
                     status, error = "failed", str(getattr(exc, "message", None) or exc)
-                with write(self.engine) as conn:
-                    conn.execute(
-                        update(runbook_step_results)
-                        .where(
-                            and_(
-                                runbook_step_results.c.execution_id == eid,
-                                runbook_step_results.c.step_index == i,
-                            )
-                        )
-                        .values(status=status, output=output, error=error, finished_at=self.clock())
-                    )
-                    conn.execute(
-                        update(runbook_executions)
-                        .where(runbook_executions.c.id == eid)
-                        .values(step_index=i + 1)
-                    )
+                end: tuple[str, str | None] | None = None  # the execution's end, if this is it
+                skip_from = None
                 if status == "failed" and not step["continue_on_failure"]:
-                    self._finish(eid, "failed", f"step {i} ({kind}): {error}")
-                    return
-                if kind == "condition" and output is not None and output.get("result") is False:
-                    self._skip_rest(eid, steps, i + 1)
-                    self._finish(eid, "succeeded")
+                    end = ("failed", f"step {i} ({kind}): {error}")
+                elif kind == "condition" and output is not None and output.get("result") is False:
+                    end, skip_from = ("succeeded", None), i + 1
+                elif i + 1 == len(steps):
+                    end = ("succeeded", None)
+                # the step's result, the skipped rest and the execution's end: one commit
+                await self.journal.write(
+                    self._end_op(
+                        eid,
+                        i,
+                        status=status,
+                        output=output,
+                        error=error,
+                        steps=steps,
+                        skip_from=skip_from,
+                        end=end,
+                    )
+                )
+                if end is not None:
                     return
                 i += 1
-            self._finish(eid, "succeeded")
+            await self.journal.write(
+                self._end_op(
+                    eid,
+                    None,
+                    status="",
+                    output=None,
+                    error=None,
+                    steps=steps,
+                    skip_from=None,
+                    end=("succeeded", None),
+                )
+            )
         except asyncio.CancelledError:
             # stopping: give the execution back at once, a restart resumes it by the rule
             with contextlib.suppress(Exception), write(self.engine) as conn:
@@ -611,8 +616,72 @@ class RunbookEngine:
             log.exception("runbook execution %s crashed", eid)
             self._finish(eid, "failed", f"{type(exc).__name__}: {exc}")
 
-    def _skip_rest(self, eid: str, steps: list[dict[str, Any]], start: int) -> None:
-        now = self.clock()
+    def _begin_op(
+        self, eid: str, i: int, kind: str, started: datetime
+    ) -> Callable[[Connection], None]:
+        def op(conn: Connection) -> None:
+            conn.execute(
+                insert(runbook_step_results).values(
+                    execution_id=eid,
+                    step_index=i,
+                    action_type=kind,
+                    status="running",
+                    started_at=started,
+                )
+            )
+            conn.execute(
+                update(runbook_executions)
+                .where(runbook_executions.c.id == eid)
+                .values(step_index=i, lease_until=self.clock() + timedelta(seconds=self.lease))
+            )
+
+        return op
+
+    def _end_op(
+        self,
+        eid: str,
+        i: int | None,
+        *,
+        status: str,
+        output: Any,
+        error: str | None,
+        steps: list[dict[str, Any]],
+        skip_from: int | None,
+        end: tuple[str, str | None] | None,
+    ) -> Callable[[Connection], None]:
+        def op(conn: Connection) -> None:
+            now = self.clock()
+            if i is not None:
+                conn.execute(
+                    update(runbook_step_results)
+                    .where(
+                        and_(
+                            runbook_step_results.c.execution_id == eid,
+                            runbook_step_results.c.step_index == i,
+                        )
+                    )
+                    .values(status=status, output=output, error=error, finished_at=now)
+                )
+                conn.execute(
+                    update(runbook_executions)
+                    .where(runbook_executions.c.id == eid)
+                    .values(step_index=i + 1)
+                )
+            if skip_from is not None:
+                self._skip_rest(conn, steps, eid, skip_from, now)
+            if end is not None:
+                conn.execute(
+                    update(runbook_executions)
+                    .where(runbook_executions.c.id == eid)
+                    .values(status=end[0], error=end[1], finished_at=now, lease_until=None)
+                )
+
+        return op
+
+    @staticmethod
+    def _skip_rest(
+        conn: Connection, steps: list[dict[str, Any]], eid: str, start: int, now: datetime
+    ) -> None:
         rows = [
             {
                 "execution_id": eid,
@@ -626,8 +695,7 @@ class RunbookEngine:
             for j in range(start, len(steps))
         ]
         if rows:
-            with write(self.engine) as conn:
-                conn.execute(insert(runbook_step_results), rows)
+            conn.execute(insert(runbook_step_results), rows)
 
     def _plan(self, step: Mapping[str, Any], ctx: Mapping[str, Any]) -> dict[str, Any]:
         kind, cfg = step["action_type"], step["action_config"]

@@ -360,13 +360,18 @@ channel_deliveries = Table(
     Column("group_key", String(80), nullable=False),
     Column("event_kind", String(40), nullable=False),
     Column("incident_id", String(36), nullable=True),
-    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    # pending | retrying (a failed attempt, the next at next_attempt_at) | delivered | failed
+    Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", Text, nullable=True),
-    Column("payload", JSON, nullable=True),
+    Column("payload", JSON, nullable=True),  # the message, enough to send it after a restart
     Column("created_at", UTCDateTime(), nullable=False),
     Column("delivered_at", UTCDateTime(), nullable=True),
+    Column("next_attempt_at", UTCDateTime(), nullable=True),
+    Column("owner", String(32), nullable=True),  # the instance sending it, until lease_until
+    Column("lease_until", UTCDateTime(), nullable=True),
     UniqueConstraint("channel_id", "group_key", "event_kind", name="uq_channel_deliveries_once"),
+    Index("ix_channel_deliveries_status", "status"),
 )
 
 # Incidents correlated into one alert group (same family, overlapping sources, 5 minutes).

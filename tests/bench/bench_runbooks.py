@@ -1,13 +1,24 @@
 """Incident event -> first runbook step, and -> a channel's message at its receiver.
 
-Opens ``--incidents`` incidents at once (concurrent ``POST /incidents`` with distinct
-targets) on a service on a temporary SQLite store, with one runbook (a ``log`` step) and
-one Slack channel pointed at a loopback receiver; reports p50/p99/max of
+    .venv/bin/python -m tests.bench.bench_runbooks [--incidents 100] [--spread 0]
 
-* the ``incident.opened`` event's time -> the execution's first step start (store times);
-* the same event time -> the Slack message's arrival at the receiver (wall clock).
+Starts the real service (``sluice serve``, SQLite, a fake adapter) as a subprocess, with
+one runbook (a ``log`` step) and one Slack channel pointed at a loopback receiver in this
+process (``SLUICE_EGRESS_ALLOW=127.0.0.1``), both created through the API. Then it posts
+``--incidents`` attack signals for distinct targets to ``POST /api/v1/incidents`` the way
+a detector does, all at once (``--spread S``: evenly over S seconds), and reports
+p50/p99/max of
 
-``python -m tests.bench.run runbooks -- --incidents 100``
+* the ``incident.opened`` event's time -> the execution's first step start (both the
+  service's own times, from ``GET /events`` and ``GET /runbooks/{id}/executions``);
+* the same event time -> the Slack message's arrival at the receiver (wall clock, one
+  machine);
+* the signal's send time at the detector -> the Slack message's arrival;
+* (to read the others) the event's time -> the execution's creation: the event's time is
+  when the intake evaluated the signal, before its group commit, so this includes the
+  intake's batch and the consumer's pick-up.
+
+The last line is a one-line summary with the load average.
 """
 
 from __future__ import annotations
@@ -15,17 +26,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+import httpx
+import psutil
 
-from orchestrator.store.models import events, runbook_executions, runbook_step_results
+from tests.bench.bench_intake import free_port
 from tests.unit.orchestrator.receivers import http_receivers
-from tests.unit.orchestrator.test_runbooks import Env, runbook
+
+TOKEN = "d" * 64
+POLICY = """
+settings: {cooldown_seconds: 0, default_ttl: 600}
+guardrails: {max_active_rules: 1000000, max_new_rules_per_minute: 1000000,
+             flowspec_budget_per_adapter: 1000000}
+adapters:
+  - {name: edge, adapter_type: fake}
+escalation:
+  hold_down_seconds: 0
+  tiers:
+    - {name: tier1, bps: 100M, intents: [{type: flowspec_drop}], adapters: [edge]}
+"""
 
 
 def pct(values: list[float], q: float) -> float:
@@ -33,78 +62,198 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def run(n: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        async with http_receivers() as rec:
-            env = Env(Path(tmp), rec)
-            await env.start()
-            try:
-                await env.ok("POST", "/runbooks", 201, json=runbook())
-                await env.ok(
-                    "POST",
-                    "/channels",
-                    201,
-                    json={
-                        "name": "s",
-                        "channel_type": "slack",
-                        "secrets": {"webhook_url": rec.base + "/slack"},
-                        "filters": {"events": ["incident.opened"]},
-                    },
-                )
-                t0 = time.monotonic()
-                await asyncio.gather(
-                    *(env.signal(target_ip=f"203.0.113.{i + 1}", node=f"n{i}") for i in range(n))
-                )
-                posted = time.monotonic() - t0
-                await rec.wait("/slack", n, seconds=120)
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    with env.svc.engine.connect() as conn:
-                        started = conn.execute(
-                            select(
-                                runbook_executions.c.incident_id, runbook_step_results.c.started_at
-                            )
-                            .join(
-                                runbook_step_results,
-                                runbook_step_results.c.execution_id == runbook_executions.c.id,
-                            )
-                            .where(runbook_step_results.c.step_index == 0)
-                        ).all()
-                    if len(started) >= n:
-                        break
-                    await asyncio.sleep(0.1)
-                with env.svc.engine.connect() as conn:
-                    opened = {
-                        r.incident_id: r.at
-                        for r in conn.execute(
-                            select(events.c.incident_id, events.c.at).where(
-                                events.c.kind == "incident.opened"
-                            )
-                        )
-                    }
-                to_step = [(s.started_at - opened[s.incident_id]).total_seconds() for s in started]
-                to_msg = []
-                for g in rec.at("/slack"):
-                    iid = next(i for i in opened if i in g.body["text"])
-                    to_msg.append(g.wall - opened[iid].timestamp())
-            finally:
-                await env.stop()
-    out: dict[str, Any] = {"incidents": n, "posting_all_signals_s": round(posted, 2)}
-    for name, vals in (("event_to_first_step_s", to_step), ("event_to_channel_message_s", to_msg)):
-        out[name] = {
-            "n": len(vals),
-            "p50": round(statistics.median(vals), 4),
-            "p99": round(pct(vals, 0.99), 4),
-            "max": round(max(vals), 4),
-        }
-    return out
+def stats(values: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(values),
+        "p50": round(statistics.median(values), 4),
+        "p99": round(pct(values, 0.99), 4),
+        "max": round(max(values), 4),
+    }
+
+
+def ts(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+async def run(url: str, n: int, spread: float, server: psutil.Process) -> dict[str, Any]:
+    async with (
+        http_receivers() as rec,
+        httpx.AsyncClient(
+            base_url=f"{url}/api/v1",
+            timeout=120,
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+        ) as api,
+    ):
+
+        async def call(method: str, path: str, **kw: Any) -> dict[str, Any]:
+            r = await api.request(method, path, **kw)
+            if r.status_code >= 300:
+                raise RuntimeError(f"{method} {path}: {r.status_code} {r.text[:300]}")
+            body: dict[str, Any] = r.json()
+            return body
+
+        rb = await call(
+            "POST",
+            "/runbooks",
+            json={
+                "name": "bench",
+                "trigger_conditions": {"min_severity": "low"},
+                "steps": [{"action_type": "log", "action_config": {"message": "{target_ip}"}}],
+            },
+        )
+        await call(
+            "POST",
+            "/channels",
+            json={
+                "name": "s",
+                "channel_type": "slack",
+                "secrets": {"webhook_url": rec.base + "/slack"},
+                "filters": {"events": ["incident.opened"]},
+            },
+        )
+        sent: dict[str, float] = {}
+
+        async def detector(i: int) -> None:
+            await asyncio.sleep(spread * i / n)
+            target = f"198.18.{i // 250}.{i % 250 + 1}"
+            sent[target] = time.time()
+            await call(
+                "POST",
+                "/incidents",
+                json={
+                    "target_ip": target,
+                    "bps": "3G",
+                    "pps": 400_000,
+                    "attack_family": "udp_flood",
+                    "severity": "high",
+                    "node": f"n{i}",
+                },
+            )
+
+        t0 = time.monotonic()
+        cpu0 = sum(server.cpu_times()[:2])
+        await asyncio.gather(*(detector(i) for i in range(n)))
+        posted = time.monotonic() - t0
+        await rec.wait("/slack", n, seconds=300)
+        cpu = sum(server.cpu_times()[:2]) - cpu0
+        deadline = time.monotonic() + 300
+        while True:
+            execs = (await call("GET", f"/runbooks/{rb['runbook']['id']}/executions?limit=500"))[
+                "executions"
+            ]
+            if len(execs) >= n and all(e["steps"] and e["steps"][0]["finished_at"] for e in execs):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(execs)} executions started")
+            await asyncio.sleep(0.2)
+        opened: dict[str, tuple[float, str]] = {}  # incident id -> (event time, target)
+        after = 0
+        while True:
+            page = await call("GET", f"/events?after={after}&limit=1000")
+            for e in page["events"]:
+                if e["kind"] == "incident.opened":
+                    opened[e["incident_id"]] = (ts(e["at"]), "")
+            if not page["events"]:
+                break
+            after = page["events"][-1]["id"]
+        for iid in opened:
+            inc = (await call("GET", f"/incidents/{iid}"))["incident"]
+            opened[iid] = (opened[iid][0], inc["target_ip"])
+    to_step = [ts(e["steps"][0]["started_at"]) - opened[e["incident_id"]][0] for e in execs]
+    step_done = [ts(e["steps"][0]["finished_at"]) - opened[e["incident_id"]][0] for e in execs]
+    # the part before the event was committed and picked up: the intake's group commit
+    to_pickup = [ts(e["started_at"]) - opened[e["incident_id"]][0] for e in execs]
+    to_msg, signal_to_msg = [], []
+    for g in rec.at("/slack"):
+        iid = next(i for i in opened if i in g.body["text"])
+        to_msg.append(g.wall - opened[iid][0])
+        signal_to_msg.append(g.wall - sent[opened[iid][1]])
+    return {
+        "incidents": n,
+        "spread_s": spread,
+        "posting_all_signals_s": round(posted, 2),
+        # the service's CPU from the first signal to the last message (all threads)
+        "service_cpu_s": round(cpu, 2),
+        "event_to_first_step_s": stats(to_step),
+        "event_to_first_step_finished_s": stats(step_done),
+        "event_to_execution_created_s": stats(to_pickup),
+        "event_to_channel_message_s": stats(to_msg),
+        "signal_sent_to_channel_message_s": stats(signal_to_msg),
+    }
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/api/v1/health", timeout=1).json()["ready"]:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the service did not start")
+        time.sleep(0.2)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--incidents", type=int, default=100)
+    ap.add_argument("--spread", type=float, default=0.0, help="post the signals over S seconds")
     args = ap.parse_args()
-    print(json.dumps(asyncio.run(run(min(args.incidents, 250))), indent=2))
+    n = max(1, min(args.incidents, 1000))
+    with tempfile.TemporaryDirectory() as tmp:
+        pdir = Path(tmp) / "policy"
+        pdir.mkdir()
+        (pdir / "policy.yaml").write_text(POLICY)
+        port = free_port()
+        env = {
+            **os.environ,
+            "SLUICE_ADMIN_TOKEN": TOKEN,
+            "SLUICE_RATE_LIMIT_PER_MINUTE": "10000000",
+            "SLUICE_EGRESS_ALLOW": "127.0.0.1",
+        }
+        with (Path(tmp) / "serve.log").open("wb") as log:
+            proc = subprocess.Popen(  # our own CLI
+                [
+                    sys.executable,
+                    "-m",
+                    "orchestrator.cli",
+                    "serve",
+                    "--data-dir",
+                    f"{tmp}/data",
+                    "--policy-dir",
+                    str(pdir),
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                ],
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, proc)
+            out = asyncio.run(run(url, n, args.spread, psutil.Process(proc.pid)))
+        except BaseException:
+            print("server log (tail):", (Path(tmp) / "serve.log").read_text()[-4000:])
+            raise
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(20)
+    load = os.getloadavg()
+    out["load_average"] = [round(x, 2) for x in load]
+    print(json.dumps(out, indent=2))
+    s, m = out["event_to_first_step_s"], out["event_to_channel_message_s"]
+    print(
+        f"runbooks bench: {n} incidents: event -> first step p50 {s['p50']:.3f} s "
+        f"p99 {s['p99']:.3f} s; event -> Slack message p50 {m['p50']:.3f} s "
+        f"p99 {m['p99']:.3f} s; service CPU {out['service_cpu_s']:.2f} s "
+        f"(load average {load[0]:.2f})"
+    )
 
 
 if __name__ == "__main__":

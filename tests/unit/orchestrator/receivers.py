@@ -39,6 +39,7 @@ class Got:
     body: Any
     at: float
     wall: float = 0.0
+    status: int = 200  # what the receiver answered
 
 
 @dataclass
@@ -47,6 +48,14 @@ class Receivers:
     got: list[Got] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    # per path, what to do with the next requests before answering normally:
+    # "503" answers 503; "hang" holds the request until ``release`` is set, then 503
+    script: dict[str, list[str]] = field(default_factory=dict)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def ok_at(self, prefix: str) -> list[Got]:
+        """The requests at ``prefix`` the receiver took (answered 2xx)."""
+        return [g for g in self.at(prefix) if g.status < 300]
 
     def at(self, prefix: str) -> list[Got]:
         return [g for g in self.got if g.path.startswith(prefix)]
@@ -78,6 +87,14 @@ def app_for(rec: Receivers) -> Starlette:
         if not (request.headers.get("content-type") or "").startswith("application/json"):
             return _bad(rec, f"{path}: content-type is not JSON")
         answer: Response = Response(status_code=200)
+        todo = rec.script.get(path)
+        if todo:
+            action = todo.pop(0)
+            rec.got.append(Got(path, headers, body, time.monotonic(), time.time(), 503))
+            rec.arrived.set()
+            if action == "hang":
+                await rec.release.wait()
+            return Response(status_code=503)
         if path == "/slack":
             if not isinstance(body.get("text"), str) or not body["text"]:
                 return _bad(rec, "slack: text missing")

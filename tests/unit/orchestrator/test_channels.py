@@ -6,17 +6,22 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
-from sqlalchemy import select
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import select, update
 
 from adapters.egress import EgressPolicy
+from orchestrator.channels.service import reseal_channel_secrets
 from orchestrator.channels.transports import Egress
+from orchestrator.store.crypto import KEY_FILE, PREFIX, SecretBox
 from orchestrator.store.models import channel_deliveries, channels
 from tests.unit.orchestrator.receivers import WEBHOOK_SECRET, http_receivers, self_signed
 from tests.unit.orchestrator.test_runbooks import Env
@@ -25,6 +30,19 @@ from tests.unit.orchestrator.test_runbooks import Env
 class Inbox:
     def __init__(self) -> None:
         self.mail: list[tuple[Envelope, bool]] = []
+        self.logins: list[tuple[str, str]] = []
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        """aiosmtpd's authenticator: only over TLS (its default), one known account."""
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            b"alerts-smtp-user",
+            b"smtp-pass",
+        )
+        if ok:
+            self.logins.append((data.login.decode(), data.password.decode()))
+        return AuthResult(success=ok)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802  # aiosmtpd's hook name
         self.mail.append((envelope, session.ssl is not None))
@@ -40,7 +58,14 @@ def smtp(tmp_path: Path) -> Iterator[tuple[Inbox, int, Path]]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     inbox = Inbox()
-    ctl = Controller(inbox, hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True)
+    ctl = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=ctx,
+        require_starttls=True,
+        authenticator=inbox.authenticate,
+    )
     ctl.start()
     try:
         yield inbox, port, cert
@@ -59,24 +84,62 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
             await e.stop()
 
 
-def specs(base: str, smtp_port: int, ca: Path) -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class Provider:
+    """One channel type: how it is set up against the loopback receivers, where its
+    message arrives, and what the provider's published API requires of that request
+    (the receivers refuse a wrong shape with 400; this checks the content too)."""
+
+    config: dict[str, Any]
+    secrets: dict[str, str]
+    path: str  # "" for email (the SMTP inbox)
+    check: Callable[[Any], bool]
+
+
+def providers(base: str, smtp_port: int, ca: Path) -> dict[str, Provider]:
+    title = "Sluice test message"
     return {
-        "slack": {"secrets": {"webhook_url": base + "/slack"}},
-        "discord": {"secrets": {"webhook_url": base + "/discord"}},
-        "teams": {"secrets": {"webhook_url": base + "/teams"}},
-        "telegram": {
-            "config": {"chat_id": "-100123", "api_base": base + "/telegram"},
-            "secrets": {"bot_token": "123:abc"},
-        },
-        "pagerduty": {"config": {"api_base": base + "/pd"}, "secrets": {"routing_key": "R0UT1NG"}},
-        "opsgenie": {"config": {"api_base": base + "/og"}, "secrets": {"api_key": "og-key"}},
-        "sms": {
-            "config": {"api_url": base + "/sms", "sender": "Sluice", "to": ["+15550100"]},
-            "secrets": {"api_key": "sms-key"},
-        },
-        "webhook": {"config": {"url": base + "/hook/ch"}, "secrets": {"secret": WEBHOOK_SECRET}},
-        "email": {
-            "config": {
+        "slack": Provider(
+            {}, {"webhook_url": base + "/slack"}, "/slack", lambda b: title in b["text"]
+        ),
+        "discord": Provider(
+            {}, {"webhook_url": base + "/discord"}, "/discord", lambda b: title in b["content"]
+        ),
+        "teams": Provider(
+            {}, {"webhook_url": base + "/teams"}, "/teams", lambda b: b["title"] == title
+        ),
+        "telegram": Provider(
+            {"chat_id": "-100123", "api_base": base + "/telegram"},
+            {"bot_token": "123:abc"},
+            "/telegram/bot123:abc/sendMessage",
+            lambda b: b["chat_id"] == "-100123" and title in b["text"],
+        ),
+        "pagerduty": Provider(
+            {"api_base": base + "/pd"},
+            {"routing_key": "R0UT1NG"},
+            "/pd/v2/enqueue",
+            lambda b: b["routing_key"] == "R0UT1NG" and b["payload"]["severity"] == "info",
+        ),
+        "opsgenie": Provider(
+            {"api_base": base + "/og"},
+            {"api_key": "og-key"},
+            "/og/v2/alerts",
+            lambda b: b["message"] == title and b["priority"] == "P4",
+        ),
+        "sms": Provider(
+            {"api_url": base + "/sms", "sender": "Sluice", "to": ["+15550100"]},
+            {"api_key": "sms-key"},
+            "/sms",
+            lambda b: b["to"] == ["+15550100"] and b["text"].startswith(title),
+        ),
+        "webhook": Provider(
+            {"url": base + "/hook/ch"},
+            {"secret": WEBHOOK_SECRET},
+            "/hook/ch",
+            lambda b: b["type"] == "test" and b["title"] == title,
+        ),
+        "email": Provider(
+            {
                 "host": "127.0.0.1",
                 "port": smtp_port,
                 "starttls": True,
@@ -84,54 +147,109 @@ def specs(base: str, smtp_port: int, ca: Path) -> dict[str, dict[str, Any]]:
                 "to": ["oncall@example.net"],
                 "ca_file": str(ca),
             },
-        },
+            {"username": "alerts-smtp-user", "password": "smtp-pass"},
+            "",
+            lambda _b: True,
+        ),
     }
-
-
-PATHS = {
-    "slack": "/slack",
-    "discord": "/discord",
-    "teams": "/teams",
-    "telegram": "/telegram/bot123:abc/sendMessage",
-    "pagerduty": "/pd/v2/enqueue",
-    "opsgenie": "/og/v2/alerts",
-    "sms": "/sms",
-    "webhook": "/hook/ch",
-}
 
 
 async def test_every_channel_type_reaches_its_receiver(
     env: Env, smtp: tuple[Inbox, int, Path]
 ) -> None:
     inbox, port, ca = smtp
+    table = providers(env.rec.base, port, ca)
     ids = {}
-    for kind, spec in specs(env.rec.base, port, ca).items():
+    for kind, p in table.items():
         body = await env.ok(
-            "POST", "/channels", 201, json={"name": kind, "channel_type": kind, **spec}
+            "POST",
+            "/channels",
+            201,
+            json={"name": kind, "channel_type": kind, "config": p.config, "secrets": p.secrets},
         )
         ch = body["channel"]
-        assert "secrets" not in ch and sorted(ch["secrets_set"]) == sorted(spec.get("secrets", {}))
-        assert spec.get("secrets", {}) == {} or all(
-            v not in str(body) for v in spec["secrets"].values()
-        )
+        assert "secrets" not in ch and ch["secrets_set"] == sorted(p.secrets), kind
+        assert all(v not in str(body) for v in p.secrets.values()), kind
         ids[kind] = ch["id"]
-    for kind, cid in ids.items():
-        r = await env("POST", f"/channels/{cid}/test")
+        r = await env("POST", f"/channels/{ch['id']}/test")
         assert r.status_code == 200, (kind, r.text)
-    for kind, path in PATHS.items():
-        assert len(env.rec.at(path)) == 1, kind
+        if p.path:
+            got = env.rec.at(p.path)
+            assert len(got) == 1 and p.check(got[0].body), (kind, got)
     assert env.rec.errors == []
     assert len(inbox.mail) == 1 and inbox.mail[0][1] is True  # delivered over STARTTLS
     assert inbox.mail[0][0].rcpt_tos == ["oncall@example.net"]
+    assert inbox.logins == [("alerts-smtp-user", "smtp-pass")]
     # the list shows every channel, never a secret
     listed = (await env.ok("GET", "/channels"))["channels"]
-    assert len(listed) == 9 and "og-key" not in str(listed) and "R0UT1NG" not in str(listed)
+    assert len(listed) == len(table)
+    assert all(v not in str(listed) for p in table.values() for v in p.secrets.values())
     # an update without secrets keeps them; a delete removes the channel
     await env.ok("PUT", f"/channels/{ids['slack']}", json={"filters": {"min_severity": "high"}})
     assert (await env("POST", f"/channels/{ids['slack']}/test")).status_code == 200
     await env.ok("DELETE", f"/channels/{ids['slack']}")
     r = await env("POST", f"/channels/{ids['slack']}/test")
     assert r.status_code == 404 and r.json()["error"]["code"] == "channel_not_found"
+
+
+async def test_secrets_are_encrypted_at_rest_and_old_rows_sealed_at_start(
+    tmp_path: Path, smtp: tuple[Inbox, int, Path]
+) -> None:
+    _, port, ca = smtp
+    async with http_receivers() as rec:
+        table = providers(rec.base, port, ca)
+        e = Env(tmp_path, rec)
+        await e.start()
+        try:
+            for kind, p in table.items():
+                await e.ok(
+                    "POST",
+                    "/channels",
+                    201,
+                    json={
+                        "name": kind,
+                        "channel_type": kind,
+                        "config": p.config,
+                        "secrets": p.secrets,
+                    },
+                )
+            raw = stored_secrets(e)
+            assert all(SecretBox.is_sealed(v) for secrets in raw.values() for v in secrets.values())
+            everything = str(raw)
+            assert all(v not in everything for p in table.values() for v in p.secrets.values())
+            # an old store: one row written in clear, as before encryption
+            with e.svc.engine.begin() as conn:
+                conn.execute(
+                    update(channels)
+                    .where(channels.c.name == "slack")
+                    .values(secrets={"webhook_url": rec.base + "/slack"})
+                )
+        finally:
+            await e.stop()
+        e = Env(tmp_path, rec)
+        await e.start()  # the start-up seals what it finds in clear
+        try:
+            raw = stored_secrets(e)
+            assert SecretBox.is_sealed(raw["slack"]["webhook_url"])
+            assert rec.base not in str(raw)
+            r = await e("POST", "/channels/slack/test")
+            assert r.status_code == 200 and len(rec.at("/slack")) == 1
+            # a rotation (what `sluice secrets rotate` runs): under the new key only
+            old = Fernet((tmp_path / KEY_FILE).read_text().strip().encode())
+            new = Fernet(Fernet.generate_key())
+            with e.svc.engine.begin() as conn:
+                assert reseal_channel_secrets(conn, SecretBox([new, old])) == len(table)
+            token = stored_secrets(e)["slack"]["webhook_url"].removeprefix(PREFIX).encode()
+            assert new.decrypt(token) == f'"{rec.base}/slack"'.encode()
+            with pytest.raises(InvalidToken):
+                old.decrypt(token)
+        finally:
+            await e.stop()
+
+
+def stored_secrets(e: Env) -> dict[str, dict[str, Any]]:
+    with e.svc.engine.connect() as conn:
+        return {r.name: dict(r.secrets) for r in conn.execute(select(channels)).all()}
 
 
 async def test_pagerduty_triggered_on_open_and_resolved_with_the_same_key(env: Env) -> None:
@@ -260,26 +378,153 @@ async def test_bad_channels_save_nothing(
         assert conn.execute(select(channels)).all() == []
 
 
-async def test_egress_refuses_internal_targets_not_allowed(tmp_path: Path) -> None:
+async def test_egress_policy_refuses_internal_targets_not_allowed(
+    tmp_path: Path, smtp: tuple[Inbox, int, Path]
+) -> None:
+    inbox, port, ca = smtp
     async with http_receivers() as rec:
         e = Env(tmp_path, rec)
         await e.start()
         try:
+            email = providers(rec.base, port, ca)["email"]
+            slack = await e.ok(
+                "POST",
+                "/channels",
+                201,
+                json={
+                    "name": "s",
+                    "channel_type": "slack",
+                    "secrets": {"webhook_url": rec.base + "/slack"},
+                },
+            )
+            mail = await e.ok(
+                "POST",
+                "/channels",
+                201,
+                json={"name": "m", "channel_type": "email", "config": email.config},
+            )
             e.auto.channels.egress = Egress(EgressPolicy.from_entries([]))  # nothing internal
-            cid = (
+            # saving: a refused literal is refused at once, naming the field; nothing saved
+            for body, fld in [
+                (
+                    {
+                        "name": "s2",
+                        "channel_type": "slack",
+                        "secrets": {"webhook_url": rec.base + "/slack"},
+                    },
+                    "secrets.webhook_url",
+                ),
+                ({"name": "m2", "channel_type": "email", "config": email.config}, "config.host"),
+                (
+                    {
+                        "name": "m3",
+                        "channel_type": "email",
+                        "config": {**email.config, "host": "localhost"},
+                    },
+                    "config.host",
+                ),
+            ]:
+                r = await e("POST", "/channels", json=body)
+                assert r.status_code == 422, r.text
+                err = r.json()["error"]
+                assert (err["code"], err["field"]) == ("egress_refused", fld), err
+                assert "loopback" in err["message"] and "SLUICE_EGRESS_ALLOW" in err["message"]
+            assert len((await e.ok("GET", "/channels"))["channels"]) == 2
+            # testing: HTTP and SMTP alike, refused where the connection would be made
+            for cid, what in [
+                (slack["channel"]["id"], "loopback"),
+                (mail["channel"]["id"], "SMTP"),
+            ]:
+                r = await e("POST", f"/channels/{cid}/test")
+                assert r.status_code == 502, r.text
+                assert r.json()["error"]["code"] == "egress_refused"
+                assert what in r.json()["error"]["message"]
+            assert rec.got == [] and inbox.mail == []
+            # delivering: recorded as failed at once (not retried), with the reason
+            await e.ok("PUT", f"/channels/{slack['channel']['id']}", json={"enabled": False})
+            await e.signal()
+            await e.until(lambda: delivery_rows(e), what="the email delivery")
+            await e.until(
+                lambda: delivery_rows(e)[0].status == "failed", what="the failed delivery"
+            )
+            row = delivery_rows(e)[0]
+            assert row.attempts == 1 and "egress refused: SMTP 127.0.0.1" in row.last_error
+            assert inbox.mail == []
+        finally:
+            await e.stop()
+
+
+def delivery_rows(e: Env) -> list[Any]:
+    with e.svc.engine.connect() as conn:
+        return list(conn.execute(select(channel_deliveries).order_by(channel_deliveries.c.id)))
+
+
+async def test_open_deliveries_resume_after_a_restart_and_never_repeat_a_confirmed_one(
+    tmp_path: Path,
+) -> None:
+    """Stopped during a send, and stopped during a backoff: both resumed at start-up (the
+    backoff kept), each delivered once; a confirmed delivery is not sent again."""
+    async with http_receivers() as rec:
+        rec.script["/slack"] = ["hang"]  # the first send never gets an answer
+        rec.script["/discord"] = ["503"]  # the first attempt fails: a backoff follows
+        e = Env(tmp_path, rec)
+        await e.start()
+        try:
+            e.auto.channels.retry_base = 3600.0  # the backoff outlasts the first service
+            for kind in ("slack", "discord"):
                 await e.ok(
                     "POST",
                     "/channels",
                     201,
                     json={
-                        "name": "s",
-                        "channel_type": "slack",
-                        "secrets": {"webhook_url": rec.base + "/slack"},
+                        "name": kind,
+                        "channel_type": kind,
+                        "secrets": {"webhook_url": f"{rec.base}/{kind}"},
                     },
                 )
-            )["channel"]["id"]
-            r = await e("POST", f"/channels/{cid}/test")
-            assert r.status_code == 502 and "loopback" in r.json()["error"]["message"]
-            assert rec.got == []
+            iid = await e.signal()
+            await rec.wait("/slack", 1)  # in flight
+            await e.until(
+                lambda: {r.status for r in delivery_rows(e)} == {"pending", "retrying"},
+                what="one delivery in flight, one waiting for its retry",
+            )
+            retry = next(r for r in delivery_rows(e) if r.status == "retrying")
+            assert retry.attempts == 1 and retry.next_attempt_at is not None
+        finally:
+            await e.stop()  # mid-send and mid-backoff
+        rec.release.set()
+        e = Env(tmp_path, rec)
+        await e.start()
+        try:  # the one cut off mid-send is sent again; the other keeps its backoff
+            await e.until(
+                lambda: [r.status for r in delivery_rows(e)] == ["delivered", "retrying"],
+                what="the interrupted send confirmed after the restart",
+            )
+            assert len(rec.ok_at("/slack")) == 1 and len(rec.at("/discord")) == 1
+        finally:
+            await e.stop()
+        with e.svc.engine.begin() as conn:  # its time has come
+            conn.execute(
+                update(channel_deliveries)
+                .where(channel_deliveries.c.status == "retrying")
+                .values(next_attempt_at=datetime.now(UTC))
+            )
+        e = Env(tmp_path, rec)
+        await e.start()
+        try:
+            await e.until(
+                lambda: [r.status for r in delivery_rows(e)] == ["delivered", "delivered"],
+                what="the retry made after the second restart",
+            )
+            assert [r.attempts for r in delivery_rows(e)] == [1, 2]
+            assert len(rec.ok_at("/slack")) == 1 and len(rec.ok_at("/discord")) == 1
+            assert all(iid in g.body.get("text", g.body.get("content", "")) for g in rec.got)
+        finally:
+            await e.stop()
+        e = Env(tmp_path, rec)
+        await e.start()
+        try:  # confirmed deliveries are not taken up again
+            assert e.auto.channels.recover(starting=True) == []
+            assert len(rec.ok_at("/slack")) == 1 and len(rec.ok_at("/discord")) == 1
         finally:
             await e.stop()
