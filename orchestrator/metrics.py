@@ -10,9 +10,10 @@ Two sources, both read at scrape time:
   policy reloads, time from request to announce, expiry lateness). Each scrape reads only
   what was appended since the last one, so the cost stays flat as the log grows.
 
-The first scrape does not walk the log row by row in Python: it asks the database for
-the same counters and histogram buckets as aggregates (``GROUP BY`` and ``SUM(CASE ...)``
-up to the newest id it saw, :meth:`SluiceCollector._bootstrap`), then follows from there.
+A scrape far behind the log (the first one, or after a storm) does not walk it row by
+row in Python: it asks the database for the same counters and histogram buckets as
+aggregates (``GROUP BY`` and ``SUM(CASE ...)`` up to the newest id it saw,
+:meth:`SluiceCollector._aggregate`), then follows from there.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import ColumnElement, Float, Integer, String, and_, case, cast, func, select
+from sqlalchemy import ColumnElement, Float, Integer, String, and_, case, cast, func, or_, select
 
 from orchestrator.store.models import decisions, events, incidents, rules
 
@@ -74,7 +75,11 @@ def _le(b: float) -> str:
 
 class SluiceCollector(Collector):
     def __init__(
-        self, service: Service, runtime: PolicyRuntime | None = None, *, bootstrap: bool = True
+        self,
+        service: Service,
+        runtime: PolicyRuntime | None = None,
+        *,
+        aggregate_after: int | None = PAGE,
     ) -> None:
         self.service = service
         self.runtime = runtime
@@ -86,12 +91,13 @@ class SluiceCollector(Collector):
         self.refusals: Counter[str] = Counter()
         self.announce = Histogram(ANNOUNCE_BUCKETS)
         self.lateness = Histogram(LATENESS_BUCKETS)
-        # False: the first scrape reads the log row by row as later ones do (tests compare)
-        self._bootstrapped = not bootstrap
+        # how far behind the log a scrape asks the database to aggregate rather than read
+        # the rows (None: always read them; the tests compare both ways)
+        self.aggregate_after = aggregate_after
 
     # ------------------------------------------------------------ the log, aggregated once
 
-    def _seconds_between(self, a: Any, b: Any) -> ColumnElement[float]:
+    def _seconds_between(self, a: Any, b: Any) -> ColumnElement[Any]:
         """``a - b`` in seconds, to the microsecond, computed by the database."""
         if self.service.engine.dialect.name == "sqlite":
             # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' (naive UTC): whole seconds + micros
@@ -101,47 +107,59 @@ class SluiceCollector(Collector):
         return cast(func.extract("epoch", a - b), Float)
 
     def _histogram(
-        self, conn: Connection, hist: Histogram, kind: str, since: Any, head: int
+        self, conn: Connection, hist: Histogram, kind: str, since: Any, upto: Any
     ) -> None:
-        diff = self._seconds_between(events.c.at, since)
-        cols: list[ColumnElement[Any]] = [func.count(), func.coalesce(func.sum(diff), 0.0)]
-        cols += [func.coalesce(func.sum(case((diff <= b, 1), else_=0)), 0) for b in hist.bounds]
-        row = conn.execute(
-            select(*cols)
+        # the difference once per row: a subquery SQLite cannot fold into the aggregate
+        # (it has a LIMIT), so the buckets compare a number, not re-parse two timestamps
+        diffs = (
+            select(self._seconds_between(events.c.at, since).label("d"))
             .select_from(events.join(rules, rules.c.id == events.c.rule_id))
-            .where(events.c.id <= head, events.c.kind == kind, since.is_not(None))
-        ).one()
+            .where(upto, events.c.kind == kind, since.is_not(None))
+            .limit(2**62)
+            .subquery()
+        )
+        d = diffs.c.d
+        cols: list[ColumnElement[Any]] = [func.count(), func.coalesce(func.sum(d), 0.0)]
+        cols += [func.coalesce(func.sum(case((d <= b, 1), else_=0)), 0) for b in hist.bounds]
+        row = conn.execute(select(*cols).select_from(diffs)).one()
         hist.total += int(row[0])
         hist.sum += float(row[1])
         for i, n in enumerate(row[2:]):
             hist.counts[i] += int(n)
 
-    def _bootstrap(self, conn: Connection) -> None:
-        """Counters and histograms of the whole log so far, aggregated by the database."""
+    def _aggregate(self, conn: Connection, head: int, dhead: int) -> None:
+        """Counters and histograms of the log up to ``head``, aggregated by the database."""
         svc = self.service
-        head = int(conn.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar_one())
-        dhead = int(conn.execute(select(func.coalesce(func.max(decisions.c.id), 0))).scalar_one())
-        adapter = func.coalesce(events.c.adapter_id, rules.c.adapter_id)
-        for kind, adapter_id, n in conn.execute(
-            select(events.c.kind, adapter, func.count())
-            .select_from(events.outerjoin(rules, rules.c.id == events.c.rule_id))
-            .where(events.c.id <= head)
-            .group_by(events.c.kind, adapter)
-        ).all():
+        since = events.c.id > self._event_cursor
+        upto = and_(since, events.c.id <= head)
+        # rule events carry their adapter; only older rows without it need the rule's
+        groups: list[Any] = list(
+            conn.execute(
+                select(events.c.kind, events.c.adapter_id, func.count())
+                .where(upto, or_(events.c.adapter_id.is_not(None), events.c.rule_id.is_(None)))
+                .group_by(events.c.kind, events.c.adapter_id)
+            ).all()
+        )
+        groups += conn.execute(
+            select(events.c.kind, rules.c.adapter_id, func.count())
+            .select_from(events.join(rules, rules.c.id == events.c.rule_id))
+            .where(upto, events.c.adapter_id.is_(None))
+            .group_by(events.c.kind, rules.c.adapter_id)
+        ).all()
+        for kind, adapter_id, n in groups:
             name = svc.hub.name_of(adapter_id) if adapter_id is not None else ""
             self.events_by_kind[(kind, name)] += int(n)
-        self._histogram(conn, self.announce, "rule.active", rules.c.created_at, head)
-        self._histogram(conn, self.lateness, "rule.expired", rules.c.expires_at, head)
+        self._histogram(conn, self.announce, "rule.active", rules.c.created_at, upto)
+        self._histogram(conn, self.lateness, "rule.expired", rules.c.expires_at, upto)
+        dupto = and_(decisions.c.id > self._decision_cursor, decisions.c.id <= dhead)
         for status, n in conn.execute(
-            select(decisions.c.status, func.count())
-            .where(decisions.c.id <= dhead)
-            .group_by(decisions.c.status)
+            select(decisions.c.status, func.count()).where(dupto).group_by(decisions.c.status)
         ).all():
             self.decisions[status] += int(n)
         # refusals are few: only the decisions that have any are read
         for (refused,) in conn.execute(
             select(decisions.c.refused).where(
-                and_(decisions.c.id <= dhead, cast(decisions.c.refused, String) != "[]")
+                and_(dupto, cast(decisions.c.refused, String) != "[]")
             )
         ).all():
             self._count_refusals(refused)
@@ -157,9 +175,17 @@ class SluiceCollector(Collector):
     def _follow(self) -> None:
         svc = self.service
         with svc.engine.connect() as conn:
-            if not self._bootstrapped:
-                self._bootstrap(conn)
-                self._bootstrapped = True
+            head = int(conn.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar_one())
+            if (
+                self.aggregate_after is not None
+                and head - self._event_cursor > self.aggregate_after
+            ):
+                # far behind (the first scrape, or a storm since the last one): the
+                # database counts, rather than this process reading every row
+                dhead = int(
+                    conn.execute(select(func.coalesce(func.max(decisions.c.id), 0))).scalar_one()
+                )
+                self._aggregate(conn, head, dhead)
             while True:
                 rows = conn.execute(
                     select(

@@ -169,8 +169,23 @@ class Change:
 
 def plan(current: Policy, new: Policy, signals: list[Timed]) -> list[Change]:
     """Where ``new`` decides differently from ``current`` on the same recorded signals."""
-    before = replay(current, signals)
-    after = replay(new, signals)
+    return _differences(signals, replay(current, signals), replay(new, signals))
+
+
+def plan_each(current: Policy, new: Policy, signals: list[Signal]) -> list[Change]:
+    """Like :func:`plan`, each signal taken alone as an attack past the hold-down.
+
+    For signals that are not one recording (the last signal of each recent incident).
+    """
+    timed = [(float(i), s) for i, s in enumerate(signals)]
+    before = [explain(current, s) for s in signals]
+    after = [explain(new, s) for s in signals]
+    return _differences(timed, before, after)
+
+
+def _differences(
+    signals: list[Timed], before: list[Decision], after: list[Decision]
+) -> list[Change]:
     changes: list[Change] = []
     for i, ((at, sig), b, a) in enumerate(zip(signals, before, after, strict=True)):
         if (b.status, b.tier, _rules(b), sorted(b.withdraw)) != (

@@ -63,7 +63,7 @@ class NewOperator(BaseModel):
 
 @api.post("/auth/login")
 async def login(
-    body: Login, store: Operators, request: Request, response: Response
+    body: Login, store: Operators, svc: Svc, request: Request, response: Response
 ) -> dict[str, Any]:
     # a wrong password counts as a failed authentication of this address (429 past the limit)
     sid, sess = guarded(request, lambda: store.login(body.username, body.password))
@@ -76,7 +76,13 @@ async def login(
         secure=request.url.scheme == "https",
         path="/",
     )
-    return ok(username=sess.username, role=sess.role, kind="session", csrf=sess.csrf)
+    return ok(
+        username=sess.username,
+        role=sess.role,
+        kind="session",
+        csrf=sess.csrf,
+        last_event_id=svc.events.last_id(),
+    )
 
 
 @api.post("/auth/logout")
@@ -95,8 +101,12 @@ async def logout(store: Operators, request: Request, response: Response) -> dict
 
 
 @api.get("/auth/me")
-async def me(who: Reader, store: Operators, request: Request) -> dict[str, Any]:
-    """Who the caller is, and for a login session its CSRF token (a reload forgets it)."""
+async def me(who: Reader, store: Operators, svc: Svc, request: Request) -> dict[str, Any]:
+    """Who the caller is, and for a login session its CSRF token (a reload forgets it).
+
+    ``last_event_id`` is where the page starts following the event log's stream: what
+    came before is in the page's first queries, so a load never replays the whole log.
+    """
     sid = request.cookies.get(COOKIE)
     csrf = store.session(sid).csrf if sid and who.id < 0 else None
     return ok(
@@ -105,6 +115,7 @@ async def me(who: Reader, store: Operators, request: Request) -> dict[str, Any]:
         scope=who.scope,
         kind="session" if who.id < 0 else "token",
         csrf=csrf,
+        last_event_id=svc.events.last_id(),
     )
 
 

@@ -234,8 +234,8 @@ async def test_series_after_a_scenario(tmp_path: Path) -> None:
         assert r.status_code == 401
 
         # the first scrape's database aggregates equal reading the log row by row
-        aggregated = log_samples(SluiceCollector(svc))
-        row_by_row = log_samples(SluiceCollector(svc, bootstrap=False))
+        aggregated = log_samples(SluiceCollector(svc, aggregate_after=0))
+        row_by_row = log_samples(SluiceCollector(svc, aggregate_after=None))
         assert [(n, lb) for n, lb, _ in aggregated] == [(n, lb) for n, lb, _ in row_by_row]
         assert [v for *_, v in aggregated] == pytest.approx([v for *_, v in row_by_row])
     finally:
