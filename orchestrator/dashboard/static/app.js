@@ -142,7 +142,21 @@ function scheduleRefresh(item) {
   if (!relevant || !relevant()) return;
   if (S.refreshTimer) return;
   // Coalesce a burst (a storm writes thousands of events) into one redraw.
-  S.refreshTimer = setTimeout(() => { S.refreshTimer = null; render(); }, 200);
+  S.refreshTimer = setTimeout(redrawWhenIdle, 200);
+}
+
+// A redraw would throw away what the operator is typing (a withdraw reason, a filter, a
+// policy being edited): it waits until that is done.
+function redrawWhenIdle() {
+  const view = document.getElementById("view");
+  const active = document.activeElement;
+  const typing = active && view.contains(active) && ["INPUT", "TEXTAREA", "SELECT"].includes(active.tagName);
+  if (typing || view.querySelector(".withdraw-reason")) {
+    S.refreshTimer = setTimeout(redrawWhenIdle, 300);
+    return;
+  }
+  S.refreshTimer = null;
+  render();
 }
 
 // ------------------------------------------------------------------ routing
@@ -321,7 +335,7 @@ const PAGES = {
       }
       return h("tr", { "data-runbook-id": rb.id }, h("td", {}, link(`/ui/runbook/${rb.id}`, rb.name)),
         h("td", {}, badge(rb.active ? "enabled" : "disabled")),
-        h("td", {}, (rb.trigger_conditions && rb.trigger_conditions.events || []).join(", ")),
+        h("td", {}, h("code", {}, JSON.stringify(rb.trigger_conditions || {}))),
         h("td", {}, rb.steps.map((x) => x.action_type).join(" → ")),
         h("td", {}, rb.execution_count), h("td", {}, when(rb.last_execution_at)), actions);
     });
