@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import os
 from datetime import datetime
 from importlib.metadata import version as package_version
@@ -120,24 +119,34 @@ def serve(
     log_level: Annotated[str, typer.Option(envvar="SLUICE_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the service (REST API, dispatcher, TTL expiry, reconciliation)."""
+    from orchestrator import logfmt
+    from orchestrator.settings import Settings
+
+    with logfmt.configured(log_level):
+        _serve(
+            Settings(
+                data_dir=data_dir,
+                policy_dir=policy_dir,
+                database_url=database_url,
+                host=host,
+                port=port,
+            ),
+            log_level,
+        )
+
+
+def _serve(settings: Settings, log_level: str) -> None:
     import uvicorn
 
-    from orchestrator import logfmt
     from orchestrator.api import server
     from orchestrator.api.app import create_app
     from orchestrator.instance import InstanceLock
     from orchestrator.service import Service
-    from orchestrator.settings import Settings
     from policies.errors import SluiceError
     from policies.schema import load_policy
 
-    logfmt.configure(log_level)
-    # APScheduler logs every run of our sub-second jobs at INFO; its warnings still show
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
+    policy_dir = settings.policy_dir
     os.umask(0o077)  # files the service creates (store, keys, anchor) are its own alone
-    settings = Settings(
-        data_dir=data_dir, policy_dir=policy_dir, database_url=database_url, host=host, port=port
-    )
     # one service per data directory: taken before the store, the policy or any speaker is
     # touched, so a second `serve` changes nothing (the kernel drops it when we die)
     lock = InstanceLock(settings.data_dir)
@@ -198,6 +207,9 @@ STATE_STYLE = {
     "degraded": "yellow",
     "down": "bold red",
     "error": "bold red",
+    "enabled": "green",
+    "disabled": "dim",
+    "refused": "bold red",
 }
 
 
@@ -701,6 +713,125 @@ def tokens_create(
         body["expires_in"] = expires_in
     res = _call("POST", url, token, "/workspace/tokens", json=body)
     console.print(res["token"])
+
+
+# ---------------------------------------------------------------- operators
+
+operators_app = typer.Typer(
+    help="Operator accounts of the dashboard (admin scope).", no_args_is_help=True
+)
+app.add_typer(operators_app, name="operators")
+Password = Annotated[
+    str,
+    typer.Option(
+        prompt=True,
+        hide_input=True,
+        confirmation_prompt=True,
+        envvar="SLUICE_OPERATOR_PASSWORD",
+        help="The password (asked for when not given; at least 12 characters).",
+    ),
+]
+
+
+def _operator_line(o: dict[str, Any]) -> str:
+    state = _styled("disabled") if o["disabled"] else _styled("enabled")
+    return f"operator {o['username']}: {o['role']}, {state}"
+
+
+@operators_app.command("list")
+def operators_list(url: Url = DEFAULT_URL, token: Token = "", as_json: AsJson = False) -> None:
+    """Operator accounts with their role and last login."""
+    body = _call("GET", url, token, "/workspace/operators")
+    if as_json:
+        _emit_json(body)
+        return
+    table = Table(title=f"{len(body['operators'])} operators")
+    for col in ("id", "username", "role", "state", "created", "last login"):
+        table.add_column(col, overflow="fold")
+    for o in body["operators"]:
+        table.add_row(
+            str(o["id"]),
+            o["username"],
+            o["role"],
+            _styled("disabled" if o["disabled"] else "enabled"),
+            _when(o["created_at"]),
+            _when(o["last_login_at"]),
+        )
+    console.print(table)
+
+
+@operators_app.command("create")
+def operators_create(
+    username: str,
+    password: Password,
+    role: Annotated[str, typer.Option(help="viewer, operator or admin")] = "viewer",
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
+    """Create an operator account."""
+    body = _call(
+        "POST",
+        url,
+        token,
+        "/workspace/operators",
+        json={"username": username, "password": password, "role": role},
+    )
+    if as_json:
+        _emit_json(body)
+        return
+    o = body["operator"]
+    console.print(f"created operator {o['username']} ({o['role']})")
+
+
+def _change_operator(
+    username: str, change: dict[str, Any], url: str, token: str, as_json: bool
+) -> None:
+    body = _call("PATCH", url, token, f"/workspace/operators/{username}", json=change)
+    if as_json:
+        _emit_json(body)
+        return
+    console.print(_operator_line(body["operator"]))
+
+
+@operators_app.command("set-role")
+def operators_set_role(
+    username: str,
+    role: Annotated[str, typer.Argument(help="viewer, operator or admin")],
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
+    """Change an operator's role (its login sessions end)."""
+    _change_operator(username, {"role": role}, url, token, as_json)
+
+
+@operators_app.command("reset-password")
+def operators_reset_password(
+    username: str,
+    password: Password,
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
+    """Set a new password for an operator (its login sessions end)."""
+    _change_operator(username, {"password": password}, url, token, as_json)
+
+
+@operators_app.command("disable")
+def operators_disable(
+    username: str, url: Url = DEFAULT_URL, token: Token = "", as_json: AsJson = False
+) -> None:
+    """Disable an operator (its sessions end; the last enabled admin stays)."""
+    _change_operator(username, {"disabled": True}, url, token, as_json)
+
+
+@operators_app.command("enable")
+def operators_enable(
+    username: str, url: Url = DEFAULT_URL, token: Token = "", as_json: AsJson = False
+) -> None:
+    """Enable a disabled operator again."""
+    _change_operator(username, {"disabled": False}, url, token, as_json)
 
 
 # ---------------------------------------------------------------- secrets at rest

@@ -21,7 +21,13 @@ from orchestrator.api.deps import guarded, require, service_of
 from orchestrator.api.envelope import ok
 from orchestrator.events import view as event_view
 from orchestrator.lifecycle import LIVE
-from orchestrator.operators import ROLE_SCOPE, SCOPE_ROLE, SESSION_SECONDS, OperatorStore
+from orchestrator.operators import (
+    MIN_PASSWORD,
+    ROLE_SCOPE,
+    SCOPE_ROLE,
+    SESSION_SECONDS,
+    OperatorStore,
+)
 from orchestrator.service import Service
 from orchestrator.store.models import audit_log, events, incidents, rules
 from orchestrator.tokens import TokenInfo
@@ -127,6 +133,38 @@ async def list_operators(store: Operators, _: Admin) -> dict[str, Any]:
 @api.post("/workspace/operators", status_code=201)
 async def create_operator(body: NewOperator, store: Operators, who: Admin) -> dict[str, Any]:
     return ok(operator=store.create(body.username, body.password, body.role, actor=who.name))
+
+
+class ChangeOperator(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["viewer", "operator", "admin"] | None = None
+    password: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    disabled: bool | None = None
+
+
+@api.patch("/workspace/operators/{username}")
+async def change_operator(
+    username: str, body: ChangeOperator, store: Operators, who: Admin
+) -> dict[str, Any]:
+    """Change an operator's role, password or enabled state (its sessions end)."""
+    if body.role is None and body.password is None and body.disabled is None:
+        raise ValidationFailed(
+            "give role, password or disabled", code="missing_parameter", field="role"
+        )
+    if body.password is not None and len(body.password) < MIN_PASSWORD:
+        # checked before anything changes, so a bad body changes nothing
+        raise ValidationFailed(
+            f"a password must have at least {MIN_PASSWORD} characters", field="password"
+        )
+    if body.disabled is False:
+        store.enable(username, actor=who.name)
+    if body.role is not None:
+        store.set_role(username, body.role, actor=who.name)
+    if body.password is not None:
+        store.reset_password(username, body.password, actor=who.name)
+    if body.disabled:
+        store.disable(username, actor=who.name)
+    return ok(operator=store.get(username))
 
 
 @api.delete("/workspace/operators/{username}")
