@@ -210,6 +210,7 @@ STATE_STYLE = {
     "enabled": "green",
     "disabled": "dim",
     "refused": "bold red",
+    "revoked": "dim",
 }
 
 
@@ -421,11 +422,12 @@ def rules_withdraw(
         f"/mitigation/rules/{rule_id}",
         content=json.dumps({"reason": reason}) if reason else None,
     )
+    r = res["rule"]
     if as_json:
         _emit_json(res)
-        return
-    r = res["rule"]
-    console.print(f"rule {r['id']}: {_styled(r['state'])}")
+    else:
+        console.print(f"rule {r['id']}: {_styled(r['state'])}")
+    _rule_outcome(r)
 
 
 # ---------------------------------------------------------------- adapters
@@ -650,16 +652,14 @@ def audit_verify(
             body.get("code") or ("ok" if body["valid"] else "entry_modified"),
         )
     if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "valid": valid,
-                    "code": code,
-                    "entries": entries,
-                    "first_bad_id": bad,
-                    "problem": problem or None,
-                }
-            )
+        _emit_json(
+            {
+                "valid": valid,
+                "code": code,
+                "entries": entries,
+                "first_bad_id": bad,
+                "problem": problem or None,
+            }
         )
     elif valid:
         console.print(f"audit log intact: {entries} entries")
@@ -685,6 +685,7 @@ def tokens_create(
     data_dir: DataDir = Path("./var"),
     url: Url = DEFAULT_URL,
     token: Token = "",
+    as_json: AsJson = False,
 ) -> None:
     """Create an API token; it is printed once."""
     if database:
@@ -705,14 +706,82 @@ def tokens_create(
             raise typer.Exit(1) from None
         finally:
             engine.dispose()
+        if as_json:
+            _emit_json(
+                {
+                    "ok": True,
+                    "token": made,
+                    "id": info.id,
+                    "name": info.name,
+                    "scope": info.scope,
+                    "expires_at": info.expires_at.isoformat() if info.expires_at else None,
+                }
+            )
+            return
         err.print(f"created token {info.id} ({info.scope}); shown only now:")
-        console.print(made)
+        print(made)
         return
     body: dict[str, Any] = {"name": name, "scope": scope}
     if expires_in:
         body["expires_in"] = expires_in
     res = _call("POST", url, token, "/workspace/tokens", json=body)
-    console.print(res["token"])
+    if as_json:
+        _emit_json(res)
+        return
+    err.print(f"created token {res['id']} {res['name']} ({res['role']}); shown only now:")
+    print(res["token"])
+
+
+@tokens_app.command("list")
+def tokens_list(url: Url = DEFAULT_URL, token: Token = "", as_json: AsJson = False) -> None:
+    """API tokens (never their secret): id, name, role, expiry, state."""
+    body = _call("GET", url, token, "/workspace/tokens")
+    if as_json:
+        _emit_json(body)
+        return
+    table = Table(title=f"{len(body['tokens'])} tokens")
+    cols = ("id", "name", "role", "created", "expires", "state")
+    for col in cols:
+        table.add_column(col, overflow="fold")
+    for t in body["tokens"]:
+        state = "revoked" if t.get("revoked") else "active"
+        table.add_row(
+            str(t["id"]),
+            str(t["name"]),
+            str(t.get("role") or t.get("scope")),
+            _when(t.get("created_at")),
+            _when(t.get("expires_at")) if t.get("expires_at") else "never",
+            _styled(state),
+        )
+    console.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    ref: Annotated[str, typer.Argument(help="Token id or name.")],
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
+    """Revoke an API token, named by id or by name."""
+    if ref.isdigit():
+        token_id = int(ref)
+    else:
+        live = [
+            t
+            for t in _call("GET", url, token, "/workspace/tokens")["tokens"]
+            if t["name"] == ref and not t.get("revoked")
+        ]
+        if len(live) != 1:
+            why = "no live token" if not live else f"{len(live)} live tokens (give the id)"
+            err.print(f"[red]token_not_found:[/red] {why} named {ref!r}")
+            raise typer.Exit(1)
+        token_id = int(live[0]["id"])
+    body = _call("DELETE", url, token, f"/workspace/tokens/{token_id}")
+    if as_json:
+        _emit_json(body)
+        return
+    console.print(f"token {token_id} revoked")
 
 
 # ---------------------------------------------------------------- operators
@@ -841,15 +910,21 @@ app.add_typer(secrets_app, name="secrets")
 
 
 @secrets_app.command("new-key")
-def secrets_new_key() -> None:
+def secrets_new_key(as_json: AsJson = False) -> None:
     """Print a fresh Fernet key (for SLUICE_SECRET_KEY)."""
     from cryptography.fernet import Fernet
 
-    console.print(Fernet.generate_key().decode())
+    key = Fernet.generate_key().decode()
+    if as_json:
+        _emit_json({"key": key})
+        return
+    print(key)
 
 
 @secrets_app.command("rotate")
-def secrets_rotate(data_dir: DataDir = Path("./var"), database: Database = None) -> None:
+def secrets_rotate(
+    data_dir: DataDir = Path("./var"), database: Database = None, as_json: AsJson = False
+) -> None:
     """Re-encrypt every stored secret under a new key (refused while the service runs).
 
     With the key file (data_dir/secrets.key) a new key is generated: it is added in front
@@ -874,12 +949,12 @@ def secrets_rotate(data_dir: DataDir = Path("./var"), database: Database = None)
         err.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(2) from None
     try:
-        _rotate(settings, env, path, old)
+        _rotate(settings, env, path, old, as_json=as_json)
     finally:
         lock.release()
 
 
-def _rotate(settings: Any, env: str | None, path: Path, old: list[Any]) -> None:
+def _rotate(settings: Any, env: str | None, path: Path, old: list[Any], *, as_json: bool) -> None:
     from cryptography.fernet import Fernet
 
     from orchestrator.hub import reseal_secrets
@@ -911,6 +986,9 @@ def _rotate(settings: Any, env: str | None, path: Path, old: list[Any]) -> None:
         engine.dispose()
     if new_key is not None:
         write_private(path, new_key + "\n")
+    if as_json:
+        _emit_json({"adapters": n, "key_file": str(path) if new_key is not None else None})
+    elif new_key is not None:
         console.print(f"re-encrypted the secrets of {n} adapters; {path} holds the new key only")
     else:
         console.print(

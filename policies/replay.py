@@ -38,7 +38,10 @@ Timed = tuple[float, Signal]
 
 def read_signals(path: Path) -> list[Timed]:
     """Read a signal file; errors name the file and the signal's position."""
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValidationFailed(f"{path}: cannot read it: {exc.strerror or exc}") from None
     try:
         data: Any = json.loads(text) if path.suffix == ".json" else yaml_rs.loads(text)
     except (ValueError, yaml_rs.YAMLDecodeError) as exc:
