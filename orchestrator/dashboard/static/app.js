@@ -179,7 +179,7 @@ async function render() {
   const page = PAGES[S.page] || PAGES.overview;
   try {
     const content = await page();
-    view.replaceChildren(...[content].flat(Infinity));
+    view.replaceChildren(...[content].flat(Infinity).filter((x) => x !== null && x !== undefined));
     view.dataset.page = S.page;
   } catch (e) {
     if (e.status === 401) { showLogin(); return; }

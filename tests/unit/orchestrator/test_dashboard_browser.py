@@ -106,6 +106,7 @@ def shoot(driver: Any, shots: Path, base: str, page: str, ready: str) -> Path:
     until(f"page {page}", lambda: css(driver, ready))
     text = driver.execute_script("return document.getElementById('view').innerText")
     assert "[object " not in text and "undefined" not in text, text
+    assert "null" not in [line.strip() for line in text.splitlines()], text  # a stray null
     path = shots / f"{page.replace('/', '-')}.png"
     driver.save_screenshot(str(path))
     assert path.stat().st_size > 5000, f"{path} looks empty"
