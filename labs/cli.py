@@ -130,7 +130,7 @@ def status(
     """Show the running lab and ask its adapter for a health check."""
     state = _load(state_dir)
     if state is None:
-        typer.echo("no lab is up")
+        typer.echo(json.dumps({"lab_id": None}) if as_json else "no lab is up")
         raise typer.Exit(1)
     present = set(list_netns())
     namespaces = {ns: ns in present for ns in state["lab"]["namespaces"]}
@@ -155,15 +155,19 @@ def status(
 
 
 @app.command()
-def down(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
+def down(
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
     """Kill the lab's processes, delete its namespaces and work directory."""
     state = _load(state_dir)
     if state is None:
-        typer.echo("no lab is up")
+        typer.echo(json.dumps({"down": None}) if as_json else "no lab is up")
         return
     destroy_from_state(state["lab"])
     _state_file(state_dir).unlink(missing_ok=True)
-    typer.echo(f"lab {state['lab']['lab_id']} is down")
+    lab_id = state["lab"]["lab_id"]
+    typer.echo(json.dumps({"down": lab_id}) if as_json else f"lab {lab_id} is down")
 
 
 def main() -> None:  # pragma: no cover - console entry

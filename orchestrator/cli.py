@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import os
 from datetime import datetime
 from importlib.metadata import version as package_version
@@ -120,24 +119,34 @@ def serve(
     log_level: Annotated[str, typer.Option(envvar="SLUICE_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the service (REST API, dispatcher, TTL expiry, reconciliation)."""
+    from orchestrator import logfmt
+    from orchestrator.settings import Settings
+
+    with logfmt.configured(log_level):
+        _serve(
+            Settings(
+                data_dir=data_dir,
+                policy_dir=policy_dir,
+                database_url=database_url,
+                host=host,
+                port=port,
+            ),
+            log_level,
+        )
+
+
+def _serve(settings: Settings, log_level: str) -> None:
     import uvicorn
 
-    from orchestrator import logfmt
     from orchestrator.api import server
     from orchestrator.api.app import create_app
     from orchestrator.instance import InstanceLock
     from orchestrator.service import Service
-    from orchestrator.settings import Settings
     from policies.errors import SluiceError
     from policies.schema import load_policy
 
-    logfmt.configure(log_level)
-    # APScheduler logs every run of our sub-second jobs at INFO; its warnings still show
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.root.level))
+    policy_dir = settings.policy_dir
     os.umask(0o077)  # files the service creates (store, keys, anchor) are its own alone
-    settings = Settings(
-        data_dir=data_dir, policy_dir=policy_dir, database_url=database_url, host=host, port=port
-    )
     # one service per data directory: taken before the store, the policy or any speaker is
     # touched, so a second `serve` changes nothing (the kernel drops it when we die)
     lock = InstanceLock(settings.data_dir)
@@ -198,6 +207,10 @@ STATE_STYLE = {
     "degraded": "yellow",
     "down": "bold red",
     "error": "bold red",
+    "enabled": "green",
+    "disabled": "dim",
+    "refused": "bold red",
+    "revoked": "dim",
 }
 
 
@@ -409,11 +422,12 @@ def rules_withdraw(
         f"/mitigation/rules/{rule_id}",
         content=json.dumps({"reason": reason}) if reason else None,
     )
+    r = res["rule"]
     if as_json:
         _emit_json(res)
-        return
-    r = res["rule"]
-    console.print(f"rule {r['id']}: {_styled(r['state'])}")
+    else:
+        console.print(f"rule {r['id']}: {_styled(r['state'])}")
+    _rule_outcome(r)
 
 
 # ---------------------------------------------------------------- adapters
@@ -638,16 +652,14 @@ def audit_verify(
             body.get("code") or ("ok" if body["valid"] else "entry_modified"),
         )
     if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "valid": valid,
-                    "code": code,
-                    "entries": entries,
-                    "first_bad_id": bad,
-                    "problem": problem or None,
-                }
-            )
+        _emit_json(
+            {
+                "valid": valid,
+                "code": code,
+                "entries": entries,
+                "first_bad_id": bad,
+                "problem": problem or None,
+            }
         )
     elif valid:
         console.print(f"audit log intact: {entries} entries")
@@ -673,6 +685,7 @@ def tokens_create(
     data_dir: DataDir = Path("./var"),
     url: Url = DEFAULT_URL,
     token: Token = "",
+    as_json: AsJson = False,
 ) -> None:
     """Create an API token; it is printed once."""
     if database:
@@ -693,14 +706,201 @@ def tokens_create(
             raise typer.Exit(1) from None
         finally:
             engine.dispose()
+        if as_json:
+            _emit_json(
+                {
+                    "ok": True,
+                    "token": made,
+                    "id": info.id,
+                    "name": info.name,
+                    "scope": info.scope,
+                    "expires_at": info.expires_at.isoformat() if info.expires_at else None,
+                }
+            )
+            return
         err.print(f"created token {info.id} ({info.scope}); shown only now:")
-        console.print(made)
+        print(made)
         return
     body: dict[str, Any] = {"name": name, "scope": scope}
     if expires_in:
         body["expires_in"] = expires_in
     res = _call("POST", url, token, "/workspace/tokens", json=body)
-    console.print(res["token"])
+    if as_json:
+        _emit_json(res)
+        return
+    err.print(f"created token {res['id']} {res['name']} ({res['role']}); shown only now:")
+    print(res["token"])
+
+
+@tokens_app.command("list")
+def tokens_list(url: Url = DEFAULT_URL, token: Token = "", as_json: AsJson = False) -> None:
+    """API tokens (never their secret): id, name, role, expiry, state."""
+    body = _call("GET", url, token, "/workspace/tokens")
+    if as_json:
+        _emit_json(body)
+        return
+    table = Table(title=f"{len(body['tokens'])} tokens")
+    cols = ("id", "name", "role", "created", "expires", "state")
+    for col in cols:
+        table.add_column(col, overflow="fold")
+    for t in body["tokens"]:
+        state = "revoked" if t.get("revoked") else "active"
+        table.add_row(
+            str(t["id"]),
+            str(t["name"]),
+            str(t.get("role") or t.get("scope")),
+            _when(t.get("created_at")),
+            _when(t.get("expires_at")) if t.get("expires_at") else "never",
+            _styled(state),
+        )
+    console.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    ref: Annotated[str, typer.Argument(help="Token id or name.")],
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
+    """Revoke an API token, named by id or by name."""
+    if ref.isdigit():
+        token_id = int(ref)
+    else:
+        live = [
+            t
+            for t in _call("GET", url, token, "/workspace/tokens")["tokens"]
+            if t["name"] == ref and not t.get("revoked")
+        ]
+        if len(live) != 1:
+            why = "no live token" if not live else f"{len(live)} live tokens (give the id)"
+            err.print(f"[red]token_not_found:[/red] {why} named {ref!r}")
+            raise typer.Exit(1)
+        token_id = int(live[0]["id"])
+    body = _call("DELETE", url, token, f"/workspace/tokens/{token_id}")
+    if as_json:
+        _emit_json(body)
+        return
+    console.print(f"token {token_id} revoked")
+
+
+# ---------------------------------------------------------------- operators
+
+operators_app = typer.Typer(
+    help="Operator accounts of the dashboard (admin scope).", no_args_is_help=True
+)
+app.add_typer(operators_app, name="operators")
+Password = Annotated[
+    str,
+    typer.Option(
+        prompt=True,
+        hide_input=True,
+        confirmation_prompt=True,
+        envvar="SLUICE_OPERATOR_PASSWORD",
+        help="The password (asked for when not given; at least 12 characters).",
+    ),
+]
+
+
+def _operator_line(o: dict[str, Any]) -> str:
+    state = _styled("disabled") if o["disabled"] else _styled("enabled")
+    return f"operator {o['username']}: {o['role']}, {state}"
+
+
+@operators_app.command("list")
+def operators_list(url: Url = DEFAULT_URL, token: Token = "", as_json: AsJson = False) -> None:
+    """Operator accounts with their role and last login."""
+    body = _call("GET", url, token, "/workspace/operators")
+    if as_json:
+        _emit_json(body)
+        return
+    table = Table(title=f"{len(body['operators'])} operators")
+    for col in ("id", "username", "role", "state", "created", "last login"):
+        table.add_column(col, overflow="fold")
+    for o in body["operators"]:
+        table.add_row(
+            str(o["id"]),
+            o["username"],
+            o["role"],
+            _styled("disabled" if o["disabled"] else "enabled"),
+            _when(o["created_at"]),
+            _when(o["last_login_at"]),
+        )
+    console.print(table)
+
+
+@operators_app.command("create")
+def operators_create(
+    username: str,
+    password: Password,
+    role: Annotated[str, typer.Option(help="viewer, operator or admin")] = "viewer",
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
+    """Create an operator account."""
+    body = _call(
+        "POST",
+        url,
+        token,
+        "/workspace/operators",
+        json={"username": username, "password": password, "role": role},
+    )
+    if as_json:
+        _emit_json(body)
+        return
+    o = body["operator"]
+    console.print(f"created operator {o['username']} ({o['role']})")
+
+
+def _change_operator(
+    username: str, change: dict[str, Any], url: str, token: str, as_json: bool
+) -> None:
+    body = _call("PATCH", url, token, f"/workspace/operators/{username}", json=change)
+    if as_json:
+        _emit_json(body)
+        return
+    console.print(_operator_line(body["operator"]))
+
+
+@operators_app.command("set-role")
+def operators_set_role(
+    username: str,
+    role: Annotated[str, typer.Argument(help="viewer, operator or admin")],
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
+    """Change an operator's role (its login sessions end)."""
+    _change_operator(username, {"role": role}, url, token, as_json)
+
+
+@operators_app.command("reset-password")
+def operators_reset_password(
+    username: str,
+    password: Password,
+    url: Url = DEFAULT_URL,
+    token: Token = "",
+    as_json: AsJson = False,
+) -> None:
+    """Set a new password for an operator (its login sessions end)."""
+    _change_operator(username, {"password": password}, url, token, as_json)
+
+
+@operators_app.command("disable")
+def operators_disable(
+    username: str, url: Url = DEFAULT_URL, token: Token = "", as_json: AsJson = False
+) -> None:
+    """Disable an operator (its sessions end; the last enabled admin stays)."""
+    _change_operator(username, {"disabled": True}, url, token, as_json)
+
+
+@operators_app.command("enable")
+def operators_enable(
+    username: str, url: Url = DEFAULT_URL, token: Token = "", as_json: AsJson = False
+) -> None:
+    """Enable a disabled operator again."""
+    _change_operator(username, {"disabled": False}, url, token, as_json)
 
 
 # ---------------------------------------------------------------- secrets at rest
@@ -710,15 +910,21 @@ app.add_typer(secrets_app, name="secrets")
 
 
 @secrets_app.command("new-key")
-def secrets_new_key() -> None:
+def secrets_new_key(as_json: AsJson = False) -> None:
     """Print a fresh Fernet key (for SLUICE_SECRET_KEY)."""
     from cryptography.fernet import Fernet
 
-    console.print(Fernet.generate_key().decode())
+    key = Fernet.generate_key().decode()
+    if as_json:
+        _emit_json({"key": key})
+        return
+    print(key)
 
 
 @secrets_app.command("rotate")
-def secrets_rotate(data_dir: DataDir = Path("./var"), database: Database = None) -> None:
+def secrets_rotate(
+    data_dir: DataDir = Path("./var"), database: Database = None, as_json: AsJson = False
+) -> None:
     """Re-encrypt every stored secret under a new key (refused while the service runs).
 
     With the key file (data_dir/secrets.key) a new key is generated: it is added in front
@@ -743,12 +949,12 @@ def secrets_rotate(data_dir: DataDir = Path("./var"), database: Database = None)
         err.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(2) from None
     try:
-        _rotate(settings, env, path, old)
+        _rotate(settings, env, path, old, as_json=as_json)
     finally:
         lock.release()
 
 
-def _rotate(settings: Any, env: str | None, path: Path, old: list[Any]) -> None:
+def _rotate(settings: Any, env: str | None, path: Path, old: list[Any], *, as_json: bool) -> None:
     from cryptography.fernet import Fernet
 
     from orchestrator.channels.service import reseal_channel_secrets
@@ -782,6 +988,9 @@ def _rotate(settings: Any, env: str | None, path: Path, old: list[Any]) -> None:
         engine.dispose()
     if new_key is not None:
         write_private(path, new_key + "\n")
+    if as_json:
+        _emit_json({"resealed": n, "key_file": str(path) if new_key is not None else None})
+    elif new_key is not None:
         console.print(
             f"re-encrypted the secrets of {n} adapters and alert channels; "
             f"{path} holds the new key only"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -38,6 +40,33 @@ class OneLineFormatter(logging.Formatter):
 
     def formatStack(self, stack_info: str) -> str:  # noqa: N802
         return "\n".join("    " + escape(line) for line in stack_info.splitlines())
+
+
+@contextmanager
+def configured(level: str) -> Iterator[None]:
+    """The service's logging while the block runs; the root logger's handlers, its level
+    and APScheduler's level as they were afterwards.
+
+    ``sluice serve`` run in-process (tests drive it through typer's runner, whose stderr
+    is closed after each call) would otherwise leave a handler on a closed stream, and
+    every later log line would print ``--- Logging error ---``.
+    """
+    root = logging.getLogger()
+    sched = logging.getLogger("apscheduler")
+    saved = (list(root.handlers), root.level, sched.level)
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter(FORMAT))
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    # APScheduler logs every run of our sub-second jobs at INFO; its warnings still show
+    sched.setLevel(max(logging.WARNING, root.level))
+    try:
+        yield
+    finally:
+        handler.flush()
+        root.handlers = saved[0]
+        root.setLevel(saved[1])
+        sched.setLevel(saved[2])
 
 
 def configure(level: str) -> None:

@@ -9,6 +9,11 @@ Two sources, both read at scrape time:
   counters and histograms (decisions, guardrail refusals, rule failures, session flaps,
   policy reloads, time from request to announce, expiry lateness). Each scrape reads only
   what was appended since the last one, so the cost stays flat as the log grows.
+
+A scrape far behind the log (the first one, or after a storm) does not walk it row by
+row in Python: it asks the database for the same counters and histogram buckets as
+aggregates (``GROUP BY`` and ``SUM(CASE ...)`` up to the newest id it saw,
+:meth:`SluiceCollector._aggregate`), then follows from there.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -27,11 +32,13 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Float, Integer, String, and_, case, cast, func, or_, select
 
 from orchestrator.store.models import decisions, events, incidents, rules
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from orchestrator.runtime import PolicyRuntime
     from orchestrator.service import Service
 
@@ -67,7 +74,13 @@ def _le(b: float) -> str:
 
 
 class SluiceCollector(Collector):
-    def __init__(self, service: Service, runtime: PolicyRuntime | None = None) -> None:
+    def __init__(
+        self,
+        service: Service,
+        runtime: PolicyRuntime | None = None,
+        *,
+        aggregate_after: int | None = PAGE,
+    ) -> None:
         self.service = service
         self.runtime = runtime
         self._lock = threading.Lock()
@@ -78,12 +91,101 @@ class SluiceCollector(Collector):
         self.refusals: Counter[str] = Counter()
         self.announce = Histogram(ANNOUNCE_BUCKETS)
         self.lateness = Histogram(LATENESS_BUCKETS)
+        # how far behind the log a scrape asks the database to aggregate rather than read
+        # the rows (None: always read them; the tests compare both ways)
+        self.aggregate_after = aggregate_after
+
+    # ------------------------------------------------------------ the log, aggregated once
+
+    def _seconds_between(self, a: Any, b: Any) -> ColumnElement[Any]:
+        """``a - b`` in seconds, to the microsecond, computed by the database."""
+        if self.service.engine.dialect.name == "sqlite":
+            # stored as 'YYYY-MM-DD HH:MM:SS.ffffff' (naive UTC): whole seconds + micros
+            whole = cast(func.strftime("%s", a), Integer) - cast(func.strftime("%s", b), Integer)
+            micro = cast(func.substr(a, 21, 6), Integer) - cast(func.substr(b, 21, 6), Integer)
+            return cast(whole * 1_000_000 + micro, Float) / 1_000_000.0  # as total_seconds()
+        return cast(func.extract("epoch", a - b), Float)
+
+    def _histogram(
+        self, conn: Connection, hist: Histogram, kind: str, since: Any, upto: Any
+    ) -> None:
+        # the difference once per row: a subquery SQLite cannot fold into the aggregate
+        # (it has a LIMIT), so the buckets compare a number, not re-parse two timestamps
+        diffs = (
+            select(self._seconds_between(events.c.at, since).label("d"))
+            .select_from(events.join(rules, rules.c.id == events.c.rule_id))
+            .where(upto, events.c.kind == kind, since.is_not(None))
+            .limit(2**62)
+            .subquery()
+        )
+        d = diffs.c.d
+        cols: list[ColumnElement[Any]] = [func.count(), func.coalesce(func.sum(d), 0.0)]
+        cols += [func.coalesce(func.sum(case((d <= b, 1), else_=0)), 0) for b in hist.bounds]
+        row = conn.execute(select(*cols).select_from(diffs)).one()
+        hist.total += int(row[0])
+        hist.sum += float(row[1])
+        for i, n in enumerate(row[2:]):
+            hist.counts[i] += int(n)
+
+    def _aggregate(self, conn: Connection, head: int, dhead: int) -> None:
+        """Counters and histograms of the log up to ``head``, aggregated by the database."""
+        svc = self.service
+        since = events.c.id > self._event_cursor
+        upto = and_(since, events.c.id <= head)
+        # rule events carry their adapter; only older rows without it need the rule's
+        groups: list[Any] = list(
+            conn.execute(
+                select(events.c.kind, events.c.adapter_id, func.count())
+                .where(upto, or_(events.c.adapter_id.is_not(None), events.c.rule_id.is_(None)))
+                .group_by(events.c.kind, events.c.adapter_id)
+            ).all()
+        )
+        groups += conn.execute(
+            select(events.c.kind, rules.c.adapter_id, func.count())
+            .select_from(events.join(rules, rules.c.id == events.c.rule_id))
+            .where(upto, events.c.adapter_id.is_(None))
+            .group_by(events.c.kind, rules.c.adapter_id)
+        ).all()
+        for kind, adapter_id, n in groups:
+            name = svc.hub.name_of(adapter_id) if adapter_id is not None else ""
+            self.events_by_kind[(kind, name)] += int(n)
+        self._histogram(conn, self.announce, "rule.active", rules.c.created_at, upto)
+        self._histogram(conn, self.lateness, "rule.expired", rules.c.expires_at, upto)
+        dupto = and_(decisions.c.id > self._decision_cursor, decisions.c.id <= dhead)
+        for status, n in conn.execute(
+            select(decisions.c.status, func.count()).where(dupto).group_by(decisions.c.status)
+        ).all():
+            self.decisions[status] += int(n)
+        # refusals are few: only the decisions that have any are read
+        for (refused,) in conn.execute(
+            select(decisions.c.refused).where(
+                and_(dupto, cast(decisions.c.refused, String) != "[]")
+            )
+        ).all():
+            self._count_refusals(refused)
+        self._event_cursor, self._decision_cursor = head, dhead
+
+    def _count_refusals(self, refused: Any) -> None:
+        for item in refused or []:
+            code = item.get("code", "refused") if isinstance(item, dict) else "refused"
+            self.refusals[str(code)] += 1
 
     # ------------------------------------------------------------ the log, incrementally
 
     def _follow(self) -> None:
         svc = self.service
         with svc.engine.connect() as conn:
+            head = int(conn.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar_one())
+            if (
+                self.aggregate_after is not None
+                and head - self._event_cursor > self.aggregate_after
+            ):
+                # far behind (the first scrape, or a storm since the last one): the
+                # database counts, rather than this process reading every row
+                dhead = int(
+                    conn.execute(select(func.coalesce(func.max(decisions.c.id), 0))).scalar_one()
+                )
+                self._aggregate(conn, head, dhead)
             while True:
                 rows = conn.execute(
                     select(
@@ -121,9 +223,7 @@ class SluiceCollector(Collector):
                 ).all()
                 for d in drows:
                     self.decisions[d.status] += 1
-                    for item in d.refused or []:
-                        code = item.get("code", "refused") if isinstance(item, dict) else "refused"
-                        self.refusals[str(code)] += 1
+                    self._count_refusals(d.refused)
                 if drows:
                     self._decision_cursor = int(drows[-1].id)
                 if len(drows) < PAGE:

@@ -118,28 +118,91 @@ class OperatorStore:
         """Disable an account and end its sessions; the last enabled admin stays."""
         now = datetime.now(UTC)
         with write(self.engine) as conn:
-            row = conn.execute(
-                select(operators).where(
-                    operators.c.username == username, operators.c.disabled_at.is_(None)
-                )
-            ).first()
-            if row is None:
-                raise NotFound(f"operator {username!r} does not exist", code="operator_not_found")
-            if row.role == "admin":
-                admins = conn.execute(
-                    select(func.count())
-                    .select_from(operators)
-                    .where(operators.c.role == "admin", operators.c.disabled_at.is_(None))
-                ).scalar_one()
-                if admins <= 1:
-                    raise Conflict(
-                        "this is the last enabled admin operator", code="last_admin_operator"
-                    )
+            row = self._enabled(conn, username)
+            self._keep_an_admin(conn, row)
             conn.execute(update(operators).where(operators.c.id == row.id).values(disabled_at=now))
             conn.execute(delete(operator_sessions).where(operator_sessions.c.operator_id == row.id))
             self.audit.append(
                 conn, actor=actor, action="operator.disable", target=f"operator:{username}"
             )
+
+    def _enabled(self, conn: Any, username: str) -> Any:
+        row = conn.execute(
+            select(operators).where(
+                operators.c.username == username, operators.c.disabled_at.is_(None)
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"operator {username!r} does not exist", code="operator_not_found")
+        return row
+
+    def _keep_an_admin(self, conn: Any, row: Any) -> None:
+        if row.role != "admin":
+            return
+        admins = conn.execute(
+            select(func.count())
+            .select_from(operators)
+            .where(operators.c.role == "admin", operators.c.disabled_at.is_(None))
+        ).scalar_one()
+        if admins <= 1:
+            raise Conflict("this is the last enabled admin operator", code="last_admin_operator")
+
+    def set_role(self, username: str, role: str, *, actor: str) -> dict[str, Any]:
+        """Change an operator's role; its sessions end (they carry the old role)."""
+        if role not in ROLES:
+            raise ValidationFailed(f"role must be one of {', '.join(ROLES)}", field="role")
+        with write(self.engine) as conn:
+            row = self._enabled(conn, username)
+            if role != "admin":
+                self._keep_an_admin(conn, row)
+            conn.execute(update(operators).where(operators.c.id == row.id).values(role=role))
+            conn.execute(delete(operator_sessions).where(operator_sessions.c.operator_id == row.id))
+            self.audit.append(
+                conn,
+                actor=actor,
+                action="operator.role",
+                target=f"operator:{username}",
+                detail={"from": row.role, "to": role},
+            )
+        return self.get(username)
+
+    def reset_password(self, username: str, password: str, *, actor: str) -> dict[str, Any]:
+        """Set a new password; the operator's sessions end."""
+        if len(password) < MIN_PASSWORD:
+            raise ValidationFailed(
+                f"a password must have at least {MIN_PASSWORD} characters", field="password"
+            )
+        digest = _hasher.hash(password)
+        with write(self.engine) as conn:
+            row = self._enabled(conn, username)
+            conn.execute(
+                update(operators).where(operators.c.id == row.id).values(password_hash=digest)
+            )
+            conn.execute(delete(operator_sessions).where(operator_sessions.c.operator_id == row.id))
+            self.audit.append(
+                conn, actor=actor, action="operator.password", target=f"operator:{username}"
+            )
+        return self.get(username)
+
+    def enable(self, username: str, *, actor: str) -> dict[str, Any]:
+        with write(self.engine) as conn:
+            row = conn.execute(select(operators).where(operators.c.username == username)).first()
+            if row is None:
+                raise NotFound(f"operator {username!r} does not exist", code="operator_not_found")
+            if row.disabled_at is not None:
+                conn.execute(
+                    update(operators).where(operators.c.id == row.id).values(disabled_at=None)
+                )
+                self.audit.append(
+                    conn, actor=actor, action="operator.enable", target=f"operator:{username}"
+                )
+        return self.get(username)
+
+    def get(self, username: str) -> dict[str, Any]:
+        for item in self.list():
+            if item["username"] == username:
+                return item
+        raise NotFound(f"operator {username!r} does not exist", code="operator_not_found")
 
     # ------------------------------------------------------------ sessions
 

@@ -18,14 +18,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 
 from orchestrator import events as ev
 from orchestrator.cluster import write
 from orchestrator.runtime import PolicyRuntime
-from orchestrator.store.models import kv
+from orchestrator.store.models import incidents, kv
 from policies.errors import PolicyInvalid, ReadOnly
 from policies.layer import (
+    KEYED_SECTIONS,
     TIMING,
     allow_key,
     compose,
@@ -36,6 +38,7 @@ from policies.layer import (
     threshold_key,
 )
 from policies.schema import Policy
+from policies.signals import Signal
 
 log = logging.getLogger("sluice.policy")
 LAYER_KEY = "policy_layer"
@@ -129,6 +132,37 @@ class PolicyDocument:
         self.layer = layer
         self.service.set_policy(policy, sync_adapters=False)
         return policy
+
+    def compose(self, layer: dict[str, Any]) -> Policy:
+        """The files with ``layer`` over them instead of the stored layer (nothing saved)."""
+        return compose(self.files, layer, self._api_adapters())
+
+    def ignored(self, layer: dict[str, Any]) -> list[str]:
+        """The parts of ``layer`` the files declare (so the layer cannot change them)."""
+        out = []
+        for section in KEYED_SECTIONS:
+            extra = layer.get(section)
+            if isinstance(extra, dict):
+                out += [f"{section}.{k}" for k in extra if declared(self.files, section, k)]
+        if "geo_lockdown" in layer and declared(self.files, "geo_lockdown"):
+            out.append("geo_lockdown")
+        return out
+
+    def recent_signals(self, limit: int) -> list[Signal]:
+        """The last signal of each of the ``limit`` most recent incidents, oldest first."""
+        with self.service.engine.connect() as conn:
+            rows = conn.execute(
+                select(incidents.c.last_signal)
+                .order_by(incidents.c.opened_at.desc(), incidents.c.id)
+                .limit(limit)
+            ).all()
+        out: list[Signal] = []
+        for (raw,) in reversed(rows):
+            try:
+                out.append(Signal.model_validate(raw))
+            except ValidationError:
+                continue  # an incident opened before its first signal was recorded
+        return out
 
     # ------------------------------------------------------------ read-only checks
 

@@ -86,7 +86,7 @@ def _from_service(url: str, token: str) -> dict[str, Any]:
     return document
 
 
-def export_command(
+def export_command(  # noqa: PLR0917  # typer options, passed by name
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here (default: stdout).")
     ] = None,
@@ -99,12 +99,26 @@ def export_command(
     ] = None,
     url: Annotated[str, typer.Option("--url", envvar="SLUICE_URL")] = "http://127.0.0.1:8080",
     token: Annotated[str, typer.Option("--token", envvar="SLUICE_TOKEN")] = "",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print {document, yaml, output} as JSON.")
+    ] = False,
 ) -> None:
     """Write the policy objects created through the API as YAML, to commit."""
+    if not database and not token:
+        typer.echo("error: no API token: pass --token or set SLUICE_TOKEN", err=True)
+        raise typer.Exit(2)
     document = _from_store(database, policy_dir) if database else _from_service(url, token)
     text = to_yaml(document)
-    if output is None:
+    if output is not None:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            typer.echo(f"error: cannot write {output}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
+    if as_json:
+        out = {"document": document, "yaml": text, "output": str(output) if output else None}
+        typer.echo(json.dumps(out, indent=2))
+    elif output is None:
         typer.echo(text, nl=False)
-        return
-    output.write_text(text, encoding="utf-8")
-    typer.echo(f"wrote {output}", err=True)
+    else:
+        typer.echo(f"wrote {output}", err=True)

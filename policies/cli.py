@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -25,12 +25,24 @@ from policies.schema import Check, Policy, load_policy
 DirArg = Annotated[Path, typer.Argument(help="policy directory (*.yaml files)")]
 
 
-def _load(directory: Path, check: Check | None) -> Policy:
+AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+def _load(directory: Path, check: Check | None, *, as_json: bool = False) -> Policy:
+    if not directory.is_dir():
+        _fail(f"{directory}: no such policy directory", as_json)
     try:
         return load_policy(directory, check=check)
     except ValidationFailed as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        _fail(str(exc), as_json, field=exc.field)
+
+
+def _fail(message: str, as_json: bool, field: str | None = None) -> NoReturn:
+    """Exit 1 with the reason on stderr (and, with --json, as JSON on stdout)."""
+    typer.echo(f"error: {message}", err=True)
+    if as_json:
+        typer.echo(json.dumps({"ok": False, "error": message, "field": field}))
+    raise typer.Exit(1)
 
 
 def _print_decision(d: Decision) -> None:
@@ -50,10 +62,21 @@ def make_app(check: Check | None = None) -> typer.Typer:
     app = typer.Typer(help="Check a policy and see what it would do.", no_args_is_help=True)
 
     @app.command()
-    def lint(directory: DirArg) -> None:
+    def lint(directory: DirArg, as_json: AsJson = False) -> None:
         """Validate a policy directory as `sluice serve` does; errors name file, line, field."""
-        policy = _load(directory, check)
+        policy = _load(directory, check, as_json=as_json)
         tiers = ", ".join(t.name for t in policy.escalation.tiers) or "none"
+        if as_json:
+            out = {
+                "ok": True,
+                "directory": str(directory),
+                "tiers": [t.name for t in policy.escalation.tiers],
+                "adapters": [a.name for a in policy.adapters],
+                "thresholds": len(policy.thresholds),
+                "allowlist": len(policy.allowlist),
+            }
+            typer.echo(json.dumps(out, indent=2))
+            return
         typer.echo(
             f"ok: {directory}: tiers {tiers}; {len(policy.adapters)} adapter(s), "
             f"{len(policy.thresholds)} per-host threshold(s), {len(policy.allowlist)} "
@@ -64,18 +87,16 @@ def make_app(check: Check | None = None) -> typer.Typer:
     def explain_cmd(
         directory: DirArg,
         signal: Annotated[Path, typer.Option(help="JSON or YAML file with one signal")],
-        as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+        as_json: AsJson = False,
     ) -> None:
         """What the policy decides for one signal (assuming it lasted past the hold-down)."""
-        policy = _load(directory, None)  # the decision needs no adapter nor secret
+        policy = _load(directory, None, as_json=as_json)  # needs no adapter nor secret
         try:
             signals = read_signals(signal)
         except ValidationFailed as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            _fail(str(exc), as_json)
         if len(signals) != 1:
-            typer.echo(f"error: {signal}: expected one signal, found {len(signals)}", err=True)
-            raise typer.Exit(1)
+            _fail(f"{signal}: expected one signal, found {len(signals)}", as_json)
         decision = explain(policy, signals[0][1])
         if as_json:
             typer.echo(json.dumps(decision.to_dict(), indent=2))
@@ -89,16 +110,34 @@ def make_app(check: Check | None = None) -> typer.Typer:
         current: Annotated[
             Path | None, typer.Option(help="the policy in force (default: an empty policy)")
         ] = None,
+        as_json: AsJson = False,
     ) -> None:
         """What the policy in DIRECTORY would do differently from --current on the signals."""
-        new = _load(directory, None)  # decisions need no adapter nor secret
-        old = _load(current, None) if current is not None else Policy()
+        new = _load(directory, None, as_json=as_json)  # decisions need no adapter nor secret
+        old = _load(current, None, as_json=as_json) if current is not None else Policy()
         try:
             recorded = read_signals(signals)
         except ValidationFailed as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            _fail(str(exc), as_json)
         changes = plan(old, new, recorded)
+        if as_json:
+            out = {
+                "signals": len(recorded),
+                "changed": len(changes),
+                "changes": [
+                    {
+                        "index": c.index,
+                        "at": c.at,
+                        "target": c.target,
+                        "before": c.before.to_dict(),
+                        "after": c.after.to_dict(),
+                        "text": c.describe(),
+                    }
+                    for c in changes
+                ],
+            }
+            typer.echo(json.dumps(out, indent=2))
+            return
         for change in changes:
             typer.echo(change.describe())
         typer.echo(f"{len(changes)} of {len(recorded)} signal(s) decided differently")

@@ -38,7 +38,10 @@ Timed = tuple[float, Signal]
 
 def read_signals(path: Path) -> list[Timed]:
     """Read a signal file; errors name the file and the signal's position."""
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValidationFailed(f"{path}: cannot read it: {exc.strerror or exc}") from None
     try:
         data: Any = json.loads(text) if path.suffix == ".json" else yaml_rs.loads(text)
     except (ValueError, yaml_rs.YAMLDecodeError) as exc:
@@ -169,8 +172,23 @@ class Change:
 
 def plan(current: Policy, new: Policy, signals: list[Timed]) -> list[Change]:
     """Where ``new`` decides differently from ``current`` on the same recorded signals."""
-    before = replay(current, signals)
-    after = replay(new, signals)
+    return _differences(signals, replay(current, signals), replay(new, signals))
+
+
+def plan_each(current: Policy, new: Policy, signals: list[Signal]) -> list[Change]:
+    """Like :func:`plan`, each signal taken alone as an attack past the hold-down.
+
+    For signals that are not one recording (the last signal of each recent incident).
+    """
+    timed = [(float(i), s) for i, s in enumerate(signals)]
+    before = [explain(current, s) for s in signals]
+    after = [explain(new, s) for s in signals]
+    return _differences(timed, before, after)
+
+
+def _differences(
+    signals: list[Timed], before: list[Decision], after: list[Decision]
+) -> list[Change]:
     changes: list[Change] = []
     for i, ((at, sig), b, a) in enumerate(zip(signals, before, after, strict=True)):
         if (b.status, b.tier, _rules(b), sorted(b.withdraw)) != (

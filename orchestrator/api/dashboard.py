@@ -21,7 +21,13 @@ from orchestrator.api.deps import guarded, require, service_of
 from orchestrator.api.envelope import ok
 from orchestrator.events import view as event_view
 from orchestrator.lifecycle import LIVE
-from orchestrator.operators import ROLE_SCOPE, SCOPE_ROLE, SESSION_SECONDS, OperatorStore
+from orchestrator.operators import (
+    MIN_PASSWORD,
+    ROLE_SCOPE,
+    SCOPE_ROLE,
+    SESSION_SECONDS,
+    OperatorStore,
+)
 from orchestrator.service import Service
 from orchestrator.store.models import audit_log, events, incidents, rules
 from orchestrator.tokens import TokenInfo
@@ -63,7 +69,7 @@ class NewOperator(BaseModel):
 
 @api.post("/auth/login")
 async def login(
-    body: Login, store: Operators, request: Request, response: Response
+    body: Login, store: Operators, svc: Svc, request: Request, response: Response
 ) -> dict[str, Any]:
     # a wrong password counts as a failed authentication of this address (429 past the limit)
     sid, sess = guarded(request, lambda: store.login(body.username, body.password))
@@ -76,7 +82,13 @@ async def login(
         secure=request.url.scheme == "https",
         path="/",
     )
-    return ok(username=sess.username, role=sess.role, kind="session", csrf=sess.csrf)
+    return ok(
+        username=sess.username,
+        role=sess.role,
+        kind="session",
+        csrf=sess.csrf,
+        last_event_id=svc.events.last_id(),
+    )
 
 
 @api.post("/auth/logout")
@@ -95,8 +107,12 @@ async def logout(store: Operators, request: Request, response: Response) -> dict
 
 
 @api.get("/auth/me")
-async def me(who: Reader, store: Operators, request: Request) -> dict[str, Any]:
-    """Who the caller is, and for a login session its CSRF token (a reload forgets it)."""
+async def me(who: Reader, store: Operators, svc: Svc, request: Request) -> dict[str, Any]:
+    """Who the caller is, and for a login session its CSRF token (a reload forgets it).
+
+    ``last_event_id`` is where the page starts following the event log's stream: what
+    came before is in the page's first queries, so a load never replays the whole log.
+    """
     sid = request.cookies.get(COOKIE)
     csrf = store.session(sid).csrf if sid and who.id < 0 else None
     return ok(
@@ -105,6 +121,7 @@ async def me(who: Reader, store: Operators, request: Request) -> dict[str, Any]:
         scope=who.scope,
         kind="session" if who.id < 0 else "token",
         csrf=csrf,
+        last_event_id=svc.events.last_id(),
     )
 
 
@@ -116,6 +133,38 @@ async def list_operators(store: Operators, _: Admin) -> dict[str, Any]:
 @api.post("/workspace/operators", status_code=201)
 async def create_operator(body: NewOperator, store: Operators, who: Admin) -> dict[str, Any]:
     return ok(operator=store.create(body.username, body.password, body.role, actor=who.name))
+
+
+class ChangeOperator(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["viewer", "operator", "admin"] | None = None
+    password: Annotated[str, Field(min_length=1, max_length=1000)] | None = None
+    disabled: bool | None = None
+
+
+@api.patch("/workspace/operators/{username}")
+async def change_operator(
+    username: str, body: ChangeOperator, store: Operators, who: Admin
+) -> dict[str, Any]:
+    """Change an operator's role, password or enabled state (its sessions end)."""
+    if body.role is None and body.password is None and body.disabled is None:
+        raise ValidationFailed(
+            "give role, password or disabled", code="missing_parameter", field="role"
+        )
+    if body.password is not None and len(body.password) < MIN_PASSWORD:
+        # checked before anything changes, so a bad body changes nothing
+        raise ValidationFailed(
+            f"a password must have at least {MIN_PASSWORD} characters", field="password"
+        )
+    if body.disabled is False:
+        store.enable(username, actor=who.name)
+    if body.role is not None:
+        store.set_role(username, body.role, actor=who.name)
+    if body.password is not None:
+        store.reset_password(username, body.password, actor=who.name)
+    if body.disabled:
+        store.disable(username, actor=who.name)
+    return ok(operator=store.get(username))
 
 
 @api.delete("/workspace/operators/{username}")

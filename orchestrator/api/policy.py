@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import yaml_rs
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticError
 
 from orchestrator.api.deps import require
 from orchestrator.api.envelope import ok
@@ -21,9 +23,12 @@ from orchestrator.api.schemas import Address, Body, Label, Name
 from orchestrator.policy_doc import PolicyDocument, entry_id
 from orchestrator.policy_export import to_yaml
 from orchestrator.tokens import TokenInfo
+from policies.engine import Decision
 from policies.errors import Conflict, NotFound, PolicyInvalid, ReadOnly, ValidationFailed
-from policies.intents import parse_prefix
+from policies.intents import canonical, parse_prefix
 from policies.layer import allow_key, threshold_key
+from policies.replay import Timed, plan, plan_each
+from policies.signals import Signal
 
 router = APIRouter(tags=["policy"])
 
@@ -385,3 +390,101 @@ async def export_policy(doc: Doc, _: Reader) -> dict[str, Any]:
     """The objects created through the API, as a policy document (YAML) to commit."""
     document = doc.export()
     return ok(document=document, yaml=to_yaml(document))
+
+
+# ---------------------------------------------------------------- plan a change
+
+PLAN_SIGNALS = 1000  # at most this many signals replayed by one plan
+
+
+class PlanChange(Body):
+    """A proposed policy document (the shape ``GET /policy/export`` gives) to compare."""
+
+    document: Annotated[str, Field(max_length=200_000)] | dict[str, Any]
+    # recorded signals (each may carry ``at``, seconds); default: recent incidents' last
+    signals: Annotated[list[dict[str, Any]], Field(max_length=PLAN_SIGNALS)] | None = None
+
+
+def _parse_document(value: str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    try:
+        data = yaml_rs.loads(value) if value.strip() else {}
+    except yaml_rs.YAMLDecodeError as exc:
+        raise ValidationFailed(
+            f"document: not valid YAML/JSON: {exc}", code="invalid_document", field="document"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValidationFailed(
+            "document must be a mapping of policy sections (as /policy/export gives)",
+            code="invalid_document",
+            field="document",
+        )
+    return data
+
+
+def _timed(raw: list[dict[str, Any]]) -> list[Timed]:
+    out: list[Timed] = []
+    for i, item in enumerate(raw):
+        fields = dict(item)
+        at = fields.pop("at", i)
+        try:
+            out.append((float(at), Signal.model_validate(fields)))
+        except (PydanticError, TypeError, ValueError) as exc:
+            raise ValidationFailed(
+                f"signals.{i}: {exc}".splitlines()[0],
+                code="invalid_signal",
+                field=f"signals.{i}",
+            ) from None
+    return out
+
+
+def _decision_view(d: Decision) -> dict[str, Any]:
+    return {
+        "status": d.status,
+        "tier": d.tier,
+        "rules": sorted(f"{canonical(r.intent)} via {r.adapter} ttl {r.ttl}" for r in d.rules),
+        "withdraw": sorted(d.withdraw),
+        "explanation": list(d.explanation),
+    }
+
+
+@router.post("/policy/plan")
+async def plan_policy(body: PlanChange, doc: Doc, _: Reader) -> dict[str, Any]:
+    """What a proposed policy document would decide differently from the policy in force.
+
+    Nothing is saved. The document is composed over the files as a change through the API
+    would be (what the files declare stays theirs: listed in ``ignored``); the signals
+    (a recording, replayed in order as ``sluice policy plan`` does with files) or else the
+    last signal of each of the most recent incidents (each as an attack that lasted past
+    the hold-down) go through both policies.
+    """
+    layer = _parse_document(body.document)
+    proposed = doc.compose(layer)  # PolicyInvalid (422, naming the field) when it is bad
+    current = doc.service.policy
+    if body.signals is not None:
+        recorded = _timed(body.signals)
+        changes, source, n = plan(current, proposed, recorded), "given", len(recorded)
+    else:
+        recent = doc.recent_signals(PLAN_SIGNALS)
+        changes, source, n = plan_each(current, proposed, recent), "recent incidents", len(recent)
+    return ok(
+        signals=n,
+        source=source,
+        ignored=doc.ignored(layer),
+        changed=len(changes),
+        summary=f"{len(changes)} of {n} signal(s) decided differently",
+        changes=[
+            {
+                "index": c.index,
+                "at": c.at,
+                "target": c.target,
+                "before": _decision_view(c.before),
+                "after": _decision_view(c.after),
+                "text": c.describe(),
+            }
+            for c in changes
+        ],
+    )

@@ -4,8 +4,8 @@
    the dashboard's first load in Chromium (navigation to the overview rendered), and the
    delay from a rule's event being committed to its row on the rules page (the page's own
    MutationObserver stamps the moment; both clocks are this machine's wall clock).
-2. With ``--metrics-rules`` rules: the time of a ``/metrics`` scrape, the first one (it
-   reads the whole event log once) and the following ones (only what is new).
+2. With ``--metrics-rules`` rules: the time of a ``/metrics`` scrape, the first one (the
+   database aggregates the whole event log) and the following ones (only what is new).
 """
 
 from __future__ import annotations
@@ -194,8 +194,8 @@ async def metrics(n: int) -> None:
                 print(f"  {line}")
                 rest = ", ".join(f"{t * 1000:.0f}" for t in times[1:])
                 print(
-                    f"/metrics with {n} rules: first scrape {times[0] * 1000:.0f} ms (reads the "
-                    f"whole event log once), then {rest} ms"
+                    f"/metrics with {n} rules: first scrape {times[0] * 1000:.0f} ms (the database "
+                    f"aggregates the whole event log), then {rest} ms"
                 )
         finally:
             server.should_exit = True

@@ -92,6 +92,8 @@ async function doLogout() {
 
 function signedIn(me) {
   S.me = me; S.csrf = me.csrf;
+  // Follow the stream from now: the pages' own queries show what came before.
+  if (!S.lastEvent) S.lastEvent = me.last_event_id || 0;
   document.getElementById("login").hidden = true;
   document.getElementById("nav").hidden = false;
   document.getElementById("logout").hidden = me.kind !== "session";
@@ -135,11 +137,26 @@ function scheduleRefresh(item) {
     incident: () => item.incident_id === S.arg || item.kind.startsWith("rule."),
     adapters: () => item.kind.startsWith("adapter."),
     policy: () => item.kind === "policy.reloaded",
+    runbook: () => false,
   }[S.page];
   if (!relevant || !relevant()) return;
   if (S.refreshTimer) return;
   // Coalesce a burst (a storm writes thousands of events) into one redraw.
-  S.refreshTimer = setTimeout(() => { S.refreshTimer = null; render(); }, 200);
+  S.refreshTimer = setTimeout(redrawWhenIdle, 200);
+}
+
+// A redraw would throw away what the operator is typing (a withdraw reason, a filter, a
+// policy being edited): it waits until that is done.
+function redrawWhenIdle() {
+  const view = document.getElementById("view");
+  const active = document.activeElement;
+  const typing = active && view.contains(active) && ["INPUT", "TEXTAREA", "SELECT"].includes(active.tagName);
+  if (typing || view.querySelector(".withdraw-reason")) {
+    S.refreshTimer = setTimeout(redrawWhenIdle, 300);
+    return;
+  }
+  S.refreshTimer = null;
+  render();
 }
 
 // ------------------------------------------------------------------ routing
@@ -151,7 +168,7 @@ function route(path, push) {
   S.page = parts[0] || "overview"; S.arg = parts[1] || null;
   if (push) history.pushState(null, "", path);
   for (const a of document.querySelectorAll("#nav a")) {
-    a.classList.toggle("current", a.dataset.page === S.page || (S.page === "incident" && a.dataset.page === "incidents"));
+    a.classList.toggle("current", a.dataset.page === S.page || a.dataset.page === `${S.page}s`);
   }
   render();
 }
@@ -162,7 +179,7 @@ async function render() {
   const page = PAGES[S.page] || PAGES.overview;
   try {
     const content = await page();
-    view.replaceChildren(...[content].flat(Infinity));
+    view.replaceChildren(...[content].flat(Infinity).filter((x) => x !== null && x !== undefined));
     view.dataset.page = S.page;
   } catch (e) {
     if (e.status === 401) { showLogin(); return; }
@@ -292,14 +309,61 @@ const PAGES = {
   },
 
   async policy() {
-    const [esc, thr, allow] = await Promise.all([call("GET", "/mitigation/escalation-policy"),
-      call("GET", "/mitigation/thresholds"), call("GET", "/allowlist")]);
+    const [esc, thr, allow, exp] = await Promise.all([call("GET", "/mitigation/escalation-policy"),
+      call("GET", "/mitigation/thresholds"), call("GET", "/allowlist"), call("GET", "/policy/export")]);
     const strip = (d) => { const c = { ...d }; delete c.ok; return c; };
     return [h("h1", {}, "Policy"), h("div", { class: "grid" },
       h("section", { class: "card" }, h("h2", {}, "Tiers (escalation policy)"), h("pre", { id: "policy-tiers" }, JSON.stringify(strip(esc), null, 2))),
       h("section", { class: "card" }, h("h2", {}, "Thresholds"), h("pre", {}, JSON.stringify(strip(thr), null, 2))),
       h("section", { class: "card" }, h("h2", {}, "Allowlist"), h("pre", {}, JSON.stringify(strip(allow), null, 2)))),
-      h("p", { class: "muted" }, "A plan preview of a change needs the API's policy plan endpoint, which this service does not offer yet.")];
+      planForm(exp.yaml)];
+  },
+
+  async runbooks() {
+    const d = await call("GET", "/runbooks");
+    const rows = d.runbooks.map((rb) => {
+      const actions = h("td", { class: "runbook-actions" });
+      if (can("operator")) {
+        actions.append(
+          h("button", { class: "runbook-toggle", "data-runbook": rb.id, onclick: async () => {
+            await call("POST", `/runbooks/${rb.id}/toggle`); render(); } }, rb.active ? "Disable" : "Enable"),
+          h("button", { class: "runbook-test", "data-runbook": rb.id, onclick: async (e) => {
+            e.target.disabled = true;
+            try { await call("POST", `/runbooks/${rb.id}/test`, {}); go(`/ui/runbook/${rb.id}`); }
+            catch (err) { actions.append(h("div", { class: "error" }, err.message)); e.target.disabled = false; }
+          } }, "Test run (dry)"));
+      }
+      return h("tr", { "data-runbook-id": rb.id }, h("td", {}, link(`/ui/runbook/${rb.id}`, rb.name)),
+        h("td", {}, badge(rb.active ? "enabled" : "disabled")),
+        h("td", {}, h("code", {}, JSON.stringify(rb.trigger_conditions || {}))),
+        h("td", {}, rb.steps.map((x) => x.action_type).join(" → ")),
+        h("td", {}, rb.execution_count), h("td", {}, when(rb.last_execution_at)), actions);
+    });
+    return [h("h1", {}, "Runbooks"), rows.length
+      ? table(["Name", "State", "Triggers", "Steps", "Runs", "Last run", ""], rows, { id: "runbooks-table" })
+      : h("p", { class: "muted", id: "runbooks-table" }, "no runbooks yet (POST /api/v1/runbooks)")];
+  },
+
+  async runbook() {
+    const id = S.arg;
+    const [r, x] = await Promise.all([call("GET", `/runbooks/${id}`), call("GET", `/runbooks/${id}/executions?limit=50`)]);
+    const rb = r.runbook;
+    const execs = x.executions.map((e) => h("section", { class: "card execution", "data-execution": e.id },
+      h("div", {}, badge(e.status), ` ${e.mode} `, h("span", { class: "muted" }, e.trigger), ` ${when(e.started_at)}`,
+        e.duration_ms === null ? "" : ` (${e.duration_ms} ms)`,
+        e.incident_id ? [" ", link(`/ui/incident/${e.incident_id}`, "incident")] : ""),
+      e.error ? h("p", { class: "error" }, e.error) : null,
+      table(["#", "Action", "Status", "Took", "Output / error"], e.steps.map((st) => h("tr", { class: "step-result" },
+        h("td", {}, st.index), h("td", {}, st.action_type), h("td", {}, badge(st.status)),
+        h("td", {}, st.duration_ms === null ? "" : `${st.duration_ms} ms`),
+        h("td", {}, st.error ? h("span", { class: "error" }, st.error) : h("code", {}, st.output === null ? "" : JSON.stringify(st.output))))))));
+    return [h("h1", {}, `Runbook ${rb.name} `, badge(rb.active ? "enabled" : "disabled")),
+      rb.description ? h("p", {}, rb.description) : null,
+      h("div", { class: "grid" },
+        h("section", { class: "card" }, h("h2", {}, "Trigger"), h("pre", {}, JSON.stringify(rb.trigger_conditions, null, 2))),
+        h("section", { class: "card" }, h("h2", {}, "Steps"), h("pre", { id: "runbook-steps" }, JSON.stringify(rb.steps, null, 2)))),
+      h("h2", {}, `Executions (${x.total})`),
+      execs.length ? h("div", { id: "executions" }, execs) : h("p", { class: "muted", id: "executions" }, "none yet")];
   },
 
   async audit() {
@@ -352,6 +416,40 @@ const PAGES = {
     return [h("h1", {}, "Operators"), form, table(["Username", "Role", "Last login", ""], rows)];
   },
 };
+
+// The plan preview: edit the API-managed policy document, see what would be decided
+// differently (nothing is saved; POST /policy/plan).
+function planForm(yaml) {
+  if (S.plan === undefined) S.plan = { doc: yaml, signals: "", out: null };
+  const doc = h("textarea", { id: "plan-document", rows: 16, spellcheck: "false" });
+  doc.value = S.plan.doc;
+  const sig = h("textarea", { id: "plan-signals", rows: 4, spellcheck: "false",
+    placeholder: "optional: recorded signals as a JSON list, e.g. [{\"target_ip\": \"192.0.2.1\", \"bps\": \"5G\"}]; empty: the last signal of each recent incident" });
+  sig.value = S.plan.signals;
+  const out = h("div", { id: "plan-result" });
+  const show = (p) => {
+    if (!p) return;
+    if (p.error) { out.replaceChildren(h("p", { class: "error", id: "plan-error" }, p.error)); return; }
+    out.replaceChildren(h("p", { id: "plan-summary" }, `${p.summary} (signals: ${p.source})`),
+      p.ignored.length ? h("p", { class: "muted" }, `declared by the files, unchanged: ${p.ignored.join(", ")}`) : null,
+      p.changes.map((c) => h("pre", { class: "plan-change" }, c.text)));
+  };
+  const run = async () => {
+    S.plan.doc = doc.value; S.plan.signals = sig.value;
+    const body = { document: doc.value };
+    try {
+      if (sig.value.trim()) body.signals = JSON.parse(sig.value);
+      S.plan.out = await call("POST", "/policy/plan", body);
+    } catch (e) { S.plan.out = { error: e.message }; }
+    show(S.plan.out);
+  };
+  show(S.plan.out);
+  return h("section", { class: "card plan" }, h("h2", {}, "Plan a change"),
+    h("p", { class: "muted" }, "The policy objects managed through the API (as sluice policy export writes them). Edit, then preview what would be decided differently; nothing is saved."),
+    doc, sig, h("div", { class: "toolbar" },
+      h("button", { class: "primary", id: "plan-preview", onclick: run }, "Preview plan"),
+      h("button", { onclick: () => { S.plan = undefined; render(); } }, "Reset")), out);
+}
 
 // A table of whatever the API lists: its scalar fields as columns (cell() may override one).
 function autoTable(items, cell, attrs) {

@@ -2,8 +2,10 @@
 
 The service runs behind uvicorn on loopback; the browser logs in as an operator, sees a
 rule created through the API appear without a reload (the event stream), withdraws it from
-the page with a reason and sees it leave; a viewer gets no withdraw button and is refused
-if it tries anyway; every page is saved as a screenshot under the test's tmp directory.
+the page with a reason and sees it leave; runs a runbook's test from its page and sees the
+per-step results, toggles it; previews a policy change's plan; a viewer gets no withdraw
+button and is refused if it tries anyway; every page is saved as a screenshot under the
+test's tmp directory.
 """
 
 from __future__ import annotations
@@ -104,10 +106,24 @@ def shoot(driver: Any, shots: Path, base: str, page: str, ready: str) -> Path:
     until(f"page {page}", lambda: css(driver, ready))
     text = driver.execute_script("return document.getElementById('view').innerText")
     assert "[object " not in text and "undefined" not in text, text
+    assert "null" not in [line.strip() for line in text.splitlines()], text  # a stray null
     path = shots / f"{page.replace('/', '-')}.png"
     driver.save_screenshot(str(path))
     assert path.stat().st_size > 5000, f"{path} looks empty"
     return path
+
+
+def click(driver: Any, selector: str) -> None:
+    """Click the first match, again if a live redraw replaced it under the click."""
+
+    def attempt() -> bool | None:
+        found = css(driver, selector)
+        if not found:
+            return None
+        found[0].click()
+        return True
+
+    until(f"a click on {selector}", attempt)
 
 
 def row_ids(driver: Any) -> set[int]:
@@ -159,6 +175,19 @@ async def test_dashboard_in_chromium(tmp_path: Path) -> None:
         )
         assert r.status_code == 201, r.text
         pcap = r.json()["pcap"]["id"]
+        r = await api.post(
+            "/runbooks",
+            json={
+                "name": "udp response",
+                "trigger_conditions": {"min_severity": "medium", "attack_family": "udp_flood"},
+                "steps": [
+                    {"action_type": "log", "action_config": {"message": "{attack_family}"}},
+                    {"action_type": "wait", "action_config": {"seconds": 0}},
+                ],
+            },
+        )
+        assert r.status_code == 201, r.text
+        runbook = r.json()["runbook"]["id"]
 
         with chromium(tmp_path / "profile-operator") as driver:
             await asyncio.to_thread(log_in, driver, base, "otto")
@@ -189,13 +218,10 @@ async def test_dashboard_in_chromium(tmp_path: Path) -> None:
 
             # withdraw it from the page, with a reason; it leaves the list
             def withdraw() -> None:
-                until(
-                    "the withdraw button",
-                    lambda: css(driver, f"button.withdraw[data-rule='{rule_id}']"),
-                )[0].click()
+                click(driver, f"button.withdraw[data-rule='{rule_id}']")
                 box = until("the reason box", lambda: css(driver, "input.withdraw-reason"))[0]
                 box.send_keys("attack over")
-                css(driver, "button.withdraw-confirm")[0].click()
+                click(driver, "button.withdraw-confirm")
                 until(
                     "the withdrawn rule to leave",
                     lambda: rule_id not in row_ids(driver) and css(driver, "#rules-table"),
@@ -231,6 +257,59 @@ async def test_dashboard_in_chromium(tmp_path: Path) -> None:
                 ]
 
             taken = await asyncio.to_thread(screenshots)
+
+            # runbooks: a test run from the page shows its execution with per-step results
+            def runbook_pages() -> tuple[list[Path], list[str]]:
+                shot = shoot(driver, shots, base, "runbooks", "#runbooks-table")
+                click(driver, ".runbook-test")
+                until("the execution", lambda: css(driver, ".execution .step-result"))
+                steps = [e.text for e in css(driver, ".execution .step-result")]
+                return [shot, shoot(driver, shots, base, f"runbook/{runbook}", ".execution")], steps
+
+            pages, steps = await asyncio.to_thread(runbook_pages)
+            taken += pages
+            execs = (await api.get(f"/runbooks/{runbook}/executions")).json()["executions"]
+            assert [e["mode"] for e in execs] == ["dry_run"], execs
+            # each step's row on the page shows its action and its result
+            want_steps = [(st["action_type"], st["status"]) for st in execs[0]["steps"]]
+            assert [a for a, _ in want_steps] == ["log", "wait"], want_steps
+            assert len(steps) == 2, steps
+            for text, (action, status) in zip(steps, want_steps, strict=True):
+                assert action in text and status in text, (text, action, status)
+
+            def toggle() -> None:
+                driver.execute_script("go('/ui/runbooks')")
+                click(driver, ".runbook-toggle")
+                until("the runbook disabled", lambda: css(driver, "#runbooks-table .s-disabled"))
+
+            await asyncio.to_thread(toggle)
+            assert (await api.get(f"/runbooks/{runbook}")).json()["runbook"]["active"] is False
+
+            # the policy page's plan preview: edit the document, see what would change
+            proposal = "escalation:\n  tiers:\n  - name: huge\n    bps: 100G\n    intents:\n"
+            proposal += "    - type: blackhole\n"
+            want = (await api.post("/policy/plan", json={"document": proposal})).json()
+            assert want["changed"] >= 1, want
+
+            def plan_preview() -> str:
+                driver.execute_script("go('/ui/policy')")
+                box = until("the plan editor", lambda: css(driver, "#plan-document"))[0]
+                assert "tiers:" in box.get_attribute("value")  # the export, to edit
+                box.clear()
+                box.send_keys(proposal)
+                click(driver, "#plan-preview")
+                until(
+                    "the plan", lambda: css(driver, "#plan-summary") or css(driver, "#plan-error")
+                )
+                assert not css(driver, "#plan-error"), css(driver, "#plan-error")[0].text
+                driver.save_screenshot(str(shots / "policy-plan.png"))
+                return str(css(driver, "#plan-summary")[0].text)
+
+            summary = await asyncio.to_thread(plan_preview)
+            assert summary.startswith(want["summary"]), (summary, want)
+            taken.append(shots / "policy-plan.png")
+            esc = (await api.get("/mitigation/escalation-policy")).json()["policy"]
+            assert "huge" not in [t["name"] for t in esc["tiers"]]  # a preview saves nothing
 
             def verify_audit() -> str:
                 driver.execute_script("go('/ui/audit')")
@@ -277,5 +356,5 @@ async def test_dashboard_in_chromium(tmp_path: Path) -> None:
                 await asyncio.to_thread(shoot, driver, shots, base, "operators", "main table")
             )
 
-        assert len(taken) == 11
+        assert len(taken) == 14
         print(f"\nscreenshots: {shots}")

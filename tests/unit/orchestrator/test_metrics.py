@@ -14,11 +14,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from orchestrator.api.app import bootstrap_token, create_app
+from orchestrator.metrics import SluiceCollector
 from orchestrator.service import Service
 from orchestrator.store.models import events, rules
 from tests.conftest import need
@@ -53,6 +55,13 @@ def value(samples: Samples, name: str, **labels: str) -> float:
         f"{name}{labels} missing; have {sorted(k for k in samples if k[0] == name)}"
     )
     return samples[key]
+
+
+def log_samples(collector: SluiceCollector) -> list[tuple[str, dict[str, str], float]]:
+    collector._follow()
+    out = [(s.name, s.labels, s.value) for fam in collector._from_log() for s in fam.samples]
+    assert any(name.startswith("sluice_expiry_lateness") and v for name, _, v in out)
+    return sorted(out, key=lambda x: (x[0], sorted(x[1].items())))
 
 
 async def scrape(
@@ -223,6 +232,12 @@ async def test_series_after_a_scenario(tmp_path: Path) -> None:
         # /metrics at the root needs a token unless the operator made it public
         r = await c.http.get("/metrics")
         assert r.status_code == 401
+
+        # the first scrape's database aggregates equal reading the log row by row
+        aggregated = log_samples(SluiceCollector(svc, aggregate_after=0))
+        row_by_row = log_samples(SluiceCollector(svc, aggregate_after=None))
+        assert [(n, lb) for n, lb, _ in aggregated] == [(n, lb) for n, lb, _ in row_by_row]
+        assert [v for *_, v in aggregated] == pytest.approx([v for *_, v in row_by_row])
     finally:
         await svc.stop()
 

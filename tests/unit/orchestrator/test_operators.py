@@ -155,3 +155,82 @@ async def test_tokens_take_role_names(make_api: Callable[..., Any]) -> None:
     assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope"
     listed = (await api.ok("GET", "/workspace/tokens"))["tokens"]
     assert {(t["scope"], t["role"]) for t in listed} >= {("read", "viewer"), ("write", "operator")}
+
+
+async def test_admin_changes_role_password_and_state(make_api: Callable[..., Any]) -> None:
+    api: Api = await make_api()
+    for name, role in (("ada", "admin"), ("otto", "operator")):
+        r = await api.call(
+            "POST",
+            "/workspace/operators",
+            json={"username": name, "password": PASSWORD, "role": role},
+        )
+        assert r.status_code == 201, r.text
+    osid, _ = await login(api, "otto")
+
+    # a role change ends the operator's sessions (they carried the old role)
+    r = await api.call("PATCH", "/workspace/operators/otto", json={"role": "viewer"})
+    assert r.status_code == 200 and r.json()["operator"]["role"] == "viewer", r.text
+    r = await as_session(api, osid, "GET", "/auth/me")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_session"
+
+    # a new password: the old one no longer logs in
+    new = "an entirely new passphrase"
+    r = await api.call("PATCH", "/workspace/operators/otto", json={"password": new})
+    assert r.status_code == 200, r.text
+    r = await api.call(
+        "POST", "/auth/login", token=None, json={"username": "otto", "password": PASSWORD}
+    )
+    assert r.status_code == 401
+    await login(api, "otto", new)
+
+    # bad bodies change nothing: a short password with a role, an unknown role, nothing
+    for body, field in (
+        ({"role": "admin", "password": "short"}, "password"),
+        ({"role": "root"}, "role"),
+        ({}, "role"),
+    ):
+        r = await api.call("PATCH", "/workspace/operators/otto", json=body)
+        assert r.status_code == 422 and r.json()["error"]["field"].startswith(field), r.text
+    got = (await api.call("GET", "/workspace/operators")).json()["operators"]
+    assert {o["username"]: o["role"] for o in got}["otto"] == "viewer"
+
+    # disable and enable again; unknown names are 404
+    r = await api.call("PATCH", "/workspace/operators/otto", json={"disabled": True})
+    assert r.status_code == 200 and r.json()["operator"]["disabled"] is True
+    r = await api.call(
+        "POST", "/auth/login", token=None, json={"username": "otto", "password": new}
+    )
+    assert r.status_code == 401
+    r = await api.call("PATCH", "/workspace/operators/otto", json={"disabled": False})
+    assert r.status_code == 200 and r.json()["operator"]["disabled"] is False
+    await login(api, "otto", new)
+    r = await api.call("PATCH", "/workspace/operators/nobody", json={"role": "viewer"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "operator_not_found"
+
+    # the last enabled admin keeps its role
+    r = await api.call("PATCH", "/workspace/operators/ada", json={"role": "operator"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "last_admin_operator"
+
+    # admin only: an operator-scope token and an admin's session without CSRF are refused
+    made = (
+        await api.call("POST", "/workspace/tokens", json={"name": "w", "scope": "write"})
+    ).json()
+    r = await api.call(
+        "PATCH", "/workspace/operators/otto", token=made["token"], json={"role": "admin"}
+    )
+    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope"
+    asid, acsrf = await login(api, "ada")
+    r = await as_session(api, asid, "PATCH", "/workspace/operators/otto", json={"role": "admin"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "csrf_failed"
+    r = await as_session(
+        api, asid, "PATCH", "/workspace/operators/otto", acsrf, json={"role": "admin"}
+    )
+    assert r.status_code == 200 and r.json()["operator"]["role"] == "admin"
+    with api.svc.engine.connect() as conn:
+        assert (
+            conn.execute(
+                select(operators.c.role).where(operators.c.username == "otto")
+            ).scalar_one()
+            == "admin"
+        )
