@@ -953,10 +953,20 @@ class Service:
         *,
         adapter_id: int | None = None,
         intent_type: str | None = None,
+        state: str | None = None,
         limit: int = 1000,
         offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
+        """Live rules (``state``: one live state only, e.g. ``suspended``)."""
         cond: list[ColumnElement[bool]] = [rules.c.state.in_([s.value for s in LIVE])]
+        if state is not None:
+            if state not in {s.value for s in LIVE}:
+                raise ValidationFailed(
+                    f"state must be one of {', '.join(sorted(s.value for s in LIVE))} "
+                    f"(live rules; ended ones are in the history), not {state!r}",
+                    field="state",
+                )
+            cond.append(rules.c.state == state)
         if adapter_id is not None:
             cond.append(rules.c.adapter_id == adapter_id)
         if intent_type is not None:
