@@ -1,7 +1,8 @@
 """The event log: what happened, in order, written in the transaction of the change.
 
 Kinds (:class:`Kind`): ``rule.created``, ``rule.pending`` (a retry), ``rule.active``,
-``rule.failed``, ``rule.withdrawing``, ``rule.withdrawn``, ``rule.expired``;
+``rule.failed``, ``rule.suspended`` (its speaker has no session up), ``rule.withdrawing``,
+``rule.withdrawn``, ``rule.expired``;
 ``incident.opened``, ``incident.escalated`` (a tier's rules planned: the first one moves
 the incident to mitigating), ``incident.resolved``, ``incident.expired``,
 ``incident.aggregated`` (a carpet-bombing covering incident formed: targets, window,
@@ -32,6 +33,7 @@ class Kind(enum.StrEnum):
     RULE_PENDING = "rule.pending"
     RULE_ACTIVE = "rule.active"
     RULE_FAILED = "rule.failed"
+    RULE_SUSPENDED = "rule.suspended"
     RULE_WITHDRAWING = "rule.withdrawing"
     RULE_WITHDRAWN = "rule.withdrawn"
     RULE_EXPIRED = "rule.expired"

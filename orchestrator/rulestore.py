@@ -32,6 +32,7 @@ _KIND = {
     State.PENDING: ev.Kind.RULE_PENDING,
     State.ACTIVE: ev.Kind.RULE_ACTIVE,
     State.FAILED: ev.Kind.RULE_FAILED,
+    State.SUSPENDED: ev.Kind.RULE_SUSPENDED,
     State.WITHDRAWING: ev.Kind.RULE_WITHDRAWING,
     State.WITHDRAWN: ev.Kind.RULE_WITHDRAWN,
     State.EXPIRED: ev.Kind.RULE_EXPIRED,

@@ -5,9 +5,11 @@ For each live adapter that is a :class:`~adapters.base.BgpSpeaker`, one task rea
 the bridge, BIRD/FRR polled about once a second). Each change is recorded in the shared
 :class:`~orchestrator.sessions.SessionTracker` (which logs session up/down events). When a
 session comes up the adapter is reconciled at once, so its routes are back without
-waiting for the periodic reconciliation; when no session is established any more the
-adapter's health says so (status ``disconnected``), and ``connected`` again when one
-returns. Watches follow the hub: an adapter created, replaced or deleted is picked up by
+waiting for the periodic reconciliation (reconciliation also makes its ``suspended``
+rules ``active`` again once they are on the wire); when no session is established any
+more the adapter's health says so (status ``disconnected``) and its ``active`` rules
+become ``suspended`` at once (kept, on no wire), and the status is ``connected`` again
+when one returns. Watches follow the hub: an adapter created, replaced or deleted is picked up by
 :meth:`SessionWatcher.sync`, which the service runs every :data:`SYNC_SECONDS`.
 """
 
@@ -38,10 +40,12 @@ class SessionWatcher:
         hub: AdapterHub,
         tracker: SessionTracker,
         reconcile: Callable[[int], Coroutine[Any, Any, ReconcileReport]],
+        suspend: Callable[[int], int] = lambda _adapter_id: 0,
     ) -> None:
         self.hub = hub
         self.tracker = tracker
         self.reconcile = reconcile
+        self.suspend = suspend
         self._tasks: dict[int, tuple[Adapter, asyncio.Task[None]]] = {}
         self._reconciles: set[asyncio.Task[object]] = set()
         self._loop: asyncio.Task[None] | None = None
@@ -88,6 +92,8 @@ class SessionWatcher:
                 if up != was_up:
                     self._health(adapter_id, up, states)
                     was_up = up
+                    if not up:
+                        self._suspend(adapter_id)
                 if came_up:
                     log.info("adapter %s: session up (%s), reconciling", adapter_id, came_up)
                     task = asyncio.get_running_loop().create_task(self._reconcile(adapter_id))
@@ -100,6 +106,12 @@ class SessionWatcher:
         finally:
             with contextlib.suppress(Exception):
                 await watch.aclose()
+
+    def _suspend(self, adapter_id: int) -> None:
+        try:
+            self.suspend(adapter_id)
+        except Exception:  # the database is busy or gone; reconciliation suspends later
+            log.exception("adapter %s: rules not suspended", adapter_id)
 
     async def _reconcile(self, adapter_id: int) -> object:
         """Reconcile now; again a few times while the speaker cannot be read back yet."""

@@ -34,6 +34,7 @@ Admin = Annotated[TokenInfo, Depends(require("admin"))]
 
 @router.get("/rules")
 async def list_rules(
+    *,
     svc: Svc,
     _: Reader,
     adapter_id: Annotated[int, Query(ge=1, le=MAX_ID)] | None = None,

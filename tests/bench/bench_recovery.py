@@ -34,10 +34,8 @@ The last line is a one-line summary (``RESULT ...``) with the load average besid
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ipaddress
 import os
-import signal
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +44,7 @@ from typing import Any
 
 from labs.bird import BirdNode
 from labs.netns import wait_for
+from labs.peers import crash
 from labs.topology import Topology, running
 from tests.bench.bench_mitigate import SPEAKERS
 from tests.integration.test_crash import Server
@@ -68,20 +67,6 @@ def write_policy(pdir: Path, cfg: dict[str, Any]) -> None:
         lines.append("    config:\n")
         lines += [f"      {k}: {v}\n" for k, v in cfg["config"].items()]
     (pdir / "adapters.yaml").write_text("".join(lines))
-
-
-def kill9(node: Any) -> None:
-    """SIGKILL every daemon process of the speaker node (a crash), then let the node tidy
-    its sockets (stopping processes that are already dead does nothing more)."""
-    procs = list(getattr(node, "processes", {}).values())
-    if getattr(node, "process", None) is not None:
-        procs.append(node.process)
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    for proc in procs:
-        proc.popen.wait(10)
-    node.stop()
 
 
 def load() -> str:
@@ -127,6 +112,7 @@ def run(topo: Topology, args: argparse.Namespace, tmp: Path) -> str:
     pdir = tmp / "policy"
     write_policy(pdir, topo.speaker.adapter_config("edge"))
     os.environ["SLUICE_RATE_LIMIT_PER_MINUTE"] = "10000000"  # the bench is not the limiter
+    os.environ["SLUICE_API_WAIT_SECONDS"] = "0"  # answer 201 pending; the RIB is watched
     srv = Server(tmp, pdir, topo.access.allowed_dirs)  # the lab's sockets
     srv.start()
     api = Watch(srv)
@@ -161,7 +147,7 @@ def run(topo: Topology, args: argparse.Namespace, tmp: Path) -> str:
         # 1. the speaker dies
         node: Any = topo.speaker
         t_kill = time.monotonic()
-        kill9(node)
+        crash(node)
         dead = timed(lambda: api.status() != "connected", t_kill, 60, "status not connected")
         suspended = timed(lambda: api.count("active") == 0, t_kill, 60, "no rule active")
         n_susp = api.count("suspended")
