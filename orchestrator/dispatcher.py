@@ -66,6 +66,10 @@ class _Lane:
     carry: Job | None = None
 
 
+# re-announce batches are this many times ``batch_size`` (10,000 ids per statement at most)
+REANNOUNCE_FACTOR = 10
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -187,7 +191,10 @@ class Dispatcher:
                     return
                 first = lane.queue.get_nowait()
             batch = [first]
-            while len(batch) < self.batch_size and not lane.queue.empty():
+            # a returning speaker gets what it lost in few large calls: the routes are all
+            # out before the (slower) write-back of the batch
+            limit = self.batch_size * (REANNOUNCE_FACTOR if first.op == "reannounce" else 1)
+            while len(batch) < limit and not lane.queue.empty():
                 nxt = lane.queue.get_nowait()
                 if nxt.op != first.op:
                     lane.carry = nxt
@@ -244,6 +251,8 @@ class Dispatcher:
             intent = self.intents.get(row.id)
             if intent is None:
                 intent = parse_canonical(row.intent)
+                if op != "withdraw":  # a live rule: keep it parsed for the next send
+                    self.intents[row.id] = intent
             refs.append(RuleRef(row.id, intent, row.key, _context(op, row)))
         return refs
 

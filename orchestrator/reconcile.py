@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Connection, Engine, and_, select
 
 from adapters.base import BgpSpeaker, RuleRef
 from orchestrator.cluster import write
@@ -174,7 +174,10 @@ async def reconcile_adapter(
     unsent = [r.id for r in snapshot if r.state == State.PENDING and r.key not in held]
     dispatcher.submit(adapter_id, "announce", unsent)
 
-    missing = [r.id for r in snapshot if r.state in _ON_AIR and r.key not in held]
+    # a suspended rule the speaker lacks is expected (it restarted empty), not drift
+    lost = [r.id for r in snapshot if r.state == State.SUSPENDED and r.key not in held]
+    report.resent += dispatcher.submit(adapter_id, "reannounce", lost)
+    missing = [r.id for r in snapshot if r.state == State.ACTIVE and r.key not in held]
     if missing:
         report.missing = dispatcher.submit(adapter_id, "reannounce", missing)
         if report.missing:
@@ -222,7 +225,8 @@ def suspend_off_wire(service: Reconciler, adapter_id: int) -> int:
                 )
             )
         ).scalars()
-        moved = service.store.move(
+        moved = _move_chunked(
+            service,
             conn,
             [int(i) for i in ids],
             frm=State.ACTIVE,
@@ -239,6 +243,19 @@ def suspend_off_wire(service: Reconciler, adapter_id: int) -> int:
             len(moved),
         )
     return len(moved)
+
+
+CHUNK = 1000  # ids per statement (SQLite allows 32,766 bound parameters)
+
+
+def _move_chunked(
+    service: Reconciler, conn: Connection, ids: Sequence[int], **move: Any
+) -> list[int]:
+    """:meth:`RuleStore.move` in chunks of :data:`CHUNK` ids, in the caller's transaction."""
+    moved: list[int] = []
+    for i in range(0, len(ids), CHUNK):
+        moved += service.store.move(conn, ids[i : i + CHUNK], **move)
+    return moved
 
 
 def _resume_suspended(
@@ -259,7 +276,8 @@ def _resume_suspended(
     if not back:
         return
     with write(service.engine) as conn:
-        moved = service.store.move(
+        moved = _move_chunked(
+            service,
             conn,
             back,
             frm=State.SUSPENDED,

@@ -5,8 +5,12 @@
 (S one of gobgp, exabgp, bird, frr; the issue's headline is ``--rules 10000``.)
 
 Brings up the lab (the chosen speaker peered with a BIRD receiver) and the real service
-(``sluice serve``) with an adapter for that speaker; creates N blackhole rules through the
-REST API and waits until all N are in the receiver's RIB and every rule is ``active``.
+(``sluice serve``) with an adapter for that speaker, with N blackhole rules: stored first
+by the service in-process on the same data directory (1,000 per transaction, announced and
+confirmed, then that service stops; creating 10,000 rules one POST at a time takes many
+minutes on a loaded machine and is not what is measured), or with ``--via-api`` POSTed to
+the running service. It waits until all N are in the receiver's RIB and every rule is
+``active`` as the API shows them.
 Then the speaker's daemons are killed with SIGKILL (a crash: no NOTIFICATION is sent,
 the kernel closes the TCP sessions) and nothing is done to the service by hand:
 
@@ -34,6 +38,7 @@ The last line is a one-line summary (``RESULT ...``) with the load average besid
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import os
 import tempfile
@@ -46,10 +51,16 @@ from labs.bird import BirdNode
 from labs.netns import wait_for
 from labs.peers import crash
 from labs.topology import Topology, running
+from orchestrator.service import RuleRequest, Service
+from orchestrator.settings import Settings
+from policies.errors import SluiceError
+from policies.intents import build_intent
+from policies.schema import load_policy
 from tests.bench.bench_mitigate import SPEAKERS
 from tests.integration.test_crash import Server
 
 STORM = ipaddress.IPv4Network("198.18.0.0/15")  # RFC 2544 benchmarking range
+NEXT_HOP = "192.0.2.3"  # a free address on the speaker-receiver link (an RTBH next hop)
 DEAD_TARGET_S = 2.0
 BACK_TARGET_S = 5.0
 
@@ -67,6 +78,34 @@ def write_policy(pdir: Path, cfg: dict[str, Any]) -> None:
         lines.append("    config:\n")
         lines += [f"      {k}: {v}\n" for k, v in cfg["config"].items()]
     (pdir / "adapters.yaml").write_text("".join(lines))
+
+
+def seed(tmp: Path, pdir: Path, hosts: list[str], dirs: tuple[Path, ...]) -> None:
+    """Store (and announce) the rules with the service in-process, then stop it."""
+
+    async def go() -> None:
+        settings = Settings(data_dir=tmp / "data", policy_dir=pdir, adapter_dirs=(tmp, *dirs))
+        svc = Service(settings, policy=load_policy(pdir))
+        await svc.start()
+        try:
+            reqs = [
+                RuleRequest(
+                    build_intent({"kind": "blackhole", "prefix": f"{h}/32", "next_hop": NEXT_HOP}),
+                    "edge",
+                    ttl=0,
+                    reason="bench",
+                )
+                for h in hosts
+            ]
+            for i in range(0, len(reqs), 1000):
+                done = svc.create_rules_sync(reqs[i : i + 1000])
+                bad = [r for r in done if isinstance(r, SluiceError)]
+                assert not bad, bad[:3]
+            await svc.dispatcher.drain(600)
+        finally:
+            await svc.stop()
+
+    asyncio.run(go())
 
 
 def load() -> str:
@@ -113,6 +152,9 @@ def run(topo: Topology, args: argparse.Namespace, tmp: Path) -> str:
     write_policy(pdir, topo.speaker.adapter_config("edge"))
     os.environ["SLUICE_RATE_LIMIT_PER_MINUTE"] = "10000000"  # the bench is not the limiter
     os.environ["SLUICE_API_WAIT_SECONDS"] = "0"  # answer 201 pending; the RIB is watched
+    t0 = time.monotonic()
+    if not args.via_api:
+        seed(tmp, pdir, hosts, topo.access.allowed_dirs)
     srv = Server(tmp, pdir, topo.access.allowed_dirs)  # the lab's sockets
     srv.start()
     api = Watch(srv)
@@ -122,7 +164,7 @@ def run(topo: Topology, args: argparse.Namespace, tmp: Path) -> str:
             "target_ip": host,
             "intent_type": "blackhole",
             "adapter_id": "edge",
-            "next_hop": "192.0.2.3",
+            "next_hop": NEXT_HOP,
             "reason": "bench",
         }
         r = srv.api("POST", "/mitigation/rules", json=body)
@@ -132,17 +174,18 @@ def run(topo: Topology, args: argparse.Namespace, tmp: Path) -> str:
         return receiver.count("master4")  # the receiver holds the speaker's routes only
 
     try:
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(post, hosts))
+        if args.via_api:
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(post, hosts))
         wait_for(lambda: in_rib() == n, timeout=600, interval=0.2,
                  what=f"all {n} routes in the receiver")  # fmt: skip
         wait_for(lambda: api.count("active") == n, timeout=300, interval=0.2,
                  what=f"all {n} rules active")  # fmt: skip
         wait_for(lambda: api.status() == "connected", timeout=60, interval=0.2,
                  what="the adapter connected")  # fmt: skip
-        print(f"{args.speaker}: {n} rules created through the API, active and in the "
-              f"receiver in {time.monotonic() - t0:.1f} s (load {load()})")  # fmt: skip
+        how = "through the API" if args.via_api else "in-process, then served"
+        print(f"{args.speaker}: {n} rules created {how}, active and in the receiver in "
+              f"{time.monotonic() - t0:.1f} s (load {load()})")  # fmt: skip
 
         # 1. the speaker dies
         node: Any = topo.speaker
@@ -188,6 +231,10 @@ def run(topo: Topology, args: argparse.Namespace, tmp: Path) -> str:
         )
     finally:
         srv.stop()
+        log = tmp / "serve.log"
+        for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+            if "suspended" in line or "ERROR" in line:
+                print(f"  serve.log: {line}")
 
 
 def main() -> None:
@@ -195,6 +242,7 @@ def main() -> None:
     ap.add_argument("--speaker", choices=sorted(SPEAKERS), default="gobgp")
     ap.add_argument("--rules", type=int, default=300)
     ap.add_argument("--bird-state", choices=("lost", "kept"), default="lost")
+    ap.add_argument("--via-api", action="store_true", help="create the rules by POSTs")
     args = ap.parse_args()
     with (
         running(SPEAKERS[args.speaker](), receivers=("bird",)) as topo,
