@@ -36,6 +36,7 @@ A failed rule is never on the wire (:mod:`orchestrator.lifecycle`):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ async def reconcile_adapter(
     now = service.clock()
     if held is None:
         came_up = await _sessions_came_up(service, adapter_id)
-        suspend_off_wire(service, adapter_id)
+        await suspend_off_wire(service, adapter_id)
         if startup or came_up:
             ids = [r.id for r in snapshot if r.state in _ON_AIR]
             report.resent = dispatcher.submit(adapter_id, "reannounce", ids)
@@ -150,7 +151,7 @@ async def reconcile_adapter(
         sessions_known=sessions_known,
     )
     if sessions_known:
-        suspend_off_wire(service, adapter_id)
+        await suspend_off_wire(service, adapter_id)
         _resume_suspended(service, adapter_id, snapshot=snapshot, held=held, now=now, report=report)
     confirm = [
         r.id
@@ -203,46 +204,62 @@ async def reconcile_adapter(
 _ON_AIR = (State.ACTIVE, State.SUSPENDED)
 
 
-def suspend_off_wire(service: Reconciler, adapter_id: int) -> int:
+async def suspend_off_wire(service: Reconciler, adapter_id: int) -> int:
     """``active`` -> ``suspended`` for every rule of a speaker with no session established.
 
     Uses what the session tracker last saw: nothing happens when no session state is
-    known (not a speaker, or its check failed) or when one session is up. Returns how
-    many rules were suspended.
+    known (not a speaker, or its check failed) or when one session is up. Rules move
+    :data:`CHUNK` per transaction, the loop served between chunks (10,000 rules do not
+    hold up the API), and the move stops when a session is seen up again meanwhile.
+    Returns how many rules were suspended.
     """
     seen = service.sessions.get(adapter_id)
     if seen is None or not seen.states or seen.up:
         return 0
     listed = ", ".join(f"{p} {s}" for p, s in sorted(seen.states.items()))
-    now = service.clock()
-    with write(service.engine) as conn:
-        ids = conn.execute(
-            select(rules.c.id).where(
-                and_(
-                    rules.c.adapter_id == adapter_id,
-                    rules.c.state == State.ACTIVE,
-                    rules.c.dry_run.is_(False),
+    why = (
+        f"no BGP session of the speaker is established ({listed}): the rule is kept but on "
+        "no wire; it is sent again when a session is back"
+    )
+    with service.engine.connect() as conn:
+        ids = [
+            int(i)
+            for i in conn.execute(
+                select(rules.c.id).where(
+                    and_(
+                        rules.c.adapter_id == adapter_id,
+                        rules.c.state == State.ACTIVE,
+                        rules.c.dry_run.is_(False),
+                    )
+                )
+            ).scalars()
+        ]
+    moved = 0
+    for i in range(0, len(ids), CHUNK):
+        now = service.clock()
+        with write(service.engine) as conn:
+            moved += len(
+                service.store.move(
+                    conn,
+                    ids[i : i + CHUNK],
+                    frm=State.ACTIVE,
+                    to=State.SUSPENDED,
+                    now=now,
+                    event="suspended",
+                    why=why,
                 )
             )
-        ).scalars()
-        moved = _move_chunked(
-            service,
-            conn,
-            [int(i) for i in ids],
-            frm=State.ACTIVE,
-            to=State.SUSPENDED,
-            now=now,
-            event="suspended",
-            why=f"no BGP session of the speaker is established ({listed}): the rule is "
-            "kept but on no wire; it is sent again when a session is back",
-        )
+        await asyncio.sleep(0)  # let the API and the watches run
+        seen = service.sessions.get(adapter_id)
+        if seen is None or seen.up:
+            break  # a session is back: reconciliation takes it from here
     if moved:
         log.warning(
             "adapter %s: no BGP session established; %d active rules suspended",
             service.hub.name_of(adapter_id),
-            len(moved),
+            moved,
         )
-    return len(moved)
+    return moved
 
 
 CHUNK = 1000  # ids per statement (SQLite allows 32,766 bound parameters)

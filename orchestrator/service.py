@@ -923,9 +923,9 @@ class Service:
     async def _reconcile(self, adapter_id: int, startup: bool) -> ReconcileReport:
         return await self.reconciler.run(adapter_id, startup=startup)
 
-    def suspend_off_wire(self, adapter_id: int) -> int:
+    async def suspend_off_wire(self, adapter_id: int) -> int:
         """A speaker with no session up: its active rules become suspended (see reconcile)."""
-        return suspend_off_wire(self.reconciler, adapter_id)
+        return await suspend_off_wire(self.reconciler, adapter_id)
 
     async def reconcile_all(self) -> list[ReconcileReport]:
         if not self.leading:

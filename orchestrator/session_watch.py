@@ -40,7 +40,7 @@ class SessionWatcher:
         hub: AdapterHub,
         tracker: SessionTracker,
         reconcile: Callable[[int], Coroutine[Any, Any, ReconcileReport]],
-        suspend: Callable[[int], int] = lambda _adapter_id: 0,
+        suspend: Callable[[int], Coroutine[Any, Any, int]] | None = None,
     ) -> None:
         self.hub = hub
         self.tracker = tracker
@@ -48,6 +48,7 @@ class SessionWatcher:
         self.suspend = suspend
         self._tasks: dict[int, tuple[Adapter, asyncio.Task[None]]] = {}
         self._reconciles: set[asyncio.Task[object]] = set()
+        self._suspends: dict[int, asyncio.Task[None]] = {}
         self._loop: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -93,7 +94,7 @@ class SessionWatcher:
                     self._health(adapter_id, up, states)
                     was_up = up
                     if not up:
-                        self._suspend(adapter_id)
+                        self._start_suspend(adapter_id)
                 if came_up:
                     log.info("adapter %s: session up (%s), reconciling", adapter_id, came_up)
                     task = asyncio.get_running_loop().create_task(self._reconcile(adapter_id))
@@ -107,9 +108,19 @@ class SessionWatcher:
             with contextlib.suppress(Exception):
                 await watch.aclose()
 
-    def _suspend(self, adapter_id: int) -> None:
+    def _start_suspend(self, adapter_id: int) -> None:
+        """Suspend the adapter's active rules in a task (the watch reads on meanwhile)."""
+        running = self._suspends.get(adapter_id)
+        if self.suspend is None or (running is not None and not running.done()):
+            return
+        self._suspends[adapter_id] = asyncio.get_running_loop().create_task(
+            self._suspend(adapter_id)
+        )
+
+    async def _suspend(self, adapter_id: int) -> None:
+        assert self.suspend is not None  # noqa: S101  # checked by _start_suspend
         try:
-            self.suspend(adapter_id)
+            await self.suspend(adapter_id)
         except Exception:  # the database is busy or gone; reconciliation suspends later
             log.exception("adapter %s: rules not suspended", adapter_id)
 
@@ -137,6 +148,7 @@ class SessionWatcher:
 
     async def stop(self) -> None:
         tasks = [t for _, t in self._tasks.values()] + list(self._reconciles)
+        tasks += list(self._suspends.values())
         if self._loop is not None:
             tasks.append(self._loop)
         for task in tasks:
@@ -145,4 +157,5 @@ class SessionWatcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        self._suspends.clear()
         self._loop = None

@@ -156,7 +156,7 @@ def run(topo: Topology, args: argparse.Namespace, tmp: Path) -> str:
     if not args.via_api:
         seed(tmp, pdir, hosts, topo.access.allowed_dirs)
     srv = Server(tmp, pdir, topo.access.allowed_dirs)  # the lab's sockets
-    srv.start()
+    srv.start(ready_timeout=600)  # start-up reconciles the N stored rules
     api = Watch(srv)
 
     def post(host: str) -> None:
@@ -190,6 +190,7 @@ def run(topo: Topology, args: argparse.Namespace, tmp: Path) -> str:
         # 1. the speaker dies
         node: Any = topo.speaker
         t_kill = time.monotonic()
+        print(f"{args.speaker}: killing the speaker at {time.strftime('%H:%M:%S')}")
         crash(node)
         dead = timed(lambda: api.status() != "connected", t_kill, 60, "status not connected")
         suspended = timed(lambda: api.count("active") == 0, t_kill, 60, "no rule active")
@@ -233,7 +234,7 @@ def run(topo: Topology, args: argparse.Namespace, tmp: Path) -> str:
         srv.stop()
         log = tmp / "serve.log"
         for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
-            if "suspended" in line or "ERROR" in line:
+            if "suspended" in line or "ERROR" in line or "Error" in line or "failed" in line:
                 print(f"  serve.log: {line}")
 
 

@@ -51,7 +51,7 @@ class Server:
             limits=httpx.Limits(max_connections=16),
         )
 
-    def start(self) -> None:
+    def start(self, ready_timeout: float = 30.0) -> None:
         env = {
             **os.environ,
             "SLUICE_ADMIN_TOKEN": TOKEN,
@@ -78,7 +78,7 @@ class Server:
                 stderr=log,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/api/v1/health", timeout=1).json().get("ready"):
