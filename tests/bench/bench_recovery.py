@@ -156,7 +156,8 @@ def run(topo: Topology, args: argparse.Namespace, tmp: Path) -> str:
     if not args.via_api:
         seed(tmp, pdir, hosts, topo.access.allowed_dirs)
     srv = Server(tmp, pdir, topo.access.allowed_dirs)  # the lab's sockets
-    srv.start(ready_timeout=600)  # start-up reconciles the N stored rules
+    srv.ready_timeout = 600  # start-up reconciles the N stored rules
+    srv.start()
     api = Watch(srv)
 
     def post(host: str) -> None:
