@@ -251,7 +251,7 @@ async def suspend_off_wire(service: Reconciler, adapter_id: int) -> int:
             )
         await asyncio.sleep(0)  # let the API and the watches run
         seen = service.sessions.get(adapter_id)
-        if seen is None or seen.up:
+        if seen is not None and seen.up:
             break  # a session is back: reconciliation takes it from here
     if moved:
         log.warning(
