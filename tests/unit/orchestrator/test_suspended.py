@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from orchestrator import reconcile
 from orchestrator.lifecycle import HELD, LIVE, State, can_move
 from orchestrator.service import Service
+from orchestrator.sessions import Seen
 from orchestrator.store.models import rules
 from policies.errors import ValidationFailed
 from tests.unit.orchestrator.conftest import add_fake, bh, req
@@ -129,3 +131,55 @@ async def test_state_filter(make_service: Any) -> None:
     with pytest.raises(ValidationFailed) as err:
         svc.list_active(state="withdrawn")
     assert err.value.field == "state"
+
+
+async def three_active(svc: Service, monkeypatch: pytest.MonkeyPatch) -> tuple[int, list[int]]:
+    aid, _ = await add_fake(svc, sessions={PEER: "established"})
+    ids = []
+    for host in ("203.0.113.10", "203.0.113.11", "203.0.113.12"):
+        res = await svc.create_rule(req(bh(host), aid))
+        ids.append(int(res.rule["id"]))
+    await svc.dispatcher.drain(5)
+    await svc.session_watcher.stop()  # this test drives the suspension itself
+    monkeypatch.setattr(reconcile, "CHUNK", 1)  # one rule per transaction
+    svc.sessions.observe(aid, {PEER: "idle"})
+    return aid, ids
+
+
+async def test_suspension_goes_on_when_the_sessions_become_unknown(
+    make_service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = await make_service()
+    aid, ids = await three_active(svc, monkeypatch)
+    move = svc.rule_store.move
+
+    def move_then_forget(*args: Any, **kw: Any) -> list[int]:
+        moved: list[int] = move(*args, **kw)
+        svc.sessions.forget(aid)  # a failed check: the sessions are unknown now
+        return moved
+
+    monkeypatch.setattr(svc.rule_store, "move", move_then_forget)
+    assert await svc.suspend_off_wire(aid) == 3
+    assert {svc.get_rule(i)["state"] for i in ids} == {"suspended"}
+
+
+async def test_suspension_stops_when_a_session_is_back(
+    make_service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = await make_service()
+    aid, ids = await three_active(svc, monkeypatch)
+    move, get = svc.rule_store.move, svc.sessions.get
+    back: list[bool] = []
+
+    def move_then_up(*args: Any, **kw: Any) -> list[int]:
+        moved: list[int] = move(*args, **kw)
+        back.append(True)  # the watch sees a session come up meanwhile
+        return moved
+
+    def seen(adapter_id: int) -> Seen | None:
+        return Seen(0.0, {PEER: "established"}) if back else get(adapter_id)
+
+    monkeypatch.setattr(svc.rule_store, "move", move_then_up)
+    monkeypatch.setattr(svc.sessions, "get", seen)
+    assert await svc.suspend_off_wire(aid) == 1
+    assert sorted(svc.get_rule(i)["state"] for i in ids) == ["active", "active", "suspended"]
