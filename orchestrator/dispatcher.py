@@ -66,10 +66,6 @@ class _Lane:
     carry: Job | None = None
 
 
-# re-announce batches are this many times ``batch_size`` (10,000 ids per statement at most)
-REANNOUNCE_FACTOR = 10
-
-
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -191,10 +187,7 @@ class Dispatcher:
                     return
                 first = lane.queue.get_nowait()
             batch = [first]
-            # a returning speaker gets what it lost in few large calls: the routes are all
-            # out before the (slower) write-back of the batch
-            limit = self.batch_size * (REANNOUNCE_FACTOR if first.op == "reannounce" else 1)
-            while len(batch) < limit and not lane.queue.empty():
+            while len(batch) < self.batch_size and not lane.queue.empty():
                 nxt = lane.queue.get_nowait()
                 if nxt.op != first.op:
                     lane.carry = nxt
