@@ -8,7 +8,8 @@ drop privileges). ``vtysh(...)`` talks to them through that directory.
 
 The BGP config (:func:`render_bgpd`) activates, per :class:`~labs.peers.Neighbor`,
 unicast + FlowSpec of the session's address family, disables the eBGP policy requirement
-and the advertisement interval (routes go out at once). FRR receives FlowSpec but cannot
+and the advertisement interval (routes go out at once), and disables graceful restart
+(see :func:`render_bgpd`). FRR receives FlowSpec but cannot
 originate it.
 
 Read-back: :meth:`FrrNode.unicast` (``show bgp ipvN unicast [P] json``) gives
@@ -64,6 +65,11 @@ def render_bgpd(name: str, router_id: str, asn: int, neighbors: Sequence[Neighbo
         " no bgp ebgp-requires-policy",
         " no bgp default ipv4-unicast",
         " no bgp network import-check",
+        # no graceful restart (neither restarter nor helper), as the lab's other daemons:
+        # FRR's default (helper mode) advertises the capability with its address
+        # families, so a GR-aware BIRD peer keeps a killed FRR's routes as stale for the
+        # restart time (120 s) instead of dropping them with the session.
+        " bgp graceful-restart-disable",
     ]
     for nb in neighbors:
         lines += [

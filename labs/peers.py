@@ -11,12 +11,16 @@ returns a :class:`SpeakerNode` that knows the adapter config that drives it.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
+import signal
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from labs.netns import Lab, Namespace
+from labs.netns import Lab, Namespace, Process
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +78,19 @@ class Speaker(Protocol):
     kind: str
 
     def start(self, lab: Lab, ns: Namespace, spec: SpeakerSpec) -> SpeakerNode: ...
+
+
+def crash(node: SpeakerNode) -> None:
+    """Kill every daemon process of ``node`` with SIGKILL (no NOTIFICATION is sent; the
+    kernel closes the TCP sessions), reap them, then let the node tidy its sockets."""
+    procs: list[Process] = list(getattr(node, "processes", {}).values())
+    single = getattr(node, "process", None)
+    if single is not None:
+        procs.append(single)
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(10)
+    node.stop()

@@ -197,6 +197,7 @@ STATE_STYLE = {
     "pending": "yellow",
     "withdrawing": "yellow",
     "failed": "bold red",
+    "suspended": "bold red",
     "withdrawn": "dim",
     "expired": "dim",
     "open": "bold red",

@@ -9,8 +9,9 @@ rule an operator has since withdrawn changes nothing).
 Operations:
 
 * ``announce``   pending -> active | failed (retry scheduled with backoff when it helps)
-* ``reannounce`` re-send an active rule the backend lost (reconciliation); on failure the
-  rule becomes failed with a retry, so it is announced again as soon as the backend can
+* ``reannounce`` re-send an active or suspended rule the backend lost (reconciliation); a
+  suspended rule becomes active when the speaker takes it with a session up; on failure
+  the rule becomes failed with a retry, so it is announced again as soon as it can
 * ``withdraw``   withdrawing -> withdrawn | expired; on failure it stays withdrawing and is
   retried without limit
 * ``orphan``     withdraw an intent the backend holds but the store has ended
@@ -216,7 +217,7 @@ class Dispatcher:
             return [j.ref for j in batch if j.ref is not None]
         wanted = {
             "announce": [State.PENDING],
-            "reannounce": [State.ACTIVE],
+            "reannounce": [State.ACTIVE, State.SUSPENDED],
             "withdraw": [State.WITHDRAWING],
         }[op]
         ids = [j.rule_id for j in batch]
@@ -243,6 +244,8 @@ class Dispatcher:
             intent = self.intents.get(row.id)
             if intent is None:
                 intent = parse_canonical(row.intent)
+                if op != "withdraw":  # a live rule: keep it parsed for the next send
+                    self.intents[row.id] = intent
             refs.append(RuleRef(row.id, intent, row.key, _context(op, row)))
         return refs
 
@@ -303,7 +306,7 @@ class Dispatcher:
                 outcomes = checked
         for o in outcomes:
             OPS_TOTAL.labels(name, op, "ok" if o.ok else "failed").inc()
-        self._apply(op, refs, outcomes)
+        self._apply(op, refs, outcomes, adapter_id)
 
     def _session_unknown(self, adapter_id: int, adapter: Adapter) -> bool:
         """Whether a BGP speaker's sessions need a check (none seen up recently)."""
@@ -352,7 +355,18 @@ class Dispatcher:
 
     # ------------------------------------------------------------ outcomes
 
-    def _apply(self, op: Op, refs: Sequence[RuleRef], outcomes: Sequence[Outcome]) -> None:
+    def _on_wire(self, adapter_id: int, ref: RuleRef) -> bool:
+        """Whether a route the speaker took reaches a peer (a session is seen up; True when
+        no session state is known: not a speaker, or the backend's word is all there is)."""
+        return self._off_the_wire(adapter_id, ref) is None
+
+    def _apply(
+        self,
+        op: Op,
+        refs: Sequence[RuleRef],
+        outcomes: Sequence[Outcome],
+        adapter_id: int,
+    ) -> None:
         now = self.clock()
         ok_ids = [o.rule_id for o in outcomes if o.ok]
         failed = [o for o in outcomes if not o.ok]
@@ -386,13 +400,27 @@ class Dispatcher:
                     now=now,
                 )
             elif op == "reannounce":
-                store.note(conn, [(rid, None) for rid in ok_ids], "reannounced", now)
-                store.fail(
-                    conn,
-                    self._failures(conn, failed, now, announce=True),
-                    frm=State.ACTIVE,
-                    now=now,
+                by_id = {r.rule_id: r for r in refs}
+                wire = self._on_wire
+                back = [o.rule_id for o in outcomes if o.ok and wire(adapter_id, by_id[o.rule_id])]
+                resumed = set(
+                    store.move(
+                        conn,
+                        back,
+                        frm=State.SUSPENDED,
+                        to=State.ACTIVE,
+                        now=now,
+                        event="announced",
+                        why="sent again after a session came back: on the wire",
+                        values={"error": None},
+                    )
                 )
+                store.note(
+                    conn, [(rid, None) for rid in ok_ids if rid not in resumed], "reannounced", now
+                )
+                failures = self._failures(conn, failed, now, announce=True)
+                for frm in (State.ACTIVE, State.SUSPENDED):  # guarded: each moves its own
+                    store.fail(conn, failures, frm=frm, now=now)
             else:
                 if ok_ids:
                     ends = conn.execute(

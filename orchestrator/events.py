@@ -1,7 +1,8 @@
 """The event log: what happened, in order, written in the transaction of the change.
 
 Kinds (:class:`Kind`): ``rule.created``, ``rule.pending`` (a retry), ``rule.active``,
-``rule.failed``, ``rule.withdrawing``, ``rule.withdrawn``, ``rule.expired``;
+``rule.failed``, ``rule.suspended`` (its speaker has no session up), ``rule.withdrawing``,
+``rule.withdrawn``, ``rule.expired``;
 ``incident.opened``, ``incident.escalated`` (a tier's rules planned: the first one moves
 the incident to mitigating), ``incident.resolved``, ``incident.expired``,
 ``incident.aggregated`` (a carpet-bombing covering incident formed: targets, window,
@@ -17,14 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, insert, select
+from sqlalchemy import Connection, Engine, String, event, insert, literal, null, select
 
-from orchestrator.store.models import events
+from orchestrator.store.models import events, rules
 
 
 class Kind(enum.StrEnum):
@@ -32,6 +33,7 @@ class Kind(enum.StrEnum):
     RULE_PENDING = "rule.pending"
     RULE_ACTIVE = "rule.active"
     RULE_FAILED = "rule.failed"
+    RULE_SUSPENDED = "rule.suspended"
     RULE_WITHDRAWING = "rule.withdrawing"
     RULE_WITHDRAWN = "rule.withdrawn"
     RULE_EXPIRED = "rule.expired"
@@ -75,6 +77,40 @@ def record(conn: Connection, items: Iterable[Event]) -> int:
         conn.execute(insert(events), rows)
         conn.info[_DIRTY] = True
     return len(rows)
+
+
+def record_for_rules(
+    conn: Connection,
+    kind: Kind,
+    at: datetime,
+    rule_ids: Sequence[int],
+    detail: dict[str, Any] | None,
+) -> int:
+    """One event of ``kind`` per rule of ``rule_ids``, in rule id order, with the same
+    ``detail``: one ``INSERT .. SELECT`` over ``rules`` (a rule's incident and adapter
+    are read there), so 10,000 rules cost one statement instead of 10,000 rows bound in
+    Python. Returns how many ids were given."""
+    if not rule_ids:
+        return 0
+    sel = (
+        select(
+            literal(at, events.c.at.type),
+            literal(str(kind), String(40)),
+            rules.c.id,
+            rules.c.incident_id,
+            rules.c.adapter_id,
+            null() if detail is None else literal(detail, events.c.detail.type),
+        )
+        .where(rules.c.id.in_(list(rule_ids)))
+        .order_by(rules.c.id)
+    )
+    conn.execute(
+        insert(events).from_select(
+            ["at", "kind", "rule_id", "incident_id", "adapter_id", "detail"], sel
+        )
+    )
+    conn.info[_DIRTY] = True
+    return len(rule_ids)
 
 
 def view(row: Any) -> dict[str, Any]:

@@ -10,8 +10,16 @@ the backend holds:
 * a key the backend holds whose rule the store has ended is withdrawn - drift too; a key
   the store never issued is left alone and reported as foreign.
 
-For an adapter without read-back, every active rule is re-sent at start-up and whenever
-``check()`` shows a BGP session come back up; announces are idempotent.
+For an adapter without read-back, every active (and suspended) rule is re-sent at
+start-up and whenever ``check()`` shows a BGP session come back up; announces are
+idempotent.
+
+Off the wire (:func:`suspend_off_wire`): when no BGP session of a speaker is established,
+its ``active`` rules become ``suspended`` (the session watch calls it as soon as it sees
+the last session go down; reconciliation too when its own session check finds none up).
+After a session is back, a ``suspended`` rule whose route the speaker holds is confirmed
+``active``; one the speaker lacks is re-sent and becomes ``active`` when the speaker takes
+it with a session up.
 
 A failed rule is never on the wire (:mod:`orchestrator.lifecycle`):
 
@@ -28,6 +36,7 @@ A failed rule is never on the wire (:mod:`orchestrator.lifecycle`):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +44,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Connection, Engine, and_, select
 
 from adapters.base import BgpSpeaker, RuleRef
 from orchestrator.cluster import write
@@ -118,8 +127,9 @@ async def reconcile_adapter(
     now = service.clock()
     if held is None:
         came_up = await _sessions_came_up(service, adapter_id)
+        await suspend_off_wire(service, adapter_id)
         if startup or came_up:
-            ids = [r.id for r in snapshot if r.state == State.ACTIVE]
+            ids = [r.id for r in snapshot if r.state in _ON_AIR]
             report.resent = dispatcher.submit(adapter_id, "reannounce", ids)
         pending = [r.id for r in snapshot if r.state == State.PENDING]
         dispatcher.submit(adapter_id, "announce", pending)
@@ -130,6 +140,7 @@ async def reconcile_adapter(
         return report
 
     report.readback = True
+    sessions_known = await _check_sessions(service, adapter_id)
     _revive_failed(
         service,
         adapter_id,
@@ -137,8 +148,11 @@ async def reconcile_adapter(
         held=held,
         now=now,
         report=report,
-        sessions_known=await _check_sessions(service, adapter_id),
+        sessions_known=sessions_known,
     )
+    if sessions_known:
+        await suspend_off_wire(service, adapter_id)
+        _resume_suspended(service, adapter_id, snapshot=snapshot, held=held, now=now, report=report)
     confirm = [
         r.id
         for r in snapshot
@@ -161,6 +175,9 @@ async def reconcile_adapter(
     unsent = [r.id for r in snapshot if r.state == State.PENDING and r.key not in held]
     dispatcher.submit(adapter_id, "announce", unsent)
 
+    # a suspended rule the speaker lacks is expected (it restarted empty), not drift
+    lost = [r.id for r in snapshot if r.state == State.SUSPENDED and r.key not in held]
+    report.resent += dispatcher.submit(adapter_id, "reannounce", lost)
     missing = [r.id for r in snapshot if r.state == State.ACTIVE and r.key not in held]
     if missing:
         report.missing = dispatcher.submit(adapter_id, "reannounce", missing)
@@ -181,6 +198,113 @@ async def reconcile_adapter(
 
     _withdraw_orphans(service, adapter_id, snapshot=snapshot, held=held, report=report)
     return report
+
+
+# rules meant to be on the wire: re-sent when the backend lacks them
+_ON_AIR = (State.ACTIVE, State.SUSPENDED)
+
+
+async def suspend_off_wire(service: Reconciler, adapter_id: int) -> int:
+    """``active`` -> ``suspended`` for every rule of a speaker with no session established.
+
+    Uses what the session tracker last saw: nothing happens when no session state is
+    known (not a speaker, or its check failed) or when one session is up. Rules move
+    :data:`CHUNK` per transaction, the loop served between chunks (10,000 rules do not
+    hold up the API), and the move stops when a session is seen up again meanwhile.
+    Returns how many rules were suspended.
+    """
+    seen = service.sessions.get(adapter_id)
+    if seen is None or not seen.states or seen.up:
+        return 0
+    listed = ", ".join(f"{p} {s}" for p, s in sorted(seen.states.items()))
+    why = (
+        f"no BGP session of the speaker is established ({listed}): the rule is kept but on "
+        "no wire; it is sent again when a session is back"
+    )
+    with service.engine.connect() as conn:
+        ids = [
+            int(i)
+            for i in conn.execute(
+                select(rules.c.id).where(
+                    and_(
+                        rules.c.adapter_id == adapter_id,
+                        rules.c.state == State.ACTIVE,
+                        rules.c.dry_run.is_(False),
+                    )
+                )
+            ).scalars()
+        ]
+    moved = 0
+    for i in range(0, len(ids), CHUNK):
+        now = service.clock()
+        with write(service.engine) as conn:
+            moved += len(
+                service.store.move(
+                    conn,
+                    ids[i : i + CHUNK],
+                    frm=State.ACTIVE,
+                    to=State.SUSPENDED,
+                    now=now,
+                    event="suspended",
+                    why=why,
+                )
+            )
+        await asyncio.sleep(0)  # let the API and the watches run
+        seen = service.sessions.get(adapter_id)
+        if seen is not None and seen.up:
+            break  # a session is back: reconciliation takes it from here
+    if moved:
+        log.warning(
+            "adapter %s: no BGP session established; %d active rules suspended",
+            service.hub.name_of(adapter_id),
+            moved,
+        )
+    return moved
+
+
+CHUNK = 1000  # ids per statement (SQLite allows 32,766 bound parameters)
+
+
+def _move_chunked(
+    service: Reconciler, conn: Connection, ids: Sequence[int], **move: Any
+) -> list[int]:
+    """:meth:`RuleStore.move` in chunks of :data:`CHUNK` ids, in the caller's transaction."""
+    moved: list[int] = []
+    for i in range(0, len(ids), CHUNK):
+        moved += service.store.move(conn, ids[i : i + CHUNK], **move)
+    return moved
+
+
+def _resume_suspended(
+    service: Reconciler,
+    adapter_id: int,
+    *,
+    snapshot: Sequence[Any],
+    held: frozenset[str],
+    now: datetime,
+    report: ReconcileReport,
+) -> None:
+    """Suspended rules whose route the speaker holds, with a session up: active again."""
+    seen = service.sessions.get(adapter_id)
+    if seen is None or not seen.up:
+        return
+    wire = _wire_check(service, adapter_id, True)
+    back = [int(r.id) for r in snapshot if r.state == State.SUSPENDED and r.key in held and wire(r)]
+    if not back:
+        return
+    with write(service.engine) as conn:
+        moved = _move_chunked(
+            service,
+            conn,
+            back,
+            frm=State.SUSPENDED,
+            to=State.ACTIVE,
+            now=now,
+            event="announced",
+            why="on the wire again: the speaker holds the route and a session is up",
+            values={"error": None},
+        )
+    report.confirmed += len(moved)
 
 
 def _wanted(row: Any, now: datetime) -> bool:
@@ -207,10 +331,13 @@ def _exhausted(service: Reconciler, snapshot: Sequence[Any], now: datetime) -> l
 def _wire_check(service: Reconciler, adapter_id: int, known: bool) -> Callable[[Any], bool]:
     """Whether a rule's route can be on the wire now (a session to its peers is up)."""
 
+    cache = service.dispatcher.intents
+
     def check(row: Any) -> bool:
         if not known:
             return False
-        ref = RuleRef(int(row.id), parse_canonical(row.intent), row.key, {})
+        intent = cache.get(int(row.id)) or parse_canonical(row.intent)
+        ref = RuleRef(int(row.id), intent, row.key, {})
         return service.dispatcher.off_the_wire(adapter_id, ref) is None
 
     return check

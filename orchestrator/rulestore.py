@@ -20,7 +20,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    Text,
+    bindparam,
+    insert,
+    literal,
+    null,
+    select,
+    update,
+)
 
 from orchestrator import events as ev
 from orchestrator.lifecycle import State, check_move
@@ -32,6 +42,7 @@ _KIND = {
     State.PENDING: ev.Kind.RULE_PENDING,
     State.ACTIVE: ev.Kind.RULE_ACTIVE,
     State.FAILED: ev.Kind.RULE_FAILED,
+    State.SUSPENDED: ev.Kind.RULE_SUSPENDED,
     State.WITHDRAWING: ev.Kind.RULE_WITHDRAWING,
     State.WITHDRAWN: ev.Kind.RULE_WITHDRAWN,
     State.EXPIRED: ev.Kind.RULE_EXPIRED,
@@ -281,6 +292,22 @@ class RuleStore:
         why: Why,
     ) -> None:
         if not ids:
+            return
+        if not callable(why):  # one cause for all: set-based, no row bound in Python
+            conn.execute(
+                insert(rule_events).from_select(
+                    ["rule_id", "at", "event", "detail"],
+                    select(
+                        rules.c.id,
+                        literal(now, rule_events.c.at.type),
+                        literal(event, String(32)),
+                        null() if why is None else literal(why, Text),
+                    )
+                    .where(rules.c.id.in_(list(ids)))
+                    .order_by(rules.c.id),
+                )
+            )
+            ev.record_for_rules(conn, _KIND[to], now, ids, {"cause": why} if why else None)
             return
         details = {rid: _detail(why, rid) for rid in ids}
         conn.execute(

@@ -28,7 +28,7 @@ from orchestrator.events import EventLog
 from orchestrator.hub import AdapterHub, AdapterRecord, reseal_secrets, unsealed_secrets
 from orchestrator.lifecycle import HELD, LIVE, State
 from orchestrator.quotas import Quotas
-from orchestrator.reconcile import Reconciler, ReconcileReport
+from orchestrator.reconcile import Reconciler, ReconcileReport, suspend_off_wire
 from orchestrator.rulestore import RuleStore
 from orchestrator.session_watch import SessionWatcher
 from orchestrator.sessions import SessionTracker
@@ -183,7 +183,9 @@ class Service:
         )
         self._reconcile_locks: dict[int, asyncio.Lock] = {}
         # speakers' session changes: reconcile at once on up, health on all-down
-        self.session_watcher = SessionWatcher(self.hub, self.sessions, self.reconcile)
+        self.session_watcher = SessionWatcher(
+            self.hub, self.sessions, self.reconcile, self.suspend_off_wire
+        )
         self._retiring: set[int] = set()  # policy adapters no longer declared
         self.started = False
         # another instance wrote (PostgreSQL): what memory holds of the store is stale
@@ -921,6 +923,10 @@ class Service:
     async def _reconcile(self, adapter_id: int, startup: bool) -> ReconcileReport:
         return await self.reconciler.run(adapter_id, startup=startup)
 
+    async def suspend_off_wire(self, adapter_id: int) -> int:
+        """A speaker with no session up: its active rules become suspended (see reconcile)."""
+        return await suspend_off_wire(self.reconciler, adapter_id)
+
     async def reconcile_all(self) -> list[ReconcileReport]:
         if not self.leading:
             return []  # the lease holder reconciles the speakers
@@ -953,10 +959,20 @@ class Service:
         *,
         adapter_id: int | None = None,
         intent_type: str | None = None,
+        state: str | None = None,
         limit: int = 1000,
         offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
+        """Live rules (``state``: one live state only, e.g. ``suspended``)."""
         cond: list[ColumnElement[bool]] = [rules.c.state.in_([s.value for s in LIVE])]
+        if state is not None:
+            if state not in {s.value for s in LIVE}:
+                raise ValidationFailed(
+                    f"state must be one of {', '.join(sorted(s.value for s in LIVE))} "
+                    f"(live rules; ended ones are in the history), not {state!r}",
+                    field="state",
+                )
+            cond.append(rules.c.state == state)
         if adapter_id is not None:
             cond.append(rules.c.adapter_id == adapter_id)
         if intent_type is not None:
@@ -973,8 +989,15 @@ class Service:
 
     def _wire(self, view: dict[str, Any]) -> dict[str, Any]:
         """``on_the_wire``: an active rule on a speaker whose sessions are all down is kept
-        (and sent again when one comes up) but reaches no peer; None where not applicable."""
+        (and sent again when one comes up) but reaches no peer; None where not applicable.
+        A ``suspended`` rule is on no wire by definition (its speaker had no session up)."""
         view["on_the_wire"] = None
+        if view["state"] == State.SUSPENDED:
+            view["on_the_wire"] = False
+            seen = self.sessions.get(view["adapter_id"])
+            listed = ", ".join(f"{p} {s}" for p, s in sorted((seen.states if seen else {}).items()))
+            view["off_the_wire"] = f"no BGP session established ({listed or 'none seen'})"
+            return view
         if view["state"] != "active" or view["dry_run"]:
             return view
         seen = self.sessions.get(view["adapter_id"])

@@ -5,9 +5,11 @@ For each live adapter that is a :class:`~adapters.base.BgpSpeaker`, one task rea
 the bridge, BIRD/FRR polled about once a second). Each change is recorded in the shared
 :class:`~orchestrator.sessions.SessionTracker` (which logs session up/down events). When a
 session comes up the adapter is reconciled at once, so its routes are back without
-waiting for the periodic reconciliation; when no session is established any more the
-adapter's health says so (status ``disconnected``), and ``connected`` again when one
-returns. Watches follow the hub: an adapter created, replaced or deleted is picked up by
+waiting for the periodic reconciliation (reconciliation also makes its ``suspended``
+rules ``active`` again once they are on the wire); when no session is established any
+more the adapter's health says so (status ``disconnected``) and its ``active`` rules
+become ``suspended`` at once (kept, on no wire), and the status is ``connected`` again
+when one returns. Watches follow the hub: an adapter created, replaced or deleted is picked up by
 :meth:`SessionWatcher.sync`, which the service runs every :data:`SYNC_SECONDS`.
 """
 
@@ -38,12 +40,15 @@ class SessionWatcher:
         hub: AdapterHub,
         tracker: SessionTracker,
         reconcile: Callable[[int], Coroutine[Any, Any, ReconcileReport]],
+        suspend: Callable[[int], Coroutine[Any, Any, int]] | None = None,
     ) -> None:
         self.hub = hub
         self.tracker = tracker
         self.reconcile = reconcile
+        self.suspend = suspend
         self._tasks: dict[int, tuple[Adapter, asyncio.Task[None]]] = {}
         self._reconciles: set[asyncio.Task[object]] = set()
+        self._suspends: dict[int, asyncio.Task[None]] = {}
         self._loop: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -88,6 +93,8 @@ class SessionWatcher:
                 if up != was_up:
                     self._health(adapter_id, up, states)
                     was_up = up
+                    if not up:
+                        self._start_suspend(adapter_id)
                 if came_up:
                     log.info("adapter %s: session up (%s), reconciling", adapter_id, came_up)
                     task = asyncio.get_running_loop().create_task(self._reconcile(adapter_id))
@@ -100,6 +107,22 @@ class SessionWatcher:
         finally:
             with contextlib.suppress(Exception):
                 await watch.aclose()
+
+    def _start_suspend(self, adapter_id: int) -> None:
+        """Suspend the adapter's active rules in a task (the watch reads on meanwhile)."""
+        running = self._suspends.get(adapter_id)
+        if self.suspend is None or (running is not None and not running.done()):
+            return
+        self._suspends[adapter_id] = asyncio.get_running_loop().create_task(
+            self._suspend(adapter_id)
+        )
+
+    async def _suspend(self, adapter_id: int) -> None:
+        assert self.suspend is not None  # noqa: S101  # checked by _start_suspend
+        try:
+            await self.suspend(adapter_id)
+        except Exception:  # the database is busy or gone; reconciliation suspends later
+            log.exception("adapter %s: rules not suspended", adapter_id)
 
     async def _reconcile(self, adapter_id: int) -> object:
         """Reconcile now; again a few times while the speaker cannot be read back yet."""
@@ -125,6 +148,7 @@ class SessionWatcher:
 
     async def stop(self) -> None:
         tasks = [t for _, t in self._tasks.values()] + list(self._reconciles)
+        tasks += list(self._suspends.values())
         if self._loop is not None:
             tasks.append(self._loop)
         for task in tasks:
@@ -133,4 +157,5 @@ class SessionWatcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        self._suspends.clear()
         self._loop = None

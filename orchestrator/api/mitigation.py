@@ -34,15 +34,17 @@ Admin = Annotated[TokenInfo, Depends(require("admin"))]
 
 @router.get("/rules")
 async def list_rules(
+    *,
     svc: Svc,
     _: Reader,
     adapter_id: Annotated[int, Query(ge=1, le=MAX_ID)] | None = None,
     intent_type: Annotated[str, Query(max_length=32)] | None = None,
+    state: Annotated[str, Query(max_length=16)] | None = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     offset: Offset = 0,
 ) -> dict[str, Any]:
     rules, total = svc.list_active(
-        adapter_id=adapter_id, intent_type=intent_type, limit=limit, offset=offset
+        adapter_id=adapter_id, intent_type=intent_type, state=state, limit=limit, offset=offset
     )
     return ok(rules=rules, total=total, limit=limit, offset=offset)
 

@@ -36,6 +36,8 @@ def free_port() -> int:
 
 
 class Server:
+    ready_timeout = 30.0  # seconds until /health says ready (a bench with 10k rules: more)
+
     def __init__(self, tmp: Path, policy_dir: Path, adapter_dirs: tuple[Path, ...] = ()) -> None:
         self.tmp = tmp
         self.policy_dir = policy_dir
@@ -78,7 +80,7 @@ class Server:
                 stderr=log,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/api/v1/health", timeout=1).json().get("ready"):

@@ -121,7 +121,7 @@ function follow() {
     S.recent.unshift(item); S.recent.length = Math.min(S.recent.length, 30);
     scheduleRefresh(item);
   };
-  for (const kind of ["rule.created", "rule.pending", "rule.active", "rule.failed", "rule.withdrawing",
+  for (const kind of ["rule.created", "rule.pending", "rule.active", "rule.failed", "rule.suspended", "rule.withdrawing",
     "rule.withdrawn", "rule.expired", "incident.opened", "incident.escalated", "incident.resolved",
     "incident.expired", "adapter.session_up", "adapter.session_down", "policy.reloaded"]) {
     es.addEventListener(kind, onEvent);
@@ -193,7 +193,7 @@ const PAGES = {
   async overview() {
     const d = await call("GET", "/dashboard/overview");
     if (!S.lastEvent) S.lastEvent = d.last_event_id;
-    const states = ["active", "pending", "withdrawing", "failed"];
+    const states = ["active", "suspended", "pending", "withdrawing", "failed"];
     const rulesRows = Object.entries(d.rules_by_adapter).map(([name, c]) =>
       h("tr", {}, h("td", {}, name), states.map((s) => h("td", { "data-count": `${name}:${s}` }, c[s] || 0))));
     const sessRows = d.adapters.map((a) => h("tr", {}, h("td", {}, a.name), h("td", {}, a.adapter_type),
@@ -224,7 +224,7 @@ const PAGES = {
       h("input", { id: "rule-filter", placeholder: "filter: target, reason, match", value: f.q,
         onchange: set("q") }),
       h("select", { id: "rule-state", onchange: set("state") },
-        ["live", "active", "pending", "withdrawing", "failed", "withdrawn", "expired", "all"].map((s) =>
+        ["live", "active", "suspended", "pending", "withdrawing", "failed", "withdrawn", "expired", "all"].map((s) =>
           h("option", { value: s, selected: s === f.state }, s))),
       h("label", {}, "sort ", h("select", { id: "rule-sort", onchange: set("sort") },
         ["id", "target", "state", "adapter", "created_at", "expires_at"].map((s) =>
@@ -236,7 +236,7 @@ const PAGES = {
       h("button", { disabled: f.offset + f.limit >= d.total, onclick: () => { f.offset += f.limit; render(); } }, "next ›"));
     const rows = d.rules.map((r) => {
       const actions = h("td", {});
-      if (can("operator") && ["active", "pending", "failed"].includes(r.state)) {
+      if (can("operator") && ["active", "suspended", "pending", "failed"].includes(r.state)) {
         actions.append(h("button", { class: "danger withdraw", "data-rule": r.id,
           onclick: (e) => askReason(e.target, r) }, "Withdraw"));
       }

@@ -321,4 +321,4 @@ def test_promtool_accepts_the_alert_rules() -> None:
         timeout=60,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 6 rules found" in out.stdout, out.stdout
+    assert "SUCCESS: 7 rules found" in out.stdout, out.stdout
