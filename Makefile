@@ -55,8 +55,17 @@ lint: install-dev
 typecheck: install-dev stubs
 	$(VENV)/bin/mypy policies adapters orchestrator labs tests
 
+# Without PYTEST_ARGS: the unit tests on two workers (pytest-xdist; they start no daemon and
+# no namespace), then the integration and contract tests (real daemons in namespaces,
+# servers, processes) in one process, serially. PYTEST_XDIST= runs the unit tests in one.
+PYTEST_XDIST ?= -n 2
 pytest: install-dev stubs
+ifeq ($(strip $(PYTEST_ARGS)),)
+	$(VENV)/bin/pytest $(PYTEST_XDIST) tests/unit
+	$(VENV)/bin/pytest tests/integration tests/contract
+else
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+endif
 
 bench: install-dev stubs  ## run the benchmarks on purpose; they print their figures
 	$(PY) -m tests.bench.run $(BENCH_ARGS)

@@ -8,6 +8,7 @@ CI sets, the same condition is a failure, so a CI run cannot go green by skippin
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -53,3 +54,20 @@ _databases = itertools.count(1)
 def postgres_url(postgres: ThrowawayPostgres) -> str:
     """A new, empty database in the session's cluster, for this test alone."""
     return postgres.create_database(f"test_{next(_databases)}")
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """Undo what a test's in-process ``sluice serve`` (or agent) did to the root logger.
+
+    Their logging set-up puts a plain StreamHandler on the stream of the moment (a test
+    runner's capture, closed after the test) and lowers the level: later tests' threads
+    would log into the closed stream ("--- Logging error ---" in the output).
+    """
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in before and type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+    root.setLevel(level)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -40,82 +41,71 @@ class UnsupportedMediaType(SluiceError):
     status = 415
 
 
-async def _upload(
+@dataclass
+class Upload:
+    """What both upload routes share: the raw body, its query parameters and checksum."""
+
+    request: Request
+    response: Response
+    store: PcapStore
+    incident_id: str | None
+    filename: str | None
+    sha256: str | None
+
+    async def ingest(self, *, node: dict[str, Any] | None, actor: str) -> dict[str, Any]:
+        # (curl --data-binary's default form type is fine: the body is still the raw file)
+        if self.request.headers.get("content-type", "").startswith("multipart/"):
+            raise UnsupportedMediaType(
+                f"send the capture file's bytes as the body (Content-Type: {MEDIA_TYPE}), "
+                "not a form",
+            )
+        length = self.request.headers.get("content-length")
+        pcap, deduplicated = await self.store.ingest(
+            self.request.stream(),
+            incident_id=self.incident_id,
+            node=node,
+            actor=actor,
+            filename=self.filename,
+            declared_length=int(length) if length and length.isdigit() else None,
+            expected_sha256=self.sha256,
+        )
+        self.response.status_code = 200 if deduplicated else 201
+        return ok(pcap=pcap, deduplicated=deduplicated)
+
+
+async def upload_of(
+    *,
     request: Request,
     response: Response,
-    store: PcapStore,
-    *,
-    incident_id: str | None,
-    node: dict[str, Any] | None,
-    actor: str,
-    filename: str | None,
-    sha256: str | None,
-) -> dict[str, Any]:
-    # (curl --data-binary's default form type is fine: the body is still the raw file)
-    if request.headers.get("content-type", "").startswith("multipart/"):
-        raise UnsupportedMediaType(
-            f"send the capture file's bytes as the body (Content-Type: {MEDIA_TYPE}), not a form",
-        )
-    length = request.headers.get("content-length")
-    pcap, deduplicated = await store.ingest(
-        request.stream(),
+    store: Store,
+    incident_id: IncidentId = None,
+    filename: FileName = None,
+    sha256: Sha = None,
+) -> Upload:
+    return Upload(
+        request=request,
+        response=response,
+        store=store,
         incident_id=incident_id,
-        node=node,
-        actor=actor,
         filename=filename,
-        declared_length=int(length) if length and length.isdigit() else None,
-        expected_sha256=sha256,
+        sha256=sha256,
     )
-    response.status_code = 200 if deduplicated else 201
-    return ok(pcap=pcap, deduplicated=deduplicated)
+
+
+# declared after the caller's identity in each route, so authentication still comes first
+UploadOf = Annotated[Upload, Depends(upload_of)]
 
 
 @router.post("/agent/pcaps", status_code=201)
-async def agent_upload(
-    *,
-    request: Request,
-    response: Response,
-    node: Agent,
-    store: Store,
-    incident_id: IncidentId = None,
-    filename: FileName = None,
-    sha256: Sha = None,
-) -> dict[str, Any]:
+async def agent_upload(node: Agent, upload: UploadOf) -> dict[str, Any]:
     """A node attaches the capture of one of its incidents (raw pcap/pcapng body)."""
-    return await _upload(
-        request,
-        response,
-        store,
-        incident_id=incident_id,
-        node=node,
-        actor=f"node:{node['name']}",
-        filename=filename,
-        sha256=sha256,
-    )
+    return await upload.ingest(node=node, actor=f"node:{node['name']}")
 
 
 @router.post("/pcaps", status_code=201)
-async def operator_upload(
-    *,
-    request: Request,
-    response: Response,
-    who: Writer,
-    store: Store,
-    incident_id: IncidentId = None,
-    filename: FileName = None,
-    sha256: Sha = None,
-) -> dict[str, Any]:
+async def operator_upload(who: Writer, upload: UploadOf) -> dict[str, Any]:
     """An operator attaches a capture to an incident (raw pcap/pcapng body)."""
-    return await _upload(
-        request,
-        response,
-        store,
-        incident_id=incident_id,
-        node=None,
-        actor=who.name,
-        filename=filename,
-        sha256=sha256,
-    )
+    return await upload.ingest(node=None, actor=who.name)
 
 
 @router.get("/pcaps")

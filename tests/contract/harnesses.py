@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from adapters.base import Adapter, AdapterConfig, Registry, RuleRef
 from adapters.f5.render import route_name
@@ -179,59 +179,66 @@ def log_harness(tmp: Path) -> Iterator[Harness]:
 # ---------------------------------------------------------------- BGP speakers
 
 
-SPEAKERS: dict[str, tuple[Callable[[], Speaker], tuple[str, ...]]] = {
-    "gobgp": (GoBgpSpeaker, ("gobgpd", "gobgp")),
-    "exabgp": (ExaBgpSpeaker, ("exabgp",)),
-    "bird2": (BirdSpeaker, ()),
-    "frr": (FrrSpeaker, ()),
-}
+@dataclass(frozen=True)
+class SpeakerKind:
+    """A BGP speaker adapter type: its lab daemon, binaries, and one config it must refuse."""
+
+    adapter_type: str
+    make: Callable[[], Speaker]
+    binaries: tuple[str, ...]
+    # the adapter's good config -> (an update it must refuse, the field the error names)
+    bad: Callable[[dict[str, Any]], tuple[dict[str, Any], str]]
+
+    @contextmanager
+    def __call__(self, _tmp: Path) -> Iterator[Harness]:
+        require_lab(*self.binaries, *RECEIVER_BINARIES)
+        with running(self.make(), receivers=("bird",)) as topo:
+            topo.wait_established(60)
+            receiver = topo.receivers["bird"]
+            node: Any = topo.speaker
+
+            def holds(ref: RuleRef) -> bool:  # in the receiver's RIB, learned over BGP
+                return str(ref.intent.target) in receiver.prefixes(ref.intent.target.version)
+
+            @contextmanager
+            def broken() -> Iterator[None]:  # the speaker daemon is stopped
+                node.stop()
+                try:
+                    yield
+                finally:
+                    node.start()
+                    topo.wait_established(60)
+
+            kwargs = node.adapter_config(f"contract-{self.adapter_type}")
+            yield Harness(
+                self.adapter_type,
+                lambda: AdapterConfig(**kwargs),
+                BGP_RULES,
+                holds,
+                broken,
+                bad=[self.bad(kwargs.get("config", {}))],
+                settle=30.0,
+                speaker=topo,
+            )
+
+
+def _bad_endpoint(_config: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    return {"endpoint": "ftp://[nope"}, "endpoint"
+
+
+SPEAKERS = (
+    SpeakerKind("gobgp", GoBgpSpeaker, ("gobgpd", "gobgp"), _bad_endpoint),
+    SpeakerKind("exabgp", ExaBgpSpeaker, ("exabgp",), _bad_endpoint),
+    SpeakerKind(
+        "bird2", BirdSpeaker, (), lambda c: ({"config": {**c, "socket": 7}}, "config.socket")
+    ),
+    SpeakerKind("frr", FrrSpeaker, (), lambda c: ({"config": {**c, "asn": -1}}, "config.asn")),
+)
 
 BGP_RULES = [
     {"kind": "blackhole", "prefix": "203.0.113.1/32", "communities": ["blackhole"]},
     {"kind": "blackhole", "prefix": "203.0.113.2/32", "communities": ["blackhole"]},
 ]
-
-
-@contextmanager
-def speaker_harness(adapter_type: str) -> Iterator[Harness]:
-    make_speaker, binaries = SPEAKERS[adapter_type]
-    require_lab(*binaries, *RECEIVER_BINARIES)
-    with running(make_speaker(), receivers=("bird",)) as topo:
-        topo.wait_established(60)
-        receiver = topo.receivers["bird"]
-        node: Any = topo.speaker
-
-        def holds(ref: RuleRef) -> bool:  # in the receiver's RIB, learned over BGP
-            return str(ref.intent.target) in receiver.prefixes(ref.intent.target.version)
-
-        @contextmanager
-        def broken() -> Iterator[None]:  # the speaker daemon is stopped
-            node.stop()
-            try:
-                yield
-            finally:
-                node.start()
-                topo.wait_established(60)
-
-        kwargs = node.adapter_config(f"contract-{adapter_type}")
-        bad_field = "endpoint" if adapter_type in ("gobgp", "exabgp") else "config.asn"
-        bad_value: dict[str, Any] = (
-            {"endpoint": "ftp://[nope"}
-            if bad_field == "endpoint"
-            else {"config": {**kwargs["config"], "asn": -1}}
-        )
-        if adapter_type == "bird2":
-            bad_value, bad_field = {"config": {**kwargs["config"], "socket": 7}}, "config.socket"
-        yield Harness(
-            adapter_type,
-            lambda: AdapterConfig(**kwargs),
-            BGP_RULES,
-            holds,
-            broken,
-            bad=[(bad_value, bad_field)],
-            settle=30.0,
-            speaker=topo,
-        )
 
 
 # ---------------------------------------------------------------- HTTP vendors
@@ -247,34 +254,84 @@ def vendor_down(srv: FakeVendorServer) -> Iterator[None]:
         srv.faults.clear()
 
 
-def scrubbing_harness(case: Case) -> Callable[[Path], AbstractContextManager[Harness]]:
+S = TypeVar("S", bound=FakeVendorServer)
+BAD_ENDPOINT: tuple[dict[str, Any], str] = ({"endpoint": "ftp://example.net"}, "endpoint")
+
+
+@dataclass(frozen=True)
+class Vendor(Generic[S]):
+    """An HTTP integration against its fake vendor server on loopback."""
+
+    adapter_type: str
+    server: Callable[[], AbstractContextManager[S]]
+    config: Callable[[S, bool], AdapterConfig]  # (server, good credentials?) -> config
+    rules: list[dict[str, Any]]
+    holds: Callable[[S, RuleRef], bool]  # whether the fake vendor holds the rule now
+    secrets: tuple[str, ...]
+    bad: tuple[tuple[dict[str, Any], str], ...] = (BAD_ENDPOINT,)
+    readback: bool = True
+    announces: bool = True
+    # (the good config) -> what read-back from a fresh instance must show, if not ``rules``
+    readback_rules: Callable[[AdapterConfig], list[dict[str, Any]]] | None = None
+
     @contextmanager
-    def build(_tmp: Path) -> Iterator[Harness]:
-        with case.server() as srv:
-            good = case.config(srv, True)
-            # A provider holds units (target prefixes), not Sluice's intents: a fresh
-            # instance reads back the target's own prefix, and an intent narrower than
-            # its target is seen again only once reconciliation re-announces it (see
-            # adapters/scrubbing/common.py). The fresh-instance read-back is therefore
-            # checked with the target prefix itself.
-            targets = good.config.get("targets") or good.config.get("prefixes") or []
-            covering = [str(t["prefix"]) for t in targets if _inside(case.prefix, t["prefix"])]
+    def __call__(self, _tmp: Path) -> Iterator[Harness]:
+        with self.server() as srv:
+            good = self.config(srv, True)
             yield Harness(
-                case.adapter_type,
-                lambda: good,
-                [{"kind": "scrubbing", "prefix": case.prefix}],
-                lambda _ref: bool(case.diverting(srv)),
+                self.adapter_type,
+                lambda: self.config(srv, True),
+                self.rules,
+                lambda ref: self.holds(srv, ref),
                 lambda: vendor_down(srv),
-                bad=[
-                    ({"endpoint": "ftp://example.net"}, "endpoint"),
-                    ({"auth_token": None}, "auth_token"),
-                ],
-                wrong_credentials=case.config(srv, False),
-                secrets=case.secrets,
-                readback_rules=[{"kind": "scrubbing", "prefix": p} for p in covering[:1]],
+                bad=list(self.bad),
+                wrong_credentials=self.config(srv, False),
+                secrets=self.secrets,
+                readback=self.readback,
+                announces=self.announces,
+                readback_rules=self.readback_rules(good) if self.readback_rules else None,
             )
 
-    return build
+
+def bearer(
+    adapter_type: str,
+    secrets: tuple[str, str],
+    config: dict[str, Any],
+    endpoint: Callable[[S], str] = lambda srv: srv.url,
+) -> Callable[[S, bool], AdapterConfig]:
+    """A config with the good or the wrong one of ``secrets`` as the adapter's token."""
+
+    def make(srv: S, good: bool) -> AdapterConfig:
+        return cfg(
+            adapter_type,
+            endpoint=endpoint(srv),
+            auth_token=secrets[0] if good else secrets[1],
+            config={**config, **FAST},
+        )
+
+    return make
+
+
+def scrubbing_vendor(case: Case) -> Vendor[FakeVendorServer]:
+    # A provider holds units (target prefixes), not Sluice's intents: a fresh instance
+    # reads back the target's own prefix, and an intent narrower than its target is seen
+    # again only once reconciliation re-announces it (see adapters/scrubbing/common.py).
+    # The fresh-instance read-back is therefore checked with the target prefix itself.
+    def covering(good: AdapterConfig) -> list[dict[str, Any]]:
+        targets = good.config.get("targets") or good.config.get("prefixes") or []
+        inside = [str(t["prefix"]) for t in targets if _inside(case.prefix, t["prefix"])]
+        return [{"kind": "scrubbing", "prefix": p} for p in inside[:1]]
+
+    return Vendor(
+        case.adapter_type,
+        case.server,
+        case.config,
+        [{"kind": "scrubbing", "prefix": case.prefix}],
+        lambda srv, _ref: bool(case.diverting(srv)),
+        case.secrets,
+        bad=(BAD_ENDPOINT, ({"auth_token": None}, "auth_token")),
+        readback_rules=covering,
+    )
 
 
 def _inside(prefix: str, target: str) -> bool:
@@ -284,198 +341,133 @@ def _inside(prefix: str, target: str) -> bool:
     return net.version == outer.version and net.subnet_of(outer)  # type: ignore[arg-type]
 
 
-RADWARE_PW = "radware-pw"  # the fake device's user
+RADWARE = Vendor(
+    "radware",
+    RadwareServer,
+    bearer("radware", ("radware-pw", "wrong-radware-pw"), {"username": "radware"}),
+    [
+        {"kind": "scrubbing", "prefix": "192.0.2.0/24"},
+        {"kind": "scrubbing", "prefix": "2001:db8::/64"},
+    ],
+    lambda srv, ref: f"sluice-{ref.key}" in srv.attacks,
+    ("radware-pw", "wrong-radware-pw"),
+    readback=False,  # DefensePro's public API lists no attacks to read back
+)
 
-
-@contextmanager
-def radware_harness(_tmp: Path) -> Iterator[Harness]:
-    with RadwareServer() as srv:
-
-        def config(password: str = RADWARE_PW) -> AdapterConfig:
-            return cfg(
-                "radware",
-                endpoint=srv.url,
-                auth_token=password,
-                config={"username": "radware", **FAST},
-            )
-
-        yield Harness(
-            "radware",
-            config,
-            [
-                {"kind": "scrubbing", "prefix": "192.0.2.0/24"},
-                {"kind": "scrubbing", "prefix": "2001:db8::/64"},
-            ],
-            lambda ref: f"sluice-{ref.key}" in srv.attacks,
-            lambda: vendor_down(srv),
-            bad=[({"endpoint": "ftp://example.net"}, "endpoint")],
-            wrong_credentials=config("wrong-radware-pw"),
-            secrets=(RADWARE_PW, "wrong-radware-pw"),
-            readback=False,  # DefensePro's public API lists no attacks to read back
-        )
-
-
-F5_PW = "admin-pw"  # the fake device's user
 F5_LIST = "sluice_blocked_sources"
 
 
-@contextmanager
-def f5_harness(_tmp: Path) -> Iterator[Harness]:
-    with F5Server() as srv:
-
-        def config(password: str = F5_PW) -> AdapterConfig:
-            return cfg(
-                "f5",
-                endpoint=srv.url,
-                auth_token=password,
-                config={"username": "admin", "afm_address_list": F5_LIST, **FAST},
-            )
-
-        def holds(ref: RuleRef) -> bool:
-            if ref.intent.kind == "blackhole":
-                return f"/Common/{route_name(ref.key)}" in srv.routes
-            names = [a["name"] for a in srv.address_lists[f"/Common/{F5_LIST}"]["addresses"]]
-            return str(ref.intent.source) in names  # type: ignore[union-attr]
-
-        yield Harness(
-            "f5",
-            config,
-            [
-                {"kind": "blackhole", "prefix": "192.0.2.7/32"},
-                {"kind": "flowspec", "destination": "192.0.2.1/32", "source": "198.51.100.0/24"},
-            ],
-            holds,
-            lambda: vendor_down(srv),
-            bad=[({"endpoint": "ftp://example.net"}, "endpoint")],
-            wrong_credentials=config("wrong-f5-pw"),
-            secrets=(F5_PW, "wrong-f5-pw"),
-        )
+def _f5_holds(srv: F5Server, ref: RuleRef) -> bool:
+    if ref.intent.kind == "blackhole":
+        return f"/Common/{route_name(ref.key)}" in srv.routes
+    names = [a["name"] for a in srv.address_lists[f"/Common/{F5_LIST}"]["addresses"]]
+    return str(ref.intent.source) in names  # type: ignore[union-attr]
 
 
-CF_TOKEN = "cf-test-token"
+F5 = Vendor(
+    "f5",
+    F5Server,
+    bearer("f5", ("admin-pw", "wrong-f5-pw"), {"username": "admin", "afm_address_list": F5_LIST}),
+    [
+        {"kind": "blackhole", "prefix": "192.0.2.7/32"},
+        {"kind": "flowspec", "destination": "192.0.2.1/32", "source": "198.51.100.0/24"},
+    ],
+    _f5_holds,
+    ("admin-pw", "wrong-f5-pw"),
+)
 
 
-@contextmanager
-def cloudflare_harness(_tmp: Path) -> Iterator[Harness]:
-    with CloudflareServer() as srv:
-
-        def config(token: str = CF_TOKEN) -> AdapterConfig:
-            return cfg(
-                "cloudflare",
-                endpoint=srv.url,
-                auth_token=token,
-                config={
-                    "account_id": "acc1",
-                    "prefixes": [{"prefix": "203.0.113.0/24", "prefix_id": "pfx1"}],
-                    "block_list_id": "list1",
-                    "zones": [{"zone_id": "zone1"}],
-                    "list_poll_interval": 0.01,
-                    **FAST,
-                },
-            )
-
-        def holds(ref: RuleRef) -> bool:
-            if ref.intent.kind == "scrubbing":
-                return bool(srv.prefixes["pfx1"]["advertised"])
-            source = str(ref.intent.source).removesuffix("/32")  # type: ignore[union-attr]
-            return any(source in str(item.get("ip", "")) for item in srv.lists["list1"])
-
-        yield Harness(
-            "cloudflare",
-            config,
-            [
-                {"kind": "scrubbing", "prefix": "203.0.113.0/24"},
-                {"kind": "flowspec", "destination": "203.0.113.10/32", "source": "198.51.100.7/32"},
-            ],
-            holds,
-            lambda: vendor_down(srv),
-            bad=[({"endpoint": "ftp://example.net"}, "endpoint")],
-            wrong_credentials=config("bad-cf-token"),
-            secrets=(CF_TOKEN, "bad-cf-token"),
-        )
+def _cloudflare_holds(srv: CloudflareServer, ref: RuleRef) -> bool:
+    if ref.intent.kind == "scrubbing":
+        return bool(srv.prefixes["pfx1"]["advertised"])
+    source = str(ref.intent.source).removesuffix("/32")  # type: ignore[union-attr]
+    return any(source in str(item.get("ip", "")) for item in srv.lists["list1"])
 
 
-WEBHOOK_SECRET = "whsec_Y29udHJhY3QtdGVzdC1zZWNyZXQtMTIzNDU2Nzg5MA=="
-WRONG_WEBHOOK_SECRET = "whsec_d3Jvbmctc2VjcmV0LWZvci10aGUtY29udHJhY3Qtc3VpdGU="
+CLOUDFLARE = Vendor(
+    "cloudflare",
+    CloudflareServer,
+    bearer(
+        "cloudflare",
+        ("cf-test-token", "bad-cf-token"),
+        {
+            "account_id": "acc1",
+            "prefixes": [{"prefix": "203.0.113.0/24", "prefix_id": "pfx1"}],
+            "block_list_id": "list1",
+            "zones": [{"zone_id": "zone1"}],
+            "list_poll_interval": 0.01,
+        },
+    ),
+    [
+        {"kind": "scrubbing", "prefix": "203.0.113.0/24"},
+        {"kind": "flowspec", "destination": "203.0.113.10/32", "source": "198.51.100.7/32"},
+    ],
+    _cloudflare_holds,
+    ("cf-test-token", "bad-cf-token"),
+)
+
+WEBHOOK_SECRETS = (
+    "whsec_Y29udHJhY3QtdGVzdC1zZWNyZXQtMTIzNDU2Nzg5MA==",
+    "whsec_d3Jvbmctc2VjcmV0LWZvci10aGUtY29udHJhY3Qtc3VpdGU=",  # the wrong one
+)
 
 
-@contextmanager
-def webhook_harness(_tmp: Path) -> Iterator[Harness]:
-    with WebhookReceiver(secret=WEBHOOK_SECRET) as rx:
-
-        def config(secret: str = WEBHOOK_SECRET) -> AdapterConfig:
-            return cfg(
-                "webhook",
-                endpoint=rx.hook_url,
-                auth_token=secret,
-                config={"allowed_targets": ["127.0.0.1"], **FAST},
-            )
-
-        def holds(ref: RuleRef) -> bool:  # the receiver's last event for the rule
-            last = [t for t, rid in rx.events() if rid == ref.rule_id]
-            return bool(last) and last[-1].startswith("rule.announce")
-
-        yield Harness(
-            "webhook",
-            config,
-            [
-                {"kind": "blackhole", "prefix": "192.0.2.1/32"},
-                {"kind": "scrubbing", "prefix": "192.0.2.0/24"},
-            ],
-            holds,
-            lambda: vendor_down(rx),
-            bad=[({"endpoint": "ftp://example.net"}, "endpoint")],
-            wrong_credentials=config(WRONG_WEBHOOK_SECRET),
-            secrets=(WEBHOOK_SECRET, WRONG_WEBHOOK_SECRET),
-            readback=False,
-        )
+def _webhook_holds(rx: WebhookReceiver, ref: RuleRef) -> bool:  # the rule's last event
+    last = [t for t, rid in rx.events() if rid == ref.rule_id]
+    return bool(last) and last[-1].startswith("rule.announce")
 
 
-@contextmanager
-def ovh_harness(_tmp: Path) -> Iterator[Harness]:
-    with OvhServer(clock_offset=3600) as srv:
-
-        def config(consumer_key: str = "ck-test-consumer") -> AdapterConfig:
-            return cfg(
-                "ovh_mitigation",
-                endpoint=srv.url + "/1.0",
-                auth_token="as-test-secret",
-                config={
-                    "application_key": "ak-test",
-                    "consumer_key": consumer_key,
-                    "targets": [{"prefix": "203.0.113.0/28"}],
-                    "timeout": 0.5,
-                    "retries": 0,
-                },
-            )
-
-        yield Harness(
-            "ovh_mitigation",
-            config,
-            [{"kind": "scrubbing", "prefix": "203.0.113.0/28"}],
-            lambda _ref: any(srv.blocks["203.0.113.0/28"].values()),
-            lambda: vendor_down(srv),
-            bad=[({"endpoint": "ftp://example.net"}, "endpoint")],
-            wrong_credentials=config("ck-wrong-consumer"),
-            secrets=("as-test-secret", "ck-test-consumer", "ck-wrong-consumer"),
-            announces=False,
-        )
+WEBHOOK = Vendor(
+    "webhook",
+    lambda: WebhookReceiver(secret=WEBHOOK_SECRETS[0]),
+    bearer(
+        "webhook",
+        WEBHOOK_SECRETS,
+        {"allowed_targets": ["127.0.0.1"]},
+        endpoint=lambda rx: rx.hook_url,
+    ),
+    [
+        {"kind": "blackhole", "prefix": "192.0.2.1/32"},
+        {"kind": "scrubbing", "prefix": "192.0.2.0/24"},
+    ],
+    _webhook_holds,
+    WEBHOOK_SECRETS,
+    readback=False,
+)
 
 
-def _speaker(adapter_type: str) -> Callable[[Path], AbstractContextManager[Harness]]:
-    return lambda _tmp: speaker_harness(adapter_type)
+def _ovh_config(srv: OvhServer, good: bool) -> AdapterConfig:
+    return cfg(
+        "ovh_mitigation",
+        endpoint=srv.url + "/1.0",
+        auth_token="as-test-secret",
+        config={
+            "application_key": "ak-test",
+            "consumer_key": "ck-test-consumer" if good else "ck-wrong-consumer",
+            "targets": [{"prefix": "203.0.113.0/28"}],
+            "timeout": 0.5,
+            "retries": 0,
+        },
+    )
+
+
+OVH = Vendor(
+    "ovh_mitigation",
+    lambda: OvhServer(clock_offset=3600),
+    _ovh_config,
+    [{"kind": "scrubbing", "prefix": "203.0.113.0/28"}],
+    lambda srv, _ref: any(srv.blocks["203.0.113.0/28"].values()),
+    ("as-test-secret", "ck-test-consumer", "ck-wrong-consumer"),
+    announces=False,  # the integration refuses announce by design
+)
 
 
 HARNESSES: dict[str, Callable[[Path], AbstractContextManager[Harness]]] = {
     "fake": fake_harness,
     "log": log_harness,
-    **{t: _speaker(t) for t in SPEAKERS},
-    "radware": radware_harness,
-    "f5": f5_harness,
-    "cloudflare": cloudflare_harness,
-    "webhook": webhook_harness,
-    "ovh_mitigation": ovh_harness,
-    **{c.adapter_type: scrubbing_harness(c) for c in CASES},
+    **{k.adapter_type: k for k in SPEAKERS},
+    **{v.adapter_type: v for v in (RADWARE, F5, CLOUDFLARE, WEBHOOK, OVH)},
+    **{c.adapter_type: scrubbing_vendor(c) for c in CASES},
 }
 
 

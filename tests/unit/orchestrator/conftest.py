@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,23 @@ def policy(**kw: Any) -> Policy:
     return Policy(settings=GlobalSettings(**kw), guardrails=g)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# Every service test runs on SQLite (the default store). Modules where the store itself is
+# what is tested (rules, lifecycle and event log, audit chain, durable executions) are
+# marked ``postgresql`` and run on PostgreSQL too; SLUICE_TEST_STORES=all runs every
+# service test on both.
+ALL_STORES = os.environ.get("SLUICE_TEST_STORES") == "all"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_url" in metafunc.fixturenames:
+        both = ALL_STORES or metafunc.definition.get_closest_marker("postgresql") is not None
+        stores = ["sqlite", "postgresql"] if both else ["sqlite"]
+        metafunc.parametrize("store_url", stores, indirect=True)
+
+
+@pytest.fixture
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
-    """The store every service test runs on: SQLite (the default) and PostgreSQL."""
+    """The store the service under test runs on: None (SQLite, the default) or PostgreSQL."""
     if request.param == "sqlite":
         return None
     url: str = request.getfixturevalue("postgres_url")

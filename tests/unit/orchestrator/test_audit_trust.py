@@ -29,6 +29,9 @@ from orchestrator.store.audit import (
 from orchestrator.store.models import adapters, audit_log
 from tests.unit.orchestrator.conftest import add_fake, bh, policy, req, settings_for
 
+# the store itself is under test here: these run on SQLite and on PostgreSQL
+pytestmark = pytest.mark.postgresql
+
 
 def store_bytes(data_dir: Path) -> bytes:
     """The SQLite store as it is on disk: the database file and its WAL."""

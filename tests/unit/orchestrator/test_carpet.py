@@ -23,6 +23,9 @@ from policies.errors import PolicyInvalid
 from policies.schema import load_policy
 from tests.unit.orchestrator.conftest import settings_for
 
+# signal intake into stored rules: these run on SQLite and on PostgreSQL
+pytestmark = pytest.mark.postgresql
+
 ADMIN = "c" * 64
 H = {"Authorization": f"Bearer {ADMIN}"}
 

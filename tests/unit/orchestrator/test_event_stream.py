@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 
 from adapters.base import AdapterConfig
@@ -22,6 +23,9 @@ from orchestrator.api.app import bootstrap_token, create_app
 from orchestrator.service import RuleRequest, Service
 from policies.intents import build_intent
 from tests.unit.orchestrator.conftest import policy, settings_for
+
+# the store itself is under test here: these run on SQLite and on PostgreSQL
+pytestmark = pytest.mark.postgresql
 
 ADMIN = "d" * 64
 H = {"Authorization": f"Bearer {ADMIN}"}

@@ -37,6 +37,9 @@ from policies.schema import Policy
 from policies.signals import Signal
 from tests.unit.orchestrator.conftest import settings_for
 
+# the store itself is under test here: these run on SQLite and on PostgreSQL
+pytestmark = pytest.mark.postgresql
+
 T0 = datetime(2026, 1, 5, 12, 0, 0, tzinfo=UTC)
 ADMIN = "c" * 64
 H = {"Authorization": f"Bearer {ADMIN}"}

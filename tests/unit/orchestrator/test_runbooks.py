@@ -25,6 +25,9 @@ from orchestrator.store.models import runbook_executions, runbook_step_results, 
 from tests.unit.orchestrator.conftest import policy, settings_for
 from tests.unit.orchestrator.receivers import WEBHOOK_SECRET, Receivers, http_receivers
 
+# the store itself is under test here: these run on SQLite and on PostgreSQL
+pytestmark = pytest.mark.postgresql
+
 ADMIN = "r" * 64
 H = {"Authorization": f"Bearer {ADMIN}"}
 

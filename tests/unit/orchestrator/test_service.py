@@ -21,6 +21,9 @@ from policies.errors import (
 from policies.guardrails import Guardrails
 from tests.unit.orchestrator.conftest import add_fake, bh, fs, policy, req
 
+# the store itself is under test here: these run on SQLite and on PostgreSQL
+pytestmark = pytest.mark.postgresql
+
 
 def rule_count(svc: Service) -> int:
     with svc.engine.connect() as conn:

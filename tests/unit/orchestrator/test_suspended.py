@@ -23,6 +23,9 @@ from policies.errors import ValidationFailed
 from tests.unit.orchestrator.conftest import add_fake, bh, req
 from tests.unit.orchestrator.test_session_watch import until
 
+# a lifecycle state kept in the store: these run on SQLite and on PostgreSQL
+pytestmark = pytest.mark.postgresql
+
 PEER = "192.0.2.1"
 
 
