@@ -207,3 +207,35 @@ async def test_one_driver_takeover_and_fencing(tmp_path: Path, postgres_url: str
     finally:
         for svc in made:
             await svc.stop()
+
+
+async def test_secrets_rotate_writes_under_the_writer_lock(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """`sluice secrets rotate` on PostgreSQL appends its audit entry through the cluster's
+    write(): the generation moves, so running instances notice the new audit head."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app as cli_app
+    from orchestrator.store.models import cluster_state
+
+    svc = Service(settings_for(tmp_path, database_url=postgres_url), policy=policy())
+    await svc.start()
+    await svc.stop()
+
+    def generation() -> int:
+        with svc.engine.connect() as conn:
+            return int(conn.execute(select(cluster_state.c.generation)).scalar_one())
+
+    before = generation()
+    rotate = ["secrets", "rotate", "--data-dir", str(tmp_path), "--database", postgres_url]
+    r = CliRunner().invoke(cli_app, rotate)
+    assert r.exit_code == 0, r.output
+    assert generation() == before + 1
+    svc.engine.dispose()
+    again = Service(settings_for(tmp_path, database_url=postgres_url), policy=policy())
+    await again.start()
+    try:
+        assert again.verify_audit().ok
+    finally:
+        await again.stop()
