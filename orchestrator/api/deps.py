@@ -13,16 +13,19 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from fastapi import Request
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
+from sqlalchemy import Engine, delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from orchestrator.api.auth import authenticate
 from orchestrator.api.envelope import RateLimited
 from orchestrator.operators import SCOPE_ROLE
 from orchestrator.service import Service
+from orchestrator.store.models import rate_windows
 from orchestrator.tokens import FailureLimiter, TokenInfo
 from policies.errors import AuthError, Forbidden
 
@@ -38,37 +41,95 @@ AGENT_PREFIX = "/api/v1/agent/"
 
 
 class RateLimiter:
-    """A sliding one-minute window per token."""
+    """Requests per key (a token, a node) per minute.
 
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.time) -> None:
+    One instance (SQLite): a sliding one-minute window in memory. Several instances on one
+    PostgreSQL (``windows`` given, see :func:`for_engine`): fixed one-minute windows
+    counted in the database, so the limit holds across all instances.
+    """
+
+    def __init__(
+        self,
+        per_minute: int,
+        clock: Callable[[], float] = time.time,
+        windows: SharedWindows | None = None,
+    ) -> None:
         self.per_minute = per_minute
         self.clock = clock
+        self.windows = windows
         self._hits: dict[str, deque[float]] = {}
+
+    @classmethod
+    def for_engine(cls, per_minute: int, engine: Engine, name: str) -> RateLimiter:
+        """In memory on SQLite (one instance); in the database on PostgreSQL."""
+        shared = engine.dialect.name == "postgresql"
+        return cls(per_minute, windows=SharedWindows(engine, name) if shared else None)
 
     def hit(self, key: str) -> dict[str, str]:
         now = self.clock()
+        if self.windows is not None:
+            hits, reset = self.windows.hit(key, self.per_minute, now)
+            if hits is None:
+                self._refuse(max(1, math.ceil(reset - now)), reset)
+            return self._headers(self.per_minute - (hits or 0), reset)
         window = self._hits.setdefault(key, deque())
         while window and window[0] <= now - 60:
             window.popleft()
         reset = math.ceil(window[0] + 60) if window else math.ceil(now + 60)
         if len(window) >= self.per_minute:
-            retry = max(1, math.ceil(window[0] + 60 - now))
-            headers = {
-                "Retry-After": str(retry),
-                "X-RateLimit-Limit": str(self.per_minute),
-                "X-RateLimit-Remaining": "0",
-                "X-RateLimit-Reset": str(reset),
-            }
-            raise RateLimited(
-                f"rate limit of {self.per_minute} requests per minute exceeded; retry in {retry} s",
-                headers,
-            )
+            self._refuse(max(1, math.ceil(window[0] + 60 - now)), reset)
         window.append(now)
+        return self._headers(self.per_minute - len(window), reset)
+
+    def _headers(self, remaining: int, reset: int) -> dict[str, str]:
         return {
             "X-RateLimit-Limit": str(self.per_minute),
-            "X-RateLimit-Remaining": str(self.per_minute - len(window)),
+            "X-RateLimit-Remaining": str(remaining),
             "X-RateLimit-Reset": str(reset),
         }
+
+    def _refuse(self, retry: int, reset: int) -> NoReturn:
+        headers = {"Retry-After": str(retry), **self._headers(0, reset)}
+        raise RateLimited(
+            f"rate limit of {self.per_minute} requests per minute exceeded; retry in {retry} s",
+            headers,
+        )
+
+
+class SharedWindows:
+    """Fixed one-minute windows in the database (table ``rate_windows``), one row per key
+    and minute: a hit is one upsert that adds one while the count is under the limit and
+    returns the new count (nothing once the limit is reached). It is a single atomic
+    statement in its own short transaction, deliberately outside the writer lock
+    (orchestrator/cluster.py): counters need no ordering with other writes. Rows of past
+    minutes are deleted by the first hit of each new minute in each process.
+    """
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine = engine
+        self.prefix = f"{name}:"
+        self._swept = -1
+
+    def hit(self, key: str, limit: int, now: float) -> tuple[int | None, int]:
+        """Count one request; returns (hits in this minute or None when over the limit,
+        the time the window resets)."""
+        minute = int(now // 60)
+        stmt = (
+            pg_insert(rate_windows)
+            .values(key=self.prefix + key, minute=minute, hits=1)
+            .on_conflict_do_update(
+                index_elements=["key", "minute"],
+                set_={"hits": rate_windows.c.hits + 1},
+                where=rate_windows.c.hits < limit,
+            )
+            .returning(rate_windows.c.hits)
+        )
+        with self.engine.begin() as conn:
+            hits = conn.execute(stmt).scalar_one_or_none()
+            if minute != self._swept:
+                self._swept = minute
+                conn.execute(delete(rate_windows).where(rate_windows.c.minute < minute - 1))
+        return (None if hits is None else int(hits)), (minute + 1) * 60
 
 
 # The accessors are ``async``: FastAPI runs a plain ``def`` dependency in a worker thread,
