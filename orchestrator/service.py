@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -195,9 +196,13 @@ class Service:
         self._driving: set[int] = set()  # adapters this instance drives (leases held)
         self._leader_task: asyncio.Task[None] | None = None
         self._acquiring: asyncio.Future[tuple[set[int], set[int]]] | None = None
+        self._lease_thread: ThreadPoolExecutor | None = None
         if writers(self.engine).shared:
             holder = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
             self.leases = AdapterLeases(self.engine, holder, ttl=settings.lease_seconds)
+            # the rounds run on a thread of their own: never queued behind request work
+            # waiting for the writer lock in the default executor (the lease would lapse)
+            self._lease_thread = ThreadPoolExecutor(1, thread_name_prefix="sluice-leases")
             self.dispatcher.drives = self.drives
             self.dispatcher.fence = self.leases.valid
             self.dispatcher.check = self.leases.check
@@ -258,7 +263,9 @@ class Service:
         ids = [rec.id for rec in self.hub.records()]
         try:
             # shielded: a cancelled round still lets its thread give the connection back
-            self._acquiring = asyncio.ensure_future(asyncio.to_thread(leases.acquire, ids))
+            self._acquiring = asyncio.ensure_future(
+                asyncio.get_running_loop().run_in_executor(self._lease_thread, leases.acquire, ids)
+            )
             gained, lost = await asyncio.shield(self._acquiring)
         except Exception:
             log.exception("renewing the driver leases")
@@ -319,6 +326,8 @@ class Service:
             self._driving.clear()
             with contextlib.suppress(Exception):
                 self.leases.release()
+        if self._lease_thread is not None:
+            self._lease_thread.shutdown(wait=False)
         await self.dispatcher.stop()
         await self.hub.close_all()
         self.events.close()

@@ -86,6 +86,8 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
             yield
         finally:
             await core.stop()
+            app.state.limiter.close()
+            app.state.agent_limiter.close()
 
     app = FastAPI(
         title="Sluice",

@@ -10,6 +10,7 @@ request state instead of checking the token twice.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,8 +19,10 @@ from typing import Any, NoReturn, TypeVar
 from fastapi import Request
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
-from sqlalchemy import Engine, delete
+from sqlalchemy import Connection, Engine, create_engine, delete, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 from orchestrator.api.auth import authenticate
 from orchestrator.api.envelope import RateLimited
@@ -65,6 +68,10 @@ class RateLimiter:
         shared = engine.dialect.name == "postgresql"
         return cls(per_minute, windows=SharedWindows(engine, name) if shared else None)
 
+    def close(self) -> None:
+        if self.windows is not None:
+            self.windows.close()
+
     def hit(self, key: str) -> dict[str, str]:
         now = self.clock()
         if self.windows is not None:
@@ -99,16 +106,30 @@ class RateLimiter:
 class SharedWindows:
     """Fixed one-minute windows in the database (table ``rate_windows``), one row per key
     and minute: a hit is one upsert that adds one while the count is under the limit and
-    returns the new count (nothing once the limit is reached). It is a single atomic
-    statement in its own short transaction, deliberately outside the writer lock
-    (orchestrator/cluster.py): counters need no ordering with other writes. Rows of past
-    minutes are deleted by the first hit of each new minute in each process.
+    returns the new count (nothing once the limit is reached).
+
+    It is one statement, one round trip: the limiter keeps a connection of its own in
+    autocommit mode with ``synchronous_commit`` off (a counter lost in a database crash is
+    harmless; a request does not wait for the WAL flush), deliberately outside the writer
+    lock (orchestrator/cluster.py): counters need no ordering with other writes. Rows of
+    past minutes are deleted by the first hit of each new minute in each process.
     """
 
     def __init__(self, engine: Engine, name: str) -> None:
-        self.engine = engine
+        # its own engine without a pool: the connection, with its session setting, is
+        # never handed to other work, and closes with the limiter
+        self.engine = create_engine(engine.url, poolclass=NullPool)
         self.prefix = f"{name}:"
         self._swept = -1
+        self._conn: Connection | None = None
+        self._mutex = threading.Lock()
+
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            conn.execute(text("SET synchronous_commit = off"))
+            self._conn = conn
+        return self._conn
 
     def hit(self, key: str, limit: int, now: float) -> tuple[int | None, int]:
         """Count one request; returns (hits in this minute or None when over the limit,
@@ -124,12 +145,27 @@ class SharedWindows:
             )
             .returning(rate_windows.c.hits)
         )
-        with self.engine.begin() as conn:
-            hits = conn.execute(stmt).scalar_one_or_none()
+        with self._mutex:
+            try:
+                hits = self._connection().execute(stmt).scalar_one_or_none()
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                self._conn = None  # the server closed it: once more on a new connection
+                hits = self._connection().execute(stmt).scalar_one_or_none()
             if minute != self._swept:
                 self._swept = minute
-                conn.execute(delete(rate_windows).where(rate_windows.c.minute < minute - 1))
+                self._connection().execute(
+                    delete(rate_windows).where(rate_windows.c.minute < minute - 1)
+                )
         return (None if hits is None else int(hits)), (minute + 1) * 60
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        self.engine.dispose()
 
 
 # The accessors are ``async``: FastAPI runs a plain ``def`` dependency in a worker thread,

@@ -69,6 +69,10 @@ def _active(engine: Engine) -> set[str]:
         }
 
 
+def _net(target: str) -> str:
+    return ipaddress.ip_network(target).with_prefixlen  # stored as given: 198.18.0.1[/32]
+
+
 def _unsettled(engine: Engine) -> int:
     with engine.connect() as conn:
         return len(
@@ -193,7 +197,7 @@ def failover(tmp: Path, postgres_url: str, n_rules: int, withdraw_every: int = 5
 
             def equal() -> bool:
                 return _unsettled(engine) == 0 and set(_rib(bird)) == {
-                    f"{t}/32" for t in _active(engine)
+                    _net(t) for t in _active(engine)
                 }
 
             wait_for(
@@ -208,7 +212,7 @@ def failover(tmp: Path, postgres_url: str, n_rules: int, withdraw_every: int = 5
             )
             to_rib = time.monotonic() - killed
             rib = _rib(bird)
-            want = {f"{t}/32" for t in _active(engine)}
+            want = {_net(t) for t in _active(engine)}
             with engine.connect() as conn:
                 total = len(conn.execute(select(rules.c.id)).all())
                 live = Counter(

@@ -33,6 +33,7 @@ class ClusterServer(Server):
     ) -> None:
         tmp.mkdir()
         super().__init__(tmp, policy_dir, (tmp.parent, *adapter_dirs))  # the shared router file
+        self.ready_timeout = 120.0  # several services and PostgreSQL share the machine
         self.database_url = url
 
     def start(self) -> None:
