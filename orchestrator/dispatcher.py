@@ -60,6 +60,9 @@ class Job:
     ref: RuleRef | None = None  # given for orphans (no live rule to load)
 
 
+POLL_OUTCOME_S = 0.1  # how often a waiter looks for an outcome another instance writes
+
+
 @dataclass
 class _Lane:
     queue: asyncio.Queue[Job] = field(default_factory=asyncio.Queue)
@@ -108,6 +111,7 @@ class Dispatcher:
         self.drives: Callable[[int], bool] = lambda _adapter_id: True
         self.fence: Callable[[int], bool] = lambda _adapter_id: True
         self.check: Callable[[Connection, int], None] = lambda _conn, _adapter_id: None
+        self.shared = False  # set with ``drives``: outcomes may be written by another instance
 
     # ------------------------------------------------------------ lifecycle
 
@@ -181,6 +185,15 @@ class Dispatcher:
 
     async def wait_for(self, rule_id: int, seconds: float) -> bool:
         """Wait until the next outcome for ``rule_id`` is written; False on timeout."""
+        if self.shared:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    select(rules.c.adapter_id, rules.c.state, rules.c.attempts).where(
+                        rules.c.id == rule_id
+                    )
+                ).first()
+            if row is not None and not self.drives(row.adapter_id):
+                return await self._poll_outcome(rule_id, (row.state, row.attempts), seconds)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(rule_id, []).append(fut)
         try:
@@ -194,6 +207,20 @@ class Dispatcher:
                 if not waiters:
                     del self._waiters[rule_id]
         return True
+
+    async def _poll_outcome(self, rule_id: int, was: tuple[str, int], seconds: float) -> bool:
+        """Another instance drives the rule's adapter: watch the store for its outcome."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while loop.time() < deadline:
+            await asyncio.sleep(min(POLL_OUTCOME_S, max(0.0, deadline - loop.time())))
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    select(rules.c.state, rules.c.attempts).where(rules.c.id == rule_id)
+                ).first()
+            if row is None or (row.state, row.attempts) != was:
+                return True
+        return False
 
     async def drain(self, seconds: float = 30.0) -> None:
         """Wait until every queue is empty and no batch is in flight (tests, shutdown)."""

@@ -197,6 +197,7 @@ class Service:
         self._leader_task: asyncio.Task[None] | None = None
         self._acquiring: asyncio.Future[tuple[set[int], set[int]]] | None = None
         self._lease_thread: ThreadPoolExecutor | None = None
+        self._lead_lock = asyncio.Lock()
         if writers(self.engine).shared:
             holder = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
             self.leases = AdapterLeases(self.engine, holder, ttl=settings.lease_seconds)
@@ -204,6 +205,7 @@ class Service:
             # waiting for the writer lock in the default executor (the lease would lapse)
             self._lease_thread = ThreadPoolExecutor(1, thread_name_prefix="sluice-leases")
             self.dispatcher.drives = self.drives
+            self.dispatcher.shared = True
             self.dispatcher.fence = self.leases.valid
             self.dispatcher.check = self.leases.check
             self.session_watcher.drives = self.drives
@@ -258,6 +260,10 @@ class Service:
         """Renew or take the adapters' leases; drive each adapter won (recover it), stop
         driving each one lost, then pick up rows other instances wrote for the adapters
         driven here (a short poll of pending and withdrawing rules)."""
+        async with self._lead_lock:
+            await self._lead_round()
+
+    async def _lead_round(self) -> None:
         leases = self.leases
         assert leases is not None  # noqa: S101
         ids = [rec.id for rec in self.hub.records()]
@@ -1086,6 +1092,8 @@ class Service:
 
         rec, created = self.hub.upsert(config, adapter_id=adapter_id, on_write=audit)
         await self.hub.close_retired()
+        if created and self._leader_task is not None:
+            await self._lead_once()  # a lease for the new adapter now, not at the next round
         if not created:
             # a changed adapter may talk to another speaker: make it hold what it should
             asyncio.get_running_loop().create_task(self.reconcile(rec.id, startup=True))
