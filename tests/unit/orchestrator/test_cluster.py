@@ -275,7 +275,8 @@ async def test_instances_share_adapters_and_a_takeover_moves_only_the_dead_ones(
             assert after[f"adapter:{aid}"] == before[f"adapter:{aid}"] + 1, "moved: next token"
             fake_b = b.hub.live(aid)
             assert isinstance(fake_b, FakeAdapter)
-            await _until(lambda f=fake_b: len(f.held) == 1, 10, "B re-sent the moved rules")
+            held = fake_b.held
+            await _until(lambda: len(held) == 1, 10, "B re-sent the moved rules")  # noqa: B023
     finally:
         for svc in made:
             await svc.stop()
