@@ -309,10 +309,9 @@ async def test_a_former_driver_cannot_record_an_outcome(tmp_path: Path, postgres
         await _pause(a)
         await _until(lambda: b.drives(aid), 15, "B takes over")
         await asyncio.wait_for(entered[b].wait(), 10)  # B's recover sends it too
-        done = asyncio.ensure_future(a.dispatcher.wait_for(rid, 10))
-        await asyncio.sleep(0)
+        assert a.dispatcher.is_queued("announce", rid)
         gates[a].set()  # A's speaker answers: A tries to record the announce
-        assert await done, "A's batch did not finish"
+        await _until(lambda: not a.dispatcher.is_queued("announce", rid), 10, "A's batch ends")
         assert _state(a, rid) == "pending"  # refused: A no longer holds the lease
         gates[b].set()
         await _until(lambda: _state(b, rid) == "active", 10, "B records the announce")
