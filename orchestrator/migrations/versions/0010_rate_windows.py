@@ -1,7 +1,7 @@
 """rate windows: API rate-limit counters shared by several instances
 
-Revision ID: 0009_rate_windows
-Revises: 0008_cluster_state
+Revision ID: 0010_rate_windows
+Revises: 0009_delivery_resume
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_rate_windows"
-down_revision = "0008_cluster_state"
+revision = "0010_rate_windows"
+down_revision = "0009_delivery_resume"
 branch_labels = None
 depends_on = None
 
