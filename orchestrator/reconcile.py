@@ -236,7 +236,7 @@ async def suspend_off_wire(service: Reconciler, adapter_id: int) -> int:
     moved = 0
     for i in range(0, len(ids), CHUNK):
         now = service.clock()
-        with write(service.engine) as conn:
+        with service.dispatcher.writing(adapter_id) as conn:
             moved += len(
                 service.store.move(
                     conn,
@@ -291,7 +291,7 @@ def _resume_suspended(
     back = [int(r.id) for r in snapshot if r.state == State.SUSPENDED and r.key in held and wire(r)]
     if not back:
         return
-    with write(service.engine) as conn:
+    with service.dispatcher.writing(adapter_id) as conn:
         moved = _move_chunked(
             service,
             conn,
