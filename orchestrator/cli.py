@@ -959,6 +959,7 @@ def _rotate(settings: Any, env: str | None, path: Path, old: list[Any], *, as_js
     from cryptography.fernet import Fernet
 
     from orchestrator.channels.service import reseal_channel_secrets
+    from orchestrator.cluster import write
     from orchestrator.hub import reseal_secrets
     from orchestrator.store.audit import write_private
     from orchestrator.store.crypto import SecretBox, SecretKeyError
@@ -976,7 +977,8 @@ def _rotate(settings: Any, env: str | None, path: Path, old: list[Any], *, as_js
     audit.attach(engine)
     try:
         migrate(engine)
-        with engine.begin() as conn:
+        # under the writer lock on PostgreSQL: the audit head is shared with running instances
+        with write(engine) as conn:
             n = reseal_secrets(conn, SecretBox(keys))
             n += reseal_channel_secrets(conn, SecretBox(keys))  # alert channels' secrets too
             audit.append(

@@ -29,10 +29,10 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, func, select, text, update
+from sqlalchemy import Connection, Engine, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from orchestrator.store.models import cluster_state, leases
@@ -113,86 +113,183 @@ def write(engine: Engine, read_at: int | None = None) -> Iterator[Connection]:
         yield conn
 
 
-# ---------------------------------------------------------------- the driver lease
+# ---------------------------------------------------------------- the driver leases
 
-DRIVER_LEASE = "drivers"
+ADAPTER_LEASE = "adapter:"  # + adapter id: who drives that adapter, and its fencing token
+MEMBER_LEASE = "member:"  # + holder: an instance alive (renewed with its leases)
 
 
-class Lease:
-    """Who drives the speakers: one instance at a time, through a lease row with expiry.
+def adapter_lease(adapter_id: int) -> str:
+    return f"{ADAPTER_LEASE}{adapter_id}"
 
-    The holder renews it every ``renew`` seconds; it lapses ``ttl`` seconds after the last
-    renewal (the database's clock decides, so instances need no common clock), and any
-    other instance then takes it over with the next fencing ``token``. The holder checks
-    :meth:`valid` before every send to a speaker: it is false as soon as the last
-    successful renewal is older than ``ttl - margin`` on this process's monotonic clock,
-    so a holder that was paused (SIGSTOP, a long GC, a frozen VM) stops sending before
-    anyone else can have taken over, and starts again only after it won the lease anew.
+
+class Fenced(Exception):
+    """This instance no longer holds the adapter's lease: its write is refused."""
+
+    def __init__(self, adapter_id: int, message: str) -> None:
+        super().__init__(message)
+        self.adapter_id = adapter_id
+
+
+class AdapterLeases:
+    """Who drives each adapter: one instance at a time per adapter, a lease row each.
+
+    Every round (:meth:`acquire`, one transaction) renews the leases this instance holds,
+    renews its membership row, and takes adapters whose lease lapsed or was never held,
+    up to its fair share: ``ceil(adapters / live instances)``. So two instances split the
+    adapters between them, and when one dies only its adapters move. An instance holding
+    more than its share (another one joined) gives one adapter up per round; a lease
+    lapsed for longer than ``ttl`` is taken whatever the share, so nothing stays undriven.
+
+    A lease lapses ``ttl`` seconds after its last renewal (the database's clock decides).
+    Each takeover increments the lease's fencing ``token``. Two fences:
+
+    - :meth:`valid` before every send: false as soon as the last successful renewal is
+      older than ``ttl - margin`` on this process's monotonic clock, so a holder that was
+      paused (SIGSTOP, a long GC, a frozen VM) stops sending before anyone else can have
+      taken over;
+    - :meth:`check` inside every write transaction that records what an adapter did: the
+      lease row (read ``FOR SHARE``, so a takeover waits for the write or the write for
+      the takeover) must still name this instance with the token it holds; if another
+      instance took over meanwhile the write raises :class:`Fenced` and rolls back.
     """
 
-    def __init__(self, engine: Engine, holder: str, *, ttl: float = 5.0, margin: float = 1.5):
+    def __init__(
+        self, engine: Engine, holder: str, *, ttl: float = 5.0, margin: float = 1.5
+    ) -> None:
         self.engine = engine
         self.holder = holder
         self.ttl = ttl
         self.margin = margin
-        self.token: int | None = None
+        self.tokens: dict[int, int] = {}  # adapter id -> fencing token held
         self._renewed_at = float("-inf")
 
-    def valid(self) -> bool:
-        return self.token is not None and (
+    def valid(self, adapter_id: int) -> bool:
+        return adapter_id in self.tokens and (
             time.monotonic() - self._renewed_at < self.ttl - self.margin
         )
 
-    def acquire(self) -> bool:
-        """Take or renew the lease; True when this instance holds it afterwards."""
+    def held(self) -> set[int]:
+        return {a for a in self.tokens if self.valid(a)}
+
+    def acquire(self, adapter_ids: Collection[int]) -> tuple[set[int], set[int]]:
+        """Renew, take and give up leases; returns (gained, lost) adapter ids.
+
+        ``gained`` includes an adapter this instance held before under an older token (its
+        lease lapsed, nobody took it, it was taken anew): it must be driven afresh.
+        """
         started = time.monotonic()
         now = func.timezone("UTC", func.now())
-        until = now + text(f"interval '{float(self.ttl)} seconds'")
+        ttl = text(f"interval '{float(self.ttl)} seconds'")
+        until = now + ttl
+        ids = sorted(set(adapter_ids))
+        names = [adapter_lease(a) for a in ids]
+        before = dict(self.tokens)
+        mine: dict[int, int] = {}
         with self.engine.begin() as conn:
+            member = MEMBER_LEASE + self.holder
             conn.execute(
                 pg_insert(leases)
-                .values(name=DRIVER_LEASE, holder="", token=0, expires_at=now)
-                .on_conflict_do_nothing(index_elements=["name"])
+                .values(name=member, holder=self.holder, token=0, expires_at=until)
+                .on_conflict_do_update(index_elements=["name"], set_={"expires_at": until})
             )
-            row = conn.execute(
-                select(leases.c.holder, leases.c.token, leases.c.expires_at < now)
-                .where(leases.c.name == DRIVER_LEASE)
+            conn.execute(  # members gone for an hour: forget them
+                delete(leases).where(
+                    leases.c.name.startswith(MEMBER_LEASE),
+                    leases.c.expires_at < now - text("interval '1 hour'"),
+                )
+            )
+            members = int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(leases)
+                    .where(leases.c.name.startswith(MEMBER_LEASE), leases.c.expires_at > now)
+                ).scalar_one()
+            )
+            if names:
+                conn.execute(
+                    pg_insert(leases)
+                    .values(
+                        [{"name": n, "holder": "", "token": 0, "expires_at": now} for n in names]
+                    )
+                    .on_conflict_do_nothing(index_elements=["name"])
+                )
+            rows = conn.execute(
+                select(
+                    leases.c.name,
+                    leases.c.holder,
+                    leases.c.token,
+                    leases.c.expires_at < now,
+                    leases.c.expires_at < now - ttl,
+                )
+                .where(leases.c.name.in_(names))
+                .order_by(leases.c.name)
                 .with_for_update()
-            ).one()
-            holder, token, lapsed = str(row[0]), int(row[1]), bool(row[2])
-            if holder == self.holder and self.token == token and not lapsed:
+            ).all()
+            share = -(-len(ids) // max(1, members))
+            free: list[tuple[int, int, bool]] = []
+            for name, holder, token, lapsed, orphaned in rows:
+                aid = int(str(name).removeprefix(ADAPTER_LEASE))
+                ours = holder == self.holder and before.get(aid) == int(token)
+                if ours and not lapsed:
+                    mine[aid] = int(token)
+                elif ours or lapsed or holder == "":
+                    free.append((aid, int(token), bool(orphaned) or ours))
+            renew = [adapter_lease(a) for a in mine]
+            if renew:
                 conn.execute(
-                    update(leases).where(leases.c.name == DRIVER_LEASE).values(expires_at=until)
+                    update(leases).where(leases.c.name.in_(renew)).values(expires_at=until)
                 )
-            elif holder == self.holder and self.token == token and lapsed:
-                # ours, but it lapsed: nobody took it; renew under a new token all the same
-                token += 1
+            for aid, token, urgent in free:
+                if len(mine) >= share and not urgent:
+                    continue
+                mine[aid] = token + 1
                 conn.execute(
                     update(leases)
-                    .where(leases.c.name == DRIVER_LEASE)
-                    .values(token=token, expires_at=until)
+                    .where(leases.c.name == adapter_lease(aid))
+                    .values(holder=self.holder, token=token + 1, expires_at=until)
                 )
-            elif lapsed or holder == "":
-                token += 1
+            if len(mine) > share and members > 1:
+                # another instance joined: give one adapter up (it takes it next round)
+                give = max(mine)
+                del mine[give]
                 conn.execute(
                     update(leases)
-                    .where(leases.c.name == DRIVER_LEASE)
-                    .values(holder=self.holder, token=token, expires_at=until)
+                    .where(leases.c.name == adapter_lease(give))
+                    .values(expires_at=now - text("interval '1 hour'"))
                 )
-            else:
-                self.token = None
-                return False
-        self.token = token
+        self.tokens = mine
         self._renewed_at = started
-        return True
+        gained = {a for a, t in mine.items() if before.get(a) != t}
+        lost = set(before) - set(mine)
+        return gained, lost
+
+    def check(self, conn: Connection, adapter_id: int) -> None:
+        """Inside a write transaction: raise :class:`Fenced` unless this instance still
+        holds the adapter's lease under the token it drives with."""
+        token = self.tokens.get(adapter_id)
+        row = conn.execute(
+            select(leases.c.holder, leases.c.token)
+            .where(leases.c.name == adapter_lease(adapter_id))
+            .with_for_update(read=True)
+        ).first()
+        if token is None or row is None or row.holder != self.holder or row.token != token:
+            now_held = "nobody" if row is None else f"{row.holder} (token {row.token})"
+            raise Fenced(
+                adapter_id,
+                f"adapter {adapter_id} is driven by {now_held}, not by this instance "
+                f"(token {token}): write refused",
+            )
 
     def release(self) -> None:
-        if self.token is None:
-            return
+        """Give every lease up (a clean stop): the others take them over at once."""
+        names = [adapter_lease(a) for a in self.tokens]
         with self.engine.begin() as conn:
-            conn.execute(
-                update(leases)
-                .where(leases.c.name == DRIVER_LEASE, leases.c.holder == self.holder)
-                .values(expires_at=func.timezone("UTC", func.now()) - text("interval '1 hour'"))
-            )
-        self.token = None
+            if names:
+                conn.execute(
+                    update(leases)
+                    .where(leases.c.name.in_(names), leases.c.holder == self.holder)
+                    .values(expires_at=func.timezone("UTC", func.now()) - text("interval '1 hour'"))
+                )
+            conn.execute(delete(leases).where(leases.c.name == MEMBER_LEASE + self.holder))
+        self.tokens = {}

@@ -22,16 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from prometheus_client import Counter, Histogram
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from adapters.base import Adapter, BgpSpeaker, Outcome, RuleRef
-from orchestrator.cluster import write
+from orchestrator.cluster import Fenced, write
 from orchestrator.lifecycle import State, backoff
 from orchestrator.rulestore import Failure, RuleStore
 from orchestrator.sessions import SessionTracker, peer_key
@@ -57,6 +58,9 @@ class Job:
     op: Op
     rule_id: int
     ref: RuleRef | None = None  # given for orphans (no live rule to load)
+
+
+POLL_OUTCOME_S = 0.1  # how often a waiter looks for an outcome another instance writes
 
 
 @dataclass
@@ -100,10 +104,14 @@ class Dispatcher:
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self.intents: dict[int, AnyIntent] = {}  # rule id -> intent, for live rules
         self._running = False
-        # several instances (orchestrator/cluster.py): only the lease holder sends; a
-        # passive dispatcher queues nothing, and ``fence`` is checked before every send
-        self.passive = False
-        self.fence: Callable[[], bool] = lambda: True
+        # several instances (orchestrator/cluster.py): only an adapter's lease holder
+        # sends to it. ``drives`` says whether jobs for an adapter are queued at all,
+        # ``fence`` is checked before every send, ``check`` inside the transaction that
+        # records the outcomes (it raises cluster.Fenced when another instance took over)
+        self.drives: Callable[[int], bool] = lambda _adapter_id: True
+        self.fence: Callable[[int], bool] = lambda _adapter_id: True
+        self.check: Callable[[Connection, int], None] = lambda _conn, _adapter_id: None
+        self.shared = False  # set with ``drives``: outcomes may be written by another instance
 
     # ------------------------------------------------------------ lifecycle
 
@@ -120,10 +128,34 @@ class Dispatcher:
         self._lanes.clear()
         self._queued.clear()
 
+    async def drop(self, adapter_id: int) -> None:
+        """Stop driving one adapter (its lease went to another instance): its queued jobs
+        are forgotten, the store keeps the rows for the new holder."""
+        lane = self._lanes.pop(adapter_id, None)
+        if lane is None:
+            return
+        if lane.task is not None:
+            lane.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lane.task
+        jobs = [lane.carry] if lane.carry is not None else []
+        while not lane.queue.empty():
+            jobs.append(lane.queue.get_nowait())
+        for job in jobs:
+            self._queued.discard((job.op, job.rule_id))
+            self._wake(job.rule_id)
+
+    @contextmanager
+    def writing(self, adapter_id: int) -> Iterator[Connection]:
+        """A write transaction recording what ``adapter_id`` did, fenced by its lease."""
+        with write(self.engine) as conn:
+            self.check(conn, adapter_id)
+            yield conn
+
     def submit(self, adapter_id: int, op: Op, rule_ids: Iterable[int]) -> int:
         """Queue operations; returns how many were new (not already queued)."""
-        if self.passive:
-            return 0  # the lease holder picks the rows up from the store
+        if not self.drives(adapter_id):
+            return 0  # the adapter's lease holder picks the rows up from the store
         jobs = []
         for rid in rule_ids:
             if (op, rid) not in self._queued:
@@ -153,6 +185,15 @@ class Dispatcher:
 
     async def wait_for(self, rule_id: int, seconds: float) -> bool:
         """Wait until the next outcome for ``rule_id`` is written; False on timeout."""
+        if self.shared:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    select(rules.c.adapter_id, rules.c.state, rules.c.attempts).where(
+                        rules.c.id == rule_id
+                    )
+                ).first()
+            if row is not None and not self.drives(row.adapter_id):
+                return await self._poll_outcome(rule_id, (row.state, row.attempts), seconds)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(rule_id, []).append(fut)
         try:
@@ -166,6 +207,20 @@ class Dispatcher:
                 if not waiters:
                     del self._waiters[rule_id]
         return True
+
+    async def _poll_outcome(self, rule_id: int, was: tuple[str, int], seconds: float) -> bool:
+        """Another instance drives the rule's adapter: watch the store for its outcome."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while loop.time() < deadline:
+            await asyncio.sleep(min(POLL_OUTCOME_S, max(0.0, deadline - loop.time())))
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    select(rules.c.state, rules.c.attempts).where(rules.c.id == rule_id)
+                ).first()
+            if row is None or (row.state, row.attempts) != was:
+                return True
+        return False
 
     async def drain(self, seconds: float = 30.0) -> None:
         """Wait until every queue is empty and no batch is in flight (tests, shutdown)."""
@@ -194,10 +249,12 @@ class Dispatcher:
                     break
                 batch.append(nxt)
             try:
-                if not self.fence():  # the lease lapsed: the store keeps the rows for the holder
+                if not self.fence(adapter_id):  # the lease lapsed: the rows stay in the store
                     log.warning("not the lease holder: %d %s jobs left", len(batch), first.op)
                     continue
                 await self._run_batch(adapter_id, first.op, batch)
+            except Fenced as exc:  # another instance took the adapter over meanwhile
+                log.warning("%s; %d %s outcomes not recorded", exc, len(batch), first.op)
             except Exception:  # a bug or a database error must not kill the lane
                 log.exception(
                     "dispatching %d %s jobs to adapter %d", len(batch), first.op, adapter_id
@@ -372,7 +429,7 @@ class Dispatcher:
         failed = [o for o in outcomes if not o.ok]
         released: list[int] = []
         store = self.store
-        with write(self.engine) as conn:
+        with self.writing(adapter_id) as conn:
             if op == "orphan":
                 store.note(
                     conn, [(o.rule_id, o.error) for o in outcomes if o.ok], "orphan_withdrawn", now

@@ -47,7 +47,6 @@ from prometheus_client import Counter
 from sqlalchemy import Connection, Engine, and_, select
 
 from adapters.base import BgpSpeaker, RuleRef
-from orchestrator.cluster import write
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.hub import AdapterHub
 from orchestrator.lifecycle import LIVE, State
@@ -159,7 +158,7 @@ async def reconcile_adapter(
         if r.state == State.PENDING and r.key in held and not dispatcher.is_queued("announce", r.id)
     ]
     if confirm and startup:
-        with write(engine) as conn:
+        with dispatcher.writing(adapter_id) as conn:
             report.confirmed = len(
                 service.store.move(
                     conn,
@@ -188,7 +187,7 @@ async def reconcile_adapter(
                 name,
                 report.missing,
             )
-            with write(engine) as conn:
+            with dispatcher.writing(adapter_id) as conn:
                 service.store.note(
                     conn,
                     [(rid, "not held by the backend; re-announcing") for rid in missing],
@@ -237,7 +236,7 @@ async def suspend_off_wire(service: Reconciler, adapter_id: int) -> int:
     moved = 0
     for i in range(0, len(ids), CHUNK):
         now = service.clock()
-        with write(service.engine) as conn:
+        with service.dispatcher.writing(adapter_id) as conn:
             moved += len(
                 service.store.move(
                     conn,
@@ -292,7 +291,7 @@ def _resume_suspended(
     back = [int(r.id) for r in snapshot if r.state == State.SUSPENDED and r.key in held and wire(r)]
     if not back:
         return
-    with write(service.engine) as conn:
+    with service.dispatcher.writing(adapter_id) as conn:
         moved = _move_chunked(
             service,
             conn,
@@ -360,7 +359,7 @@ def _revive_failed(
     ]
     confirm = [int(r.id) for r in held_failed if wire(r)]
     if confirm:
-        with write(service.engine) as conn:
+        with service.dispatcher.writing(adapter_id) as conn:
             moved = service.store.move(
                 conn,
                 confirm,
@@ -388,7 +387,7 @@ def _announce_again(
     """Failed rules whose retries ran out, still wanted: failed -> pending, announced."""
     if not rows:
         return 0
-    with write(service.engine) as conn:
+    with service.dispatcher.writing(adapter_id) as conn:
         moved = service.store.move(
             conn,
             [int(r.id) for r in rows],

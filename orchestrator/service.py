@@ -14,7 +14,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Connection, and_, func, select
 
 from adapters.base import AdapterConfig, Health, Registry, require_capability
-from orchestrator.cluster import Lease, write, writers
+from orchestrator.cluster import AdapterLeases, Fenced, write, writers
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.events import EventLog
 from orchestrator.hub import AdapterHub, AdapterRecord, reseal_secrets, unsealed_secrets
@@ -190,16 +191,24 @@ class Service:
         self.started = False
         # another instance wrote (PostgreSQL): what memory holds of the store is stale
         writers(self.engine).on_foreign(self.rolled_back)
-        # several instances (PostgreSQL): the driver lease says which one drives speakers
-        self.lease: Lease | None = None
-        self._leading = False
+        # several instances (PostgreSQL): one lease per adapter says which instance drives it
+        self.leases: AdapterLeases | None = None
+        self._driving: set[int] = set()  # adapters this instance drives (leases held)
         self._leader_task: asyncio.Task[None] | None = None
-        self._acquiring: asyncio.Future[bool] | None = None
+        self._acquiring: asyncio.Future[tuple[set[int], set[int]]] | None = None
+        self._lease_thread: ThreadPoolExecutor | None = None
+        self._lead_lock = asyncio.Lock()
         if writers(self.engine).shared:
-            holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-            self.lease = Lease(self.engine, holder, ttl=settings.lease_seconds)
-            self.dispatcher.passive = True
-            self.dispatcher.fence = self.lease.valid
+            holder = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            self.leases = AdapterLeases(self.engine, holder, ttl=settings.lease_seconds)
+            # the rounds run on a thread of their own: never queued behind request work
+            # waiting for the writer lock in the default executor (the lease would lapse)
+            self._lease_thread = ThreadPoolExecutor(1, thread_name_prefix="sluice-leases")
+            self.dispatcher.drives = self.drives
+            self.dispatcher.shared = True
+            self.dispatcher.fence = self.leases.valid
+            self.dispatcher.check = self.leases.check
+            self.session_watcher.drives = self.drives
 
     # ------------------------------------------------------------ start / stop
 
@@ -210,26 +219,36 @@ class Service:
         self._seal_secrets()
         self._sync_policy_adapters()
         self._seed()
-        if self.lease is None:
-            self.dispatcher.start()
+        self.dispatcher.start()
+        if self.leases is None:
             await self.recover()
-            self.session_watcher.start()
         else:
             await self._lead_once()
             self._leader_task = asyncio.get_running_loop().create_task(
-                self._lead(), name="driver-lease"
+                self._lead(), name="driver-leases"
             )
+        self.session_watcher.start()
         self.started = True
+
+    def drives(self, adapter_id: int) -> bool:
+        """True when this instance drives the adapter (always, on SQLite)."""
+        return self.leases is None or (
+            adapter_id in self._driving and self.leases.valid(adapter_id)
+        )
 
     @property
     def leading(self) -> bool:
-        """True when this instance drives the speakers (always, on SQLite)."""
-        return self.lease is None or (self._leading and self.lease.valid())
+        """True when this instance drives at least one adapter (always, on SQLite)."""
+        return self.leases is None or any(self.drives(a) for a in self._driving)
+
+    def driven(self) -> list[int]:
+        """The adapters this instance drives now."""
+        return sorted(a for a in self._driving if self.drives(a))
 
     async def _lead(self) -> None:
-        assert self.lease is not None  # noqa: S101
+        assert self.leases is not None  # noqa: S101
         while True:
-            await asyncio.sleep(self.lease.ttl / 5)
+            await asyncio.sleep(self.leases.ttl / 5)
             try:
                 await self._lead_once()
             except asyncio.CancelledError:
@@ -238,41 +257,55 @@ class Service:
                 log.exception("driver lease round failed")
 
     async def _lead_once(self) -> None:
-        """Renew or take the driver lease; on winning it, drive: recover, then pick up rows
-        other instances wrote (a short poll of pending and withdrawing rules)."""
-        assert self.lease is not None  # noqa: S101
+        """Renew or take the adapters' leases; drive each adapter won (recover it), stop
+        driving each one lost, then pick up rows other instances wrote for the adapters
+        driven here (a short poll of pending and withdrawing rules)."""
+        async with self._lead_lock:
+            await self._lead_round()
+
+    async def _lead_round(self) -> None:
+        leases = self.leases
+        assert leases is not None  # noqa: S101
+        ids = [rec.id for rec in self.hub.records()]
         try:
             # shielded: a cancelled round still lets its thread give the connection back
-            self._acquiring = asyncio.ensure_future(asyncio.to_thread(self.lease.acquire))
-            held = await asyncio.shield(self._acquiring)
+            self._acquiring = asyncio.ensure_future(
+                asyncio.get_running_loop().run_in_executor(self._lease_thread, leases.acquire, ids)
+            )
+            gained, lost = await asyncio.shield(self._acquiring)
         except Exception:
-            log.exception("renewing the driver lease")
-            held = False
-        if held and not self._leading:
-            log.warning("this instance drives the speakers now (lease token %s)", self.lease.token)
-            self._leading = True
-            self.dispatcher.passive = False
-            self.dispatcher.start()
-            await self.recover()
-            self.session_watcher.start()
-        elif not held and self._leading:
-            log.warning("lost the driver lease: no longer driving the speakers")
-            self._leading = False
-            self.dispatcher.passive = True
-            await self.session_watcher.stop()
-            await self.dispatcher.stop()
-        if self._leading:
+            log.exception("renewing the driver leases")
+            return  # what is held stays fenced by its expiry (leases.valid)
+        for adapter_id in sorted(lost | (self._driving - set(leases.tokens))):
+            log.warning(
+                "no longer driving adapter %s: its lease went to another instance",
+                self.hub.name_of(adapter_id),
+            )
+            self._driving.discard(adapter_id)
+            await self.dispatcher.drop(adapter_id)
+        for adapter_id in sorted(gained):
+            log.warning(
+                "this instance drives adapter %s now (lease token %s)",
+                self.hub.name_of(adapter_id),
+                leases.tokens[adapter_id],
+            )
+            await self.dispatcher.drop(adapter_id)  # re-taken after a lapse: start afresh
+            self._driving.add(adapter_id)
+        if gained:
+            await self.recover(gained)
+        if self._driving:
             self._pick_up()
 
     def _pick_up(self) -> int:
-        """Queue the pending and withdrawing rules that are not queued yet (any instance
-        may have written them); returns how many were queued."""
+        """Queue the pending and withdrawing rules of the adapters driven here that are not
+        queued yet (any instance may have written them); returns how many were queued."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(rules.c.id, rules.c.state, rules.c.adapter_id).where(
                     rules.c.state.in_([State.PENDING.value, State.WITHDRAWING.value]),
                     rules.c.dry_run.is_(False),
                     rules.c.next_attempt_at.is_(None),
+                    rules.c.adapter_id.in_(sorted(self._driving)),
                 )
             ).all()
         queued = 0
@@ -294,11 +327,13 @@ class Service:
         if self._acquiring is not None:
             with contextlib.suppress(Exception):
                 await self._acquiring
-        if self.lease is not None and self._leading:
+        if self.leases is not None:
             await self.dispatcher.stop()
-            self._leading = False
+            self._driving.clear()
             with contextlib.suppress(Exception):
-                self.lease.release()
+                self.leases.release()
+        if self._lease_thread is not None:
+            self._lease_thread.shutdown(wait=False)
         await self.dispatcher.stop()
         await self.hub.close_all()
         self.events.close()
@@ -896,24 +931,25 @@ class Service:
 
     # ------------------------------------------------------------ recovery / reconcile
 
-    async def recover(self) -> None:
-        """After a start: expire overdue rules, resume withdrawals, reconcile the rest."""
+    async def recover(self, adapter_ids: Collection[int] | None = None) -> None:
+        """After a start (or taking adapters over): expire overdue rules, resume
+        withdrawals, reconcile the rest; of ``adapter_ids`` only when given."""
         expired = await self.expire_due(limit=10**9)
         if expired:
             log.info("withdrawing %d rules that expired while the service was down", expired)
+        cond = [rules.c.state == State.WITHDRAWING, rules.c.dry_run.is_(False)]
+        if adapter_ids is not None:
+            cond.append(rules.c.adapter_id.in_(sorted(adapter_ids)))
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(rules.c.id, rules.c.adapter_id).where(
-                    and_(rules.c.state == State.WITHDRAWING, rules.c.dry_run.is_(False))
-                )
-            ).all()
+            rows = conn.execute(select(rules.c.id, rules.c.adapter_id).where(and_(*cond))).all()
         by_adapter: dict[int, list[int]] = {}
         for r in rows:
             by_adapter.setdefault(r.adapter_id, []).append(r.id)
         for adapter_id, ids in by_adapter.items():
             self.dispatcher.submit(adapter_id, "withdraw", ids)
         for rec in self.hub.records():
-            await self.reconcile(rec.id, startup=True)
+            if adapter_ids is None or rec.id in adapter_ids:
+                await self.reconcile(rec.id, startup=True)
 
     async def reconcile(self, adapter_id: int, *, startup: bool = False) -> ReconcileReport:
         lock = self._reconcile_locks.setdefault(adapter_id, asyncio.Lock())
@@ -921,7 +957,16 @@ class Service:
             return await self._reconcile(adapter_id, startup)
 
     async def _reconcile(self, adapter_id: int, startup: bool) -> ReconcileReport:
-        return await self.reconciler.run(adapter_id, startup=startup)
+        if not self.drives(adapter_id):
+            report = ReconcileReport(adapter_id=adapter_id, readback=False)
+            report.error = "driven by another instance (its lease holder reconciles it)"
+            return report
+        try:
+            return await self.reconciler.run(adapter_id, startup=startup)
+        except Fenced as exc:  # taken over while reconciling
+            report = ReconcileReport(adapter_id=adapter_id, readback=False)
+            report.error = str(exc)
+            return report
 
     async def suspend_off_wire(self, adapter_id: int) -> int:
         """A speaker with no session up: its active rules become suspended (see reconcile)."""
@@ -929,8 +974,10 @@ class Service:
 
     async def reconcile_all(self) -> list[ReconcileReport]:
         if not self.leading:
-            return []  # the lease holder reconciles the speakers
-        reports = [await self.reconcile(rec.id) for rec in self.hub.records()]
+            return []  # the lease holders reconcile the speakers
+        reports = [
+            await self.reconcile(rec.id) for rec in self.hub.records() if self.drives(rec.id)
+        ]
         if self.finish_retirements():
             await self.hub.close_retired()
         return reports
@@ -1045,6 +1092,8 @@ class Service:
 
         rec, created = self.hub.upsert(config, adapter_id=adapter_id, on_write=audit)
         await self.hub.close_retired()
+        if created and self._leader_task is not None:
+            await self._lead_once()  # a lease for the new adapter now, not at the next round
         if not created:
             # a changed adapter may talk to another speaker: make it hold what it should
             asyncio.get_running_loop().create_task(self.reconcile(rec.id, startup=True))

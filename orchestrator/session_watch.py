@@ -50,6 +50,8 @@ class SessionWatcher:
         self._reconciles: set[asyncio.Task[object]] = set()
         self._suspends: dict[int, asyncio.Task[None]] = {}
         self._loop: asyncio.Task[None] | None = None
+        # several instances: only the adapters this instance drives are watched
+        self.drives: Callable[[int], bool] = lambda _adapter_id: True
 
     def start(self) -> None:
         if self._loop is None:
@@ -66,7 +68,7 @@ class SessionWatcher:
         for rec in self.hub.records():
             adapter_id = rec.id
             adapter = self.hub.live(adapter_id)
-            if isinstance(adapter, BgpSpeaker):
+            if isinstance(adapter, BgpSpeaker) and self.drives(adapter_id):
                 wanted[adapter_id] = adapter
         for adapter_id, (adapter, task) in list(self._tasks.items()):
             if wanted.get(adapter_id) is not adapter or task.done():

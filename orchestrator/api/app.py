@@ -86,6 +86,8 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
             yield
         finally:
             await core.stop()
+            app.state.limiter.close()
+            app.state.agent_limiter.close()
 
     app = FastAPI(
         title="Sluice",
@@ -100,8 +102,11 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.state.tokens = tokens
     app.state.operators = OperatorStore(service.engine, service.audit)
     app.state.metrics = registry_for(service, runtime)
-    app.state.limiter = RateLimiter(service.settings.rate_limit_per_minute)
-    app.state.agent_limiter = RateLimiter(service.settings.agent_rate_limit_per_minute)
+    settings, engine = service.settings, service.engine
+    app.state.limiter = RateLimiter.for_engine(settings.rate_limit_per_minute, engine, "api")
+    app.state.agent_limiter = RateLimiter.for_engine(
+        settings.agent_rate_limit_per_minute, engine, "agent"
+    )
     app.state.auth_failures = FailureLimiter(service.settings.auth_failures_per_minute)
     app.state.pcaps = build_store(service)
     app.state.extra_jobs = {"pcap-retention": (600.0, app.state.pcaps.sweep_due)}

@@ -428,6 +428,15 @@ leases = Table(
     Column("expires_at", UTCDateTime(), nullable=False),
 )
 
+# API rate limits shared by several instances (PostgreSQL): requests per key per minute
+rate_windows = Table(
+    "rate_windows",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("minute", BigInteger, primary_key=True),  # minutes since the epoch
+    Column("hits", Integer, nullable=False),
+)
+
 __all__ = [
     "adapters",
     "agent_jobs",
@@ -446,6 +455,7 @@ __all__ = [
     "operator_sessions",
     "operators",
     "pcaps",
+    "rate_windows",
     "rule_events",
     "rules",
     "runbook_executions",

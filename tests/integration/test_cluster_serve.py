@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import Connection, create_engine, func, select
 
 from labs.netns import wait_for
 from orchestrator.store.audit import ANCHOR_FILE, Anchor, verify
@@ -28,9 +28,12 @@ KEY = bytes.fromhex(AUDIT_KEY)
 
 
 class ClusterServer(Server):
-    def __init__(self, tmp: Path, policy_dir: Path, url: str) -> None:
+    def __init__(
+        self, tmp: Path, policy_dir: Path, url: str, adapter_dirs: tuple[Path, ...] = ()
+    ) -> None:
         tmp.mkdir()
-        super().__init__(tmp, policy_dir, (tmp.parent,))  # the shared router file
+        super().__init__(tmp, policy_dir, (tmp.parent, *adapter_dirs))  # the shared router file
+        self.ready_timeout = 120.0  # several services and PostgreSQL share the machine
         self.database_url = url
 
     def start(self) -> None:
@@ -41,6 +44,15 @@ class ClusterServer(Server):
         finally:
             del os.environ["SLUICE_DATABASE_URL"]
             del os.environ["SLUICE_AUDIT_KEY"]
+
+
+def _driver(conn: Connection) -> str:
+    """The holder of the one adapter's lease."""
+    return str(
+        conn.execute(
+            select(leases.c.holder).where(leases.c.name.startswith("adapter:"))
+        ).scalar_one()
+    )
 
 
 def _post(srv: Server, target: str) -> int:
@@ -81,7 +93,7 @@ def test_instances_share_one_truth_and_fail_over(tmp_path: Path, postgres_url: s
             assert max(per_target.values()) == 1  # never two rules for one target
             report = verify(conn, KEY, Anchor(servers[0].tmp / "data" / ANCHOR_FILE))
             assert report.ok, report
-            holder = str(conn.execute(select(leases.c.holder)).scalar_one())
+            holder = _driver(conn)
 
         def all_active() -> bool:
             with engine.connect() as conn:
@@ -98,8 +110,7 @@ def test_instances_share_one_truth_and_fail_over(tmp_path: Path, postgres_url: s
 
         def new_holder() -> bool:
             with engine.connect() as conn:
-                now = conn.execute(select(leases.c.holder)).scalar_one()
-            return str(now) != holder
+                return _driver(conn) != holder
 
         wait_for(new_holder, timeout=10, what="another instance takes the driver lease")
         r = survivors[-1].api("DELETE", "/mitigation/rules/1")
