@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from orchestrator.api import (
     admin,
     agent_jobs,
+    bulk,
     channels,
     dashboard,
     detectors,
@@ -142,6 +143,7 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     app.include_router(admin.router, prefix=API_PREFIX)
     app.include_router(policy.router, prefix=API_PREFIX)
     app.include_router(signals.router, prefix=API_PREFIX)
+    app.include_router(bulk.router, prefix=API_PREFIX)
     app.include_router(detectors.router, prefix=API_PREFIX)
     app.include_router(events.router, prefix=API_PREFIX)
     app.include_router(scrubbing.router, prefix=API_PREFIX)
