@@ -316,7 +316,11 @@ def main() -> None:
             raise
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(20)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
 
 if __name__ == "__main__":
