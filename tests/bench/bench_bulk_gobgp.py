@@ -111,7 +111,7 @@ def main() -> None:
         pdir = Path(tmp) / "policy"
         write_policy(pdir, topo.speaker.adapter_config("edge"))
         srv = Server(Path(tmp), pdir, topo.access.allowed_dirs)  # the lab's sockets
-        srv.start()
+        srv.start(timeout=180)  # a loaded machine starts Python slowly
         try:
             before = bird.count()
             t0 = time.perf_counter()
