@@ -39,9 +39,18 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from orchestrator.api.envelope import error_body
-from orchestrator.api.signals import Runtime, Writer, _signal, detector_fields
+from orchestrator.api.signals import (
+    Agent,
+    AgentIncident,
+    Runtime,
+    Writer,
+    _signal,
+    agent_signal,
+    detector_fields,
+)
 from orchestrator.intake import Item, Outcome, Result
 from policies.errors import SluiceError, ValidationFailed
 
@@ -82,31 +91,49 @@ def _item(raw: Any, actor: str) -> Item:
     )
 
 
-def signals_of(body: Any, limit: int) -> list[Any]:
-    """The list of signals of a bulk body; anything else refuses the whole request."""
+def signals_of(body: Any, limit: int, key: str = "signals") -> list[Any]:
+    """The list under ``key`` of a bulk body; anything else refuses the whole request."""
     if not isinstance(body, dict):
         raise ValidationFailed("the request body must be a JSON object")
-    extra = sorted(set(body) - {"signals"})
+    extra = sorted(set(body) - {key})
     if extra:
         raise ValidationFailed(
             f"unknown parameter {extra[0]}", code="unknown_parameter", field=extra[0]
         )
-    if "signals" not in body:
-        raise ValidationFailed("signals is required", code="missing_parameter", field="signals")
-    signals = body["signals"]
+    if key not in body:
+        raise ValidationFailed(f"{key} is required", code="missing_parameter", field=key)
+    signals = body[key]
     if not isinstance(signals, list):
-        raise ValidationFailed("signals must be a list of signals", field="signals")
+        raise ValidationFailed(f"{key} must be a list", field=key)
     if not signals:
-        raise ValidationFailed(
-            "signals is empty: send at least one", code="empty_batch", field="signals"
-        )
+        raise ValidationFailed(f"{key} is empty: send at least one", code="empty_batch", field=key)
     if len(signals) > limit:
         raise BatchTooLarge(
-            f"{len(signals)} signals in one request; at most {limit} "
+            f"{len(signals)} {key} in one request; at most {limit} "
             "(settings: bulk_max_signals); split the batch",
-            field="signals",
+            field=key,
         )
     return signals
+
+
+async def _body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
+        raise ValidationFailed("the request body must be JSON", code="invalid_json") from None
+
+
+async def _answer(
+    rt: Runtime, results: list[dict[str, Any] | None], items: list[Item], where: list[int]
+) -> JSONResponse:
+    """Submit the good items as one batch; the answer with a result per input, in order."""
+    for i, res in zip(where, await rt.intake.submit_many(items), strict=True):
+        results[i] = _brief(res)
+    out = [{"index": i, **r} for i, r in enumerate(results) if r is not None]
+    failed = sum(1 for r in out if not r["ok"])
+    return JSONResponse(
+        {"ok": True, "accepted": len(out) - failed, "failed": failed, "results": out}
+    )
 
 
 def _brief(result: Result | Exception) -> dict[str, Any]:
@@ -164,11 +191,7 @@ _BODY = {
 @router.post("/incidents/bulk", openapi_extra={"requestBody": _BODY})
 async def report_incidents(request: Request, rt: Runtime, who: Writer) -> JSONResponse:
     """Many signals in one request (counted once by the rate limit); a result per signal."""
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, RecursionError):  # RecursionError: nested too deep
-        raise ValidationFailed("the request body must be JSON", code="invalid_json") from None
-    signals = signals_of(body, rt.service.settings.bulk_max_signals)
+    signals = signals_of(await _body(request), rt.service.settings.bulk_max_signals)
     results: list[dict[str, Any] | None] = [None] * len(signals)
     items: list[Item] = []
     where: list[int] = []
@@ -178,10 +201,60 @@ async def report_incidents(request: Request, rt: Runtime, who: Writer) -> JSONRe
             where.append(i)
         except SluiceError as exc:
             results[i] = error_body(exc.code, exc.message, exc.field)
-    for i, res in zip(where, await rt.intake.submit_many(items), strict=True):
-        results[i] = _brief(res)
-    out = [{"index": i, **r} for i, r in enumerate(results) if r is not None]
-    failed = sum(1 for r in out if not r["ok"])
-    return JSONResponse(
-        {"ok": True, "accepted": len(out) - failed, "failed": failed, "results": out}
-    )
+    return await _answer(rt, results, items, where)
+
+
+def _agent_item(raw: Any, node: dict[str, Any]) -> Item:
+    try:
+        incident = AgentIncident.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        code = {"missing": "missing_parameter", "extra_forbidden": "unknown_parameter"}.get(
+            err["type"], "invalid_parameter"
+        )
+        text = f"{field}: {msg}" if field else msg
+        raise ValidationFailed(text, code=code, field=field) from None
+    return Item("ban", f"node:{node['name']}", signal=agent_signal(incident, node))
+
+
+@router.post(
+    "/agent/incidents/bulk",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["incidents"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "incidents": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {"$ref": "#/components/schemas/AgentIncident"},
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def agent_incidents(request: Request, node: Agent, rt: Runtime) -> JSONResponse:
+    """A node's incidents in one request (``{"incidents": [...]}``, each what
+    ``POST /agent/incidents`` takes), as ``POST /incidents/bulk`` handles signals."""
+    reports = signals_of(await _body(request), rt.service.settings.bulk_max_signals, "incidents")
+    request.app.state.nodes.seen(node["id"])
+    results: list[dict[str, Any] | None] = [None] * len(reports)
+    items: list[Item] = []
+    where: list[int] = []
+    for i, raw in enumerate(reports):
+        try:
+            items.append(_agent_item(raw, node))
+            where.append(i)
+        except SluiceError as exc:
+            results[i] = error_body(exc.code, exc.message, exc.field)
+    return await _answer(rt, results, items, where)

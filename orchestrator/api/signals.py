@@ -319,6 +319,11 @@ async def agent_incident(
     body: AgentIncident, node: Agent, reg: Nodes, rt: Runtime
 ) -> dict[str, Any]:
     reg.seen(node["id"])
+    return ok(**await rt.handle(agent_signal(body, node), actor=f"node:{node['name']}"))
+
+
+def agent_signal(body: AgentIncident, node: dict[str, Any]) -> Signal:
+    """The signal a node's incident report stands for (its own address by default)."""
     data = body.model_dump(exclude={"peak_pps", "peak_bps"}, exclude_none=True)
     data.update(
         target_ip=body.target_ip or node["ip"],
@@ -326,4 +331,4 @@ async def agent_incident(
         bps=body.peak_bps,
         pps=body.peak_pps,
     )
-    return ok(**await rt.handle(_signal(data), actor=f"node:{node['name']}"))
+    return _signal(data)

@@ -111,7 +111,8 @@ def main() -> None:
         pdir = Path(tmp) / "policy"
         write_policy(pdir, topo.speaker.adapter_config("edge"))
         srv = Server(Path(tmp), pdir, topo.access.allowed_dirs)  # the lab's sockets
-        srv.start(timeout=180)  # a loaded machine starts Python slowly
+        srv.ready_timeout = 180  # a loaded machine starts Python slowly
+        srv.start()
         try:
             before = bird.count()
             t0 = time.perf_counter()

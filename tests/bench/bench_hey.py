@@ -72,7 +72,8 @@ def main() -> None:
         body = Path(tmp) / "signal.json"
         body.write_text(json.dumps(SIGNAL))
         srv = Server(Path(tmp), pdir)
-        srv.start(timeout=180)  # a loaded machine starts Python slowly
+        srv.ready_timeout = 180  # a loaded machine starts Python slowly
+        srv.start()
         try:
             r = srv.api("POST", "/incidents", json=SIGNAL)  # the incident and its rule
             assert r.status_code == 200 and r.json()["decision"]["rules"], r.text

@@ -272,3 +272,45 @@ async def test_openapi_documents_the_bulk_contract(make_api: Any) -> None:
     assert body["required"] == ["signals"]
     assert "batch_too_large" in op["responses"]["413"]["description"]
     assert {"200", "401", "403", "413", "422", "429"} <= set(op["responses"])
+
+
+async def test_an_agent_reports_many_incidents_in_one_request(make_api: Any) -> None:
+    api = await service(make_api, agent_rate_limit_per_minute=2)
+    node = await api.ok("POST", "/nodes", status=201, json={"name": "edge-1", "ip": "198.18.9.1"})
+    agent = {"X-Node-UUID": node["node"]["id"]}
+    attack = {"attack_family": "udp_flood", "severity": "high", "peak_bps": 3e9, "peak_pps": 4e5}
+    reports: list[Any] = [
+        attack,  # the node's own address
+        {**attack, "target_ip": "198.18.9.2"},
+        {"attack_family": "udp_flood", "peak_bps": 3e9},  # no severity
+        {**attack, "target_ip": "not an address"},
+    ]
+    r = await api.call(
+        "POST", "/agent/incidents/bulk", token=node["api_key"], headers=agent,
+        json={"incidents": reports},
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["accepted"] == 2 and body["failed"] == 2
+    own, other, no_severity, bad_ip = body["results"]
+    assert own["decision"] == "announce" and other["decision"] == "announce"
+    assert no_severity["error"]["code"] == "missing_parameter"
+    assert no_severity["error"]["field"] == "severity"
+    assert bad_ip["error"]["field"] == "target_ip"
+    inc = (await api.ok("GET", f"/incidents/{own['incident_id']}"))["incident"]
+    assert inc["target_ip"] == "198.18.9.1" and inc["node"] == node["node"]["id"]
+    with api.svc.engine.connect() as conn:
+        targets = set(conn.execute(select(incidents.c.target)).scalars())
+    assert targets == {"198.18.9.1", "198.18.9.2"}
+    # one request, one unit of the node's rate limit
+    assert r.headers["X-RateLimit-Remaining"] == "1"
+    r = await api.call(
+        "POST", "/agent/incidents/bulk", token=node["api_key"], headers=agent,
+        json={"incidents": []},
+    )  # fmt: skip
+    assert r.status_code == 422 and r.json()["error"]["code"] == "empty_batch"
+    doc = (await api.client.get("/api/v1/openapi.json")).json()
+    items = doc["paths"]["/api/v1/agent/incidents/bulk"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]["schema"]["properties"]["incidents"]["items"]
+    assert items["$ref"].rsplit("/", 1)[-1] in doc["components"]["schemas"]
