@@ -22,6 +22,9 @@ from orchestrator.cluster import write
 from orchestrator.store.models import audit_log, decisions, events, incidents, rules
 from tests.unit.orchestrator.conftest import Api
 
+# the intake writes the store: every test runs on SQLite and on PostgreSQL
+pytestmark = pytest.mark.postgresql
+
 TIERS = [
     {"name": "tier1", "bps": "100M", "intents": [{"type": "flowspec_drop"}], "adapters": ["edge"]},
     {"name": "tier2", "bps": "2G", "intents": [{"type": "blackhole"}], "adapters": ["edge"]},
