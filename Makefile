@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 DATA_DIR ?= ./var
-DEB_PACKAGES := bird2 frr gobgpd exabgp nftables iproute2 golang-github-osrg-gobgp-dev systemd postgresql fastnetmon hping3 iptables ufw firewalld chromium chromium-driver prometheus
+DEB_PACKAGES := bird2 frr gobgpd exabgp nftables iproute2 golang-github-osrg-gobgp-dev systemd postgresql fastnetmon hping3 iptables ufw firewalld chromium chromium-driver prometheus hey
 UNAME_ID := $(shell id -u)
 
 .PHONY: run test venv install install-dev debs stubs lint typecheck pytest bench clean

@@ -146,6 +146,14 @@ _UPDATE = (
 )
 
 
+CHUNK = 2000  # values per IN (...) list: far below SQLite's limit on bound parameters
+
+
+def _chunks(values: Sequence[str]) -> list[list[str]]:
+    ordered = sorted(set(values))
+    return [ordered[i : i + CHUNK] for i in range(0, len(ordered), CHUNK)]
+
+
 class IncidentStore:
     """Incident reads and writes; writes work inside the caller's transaction."""
 
@@ -164,43 +172,51 @@ class IncidentStore:
 
     @staticmethod
     def by_ids(conn: Connection, ids: Sequence[str]) -> dict[str, Incident]:
-        if not ids:
-            return {}
-        rows = conn.execute(select(incidents).where(incidents.c.id.in_(sorted(ids)))).all()
-        return {r.id: Incident.from_row(r) for r in rows}
+        out: dict[str, Incident] = {}
+        for chunk in _chunks(ids):
+            rows = conn.execute(select(incidents).where(incidents.c.id.in_(chunk))).all()
+            out.update((r.id, Incident.from_row(r)) for r in rows)
+        return out
 
     @staticmethod
     def live_by_target(conn: Connection, targets: Sequence[str]) -> dict[str, Incident]:
         """Per target, its latest live incident (quiet ones too: the caller expires them)."""
-        if not targets:
-            return {}
-        rows = conn.execute(
-            select(incidents)
-            .where(
-                and_(
-                    incidents.c.target.in_(sorted(targets)),
-                    incidents.c.status.in_([str(s) for s in LIVE]),
+        out: dict[str, Incident] = {}
+        for chunk in _chunks(targets):
+            rows = conn.execute(
+                select(incidents)
+                .where(
+                    and_(
+                        incidents.c.target.in_(chunk),
+                        incidents.c.status.in_([str(s) for s in LIVE]),
+                    )
                 )
-            )
-            .order_by(incidents.c.updated_at)
-        ).all()
-        return {r.target: Incident.from_row(r) for r in rows}  # the latest one wins
+                .order_by(incidents.c.updated_at)
+            ).all()
+            out.update((r.target, Incident.from_row(r)) for r in rows)  # the latest one wins
+        return out
 
     @staticmethod
     def by_event(
         conn: Connection, pairs: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], Incident]:
         """Per (source, event_id), the latest incident a detector named so."""
+        wanted = set(pairs)
         out: dict[tuple[str, str], Incident] = {}
-        for source, event_id in sorted(set(pairs)):
-            row = conn.execute(
+        for chunk in _chunks([e for _, e in wanted]):
+            rows = conn.execute(
                 select(incidents)
-                .where(and_(incidents.c.source == source, incidents.c.event_id == event_id))
-                .order_by(incidents.c.opened_at.desc())
-                .limit(1)
-            ).first()
-            if row is not None:
-                out[(source, event_id)] = Incident.from_row(row)
+                .where(
+                    and_(
+                        incidents.c.event_id.in_(chunk),
+                        incidents.c.source.in_(sorted({s for s, _ in wanted})),
+                    )
+                )
+                .order_by(incidents.c.opened_at)
+            ).all()
+            for r in rows:  # ordered by opening: the latest one wins
+                if (r.source, r.event_id) in wanted:
+                    out[(r.source, r.event_id)] = Incident.from_row(r)
         return out
 
     @staticmethod
@@ -274,21 +290,42 @@ class IncidentStore:
             )
 
     def escalated(
-        self, conn: Connection, inc: Incident, *, tier: str | None, status: str, now: datetime
+        self, conn: Connection, items: Sequence[tuple[Incident, str | None, str]], *, now: datetime
     ) -> None:
-        """The policy planned a tier's rules: the incident is (or stays) mitigating."""
-        if inc.status is not Status.MITIGATING:  # an ended incident is refused here
-            self._move(conn, inc, Status.MITIGATING, now)
+        """The policy planned a tier's rules (per item: incident, tier, decision status):
+        each incident is (or stays) mitigating; one statement and one event batch."""
+        if not items:
+            return
+        opening = list({inc.id: inc for inc, _, _ in items if inc.status is Status.OPEN}.values())
+        for inc in {i.id: i for i, _, _ in items if i.status is not Status.OPEN}.values():
+            if inc.status is not Status.MITIGATING:  # an ended incident is refused here
+                self._move(conn, inc, Status.MITIGATING, now)
+        moved = 0
+        for chunk in _chunks([i.id for i in opening]):
+            moved += conn.execute(
+                update(incidents)
+                .where(and_(incidents.c.id.in_(chunk), incidents.c.status == str(Status.OPEN)))
+                .values(status=str(Status.MITIGATING))
+            ).rowcount
+        if moved != len(opening):  # some changed since they were read: say which
+            for inc in opening:
+                current = self.get(conn, inc.id)
+                if current.status is not Status.MITIGATING:
+                    check_move(inc.id, current.status, Status.MITIGATING)
+            raise Conflict("incidents changed meanwhile; try again", code="conflict")
+        for inc in opening:
+            inc.status = Status.MITIGATING
         ev.record(
             conn,
-            [
+            (
                 ev.Event(
                     ev.Kind.INCIDENT_ESCALATED,
                     now,
                     incident_id=inc.id,
                     detail={"tier": tier, "decision": status},
                 )
-            ],
+                for inc, tier, status in items
+            ),
         )
 
     def end(

@@ -2,9 +2,16 @@
 
 Signals (``ban``), detector ``unban``s and hold-down re-evaluations go through one queue,
 in arrival order. Consecutive signals are handled as one batch (group commit): evaluated
-one after the other, then written in ONE transaction - new incidents first, then their
-rules (which reference them by foreign key), withdrawals, the incidents' new state, the
-decisions and the events.
+one after the other (:meth:`Intake.evaluate`, the one place where a batch's decisions are
+seen together), then written in ONE transaction (:meth:`Intake._write`) - new incidents
+first, then their rules (which reference them by foreign key), withdrawals, the
+incidents' new state, the decisions, the events and one audit entry for the new rules.
+The rule changes go to the adapters as one batch once that transaction committed.
+
+Single signals (``POST /incidents``) that arrive together are grouped up to
+:data:`MAX_BATCH`; a bulk request (``POST /incidents/bulk``, :meth:`Intake.submit_many`)
+is never split: its signals are one batch and one transaction (an ``unban`` in it is
+handled on its own, in its place in the order).
 
 * A signal names its incident by ``incident_id``, by its detector's ``source`` +
   ``event_id`` (the same pair updates the same incident), or by neither: then it updates
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import and_, insert, select
 
 from orchestrator import events as ev
-from orchestrator.carpet import Carpet
+from orchestrator.carpet import Carpet, CarpetBatch
 from orchestrator.cluster import StaleRead, write, writers
 from orchestrator.incidents import ENDED, LIVE, AlreadyEnded, Incident, IncidentStore, Status
 from orchestrator.lifecycle import HELD
@@ -46,7 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sluice.intake")
 
-MAX_BATCH = 256  # signals handled in one group commit
+MAX_BATCH = 256  # single signals grouped into one commit (a bulk request is never split)
 STALE_RETRIES = 20  # reads redone when other instances keep writing in between
 ESCALATING = ("announce", "escalate")
 Action = Literal["ban", "unban", "recheck"]
@@ -61,7 +69,67 @@ class Item:
     source: str | None = None
     event_id: str | None = None
     raw_details: dict[str, Any] | None = None
-    future: asyncio.Future[dict[str, Any]] = field(init=False)
+    future: asyncio.Future[Result] = field(init=False)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one signal did: its incident, the policy's decision, and what the store made
+    of it (``applied``: the rules made, the ones refused, the ones withdrawn)."""
+
+    incident: Incident
+    decision: Decision
+    applied: dict[str, Any]
+
+    def view(self) -> dict[str, Any]:
+        """The full answer (``POST /incidents``): the incident and the explained decision."""
+        inc, d = self.incident, self.decision
+        planned = d.to_dict()
+        return {
+            "incident": inc.view(),
+            # "planned": what the policy asked for; "rules": the rules it made (ids);
+            # "refused": what guardrails stopped; "withdrawn": rule ids taken down
+            "decision": {
+                **planned,
+                "planned": planned["rules"],
+                "held_until": inc.held_until.isoformat() if inc.held_until else None,
+                **self.applied,
+            },
+        }
+
+    def brief(self) -> dict[str, Any]:
+        """One item of a bulk answer: ids and codes, no explanation (it is stored)."""
+        inc, d = self.incident, self.decision
+        return {
+            "incident_id": inc.id,
+            "incident_status": str(inc.status),
+            "decision": d.status,
+            "tier": d.tier,
+            "rule_ids": [r["rule_id"] for r in self.applied["rules"]],
+            "refused": [
+                {"code": r["code"], "intent": r["intent"], "adapter": r["adapter"]}
+                for r in self.applied["refused"]
+            ],
+            "withdrawn": self.applied["withdrawn"],
+            "held_until": inc.held_until.isoformat() if inc.held_until else None,
+        }
+
+
+# An item's result: a signal's outcome, an unban's answer (a dict), or its error.
+Result = Outcome | dict[str, Any]
+
+
+@dataclass(slots=True)
+class Evaluated:
+    """A batch after the policy and before the store: per item, its incident and decision
+    (or the error that stops that item alone), and the incidents the batch opens,
+    updates and finds expired."""
+
+    items: list[tuple[Item, Incident, Decision] | Exception]
+    new: dict[str, Incident]
+    touched: dict[str, Incident]
+    stale: list[Incident]
+    carpet: CarpetBatch | None = None  # covering rules formed over the batch (#14.4)
 
 
 class Intake:
@@ -69,7 +137,7 @@ class Intake:
         self.service = service
         self._state = state  # the runtime replaces its EngineState on load
         self.store = IncidentStore()
-        self._pending: list[Item] = []
+        self._pending: deque[list[Item]] = deque()  # submissions, each a list of items
         self._worker: asyncio.Task[None] | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._rechecking: set[str] = set()
@@ -83,46 +151,61 @@ class Intake:
     # ------------------------------------------------------------ queue
 
     async def submit(self, item: Item) -> dict[str, Any]:
+        """Handle one item; its full answer (the error is raised)."""
+        result = (await self.submit_many([item]))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result.view() if isinstance(result, Outcome) else result
+
+    async def submit_many(self, items: Sequence[Item]) -> list[Result | Exception]:
+        """Handle items together (a bulk request): per item, its result or its error.
+
+        The items stay one batch: their signals are evaluated and stored in one
+        transaction (each ``unban`` among them in its own, in its place in the order).
+        """
+        if not items:
+            return []
         loop = asyncio.get_running_loop()
-        item.future = loop.create_future()
-        self._pending.append(item)
+        for item in items:
+            item.future = loop.create_future()
+        self._pending.append(list(items))
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain(), name="signal-intake")
-        return await item.future
+        done = await asyncio.gather(*(item.future for item in items), return_exceptions=True)
+        out: list[Result | Exception] = []
+        for res in done:
+            if isinstance(res, BaseException) and not isinstance(res, Exception):
+                raise res  # cancelled
+            out.append(res)
+        return out
 
     async def _drain(self) -> None:
         while self._pending:
-            if self._pending[0].action == "unban":
-                batch = [self._pending.pop(0)]
-            else:
-                n = 0
-                while (
-                    n < len(self._pending) and n < MAX_BATCH and self._pending[n].action != "unban"
-                ):
-                    n += 1
-                batch = self._pending[:n]
-                del self._pending[:n]
-            try:
-                if batch[0].action == "unban":
-                    results: list[dict[str, Any] | Exception] = [self._unban(batch[0])]
-                else:
-                    results = self._handle_batch_fresh(batch)
-            except Exception as exc:  # a database error: every item of the batch fails
-                if not isinstance(exc, SluiceError):
-                    log.exception("handling %d signals", len(batch))
-                results = [exc] * len(batch)
-            for item, res in zip(batch, results, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(res, Exception):
-                    item.future.set_exception(res)
-                else:
-                    item.future.set_result(res)
+            items = self._pending.popleft()
+            while self._pending and len(items) + len(self._pending[0]) <= MAX_BATCH:
+                items.extend(self._pending.popleft())
+            for batch in _runs(items):
+                try:
+                    if batch[0].action == "unban":
+                        results: list[Result | Exception] = [self._unban(batch[0])]
+                    else:
+                        results = self._handle_batch_fresh(batch)
+                except Exception as exc:  # a database error: every item of the batch fails
+                    if not isinstance(exc, SluiceError):
+                        log.exception("handling %d signals", len(batch))
+                    results = [exc] * len(batch)
+                for item, res in zip(batch, results, strict=True):
+                    if item.future.done():
+                        continue
+                    if isinstance(res, Exception):
+                        item.future.set_exception(res)
+                    else:
+                        item.future.set_result(res)
             await asyncio.sleep(0)  # let the next signals in
 
     # ------------------------------------------------------------ signals
 
-    def _handle_batch_fresh(self, batch: list[Item]) -> list[dict[str, Any] | Exception]:
+    def _handle_batch_fresh(self, batch: list[Item]) -> list[Result | Exception]:
         """Handle a batch; read again when another instance wrote between read and write."""
         for _ in range(STALE_RETRIES):
             try:
@@ -134,10 +217,56 @@ class Intake:
             code="store_busy",
         )
 
-    def _handle_batch(self, batch: list[Item]) -> list[dict[str, Any] | Exception]:
+    def _handle_batch(self, batch: list[Item]) -> list[Result | Exception]:
+        """Evaluate a batch of signals, then store every decision in one transaction."""
         svc = self.service
         now = svc.clock()
         read_at = writers(svc.engine).seen()
+        evaluated = self.evaluate(batch, now)
+        carpet = evaluated.carpet
+        done = [x for x in evaluated.items if not isinstance(x, Exception)]
+        formed = carpet.formed if carpet is not None else []
+        for _, inc, _ in formed:
+            evaluated.new[inc.id] = inc
+        applied: list[dict[str, Any]] = []
+        if done or evaluated.stale:
+            applied = self._write(
+                [*formed, *done],  # a covering incident's decision before those it covers
+                evaluated.new,
+                evaluated.touched,
+                evaluated.stale,
+                now,
+                read_at=read_at,
+                events=carpet.events if carpet is not None else (),
+            )
+            if carpet is not None:
+                self.carpet.after_write(carpet, applied[: len(formed)])
+            applied = applied[len(formed) :]
+        for inc in {i.id: i for _, i, _ in done}.values():
+            if inc.held_until is not None:
+                self._arm(inc)
+        out: list[Result | Exception] = []
+        k = 0
+        for x in evaluated.items:
+            if isinstance(x, Exception):
+                out.append(x)
+            else:
+                out.append(Outcome(x[1], x[2], applied[k]))
+                k += 1
+        return out
+
+    def evaluate(self, batch: list[Item], now: datetime) -> Evaluated:
+        """Evaluate a batch of signals (bans and re-checks) in arrival order; store nothing.
+
+        Reads the incidents the batch names or targets, finds or opens each signal's
+        incident and asks the policy for its decision. An item that cannot be handled
+        (an unknown incident, a target mismatch) gets its error and changes nothing; the
+        others go on. This is where a batch's decisions are seen together before
+        :meth:`_write` stores them: carpet-bombing aggregation (:mod:`orchestrator.carpet`)
+        watches each decision here and forms covering incidents and rules
+        (``Evaluated.carpet``), which the write stores first.
+        """
+        svc = self.service
         quiet = timedelta(seconds=svc.policy.escalation.episode_timeout_seconds)
         hold = svc.policy.escalation.hold_down_seconds
         with svc.engine.connect() as conn:
@@ -149,17 +278,14 @@ class Intake:
                 conn, [(i.source, i.event_id) for i in batch if i.source and i.event_id]
             )
             carpet = self.carpet.begin(conn, now)
-        new: dict[str, Incident] = {}
-        touched: dict[str, Incident] = {}
-        stale: list[Incident] = []
-        items: list[tuple[Item, Incident, Decision] | Exception] = []
+        out = Evaluated(items=[], new={}, touched={}, stale=[], carpet=carpet)
         for item in batch:
             assert item.signal is not None  # noqa: S101  # bans and rechecks carry one
             covered = carpet.cover(item) if carpet is not None else None
             if carpet is not None and covered is not None:  # inside a covering prefix
                 if not carpet.is_new(covered[0]):
-                    touched[covered[0].id] = covered[0]
-                items.append((item, *covered))
+                    out.touched[covered[0].id] = covered[0]
+                out.items.append((item, *covered))
                 continue
             try:
                 inc = self._incident_for(
@@ -169,43 +295,22 @@ class Intake:
                     live=live,
                     by_id=by_id,
                     by_event=by_event,
-                    new=new,
-                    stale=stale,
+                    new=out.new,
+                    stale=out.stale,
                 )
             except SluiceError as exc:
-                items.append(exc)
+                out.items.append(exc)
                 continue
-            if item.action == "recheck" and (inc.status is not Status.OPEN or inc.id in new):
-                items.append(NotFound("nothing to re-evaluate", code="not_held"))
+            if item.action == "recheck" and (inc.status is not Status.OPEN or inc.id in out.new):
+                out.items.append(NotFound("nothing to re-evaluate", code="not_held"))
                 continue
             decision = self._decide(item, inc, now, hold)
             if carpet is not None:
                 decision = carpet.observe(item, decision)
-            if inc.id not in new:
-                touched[inc.id] = inc
-            items.append((item, inc, decision))
-        done = [x for x in items if not isinstance(x, Exception)]
-        formed = carpet.formed if carpet is not None else []
-        for _, inc, _ in formed:
-            new[inc.id] = inc
-        applied: list[dict[str, Any]] = []
-        if done or stale:
-            applied = self._write(
-                [*formed, *done],  # a covering incident's decision before those it covers
-                new,
-                touched,
-                stale,
-                now,
-                read_at=read_at,
-                events=carpet.events if carpet is not None else (),
-            )
-            if carpet is not None:
-                self.carpet.after_write(carpet, applied[: len(formed)])
-            applied = applied[len(formed) :]
-        for inc in {i.id: i for _, i, _ in done}.values():
-            if inc.held_until is not None:
-                self._arm(inc)
-        return _results(items, applied)
+            if inc.id not in out.new:
+                out.touched[inc.id] = inc
+            out.items.append((item, inc, decision))
+        return out
 
     def _decide(self, item: Item, inc: Incident, now: datetime, hold: int) -> Decision:
         """Evaluate one signal and bring its incident up to date."""
@@ -404,9 +509,15 @@ class Intake:
                         applied[k]["withdrawn"] = ids
                         afters.append(after)
                 self.store.save_signals(conn, list(touched.values()))
-                for k, (_item, inc, d) in enumerate(done):
-                    if d.status in ESCALATING and applied[k]["rules"]:
-                        self.store.escalated(conn, inc, tier=d.tier, status=d.status, now=now)
+                self.store.escalated(
+                    conn,
+                    [
+                        (inc, d.tier, d.status)
+                        for k, (_item, inc, d) in enumerate(done)
+                        if d.status in ESCALATING and applied[k]["rules"]
+                    ],
+                    now=now,
+                )
                 conn.execute(
                     insert(decisions),
                     [
@@ -636,29 +747,13 @@ class Intake:
         return Incident.from_row(row).view() if row is not None else None
 
 
-def _results(
-    items: list[tuple[Item, Incident, Decision] | Exception], applied: list[dict[str, Any]]
-) -> list[dict[str, Any] | Exception]:
-    out: list[dict[str, Any] | Exception] = []
-    k = 0
-    for x in items:
-        if isinstance(x, Exception):
-            out.append(x)
-            continue
-        _item, inc, d = x
-        planned = d.to_dict()
-        out.append(
-            {
-                "incident": inc.view(),
-                # "planned": what the policy asked for; "rules": the rules it made (ids);
-                # "refused": what guardrails stopped; "withdrawn": rule ids taken down
-                "decision": {
-                    **planned,
-                    "planned": planned["rules"],
-                    "held_until": inc.held_until.isoformat() if inc.held_until else None,
-                    **applied[k],
-                },
-            }
-        )
-        k += 1
-    return out
+def _runs(items: list[Item]) -> list[list[Item]]:
+    """Split a submission into batches in order: consecutive signals together, each
+    ``unban`` alone (it ends an incident in its own transaction)."""
+    runs: list[list[Item]] = []
+    for item in items:
+        if item.action == "unban" or not runs or runs[-1][0].action == "unban":
+            runs.append([item])
+        else:
+            runs[-1].append(item)
+    return runs

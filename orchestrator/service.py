@@ -853,6 +853,12 @@ class Service:
                 by_adapter.setdefault(r.adapter_id, []).append(r.id)
 
         def after() -> None:
+            # a rule created earlier in the same transaction (a batch of signals that
+            # escalates) was indexed by its creation's ``after``: not live any more
+            for r in rows:
+                ident = (r.key, r.adapter_id, bool(r.dry_run))
+                if self._live.by_key.get(ident) == r.id:
+                    del self._live.by_key[ident]
             for adapter_id, ids in by_adapter.items():
                 self.dispatcher.submit(adapter_id, "withdraw", ids)
 

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # management network. /api/v1/metrics always needs one.
     metrics_public: bool = False
     rate_limit_per_minute: Annotated[int, Field(ge=1)] = 1000
+    # Signals one POST /incidents/bulk may carry (one rate-limit unit, one transaction);
+    # more is refused with 413 batch_too_large. max_body_bytes bounds the body as well.
+    bulk_max_signals: Annotated[int, Field(ge=1, le=100_000)] = 1000
     # Failed authentications (API tokens and node keys) allowed per client address and
     # minute; beyond that the address gets 429 until the window has room again.
     auth_failures_per_minute: Annotated[int, Field(ge=1)] = 20

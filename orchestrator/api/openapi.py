@@ -45,6 +45,16 @@ BACKEND_OPERATIONS = {
     ("post", "/api/v1/scrubbing/{integration_id}/announce"),
     ("post", "/api/v1/scrubbing/{integration_id}/withdraw"),
 }
+# What an operation's error status means beyond the general description.
+NOTES = {
+    ("post", "/api/v1/incidents/bulk"): {
+        413: "The body is larger than the configured limit, or it holds more signals than "
+        "`bulk_max_signals` (`batch_too_large`).",
+        422: 'The body is not `{"signals": [...]}` with at least one signal '
+        "(`empty_batch`, ...). A bad signal inside the list does not refuse the request: "
+        "its error is its item of `results`.",
+    },
+}
 # Operations whose success answer is a stream, not the JSON envelope.
 STREAMS = {("get", "/api/v1/events/stream"): "text/event-stream"}
 _DESCRIPTIONS = {
@@ -136,7 +146,7 @@ def complete(doc: dict[str, Any]) -> dict[str, Any]:
                 responses["200"]["content"] = {stream: {"schema": {"type": "string"}}}
             for status in sorted(_statuses(method, path, op)):
                 answer: dict[str, Any] = {
-                    "description": _DESCRIPTIONS[status],
+                    "description": NOTES.get((method, path), {}).get(status, _DESCRIPTIONS[status]),
                     "content": {"application/json": {"schema": ref}},
                 }
                 if status == 429:

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import Field, ValidationError
 
 from orchestrator.api.deps import NODE_STATE, RateLimiter, guarded, require
@@ -151,15 +152,16 @@ async def apply_signal(rt: PolicyRuntime, body: dict[str, Any], actor: str) -> d
 
 
 @router.post("/incidents")
-async def report_incident(request: Request, rt: Runtime, who: Writer) -> dict[str, Any]:
+async def report_incident(request: Request, rt: Runtime, who: Writer) -> JSONResponse:
     """Open or update an incident with a signal (or end it: ``action: unban``)."""
     try:
-        body = await request.json()
+        body = json.loads(await request.body())
     except (ValueError, RecursionError):  # RecursionError: nested too deep
         raise ValidationFailed("the request body must be JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ValidationFailed("the request body must be a JSON object")
-    return ok(**await apply_signal(rt, body, who.name))
+    # the answer holds JSON types only: rendered as it is, without FastAPI's encoder walk
+    return JSONResponse(ok(**await apply_signal(rt, body, who.name)))
 
 
 @router.get("/incidents")
@@ -317,6 +319,11 @@ async def agent_incident(
     body: AgentIncident, node: Agent, reg: Nodes, rt: Runtime
 ) -> dict[str, Any]:
     reg.seen(node["id"])
+    return ok(**await rt.handle(agent_signal(body, node), actor=f"node:{node['name']}"))
+
+
+def agent_signal(body: AgentIncident, node: dict[str, Any]) -> Signal:
+    """The signal a node's incident report stands for (its own address by default)."""
     data = body.model_dump(exclude={"peak_pps", "peak_bps"}, exclude_none=True)
     data.update(
         target_ip=body.target_ip or node["ip"],
@@ -324,4 +331,4 @@ async def agent_incident(
         bps=body.peak_bps,
         pps=body.peak_pps,
     )
-    return ok(**await rt.handle(_signal(data), actor=f"node:{node['name']}"))
+    return _signal(data)

@@ -167,7 +167,7 @@ def test_every_incident_transition_is_allowed_or_refused(
             if to in (Status.RESOLVED, Status.EXPIRED):
                 store.end(conn, inc, to, now=T0, by="test", cause="test")
             elif to is Status.MITIGATING:
-                store.escalated(conn, inc, tier="t1", status="announce", now=T0)
+                store.escalated(conn, [(inc, "t1", "announce")], now=T0)
             else:
                 store._move(conn, inc, to, T0)
 
