@@ -151,19 +151,22 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
             ),
         ),
     )
-    app.include_router(mitigation.router, prefix=API_PREFIX)
-    app.include_router(admin.router, prefix=API_PREFIX)
-    app.include_router(policy.router, prefix=API_PREFIX)
-    app.include_router(signals.router, prefix=API_PREFIX)
-    app.include_router(bulk.router, prefix=API_PREFIX)
-    app.include_router(detectors.router, prefix=API_PREFIX)
-    app.include_router(events.router, prefix=API_PREFIX)
-    app.include_router(scrubbing.router, prefix=API_PREFIX)
-    app.include_router(agent_jobs.router, prefix=API_PREFIX)
-    app.include_router(pcaps.router, prefix=API_PREFIX)
-    app.include_router(runbooks.router, prefix=API_PREFIX)
-    app.include_router(channels.router, prefix=API_PREFIX)
-    app.include_router(dashboard.api, prefix=API_PREFIX)
+    for router in (
+        mitigation.router,
+        admin.router,
+        policy.router,
+        signals.router,
+        bulk.router,
+        detectors.router,
+        events.router,
+        scrubbing.router,
+        agent_jobs.router,
+        pcaps.router,
+        runbooks.router,
+        channels.router,
+        dashboard.api,
+    ):
+        app.include_router(router, prefix=API_PREFIX)
     app.include_router(dashboard.pages)
     return app
 
