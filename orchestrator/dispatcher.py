@@ -31,7 +31,7 @@ from typing import Any, Literal
 from prometheus_client import Counter, Histogram
 from sqlalchemy import Connection, Engine, select
 
-from adapters.base import Adapter, BgpSpeaker, Outcome, RuleRef
+from adapters.base import Adapter, BgpSpeaker, LargeBatches, Outcome, RuleRef
 from orchestrator.cluster import Fenced, write
 from orchestrator.lifecycle import State, backoff
 from orchestrator.rulestore import Failure, RuleStore
@@ -242,7 +242,8 @@ class Dispatcher:
                     return
                 first = lane.queue.get_nowait()
             batch = [first]
-            while len(batch) < self.batch_size and not lane.queue.empty():
+            limit = self.batch_limit(adapter_id)
+            while len(batch) < limit and not lane.queue.empty():
                 nxt = lane.queue.get_nowait()
                 if nxt.op != first.op:
                     lane.carry = nxt
@@ -263,6 +264,13 @@ class Dispatcher:
                 for job in batch:
                     self._queued.discard((job.op, job.rule_id))
                     self._wake(job.rule_id)
+
+    def batch_limit(self, adapter_id: int) -> int:
+        """The most jobs one call hands this adapter (see adapters.base.LargeBatches)."""
+        adapter = self.adapter_for(adapter_id)
+        if isinstance(adapter, LargeBatches):
+            return max(self.batch_size, adapter.batch_limit)
+        return self.batch_size
 
     def _wake(self, rule_id: int) -> None:
         for fut in self._waiters.pop(rule_id, []):

@@ -233,6 +233,8 @@ class ExaBgpAdapter:
     supported: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.BLACKHOLE, Capability.FLOWSPEC}
     )
+    # adapters.base.LargeBatches: the cost is per bridge round trip, not per rule
+    batch_limit: ClassVar[int] = 5000
 
     def __init__(
         self,
