@@ -180,6 +180,9 @@ class GoBgpAdapter:
     supported: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.BLACKHOLE, Capability.FLOWSPEC}
     )
+    # adapters.base.LargeBatches: a bulk storm handed over in batches of 1,000 reached
+    # BIRD 22 s after the last answer, in batches of 5,000 2.3 s after it
+    batch_limit: ClassVar[int] = 5000
 
     def __init__(
         self,

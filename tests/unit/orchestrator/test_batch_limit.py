@@ -6,6 +6,7 @@ from typing import Any
 
 from adapters.base import AdapterConfig, LargeBatches
 from adapters.exabgp.adapter import ExaBgpAdapter
+from adapters.frr.adapter import FrrAdapter
 from adapters.gobgp.adapter import GoBgpAdapter
 from tests.hostaccess import LOOPBACK
 from tests.unit.orchestrator.conftest import add_fake
@@ -23,11 +24,13 @@ async def test_dispatcher_hands_a_large_batch_adapter_its_limit(make_service: An
     assert svc.dispatcher.batch_limit(aid) == 1000
 
 
-def test_exabgp_declares_large_batches_and_gobgp_does_not() -> None:
+def test_exabgp_and_gobgp_declare_large_batches_and_frr_does_not() -> None:
     exa = ExaBgpAdapter.from_config(
         AdapterConfig(
             name="e", adapter_type="exabgp", endpoint="http://127.0.0.1:5000", access=LOOPBACK
         )
     )
     assert isinstance(exa, LargeBatches) and exa.batch_limit >= 5000
-    assert "batch_limit" not in vars(GoBgpAdapter)
+    assert GoBgpAdapter.batch_limit >= 5000
+    # FRR: one vtysh call per batch with a 10 s timeout; 1,000 at a time
+    assert "batch_limit" not in vars(FrrAdapter)
