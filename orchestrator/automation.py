@@ -26,7 +26,9 @@ class Automation:
         async def notify(batch: Batch) -> None:
             await self.channels.on_events(batch)
 
-        self.channel_consumer = Consumer("channels", svc.events, notify)
+        self.channel_consumer = Consumer(
+            "channels", svc.events, notify, wants=self.channels.any_enabled
+        )
 
     async def start(self) -> None:
         await self.channels.start()  # seals clear-text secrets, resumes open deliveries

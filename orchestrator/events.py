@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, event, insert, literal, null, select
+from sqlalchemy import Connection, Engine, String, event, func, insert, literal, null, select
 
 from orchestrator.store.models import events, rules
 
@@ -202,6 +202,30 @@ class EventLog:
                 select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)
             ).all()
         return [view(r) for r in rows]
+
+    def kinds_after(
+        self, after_id: int, kinds: Collection[str], limit: int
+    ) -> tuple[list[tuple[int, str, str | None]], int]:
+        """The events of ``kinds`` after ``after_id`` (id, kind, incident id), at most
+        ``limit``, and the cursor a reader that wants only those kinds moves to.
+
+        The log's head is read first and the page bounded by it, so the cursor never
+        passes an event of ``kinds`` it did not return (events are committed in id order:
+        one writer at a time, see :mod:`orchestrator.cluster`). A reader of a few kinds thus
+        skips a storm of rule events without decoding them.
+        """
+        with self.engine.connect() as conn:
+            head = int(conn.execute(select(func.max(events.c.id))).scalar() or 0)
+            if head <= after_id:
+                return [], after_id
+            rows = conn.execute(
+                select(events.c.id, events.c.kind, events.c.incident_id)
+                .where(events.c.id > after_id, events.c.id <= head, events.c.kind.in_(kinds))
+                .order_by(events.c.id)
+                .limit(limit)
+            ).all()
+        found = [(int(r.id), str(r.kind), r.incident_id) for r in rows]
+        return found, found[-1][0] if len(found) == limit else head
 
     def last_id(self) -> int:
         with self.engine.connect() as conn:

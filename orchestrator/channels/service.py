@@ -393,6 +393,14 @@ class ChannelService:
                 known[r.incident_id] = str(r.group_key)
         return known
 
+    def any_enabled(self) -> bool:
+        """Whether a channel could be sent to (the consumer skips incident events otherwise)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(channels.c.id).where(channels.c.enabled.is_(True)).limit(1)
+            ).first()
+        return row is not None
+
     async def on_events(self, batch: Batch) -> int:
         """Queue the deliveries a page of incident events calls for; returns how many."""
         with self.engine.connect() as conn:

@@ -85,10 +85,19 @@ def incident_contexts(conn: Any, wanted: list[tuple[str, str]]) -> dict[str, dic
 
 
 class Consumer:
-    def __init__(self, name: str, log_: EventLog, handler: Handler, *, idle: float = 2.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        log_: EventLog,
+        handler: Handler,
+        *,
+        idle: float = 2.0,
+        wants: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.key = f"consumer.{name}"
         self.events = log_
         self.handler = handler
+        self.wants = wants  # False: nothing is configured that could act on an event
         self.idle = idle
         self._task: asyncio.Task[None] | None = None
 
@@ -113,36 +122,29 @@ class Consumer:
             )
 
     async def step(self, after: int) -> int:
-        """Handle one page after ``after``; returns the new cursor."""
-        items = self.events.after(after, 200)
-        if not items:
+        """Handle one page of incident events after ``after``; returns the new cursor.
+
+        Only the incident events are read (a storm of rule events is skipped in the
+        query); when ``wants`` says nothing could act on them (no runbook active, no
+        channel enabled), the page is passed over without reading the incidents.
+        """
+        items, last = self.events.kinds_after(after, KINDS, 200)
+        if last == after:
             return after
-        wanted = [
-            (str(item["incident_id"]), str(item["kind"]))
-            for item in items
-            if item["kind"] in KINDS and item["incident_id"]
-        ]
+        wanted = [(str(iid), kind) for _id, kind, iid in items if iid]
         batch: Batch = []
-        if wanted:
+        if wanted and self.wants():
             with self.events.engine.connect() as conn:
                 ctxs = incident_contexts(conn, wanted)
-            for item in items:
-                ctx = ctxs.get(str(item["incident_id"])) if item["kind"] in KINDS else None
+            for event_id, kind, iid in items:
+                ctx = ctxs.get(str(iid))
                 if ctx is not None:
-                    batch.append(
-                        (
-                            item["kind"],
-                            item["incident_id"],
-                            {**ctx, "event": item["kind"]},
-                            int(item["id"]),
-                        )
-                    )
+                    batch.append((kind, str(iid), {**ctx, "event": kind}, event_id))
         if batch:
             try:
                 await self.handler(batch)
             except Exception:
-                log.exception("%s: events up to %s failed", self.key, items[-1]["id"])
-        last = int(items[-1]["id"])
+                log.exception("%s: events up to %s failed", self.key, last)
         self.save(last)
         return last
 

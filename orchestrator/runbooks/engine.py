@@ -115,7 +115,7 @@ class RunbookEngine:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._bg: list[asyncio.Task[None]] = []
         self.journal = Journal(self.engine)
-        self.consumer = Consumer("runbooks", svc.events, self.on_events)
+        self.consumer = Consumer("runbooks", svc.events, self.on_events, wants=self.any_active)
         # measurement hook: (execution id, event id, first step start) per live execution
         self.first_step: dict[str, datetime] = {}
 
@@ -370,6 +370,16 @@ class RunbookEngine:
         }
 
     # ------------------------------------------------------------ triggering
+
+    def any_active(self) -> bool:
+        """Whether a runbook could run (the consumer skips incident events otherwise)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(runbooks.c.id)
+                .where(and_(runbooks.c.active.is_(True), runbooks.c.deleted_at.is_(None)))
+                .limit(1)
+            ).first()
+        return row is not None
 
     async def on_events(self, batch: Batch) -> None:
         """Create the executions a page of incident events calls for (one transaction)."""
