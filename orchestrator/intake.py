@@ -452,6 +452,7 @@ class Intake:
                     explanation=d.explanation,
                     incident_id=inc.id,
                     actor=item.actor,
+                    text=r.text,
                 ),
             )
             for k, (item, inc, d) in enumerate(done)

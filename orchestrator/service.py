@@ -89,6 +89,7 @@ class RuleRequest:
     explanation: tuple[str, ...] = ()
     incident_id: str | None = None
     actor: str = "system"
+    text: str = ""  # canonical(intent) when the caller already has it (policy plans)
 
 
 class RuleResult:
@@ -594,7 +595,7 @@ class Service:
             )
         self.checker.check(intent)
         dry_run = req.dry_run or self.policy.settings.dry_run
-        text = canonical(intent)
+        text = req.text or canonical(intent)
         key = key_of(text)
         expires = now + timedelta(seconds=ttl) if ttl else None
 

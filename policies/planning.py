@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from ipaddress import ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,13 +26,14 @@ from policies.intents import (
     Discard,
     FlowSpecIntent,
     IPAddress,
+    IPNetwork,
     RateLimit,
     ScrubbingIntent,
     canonical,
-    intent_key,
     intent_to_dict,
+    key_of,
 )
-from policies.netindex import BITS, net_text, span, to_network
+from policies.netindex import BITS, span, to_network
 from policies.schema import Policy
 from policies.signals import Signal, signature
 from policies.tables import AllowEntry, HostThreshold
@@ -48,15 +49,18 @@ class PlannedRule:
     ttl: int
     reason: str
     key: str = field(default="", compare=False)  # intent_key(intent), filled in if empty
+    text: str = field(default="", compare=False)  # canonical(intent), filled in if empty
 
     def __post_init__(self) -> None:
+        if not self.text:
+            object.__setattr__(self, "text", canonical(self.intent))
         if not self.key:
-            object.__setattr__(self, "key", intent_key(self.intent))
+            object.__setattr__(self, "key", key_of(self.text))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "intent": intent_to_dict(self.intent),
-            "text": canonical(self.intent),
+            "text": self.text,
             "key": self.key,
             "adapter": self.adapter,
             "ttl": self.ttl,
@@ -105,6 +109,7 @@ class Compiled:
         self.keep_text = f"{1 - policy.escalation.hysteresis:.0%}"
         self.holds = [f"tier {t.name} holds: traffic " for t in self.tiers]
         self._flow_templates: dict[tuple[Any, ...], FlowSpecIntent] = {}
+        self._prefix_templates: dict[tuple[Any, ...], BlackholeIntent | ScrubbingIntent | None] = {}
         self._texts4: dict[int, str] = {}
         self._texts6: dict[int, str] = {}
         self._entry_texts: dict[int, str] = {}
@@ -137,6 +142,35 @@ class Compiled:
             self._flow_templates[key] = template
         host = ip_network(signal.target_ip)
         return template.model_copy(update={"destination": host})
+
+    def prefixed(
+        self, spec: IntentSpec, net: IPNetwork, data: dict[str, Any]
+    ) -> BlackholeIntent | ScrubbingIntent | None:
+        """A blackhole or scrubbing intent for ``net`` (already a valid network), or None
+        when validation of the spec's other fields fails (the caller then builds it the
+        slow way, for the error message about the real prefix).
+
+        Validated once per (spec, family, prefix length) on a stand-in prefix, then copied
+        with the real one, as :meth:`flowspec` does: what that validation checks (the
+        communities, the next hop's family against the prefix's) does not depend on the
+        prefix beyond its family and length.
+        """
+        key = (id(spec), net.version, net.prefixlen)
+        if key not in self._prefix_templates:
+            stand_in = (IPv4Network if net.version == 4 else IPv6Network)((0, net.prefixlen))
+            template: BlackholeIntent | ScrubbingIntent | None
+            try:
+                if spec.type == "blackhole":
+                    template = BlackholeIntent(**{**data, "prefix": stand_in})
+                else:
+                    template = ScrubbingIntent(prefix=stand_in)
+            except ValidationError:
+                template = None
+            if len(self._prefix_templates) > 10_000:
+                self._prefix_templates.clear()
+            self._prefix_templates[key] = template
+        found = self._prefix_templates[key]
+        return None if found is None else found.model_copy(update={"prefix": net})
 
     def key_of(self, address: IPAddress, value: int) -> str:
         """``str(address)``, cached: IPv6 formatting is slow and signals repeat targets."""
@@ -227,11 +261,11 @@ def _host(signal: Signal) -> str:
     return f"{t}/{BITS[t.version]}"
 
 
-def _covering(signal: Signal, spec: IntentSpec) -> str:
+def _covering(signal: Signal, spec: IntentSpec) -> IPNetwork:
     t = signal.target_ip
     plen = spec.prefix_length(t.version)
     value = (int(t) >> (BITS[t.version] - plen)) << (BITS[t.version] - plen)
-    return net_text((t.version, value, plen))
+    return (IPv4Network if t.version == 4 else IPv6Network)((value, plen))
 
 
 def _plan(
@@ -244,22 +278,28 @@ def _plan(
     allow = c.policy.allowlist
     for spec in tier.intents:
         if spec.type == "blackhole":
-            data: dict[str, Any] = {"prefix": _covering(signal, spec)}
+            net = _covering(signal, spec)
+            data: dict[str, Any] = {}
             if spec.communities is not None:
                 data["communities"] = spec.communities
             if spec.large_communities:
                 data["large_communities"] = spec.large_communities
             if spec.next_hop is not None:
                 data["next_hop"] = spec.next_hop
+            fast = c.prefixed(spec, net, data)
+            if fast is not None:
+                out.append((fast, f"tier {tier.name}: blackhole"))
+                continue
             try:
-                out.append((BlackholeIntent(**data), f"tier {tier.name}: blackhole"))
+                out.append((BlackholeIntent(**data, prefix=net), f"tier {tier.name}: blackhole"))
             except ValidationError as exc:  # e.g. an IPv4 next hop for an IPv6 target
                 msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
-                why.append(f"tier {tier.name}: no blackhole for {data['prefix']}: {msg}")
+                why.append(f"tier {tier.name}: no blackhole for {net}: {msg}")
             continue
         if spec.type == "scrubbing":
-            prefix = _covering(signal, spec)
-            out.append((ScrubbingIntent(prefix=prefix), f"tier {tier.name}: divert to scrubbing"))
+            net = _covering(signal, spec)
+            found = c.prefixed(spec, net, {}) or ScrubbingIntent(prefix=net)
+            out.append((found, f"tier {tier.name}: divert to scrubbing"))
             continue
         action = (
             Discard()
@@ -379,10 +419,11 @@ def _plan_rules(
         except GuardrailViolation as exc:
             why.append(f"guardrail {exc.code} stopped {canonical(intent)}: {exc}")
             continue
-        key = intent_key(intent)
+        text = canonical(intent)
+        key = key_of(text)
         for adapter in adapters:
             if (key, adapter) in seen:
                 continue
             seen.add((key, adapter))
-            rules.append(PlannedRule(intent, adapter, rule_ttl, reason, key))
+            rules.append(PlannedRule(intent, adapter, rule_ttl, reason, key, text))
     return tuple(rules)
