@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, String, event, func, insert, literal, null, select
 
 from orchestrator.store.models import events, rules
+from orchestrator.store.rows import insert_rows
 
 
 class Kind(enum.StrEnum):
@@ -74,7 +75,7 @@ def record(conn: Connection, items: Iterable[Event]) -> int:
     """Append events inside the caller's transaction; returns how many."""
     rows = [e.row() for e in items]
     if rows:
-        conn.execute(insert(events), rows)
+        insert_rows(conn, events, rows)
         conn.info[_DIRTY] = True
     return len(rows)
 

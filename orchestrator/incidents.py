@@ -26,10 +26,11 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, select, update
 
 from orchestrator import events as ev
 from orchestrator.store.models import incidents
+from orchestrator.store.rows import insert_rows
 from policies.errors import Conflict, NotFound
 
 log = logging.getLogger("sluice.incidents")
@@ -259,7 +260,7 @@ class IncidentStore:
         for inc in new:
             if inc.status is not Status.OPEN:
                 raise ValueError(f"a new incident starts open, not {inc.status}")
-        conn.execute(insert(incidents), [i.row() for i in new])
+        insert_rows(conn, incidents, [i.row() for i in new])
         ev.record(
             conn,
             (

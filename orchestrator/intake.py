@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import and_, insert, select
+from sqlalchemy import and_, select
 
 from orchestrator import events as ev
 from orchestrator.carpet import Carpet, CarpetBatch
@@ -44,6 +44,7 @@ from orchestrator.incidents import ENDED, LIVE, AlreadyEnded, Incident, Incident
 from orchestrator.lifecycle import HELD
 from orchestrator.service import RuleRequest, Service
 from orchestrator.store.models import decisions, incidents, rules
+from orchestrator.store.rows import insert_rows
 from policies.engine import Decision, evaluate
 from policies.errors import Conflict, NotFound, SluiceError, ValidationFailed
 from policies.intents import canonical
@@ -519,8 +520,9 @@ class Intake:
                     ],
                     now=now,
                 )
-                conn.execute(
-                    insert(decisions),
+                insert_rows(
+                    conn,
+                    decisions,
                     [
                         {
                             "incident_id": inc.id,

@@ -35,6 +35,7 @@ from sqlalchemy import (
 from orchestrator import events as ev
 from orchestrator.lifecycle import State, check_move
 from orchestrator.store.models import rule_events, rules
+from orchestrator.store.rows import insert_returning_ids
 
 log = logging.getLogger("sluice.rules")
 
@@ -87,12 +88,15 @@ class RuleStore:
         for v in values:
             if State(v["state"]) not in (State.PENDING, State.ACTIVE):
                 raise ValueError(f"a new rule starts pending or active, not {v['state']}")
-        rows = conn.execute(
-            insert(rules).returning(
-                rules.c.id, rules.c.key, rules.c.adapter_id, rules.c.dry_run, rules.c.incident_id
-            ),
-            list(values),
-        ).all()
+        rows = insert_returning_ids(
+            conn,
+            rules,
+            values,
+            rules.c.key,
+            rules.c.adapter_id,
+            rules.c.dry_run,
+            rules.c.incident_id,
+        )
         dry = [r.id for r in rows if r.dry_run]
         if dry:
             conn.execute(
