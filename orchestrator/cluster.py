@@ -164,6 +164,9 @@ class AdapterLeases:
         self.margin = margin
         self.tokens: dict[int, int] = {}  # adapter id -> fencing token held
         self._renewed_at = float("-inf")
+        # monotonic time at which the first lease another instance holds lapses, if it is
+        # not renewed (the round then may take it over: see LeaseKeeper)
+        self.next_lapse: float | None = None
 
     def valid(self, adapter_id: int) -> bool:
         return adapter_id in self.tokens and (
@@ -222,6 +225,7 @@ class AdapterLeases:
                     leases.c.token,
                     leases.c.expires_at < now,
                     leases.c.expires_at < now - ttl,
+                    func.extract("epoch", leases.c.expires_at - now),
                 )
                 .where(leases.c.name.in_(names))
                 .order_by(leases.c.name)
@@ -229,13 +233,16 @@ class AdapterLeases:
             ).all()
             share = -(-len(ids) // max(1, members))
             free: list[tuple[int, int, bool]] = []
-            for name, holder, token, lapsed, orphaned in rows:
+            lapse: float | None = None
+            for name, holder, token, lapsed, orphaned, left in rows:
                 aid = int(str(name).removeprefix(ADAPTER_LEASE))
                 ours = holder == self.holder and before.get(aid) == int(token)
                 if ours and not lapsed:
                     mine[aid] = int(token)
                 elif ours or lapsed or holder == "":
                     free.append((aid, int(token), bool(orphaned) or ours))
+                elif holder != self.holder:
+                    lapse = float(left) if lapse is None else min(lapse, float(left))
             renew = [adapter_lease(a) for a in mine]
             if renew:
                 conn.execute(
@@ -261,6 +268,7 @@ class AdapterLeases:
                 )
         self.tokens = mine
         self._renewed_at = started
+        self.next_lapse = None if lapse is None else time.monotonic() + lapse
         gained = {a for a, t in mine.items() if before.get(a) != t}
         lost = set(before) - set(mine)
         return gained, lost
@@ -298,15 +306,20 @@ class AdapterLeases:
         self.tokens = {}
 
 
+LAPSE_SLACK = 0.05  # seconds after another holder's lease lapses before the round
+
+
 class LeaseKeeper:
     """Runs the lease rounds of one instance on a thread of its own, every ``period``.
 
     Renewal and takeover (:meth:`AdapterLeases.acquire`) never wait for the event loop:
     an instance whose loop is busy (a storm of intake, a long synchronous call) keeps its
     leases, and a survivor whose loop is busy still takes a dead holder's adapters over in
-    time. The loop only learns the outcome: after every round ``notify`` is called (from
-    this thread) and the loop reads :meth:`snapshot`, the adapters held and their tokens
-    as of the newest round, to start driving what was won and stop driving what was lost.
+    time (a round runs a period after the previous one started, or right after a lease
+    another instance holds lapses, whichever is first). The loop only learns the outcome:
+    after every round ``notify`` is called (from this thread) and the loop reads
+    :meth:`snapshot`, the adapters held and their tokens as of the newest round, to start
+    driving what was won and stop driving what was lost.
 
     The rounds use a connection pool of their own (``engine``), so requests that hold
     every connection of the service's pool (waiting for the writer lock) cannot starve
@@ -371,6 +384,7 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            started = time.monotonic()
             with self._mutex:
                 waiters, self._waiters = self._waiters, []
             try:
@@ -393,5 +407,11 @@ class LeaseKeeper:
                 self.notify()
             except Exception:  # the loop is closing
                 log.debug("could not tell the event loop about a lease round", exc_info=True)
-            self._wake.wait(self.period)
+            # the next round a period after this one started, or as soon as a lease
+            # another instance holds lapses (a dead holder's adapters are taken at once)
+            until = started + self.period
+            lapse = self.leases.next_lapse
+            if lapse is not None:
+                until = min(until, lapse + LAPSE_SLACK)
+            self._wake.wait(max(0.0, until - time.monotonic()))
             self._wake.clear()
