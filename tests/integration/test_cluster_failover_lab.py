@@ -153,7 +153,18 @@ def failover(tmp: Path, postgres_url: str, n_rules: int, withdraw_every: int = 5
                 finally:
                     done.release()
 
-            with ThreadPoolExecutor(8) as pool:
+            def new_holder() -> float:
+                """When the lease names another holder (watched from the kill on: the
+                requests in flight to the survivor may wait for their outcome longer)."""
+                wait_for(
+                    lambda: _holder(engine) not in ("", holder),
+                    timeout=30,
+                    interval=0.02,
+                    what="the survivor takes the gobgp adapter's lease over",
+                )
+                return time.monotonic()
+
+            with ThreadPoolExecutor(8) as pool, ThreadPoolExecutor(1) as watch:
                 futures = [
                     pool.submit(post, (driver, survivor)[i % 2], h) for i, h in enumerate(before)
                 ]
@@ -161,17 +172,11 @@ def failover(tmp: Path, postgres_url: str, n_rules: int, withdraw_every: int = 5
                     assert done.acquire(timeout=60), "the storm stalled before the kill"
                 driver.kill9()
                 killed = time.monotonic()
+                took_over = watch.submit(new_holder)
                 probe = pool.submit(post, survivor, after[0]).result(timeout=60)
                 assert probe is not None
                 futures += [pool.submit(post, survivor, h) for h in after[1:]]
-
-                wait_for(
-                    lambda: _holder(engine) not in ("", holder),
-                    timeout=10,
-                    interval=0.05,
-                    what="the survivor takes the gobgp adapter's lease over",
-                )
-                to_holder = time.monotonic() - killed
+                to_holder = took_over.result(timeout=60) - killed
                 wait_for(
                     lambda: survivor.rule(probe)["state"] == "active",
                     timeout=30,
