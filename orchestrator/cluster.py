@@ -30,6 +30,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, delete, func, select, text, update
@@ -163,6 +164,9 @@ class AdapterLeases:
         self.margin = margin
         self.tokens: dict[int, int] = {}  # adapter id -> fencing token held
         self._renewed_at = float("-inf")
+        # monotonic time at which the first lease another instance holds lapses, if it is
+        # not renewed (the round then may take it over: see LeaseKeeper)
+        self.next_lapse: float | None = None
 
     def valid(self, adapter_id: int) -> bool:
         return adapter_id in self.tokens and (
@@ -221,6 +225,7 @@ class AdapterLeases:
                     leases.c.token,
                     leases.c.expires_at < now,
                     leases.c.expires_at < now - ttl,
+                    func.extract("epoch", leases.c.expires_at - now),
                 )
                 .where(leases.c.name.in_(names))
                 .order_by(leases.c.name)
@@ -228,13 +233,16 @@ class AdapterLeases:
             ).all()
             share = -(-len(ids) // max(1, members))
             free: list[tuple[int, int, bool]] = []
-            for name, holder, token, lapsed, orphaned in rows:
+            lapse: float | None = None
+            for name, holder, token, lapsed, orphaned, left in rows:
                 aid = int(str(name).removeprefix(ADAPTER_LEASE))
                 ours = holder == self.holder and before.get(aid) == int(token)
                 if ours and not lapsed:
                     mine[aid] = int(token)
                 elif ours or lapsed or holder == "":
                     free.append((aid, int(token), bool(orphaned) or ours))
+                elif holder != self.holder:
+                    lapse = float(left) if lapse is None else min(lapse, float(left))
             renew = [adapter_lease(a) for a in mine]
             if renew:
                 conn.execute(
@@ -260,14 +268,17 @@ class AdapterLeases:
                 )
         self.tokens = mine
         self._renewed_at = started
+        self.next_lapse = None if lapse is None else time.monotonic() + lapse
         gained = {a for a, t in mine.items() if before.get(a) != t}
         lost = set(before) - set(mine)
         return gained, lost
 
-    def check(self, conn: Connection, adapter_id: int) -> None:
+    def check(self, conn: Connection, adapter_id: int, token: int | None = None) -> None:
         """Inside a write transaction: raise :class:`Fenced` unless this instance still
-        holds the adapter's lease under the token it drives with."""
-        token = self.tokens.get(adapter_id)
+        holds the adapter's lease under the token it drives with (``token``, by default
+        the one the newest round holds)."""
+        if token is None:
+            token = self.tokens.get(adapter_id)
         row = conn.execute(
             select(leases.c.holder, leases.c.token)
             .where(leases.c.name == adapter_lease(adapter_id))
@@ -293,3 +304,114 @@ class AdapterLeases:
                 )
             conn.execute(delete(leases).where(leases.c.name == MEMBER_LEASE + self.holder))
         self.tokens = {}
+
+
+LAPSE_SLACK = 0.05  # seconds after another holder's lease lapses before the round
+
+
+class LeaseKeeper:
+    """Runs the lease rounds of one instance on a thread of its own, every ``period``.
+
+    Renewal and takeover (:meth:`AdapterLeases.acquire`) never wait for the event loop:
+    an instance whose loop is busy (a storm of intake, a long synchronous call) keeps its
+    leases, and a survivor whose loop is busy still takes a dead holder's adapters over in
+    time (a round runs a period after the previous one started, or right after a lease
+    another instance holds lapses, whichever is first). The loop only learns the outcome:
+    after every round ``notify`` is called (from this thread) and the loop reads
+    :meth:`snapshot`, the adapters held and their tokens as of the newest round, to start
+    driving what was won and stop driving what was lost.
+
+    The rounds use a connection pool of their own (``engine``), so requests that hold
+    every connection of the service's pool (waiting for the writer lock) cannot starve
+    them.
+    """
+
+    def __init__(
+        self,
+        leases: AdapterLeases,
+        adapter_ids: Callable[[], Collection[int]],
+        notify: Callable[[], object],
+        *,
+        period: float | None = None,
+    ) -> None:
+        self.leases = leases
+        self.adapter_ids = adapter_ids
+        self.notify = notify
+        self.period = leases.ttl / 5 if period is None else period
+        self.rounds = 0  # rounds that reached the database (renewed or not)
+        self._snapshot: dict[int, int] = {}
+        self._mutex = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._waiters: list[Future[dict[int, int]]] = []
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sluice-leases", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """No more rounds (what is held stays held until it lapses or is released)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        with self._mutex:
+            waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_exception(RuntimeError("the lease rounds stopped"))
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def kick(self) -> Future[dict[int, int]]:
+        """Run a round now (an adapter was added); the future gets its snapshot."""
+        fut: Future[dict[int, int]] = Future()
+        with self._mutex:
+            if self._stopping.is_set():
+                fut.set_exception(RuntimeError("the lease rounds stopped"))
+                return fut
+            self._waiters.append(fut)
+        self._wake.set()
+        return fut
+
+    def snapshot(self) -> dict[int, int]:
+        """Adapter id -> fencing token, of the leases the newest round holds."""
+        with self._mutex:
+            return dict(self._snapshot)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            with self._mutex:
+                waiters, self._waiters = self._waiters, []
+            try:
+                self.leases.acquire(list(self.adapter_ids()))
+            except Exception as exc:
+                # what is held stays fenced by its expiry (AdapterLeases.valid)
+                log.exception("renewing the driver leases")
+                for fut in waiters:
+                    fut.set_exception(exc)
+            else:
+                held = dict(self.leases.tokens)
+                with self._mutex:
+                    self._snapshot = held
+                    self.rounds += 1
+                for fut in waiters:
+                    fut.set_result(held)
+            if self._stopping.is_set():
+                break
+            try:
+                self.notify()
+            except Exception:  # the loop is closing
+                log.debug("could not tell the event loop about a lease round", exc_info=True)
+            # the next round a period after this one started, or as soon as a lease
+            # another instance holds lapses (a dead holder's adapters are taken at once)
+            until = started + self.period
+            lapse = self.leases.next_lapse
+            if lapse is not None:
+                until = min(until, lapse + LAPSE_SLACK)
+            self._wake.wait(max(0.0, until - time.monotonic()))
+            self._wake.clear()

@@ -15,15 +15,14 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Connection, and_, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, and_, func, select
 
 from adapters.base import AdapterConfig, Health, Registry, require_capability
-from orchestrator.cluster import AdapterLeases, Fenced, write, writers
+from orchestrator.cluster import AdapterLeases, Fenced, LeaseKeeper, write, writers
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.events import EventLog
 from orchestrator.hub import AdapterHub, AdapterRecord, reseal_secrets, unsealed_secrets
@@ -194,21 +193,22 @@ class Service:
         writers(self.engine).on_foreign(self.rolled_back)
         # several instances (PostgreSQL): one lease per adapter says which instance drives it
         self.leases: AdapterLeases | None = None
-        self._driving: set[int] = set()  # adapters this instance drives (leases held)
-        self._leader_task: asyncio.Task[None] | None = None
-        self._acquiring: asyncio.Future[tuple[set[int], set[int]]] | None = None
-        self._lease_thread: ThreadPoolExecutor | None = None
+        # adapter id -> the lease token this instance drives it under (leases held)
+        self._driving: dict[int, int] = {}
+        self._keeper: LeaseKeeper | None = None
+        self._lease_engine: Engine | None = None
+        self._lead_pending = False  # a lease round's outcome waits for the loop
         self._lead_lock = asyncio.Lock()
         if writers(self.engine).shared:
             holder = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-            self.leases = AdapterLeases(self.engine, holder, ttl=settings.lease_seconds)
-            # the rounds run on a thread of their own: never queued behind request work
-            # waiting for the writer lock in the default executor (the lease would lapse)
-            self._lease_thread = ThreadPoolExecutor(1, thread_name_prefix="sluice-leases")
+            # the rounds run on a thread of their own with connections of their own: never
+            # late because the event loop is busy or the pool is held by request work
+            self._lease_engine = make_engine(settings.sqlalchemy_url())
+            self.leases = AdapterLeases(self._lease_engine, holder, ttl=settings.lease_seconds)
             self.dispatcher.drives = self.drives
             self.dispatcher.shared = True
-            self.dispatcher.fence = self.leases.valid
-            self.dispatcher.check = self.leases.check
+            self.dispatcher.fence = self.drives
+            self.dispatcher.check = self._check_lease
             self.session_watcher.drives = self.drives
 
     # ------------------------------------------------------------ start / stop
@@ -224,18 +224,37 @@ class Service:
         if self.leases is None:
             await self.recover()
         else:
-            await self._lead_once()
-            self._leader_task = asyncio.get_running_loop().create_task(
-                self._lead(), name="driver-leases"
+            loop = asyncio.get_running_loop()
+            self._keeper = LeaseKeeper(
+                self.leases,
+                lambda: [rec.id for rec in self.hub.records()],
+                lambda: loop.call_soon_threadsafe(self._lead_soon),
             )
+            self._keeper.start()
+            await self._lead_now()
         self.session_watcher.start()
         self.started = True
 
     def drives(self, adapter_id: int) -> bool:
-        """True when this instance drives the adapter (always, on SQLite)."""
-        return self.leases is None or (
-            adapter_id in self._driving and self.leases.valid(adapter_id)
+        """True when this instance drives the adapter (always, on SQLite): the loop drives
+        it under the token of the lease the lease thread holds, and that lease is valid."""
+        if self.leases is None:
+            return True
+        token = self._driving.get(adapter_id)
+        return (
+            token is not None
+            and self.leases.tokens.get(adapter_id) == token
+            and self.leases.valid(adapter_id)
         )
+
+    def _check_lease(self, conn: Connection, adapter_id: int) -> None:
+        """Inside a write transaction recording what an adapter did: the lease row still
+        names this instance with the token the loop drives the adapter under."""
+        assert self.leases is not None  # noqa: S101
+        token = self._driving.get(adapter_id)
+        if token is None:
+            raise Fenced(adapter_id, f"adapter {adapter_id} is not driven here: write refused")
+        self.leases.check(conn, adapter_id, token)
 
     @property
     def leading(self) -> bool:
@@ -246,52 +265,53 @@ class Service:
         """The adapters this instance drives now."""
         return sorted(a for a in self._driving if self.drives(a))
 
-    async def _lead(self) -> None:
-        assert self.leases is not None  # noqa: S101
-        while True:
-            await asyncio.sleep(self.leases.ttl / 5)
-            try:
-                await self._lead_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("driver lease round failed")
+    def _lead_soon(self) -> None:
+        """(On the loop, called by the lease thread after a round.) Apply its outcome."""
+        if self._lead_pending or self._keeper is None:
+            return  # one application is queued already: it reads the newest snapshot
+        self._lead_pending = True
+        asyncio.get_running_loop().create_task(self._lead_once(), name="driver-leases")
 
-    async def _lead_once(self) -> None:
-        """Renew or take the adapters' leases; drive each adapter won (recover it), stop
-        driving each one lost, then pick up rows other instances wrote for the adapters
-        driven here (a short poll of pending and withdrawing rules)."""
-        async with self._lead_lock:
-            await self._lead_round()
-
-    async def _lead_round(self) -> None:
-        leases = self.leases
-        assert leases is not None  # noqa: S101
-        ids = [rec.id for rec in self.hub.records()]
+    async def _lead_now(self) -> None:
+        """Run a lease round now (on the lease thread) and apply its outcome."""
+        assert self._keeper is not None  # noqa: S101
         try:
-            # shielded: a cancelled round still lets its thread give the connection back
-            self._acquiring = asyncio.ensure_future(
-                asyncio.get_running_loop().run_in_executor(self._lease_thread, leases.acquire, ids)
-            )
-            gained, lost = await asyncio.shield(self._acquiring)
+            await asyncio.wrap_future(self._keeper.kick())
         except Exception:
             log.exception("renewing the driver leases")
-            return  # what is held stays fenced by its expiry (leases.valid)
-        for adapter_id in sorted(lost | (self._driving - set(leases.tokens))):
+        await self._lead_once()
+
+    async def _lead_once(self) -> None:
+        """Drive each adapter the lease thread won (recover it), stop driving each one it
+        lost, then pick up rows other instances wrote for the adapters driven here (a
+        short poll of pending and withdrawing rules, after every round)."""
+        async with self._lead_lock:
+            self._lead_pending = False
+            if self._keeper is None:
+                return
+            try:
+                await self._lead_round(self._keeper.snapshot())
+            except Exception:
+                log.exception("applying a driver lease round")
+
+    async def _lead_round(self, held: dict[int, int]) -> None:
+        lost = sorted(a for a, t in self._driving.items() if held.get(a) != t)
+        for adapter_id in lost:
             log.warning(
                 "no longer driving adapter %s: its lease went to another instance",
                 self.hub.name_of(adapter_id),
             )
-            self._driving.discard(adapter_id)
+            del self._driving[adapter_id]
             await self.dispatcher.drop(adapter_id)
-        for adapter_id in sorted(gained):
+        gained = sorted(a for a, t in held.items() if self._driving.get(a) != t)
+        for adapter_id in gained:
             log.warning(
                 "this instance drives adapter %s now (lease token %s)",
                 self.hub.name_of(adapter_id),
-                leases.tokens[adapter_id],
+                held[adapter_id],
             )
             await self.dispatcher.drop(adapter_id)  # re-taken after a lapse: start afresh
-            self._driving.add(adapter_id)
+            self._driving[adapter_id] = held[adapter_id]
         if gained:
             await self.recover(gained)
         if self._driving:
@@ -320,21 +340,18 @@ class Service:
 
     async def stop(self) -> None:
         await self.session_watcher.stop()
-        if self._leader_task is not None:
-            self._leader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._leader_task
-            self._leader_task = None
-        if self._acquiring is not None:
-            with contextlib.suppress(Exception):
-                await self._acquiring
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            await asyncio.get_running_loop().run_in_executor(None, keeper.stop)
+        async with self._lead_lock:  # an application under way ends first
+            pass
         if self.leases is not None:
             await self.dispatcher.stop()
             self._driving.clear()
             with contextlib.suppress(Exception):
                 self.leases.release()
-        if self._lease_thread is not None:
-            self._lease_thread.shutdown(wait=False)
+        if self._lease_engine is not None:
+            self._lease_engine.dispose()
         await self.dispatcher.stop()
         await self.hub.close_all()
         self.events.close()
@@ -1099,8 +1116,8 @@ class Service:
 
         rec, created = self.hub.upsert(config, adapter_id=adapter_id, on_write=audit)
         await self.hub.close_retired()
-        if created and self._leader_task is not None:
-            await self._lead_once()  # a lease for the new adapter now, not at the next round
+        if created and self._keeper is not None:
+            await self._lead_now()  # a lease for the new adapter now, not at the next round
         if not created:
             # a changed adapter may talk to another speaker: make it hold what it should
             asyncio.get_running_loop().create_task(self.reconcile(rec.id, startup=True))

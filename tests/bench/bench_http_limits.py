@@ -13,36 +13,17 @@ Starts the service on a free loopback port with its default limits, then:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import resource
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
 
+from tests.integration.test_crash import Server
+
 MIB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("the service exited at start-up")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        time.sleep(0.1)
-    raise SystemExit("the service did not start within 60 s")
 
 
 def half_open(port: int, count: int) -> None:
@@ -107,24 +88,16 @@ def main() -> None:
     args = ap.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.connections + 256), hard))
-    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "SLUICE_ADMIN_TOKEN": "b" * 64}
-        proc = subprocess.Popen(  # our own CLI with fixed arguments
-            [
-                *(sys.executable, "-m", "orchestrator.cli", "serve", "--data-dir", str(Path(tmp))),
-                *("--port", str(port), "--log-level", "warning"),
-            ],
-            env=env,
-            start_new_session=True,
-        )
+        srv = Server(Path(tmp), None)  # the default limits, no policy
+        srv.stop_timeout = 20
         try:
-            wait_listening(port, proc)
-            half_open(port, args.connections)
-            big_body(port, psutil.Process(proc.pid))
+            srv.start()
+            assert srv.proc is not None
+            half_open(srv.port, args.connections)
+            big_body(srv.port, psutil.Process(srv.proc.pid))
         finally:
-            proc.terminate()
-            proc.wait(timeout=20)
+            srv.stop()
 
 
 if __name__ == "__main__":

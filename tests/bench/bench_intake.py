@@ -29,11 +29,7 @@ import asyncio
 import ipaddress
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +37,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-TOKEN = "d" * 64
+from tests.integration.test_crash import TOKEN, Server
+
 POLICY = """
 settings: {cooldown_seconds: 0, default_ttl: 600}
 guardrails: {max_active_rules: 1000000, max_new_rules_per_minute: 1000000,
@@ -54,12 +51,6 @@ escalation:
     - {name: tier1, bps: 100M, intents: [{type: flowspec_drop}], adapters: [edge]}
     - {name: tier2, bps: 2G, intents: [{type: blackhole}], adapters: [edge]}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def run(n: int, concurrency: int, url: str, hosts: int) -> int:
@@ -242,45 +233,22 @@ def main() -> None:
         pdir = Path(tmp) / "policy"
         pdir.mkdir()
         (pdir / "policy.yaml").write_text(POLICY)
-        port = free_port()
-        env = {
-            **os.environ,
-            "SLUICE_ADMIN_TOKEN": TOKEN,
-            "SLUICE_RATE_LIMIT_PER_MINUTE": "10000000",
-            "SLUICE_BULK_MAX_SIGNALS": str(max(1000, args.bulk)),
-            "SLUICE_MAX_BODY_BYTES": str(max(1 << 20, args.bulk * 400)),
-        }
-        with (Path(tmp) / "serve.log").open("wb") as log:
-            proc = subprocess.Popen(  # our own CLI
-                [
-                    sys.executable,
-                    "-m",
-                    "orchestrator.cli",
-                    "serve",
-                    "--data-dir",
-                    f"{tmp}/data",
-                    "--policy-dir",
-                    str(pdir),
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "warning",
-                ],
-                env=env,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        url = f"http://127.0.0.1:{port}"
+        srv = Server(
+            Path(tmp),
+            pdir,
+            env={
+                "SLUICE_RATE_LIMIT_PER_MINUTE": "10000000",
+                "SLUICE_BULK_MAX_SIGNALS": str(max(1000, args.bulk)),
+                "SLUICE_MAX_BODY_BYTES": str(max(1 << 20, args.bulk * 400)),
+            },
+        )
+        srv.ready_timeout = 180  # a loaded machine starts Python slowly
+        srv.stop_timeout = 20
+        url = srv.url
         try:
-            started = time.monotonic() + 180  # a loaded machine starts Python slowly
-            while time.monotonic() < started:
-                try:
-                    if httpx.get(f"{url}/api/v1/health", timeout=1).json()["ready"]:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
-            server = psutil.Process(proc.pid)
+            srv.start()
+            assert srv.proc is not None
+            server = psutil.Process(srv.proc.pid)
             server_cpu = sum(server.cpu_times()[:2])
             client_cpu = time.process_time()
             hosts = args.targets or args.signals
@@ -314,12 +282,7 @@ def main() -> None:
             print("server log (tail):", (Path(tmp) / "serve.log").read_text()[-4000:])
             raise
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            srv.stop()
 
 
 if __name__ == "__main__":

@@ -27,10 +27,7 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -40,10 +37,9 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.bench.bench_intake import free_port
+from tests.integration.test_crash import TOKEN, Server
 from tests.unit.orchestrator.receivers import http_receivers
 
-TOKEN = "d" * 64
 POLICY = """
 settings: {cooldown_seconds: 0, default_ttl: 600}
 guardrails: {max_active_rules: 1000000, max_new_rules_per_minute: 1000000,
@@ -183,19 +179,6 @@ async def run(url: str, n: int, spread: float, server: psutil.Process) -> dict[s
     }
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/api/v1/health", timeout=1).json()["ready"]:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the service did not start")
-        time.sleep(0.2)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--incidents", type=int, default=100)
@@ -206,44 +189,22 @@ def main() -> None:
         pdir = Path(tmp) / "policy"
         pdir.mkdir()
         (pdir / "policy.yaml").write_text(POLICY)
-        port = free_port()
-        env = {
-            **os.environ,
-            "SLUICE_ADMIN_TOKEN": TOKEN,
-            "SLUICE_RATE_LIMIT_PER_MINUTE": "10000000",
-            "SLUICE_EGRESS_ALLOW": "127.0.0.1",
-        }
-        with (Path(tmp) / "serve.log").open("wb") as log:
-            proc = subprocess.Popen(  # our own CLI
-                [
-                    sys.executable,
-                    "-m",
-                    "orchestrator.cli",
-                    "serve",
-                    "--data-dir",
-                    f"{tmp}/data",
-                    "--policy-dir",
-                    str(pdir),
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "warning",
-                ],
-                env=env,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        url = f"http://127.0.0.1:{port}"
+        srv = Server(
+            Path(tmp),
+            pdir,
+            env={"SLUICE_RATE_LIMIT_PER_MINUTE": "10000000", "SLUICE_EGRESS_ALLOW": "127.0.0.1"},
+        )
+        srv.ready_timeout = 120
+        srv.stop_timeout = 20
         try:
-            wait_ready(url, proc)
-            out = asyncio.run(run(url, n, args.spread, psutil.Process(proc.pid)))
+            srv.start()
+            assert srv.proc is not None
+            out = asyncio.run(run(srv.url, n, args.spread, psutil.Process(srv.proc.pid)))
         except BaseException:
             print("server log (tail):", (Path(tmp) / "serve.log").read_text()[-4000:])
             raise
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(20)
+            srv.stop()
     load = os.getloadavg()
     out["load_average"] = [round(x, 2) for x in load]
     print(json.dumps(out, indent=2))

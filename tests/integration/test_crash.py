@@ -37,9 +37,21 @@ def free_port() -> int:
 
 class Server:
     ready_timeout = 30.0  # seconds until /health says ready (a bench with 10k rules: more)
+    stop_timeout = 10.0  # seconds a SIGTERM gets before SIGKILL
 
-    def __init__(self, tmp: Path, policy_dir: Path, adapter_dirs: tuple[Path, ...] = ()) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        policy_dir: Path | None,
+        adapter_dirs: tuple[Path, ...] = (),
+        *,
+        env: dict[str, str] | None = None,
+        log_level: str = "warning",
+    ) -> None:
         self.tmp = tmp
+        # settings for the service (SLUICE_*), on top of this process's environment
+        self.env: dict[str, str] = dict(env or {})
+        self.log_level = log_level
         self.policy_dir = policy_dir
         # the adapters' files live in the test's directories: allowed explicitly
         self.adapter_dirs = (tmp, *adapter_dirs)
@@ -58,6 +70,7 @@ class Server:
             **os.environ,
             "SLUICE_ADMIN_TOKEN": TOKEN,
             "SLUICE_ADAPTER_DIRS": ":".join(str(d) for d in self.adapter_dirs),
+            **self.env,
         }
         with (self.tmp / "serve.log").open("ab") as log:
             self.proc = subprocess.Popen(  # our own CLI with fixed arguments
@@ -68,12 +81,11 @@ class Server:
                     "serve",
                     "--data-dir",
                     str(self.tmp / "data"),
-                    "--policy-dir",
-                    str(self.policy_dir),
+                    *(("--policy-dir", str(self.policy_dir)) if self.policy_dir else ()),
                     "--port",
                     str(self.port),
                     "--log-level",
-                    "warning",
+                    self.log_level,
                 ],
                 env=env,
                 stdout=log,
@@ -102,7 +114,7 @@ class Server:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)

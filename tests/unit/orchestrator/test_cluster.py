@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -187,10 +188,8 @@ def _driver(services: list[Service], adapter_id: int) -> Service | None:
 
 async def _pause(svc: Service) -> None:
     """Stop the instance's lease rounds, as a SIGSTOP would (its other tasks go on)."""
-    assert svc._leader_task is not None
-    svc._leader_task.cancel()
-    if svc._acquiring is not None:
-        await svc._acquiring
+    assert svc._keeper is not None
+    await asyncio.to_thread(svc._keeper.stop)
 
 
 def _tokens(svc: Service) -> dict[str, int]:
@@ -234,6 +233,50 @@ async def test_one_driver_per_adapter_takeover_and_fencing(
         assert len(fake_a.held) == 1  # A sent nothing after its lease lapsed
         # B also re-announced what the store holds (its recover on takeover)
         assert len(fake_b.held) == 2
+    finally:
+        for svc in made:
+            await svc.stop()
+
+
+async def test_leases_are_renewed_while_the_event_loop_is_blocked(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Renewal and takeover run on the lease thread: with the event loop held in one
+    synchronous call for more than twice the lease time (both instances share this loop,
+    as one busy with intake would be), the holder keeps driving the adapter without a
+    gap and the other instance, whose lease thread keeps trying, does not take it."""
+    made, (aid,) = await _pair(tmp_path, postgres_url, 1)
+    try:
+        await _until(lambda: _driver(made, aid) is not None, 10, "someone drives the adapter")
+        a = _driver(made, aid)
+        assert a is not None and a.leases is not None
+        b = next(s for s in made if s is not a)
+        assert a._keeper is not None and b._keeper is not None
+        token = _tokens(a)[f"adapter:{aid}"]
+        rounds_a, rounds_b = a._keeper.rounds, b._keeper.rounds
+        blocked = 2.5 * a.leases.ttl
+
+        def hold_the_loop() -> list[float]:
+            """Block (synchronously, on the loop's thread); when A did not drive."""
+            gaps: list[float] = []
+            start = time.monotonic()
+            while (now := time.monotonic()) - start < blocked:
+                if not a.drives(aid) or b.drives(aid):
+                    gaps.append(now - start)
+                time.sleep(0.05)
+            return gaps
+
+        gaps = hold_the_loop()  # not awaited: the loop runs nothing else meanwhile
+        assert not gaps, f"A stopped driving (or B drove) {len(gaps)} times, first {gaps[0]:.2f} s"
+        # both lease threads ran rounds during the block (about five per lease time)
+        assert a._keeper.rounds - rounds_a >= 5 and b._keeper.rounds - rounds_b >= 5
+        assert _holders(a)[aid] == a.leases.holder
+        assert _tokens(a)[f"adapter:{aid}"] == token  # renewed, never lapsed and retaken
+        rid = int((await b.create_rule(req(bh("198.51.100.7"), aid))).rule["id"])
+        await _until(lambda: _state(a, rid) == "active", 10, "rule made on B sent by A")
+        fake_a, fake_b = a.hub.live(aid), b.hub.live(aid)
+        assert isinstance(fake_a, FakeAdapter) and isinstance(fake_b, FakeAdapter)
+        assert len(fake_a.held) == 1 and not fake_b.calls
     finally:
         for svc in made:
             await svc.stop()
