@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,7 @@ from orchestrator.store.models import incidents, kv
 
 log = logging.getLogger("sluice.consumer")
 KINDS = ("incident.opened", "incident.escalated", "incident.resolved")
+SAVE_EVERY = 2.0  # seconds between cursor saves while no event is acted on
 # One page of incident events: (kind, incident id, context, event id), in log order.
 Batch = list[tuple[str, str, dict[str, Any], int]]
 Handler = Callable[[Batch], Awaitable[None]]
@@ -98,6 +100,8 @@ class Consumer:
         self.events = log_
         self.handler = handler
         self.wants = wants  # False: nothing is configured that could act on an event
+        self._unsaved: int | None = None  # a cursor moved past events nobody acted on
+        self._saved_at = 0.0
         self.idle = idle
         self._task: asyncio.Task[None] | None = None
 
@@ -145,8 +149,20 @@ class Consumer:
                 await self.handler(batch)
             except Exception:
                 log.exception("%s: events up to %s failed", self.key, last)
-        self.save(last)
+        # The cursor is saved after a page that did something, else at most every
+        # SAVE_EVERY seconds (a storm of events nobody acts on is not a write per commit):
+        # a cursor left behind only means a page read again, handled idempotently.
+        self._unsaved = last
+        now = time.monotonic()
+        if batch or now - self._saved_at >= SAVE_EVERY:
+            self._flush()
         return last
+
+    def _flush(self) -> None:
+        if self._unsaved is not None:
+            self.save(self._unsaved)
+            self._unsaved = None
+        self._saved_at = time.monotonic()
 
     async def run(self) -> None:
         last = self.cursor()
@@ -157,6 +173,8 @@ class Consumer:
                 last = new
                 armed.cancel()
                 continue
+            if self._unsaved is not None:  # the log is quiet: save where we are
+                self._flush()
             await self.events.wait(armed, self.idle)
 
     def start(self) -> None:
@@ -168,3 +186,7 @@ class Consumer:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        try:
+            self._flush()
+        except Exception:  # the store may be gone already; the cursor is only behind
+            log.exception("%s: saving the cursor on stop", self.key)
