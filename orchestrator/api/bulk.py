@@ -37,8 +37,9 @@ import json
 import logging
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from orchestrator.api.envelope import error_body
@@ -125,15 +126,15 @@ async def _body(request: Request) -> Any:
 
 async def _answer(
     rt: Runtime, results: list[dict[str, Any] | None], items: list[Item], where: list[int]
-) -> JSONResponse:
+) -> Response:
     """Submit the good items as one batch; the answer with a result per input, in order."""
     for i, res in zip(where, await rt.intake.submit_many(items), strict=True):
         results[i] = _brief(res)
     out = [{"index": i, **r} for i, r in enumerate(results) if r is not None]
     failed = sum(1 for r in out if not r["ok"])
-    return JSONResponse(
-        {"ok": True, "accepted": len(out) - failed, "failed": failed, "results": out}
-    )
+    # orjson: a thousand results render several times faster than with json.dumps
+    body = {"ok": True, "accepted": len(out) - failed, "failed": failed, "results": out}
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def _brief(result: Result | Exception) -> dict[str, Any]:
@@ -189,7 +190,7 @@ _BODY = {
 
 
 @router.post("/incidents/bulk", openapi_extra={"requestBody": _BODY})
-async def report_incidents(request: Request, rt: Runtime, who: Writer) -> JSONResponse:
+async def report_incidents(request: Request, rt: Runtime, who: Writer) -> Response:
     """Many signals in one request (counted once by the rate limit); a result per signal."""
     signals = signals_of(await _body(request), rt.service.settings.bulk_max_signals)
     results: list[dict[str, Any] | None] = [None] * len(signals)
@@ -243,7 +244,7 @@ def _agent_item(raw: Any, node: dict[str, Any]) -> Item:
         }
     },
 )
-async def agent_incidents(request: Request, node: Agent, rt: Runtime) -> JSONResponse:
+async def agent_incidents(request: Request, node: Agent, rt: Runtime) -> Response:
     """A node's incidents in one request (``{"incidents": [...]}``, each what
     ``POST /agent/incidents`` takes), as ``POST /incidents/bulk`` handles signals."""
     reports = signals_of(await _body(request), rt.service.settings.bulk_max_signals, "incidents")

@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
@@ -51,16 +52,25 @@ def secure_sqlite_files(db: Path) -> None:
             continue
 
 
+def json_text(value: Any) -> str:
+    """How JSON columns are written: orjson, several times faster than ``json.dumps``
+    (a bulk intake writes some ten JSON values per signal); keys that are not strings
+    are written as strings, as ``json.dumps`` does."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
         if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             secure_sqlite_files(Path(path))
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False}, json_serializer=json_text
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, json_serializer=json_text)
 
 
 def alembic_config(engine: Engine) -> Config:
