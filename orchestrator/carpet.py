@@ -20,9 +20,19 @@ then per signal :meth:`CarpetBatch.cover` before the engine and
   withdraws them (``rule.withdrawing``: "superseded by covering rule ..."): at no moment is
   an attacked target without a rule. If the covering rule fails, they stay.
 
-The attack window lives in this process's memory (like the engine's state): with several
-instances, each counts the signals it receives; covering incidents are in the store and
-shared.
+The attack window lives in the store (table ``carpet_window``), like the covering
+incidents: every instance on one PostgreSQL counts the signals all of them receive, and a
+restart in the middle of an attack keeps the count. Each batch reads the window of the
+prefixes its targets fall in with one query (the first time a signal of the batch
+reaches it), works on that copy, and writes what it changed with one bulk upsert in the
+batch's own transaction (:meth:`CarpetBatch.store`); on PostgreSQL the writer lock's
+generation check makes a batch that read before another instance's write read again.
+Rows older than the window are skipped by reads and deleted by a periodic job
+(:meth:`Carpet.prune`).
+
+A signal that attaches to a covering incident under its detector's ``source`` +
+``event_id`` is recorded (table ``covered_events``), so that the detector's ``unban`` of
+that event finds the covering incident (:meth:`Carpet.unban`).
 """
 
 from __future__ import annotations
@@ -36,13 +46,15 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator import events as ev
 from orchestrator.cluster import write
 from orchestrator.incidents import LIVE, Incident, IncidentStore, Status
 from orchestrator.lifecycle import HELD, State
-from orchestrator.store.models import incidents, rules
+from orchestrator.store.models import carpet_window, covered_events, incidents, rules
 from policies.aggregation import (
     ATTACKED,
     AttackWindow,
@@ -56,7 +68,7 @@ from policies.aggregation import (
 from policies.engine import Decision
 from policies.errors import SluiceError
 from policies.intents import IPNetwork
-from policies.netindex import to_network
+from policies.netindex import BITS, to_network
 from policies.planning import PlannedRule, compile_policy
 from policies.prefixes import PrefixSet
 
@@ -71,6 +83,122 @@ log = logging.getLogger("sluice.carpet")
 
 ACTOR = "system:carpet-bombing"
 SUPERSEDE_WAIT = 60.0  # seconds a formed covering rule is watched for activation
+READ_BY_PREFIX = 1000  # a batch touching more candidate prefixes reads the whole window
+RUN = ""  # carpet_window.addr of a prefix's own row: when its run of attacks began
+
+Key = tuple[int, int, int]  # (IP version, prefix length, network as an integer)
+
+
+class StoredWindow(AttackWindow):
+    """One batch's copy of the shared attack window, with what the batch changed.
+
+    Read from the store by :meth:`read`; :meth:`store` writes the batch's additions (one
+    bulk upsert) and the prefixes it forgot, in the batch's transaction.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added: dict[Key, dict[int, float]] = {}
+        self.forgotten: set[Key] = set()
+
+    def add(self, cfg: CarpetBombing, version: int, value: int, now: float) -> None:
+        super().add(cfg, version, value, now)
+        for plen in cfg.prefix_lengths.for_version(version):
+            host = BITS[version] - plen
+            self.added.setdefault((version, plen, (value >> host) << host), {})[value] = now
+
+    def forget(self, version: int, plen: int, net_value: int) -> None:
+        super().forget(version, plen, net_value)
+        self.added.pop((version, plen, net_value), None)
+        self.forgotten.add((version, plen, net_value))
+
+    @classmethod
+    def read(
+        cls, conn: Connection, cfg: CarpetBombing, targets: list[Any], now: float
+    ) -> StoredWindow:
+        """The live window of every candidate prefix of ``targets`` (one query)."""
+        keys: set[Key] = set()
+        for target in targets:
+            version, value = target.version, int(target)
+            for plen in cfg.prefix_lengths.for_version(version):
+                host = BITS[version] - plen
+                keys.add((version, plen, (value >> host) << host))
+        window = cls()
+        if not keys:
+            return window
+        cw = carpet_window
+        q = (
+            select(cw.c.version, cw.c.plen, cw.c.net, cw.c.addr, cw.c.first_at, cw.c.seen_at)
+            .where(cw.c.seen_at >= now - cfg.window_seconds)
+            .order_by(cw.c.seen_at)
+        )
+        if len(keys) <= READ_BY_PREFIX:
+            q = q.where(cw.c.net.in_(sorted({str(k[2]) for k in keys})))
+        entries: dict[Key, list[tuple[int, float]]] = {}
+        since: dict[Key, float] = {}
+        for row in conn.execute(q):
+            key = (int(row.version), int(row.plen), int(row.net))
+            if key not in keys:
+                continue
+            if row.addr == RUN:
+                since[key] = float(row.first_at)
+            else:
+                entries.setdefault(key, []).append((int(row.addr), float(row.seen_at)))
+        for key, found in entries.items():
+            window.restore(*key, found)
+            if key in since:
+                window.restore_since(*key, since[key])
+        return window
+
+    def store(self, conn: Connection) -> None:
+        """Write what the batch changed (in the batch's transaction)."""
+        cw = carpet_window
+        by_length: dict[tuple[int, int], list[str]] = {}
+        for version, plen, net in self.forgotten:
+            by_length.setdefault((version, plen), []).append(str(net))
+        for (version, plen), nets in by_length.items():
+            conn.execute(
+                delete(cw).where(cw.c.version == version, cw.c.plen == plen, cw.c.net.in_(nets))
+            )
+        rows: list[dict[str, Any]] = []
+        for key, found in self.added.items():
+            version, plen, net = key
+            last = max(found.values())
+            began = self.since(*key)
+            rows.append(
+                {
+                    "version": version,
+                    "plen": plen,
+                    "net": str(net),
+                    "addr": RUN,
+                    "first_at": last if began is None else began,
+                    "seen_at": last,
+                }
+            )
+            rows.extend(
+                {
+                    "version": version,
+                    "plen": plen,
+                    "net": str(net),
+                    "addr": str(value),
+                    "first_at": at,
+                    "seen_at": at,
+                }
+                for value, at in found.items()
+            )
+        if rows:
+            _upsert(conn, cw, rows, ["version", "plen", "net", "addr"], ["first_at", "seen_at"])
+
+
+def _upsert(
+    conn: Connection, table: Any, rows: list[dict[str, Any]], keys: list[str], cols: list[str]
+) -> None:
+    """One INSERT .. ON CONFLICT DO UPDATE for all ``rows`` (SQLite and PostgreSQL)."""
+    stmt: Any = (sqlite_insert if conn.dialect.name == "sqlite" else pg_insert)(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=keys, set_={c: getattr(stmt.excluded, c) for c in cols}
+    )
+    conn.execute(stmt, rows)
 
 
 @dataclass
@@ -101,14 +229,42 @@ class CarpetBatch:
         cfg: CarpetBombing,
         covers: list[LiveCover],
         now: datetime,
+        targets: list[Any] | None = None,
     ) -> None:
         self.carpet = carpet
         self.cfg = cfg
         self.covers = covers
         self.now = now
+        self._targets = targets or []  # the batch's target addresses: the window to read
+        self._window: StoredWindow | None = None
+        # signals attached to a covering incident under source + event_id (for unbans)
+        self.covered: dict[tuple[str, str], dict[str, Any]] = {}
         # covering incidents formed in this batch: (item, incident, decision) to write
         self.formed: list[tuple[Item, Incident, Decision]] = []
         self.events: list[ev.Event] = []
+
+    @property
+    def window(self) -> StoredWindow:
+        """The shared attack window of the batch's prefixes, read on first use."""
+        if self._window is None:
+            with self.carpet.service.engine.connect() as conn:
+                self._window = StoredWindow.read(
+                    conn, self.cfg, self._targets, self.now.timestamp()
+                )
+        return self._window
+
+    def store(self, conn: Connection) -> None:
+        """Inside the batch's transaction: the window's changes and the covered events."""
+        if self._window is not None:
+            self._window.store(conn)
+        if self.covered:
+            _upsert(
+                conn,
+                covered_events,
+                list(self.covered.values()),
+                ["source", "event_id"],
+                ["incident_id", "target", "at", "unbanned_at"],
+            )
 
     def is_new(self, inc: Incident) -> bool:
         """Whether ``inc`` is a covering incident formed in this batch (not yet stored)."""
@@ -133,6 +289,15 @@ class CarpetBatch:
             return None
         inc = cover.incident
         now = self.now
+        if item.source and item.event_id:
+            self.covered[(item.source, item.event_id)] = {
+                "source": item.source,
+                "event_id": item.event_id,
+                "incident_id": inc.id,
+                "target": str(sig.target_ip),
+                "at": now,
+                "unbanned_at": None,
+            }
         inc.signals += 1
         inc.updated_at = now
         inc.peak_bps = max(inc.peak_bps, sig.bps)
@@ -182,10 +347,11 @@ class CarpetBatch:
         carpet = self.carpet
         now = self.now.timestamp()
         target = sig.target_ip
-        carpet.window.add(self.cfg, target.version, int(target), now)
+        window = self.window
+        window.add(self.cfg, target.version, int(target), now)
         found = judge(
             self.cfg,
-            carpet.window,
+            window,
             target,
             now,
             protected=carpet.protected(),
@@ -268,7 +434,7 @@ class CarpetBatch:
             step = 1 << (found.network.max_prefixlen - plen)
             if plen >= found.network.prefixlen and found.size // step <= 256:
                 for sub in range(net, net + found.size, step):
-                    self.carpet.window.forget(version, plen, sub)
+                    self.window.forget(version, plen, sub)
         line = (
             f"carpet bombing: covering incident {inc.id} opened for {found.network}; "
             "this signal's own rules are withdrawn once its covering rule is active"
@@ -286,7 +452,6 @@ class Carpet:
     def __init__(self, service: Service, state: Callable[[], EngineState]) -> None:
         self.service = service
         self._state = state
-        self.window = AttackWindow()
         self._blocked: tuple[Policy, PrefixSet, PrefixSet] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -327,8 +492,13 @@ class Carpet:
 
     # ------------------------------------------------------------ the intake hooks
 
-    def begin(self, conn: Connection, now: datetime) -> CarpetBatch | None:
-        """The batch's hook, or None when the policy has no carpet bombing in force."""
+    def begin(
+        self, conn: Connection, now: datetime, targets: list[Any] | None = None
+    ) -> CarpetBatch | None:
+        """The batch's hook, or None when the policy has no carpet bombing in force.
+
+        ``targets`` (the batch's target addresses) say which prefixes' window to read.
+        """
         cfg = self.service.policy.carpet_bombing
         if cfg is None or not cfg.enabled:
             return None
@@ -338,7 +508,7 @@ class Carpet:
             for c in self.live_covers(conn)
             if not (protected.overlaps(c.network) or allowed.overlaps(c.network))
         ]
-        return CarpetBatch(self, cfg, covers, now)
+        return CarpetBatch(self, cfg, covers, now, targets)
 
     @staticmethod
     def live_covers(conn: Connection) -> list[LiveCover]:
@@ -430,6 +600,56 @@ class Carpet:
     def cancel(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+
+    # ------------------------------------------------------------ the shared window
+
+    def prune_now(self) -> int:
+        """Delete the window's rows last seen before the window; returns how many.
+
+        No writer lock (nothing reads a dead row, and an upsert that revives one while
+        it is deleted waits for the delete and inserts it again).
+        """
+        cfg = self.service.policy.carpet_bombing
+        keep = cfg.window_seconds if cfg is not None and cfg.enabled else 0
+        oldest = self.service.clock().timestamp() - keep
+        with self.service.engine.begin() as conn:
+            return int(
+                conn.execute(delete(carpet_window).where(carpet_window.c.seen_at < oldest)).rowcount
+            )
+
+    async def prune(self) -> int:
+        """The periodic job: :meth:`prune_now` off the event loop."""
+        return await asyncio.to_thread(self.prune_now)
+
+    # ------------------------------------------------------------ unbans of covered events
+
+    def covering_event(self, source: str, event_id: str) -> str | None:
+        """The covering incident a signal with this source + event_id attached to."""
+        with self.service.engine.connect() as conn:
+            found = conn.execute(
+                select(covered_events.c.incident_id).where(
+                    covered_events.c.source == source, covered_events.c.event_id == event_id
+                )
+            ).scalar_one_or_none()
+        return None if found is None else str(found)
+
+    def unban(self, source: str, event_id: str, incident_id: str) -> int:
+        """Mark the covered event unbanned; returns how many events attached to the covering
+        incident are still not unbanned."""
+        ce = covered_events
+        with write(self.service.engine) as conn:
+            conn.execute(
+                update(ce)
+                .where(ce.c.source == source, ce.c.event_id == event_id)
+                .values(unbanned_at=self.service.clock())
+            )
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(ce)
+                    .where(ce.c.incident_id == incident_id, ce.c.unbanned_at.is_(None))
+                ).scalar_one()
+            )
 
     async def supersede_due(self) -> int:
         """The periodic safety net (after a restart, or a covering rule another instance

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import and_, select
+from sqlalchemy import Connection, and_, select
 
 from orchestrator import events as ev
 from orchestrator.carpet import Carpet, CarpetBatch
@@ -239,6 +239,7 @@ class Intake:
                 now,
                 read_at=read_at,
                 events=carpet.events if carpet is not None else (),
+                hooks=(carpet.store,) if carpet is not None else (),
             )
             if carpet is not None:
                 self.carpet.after_write(carpet, applied[: len(formed)])
@@ -278,7 +279,9 @@ class Intake:
             by_event = self.store.by_event(
                 conn, [(i.source, i.event_id) for i in batch if i.source and i.event_id]
             )
-            carpet = self.carpet.begin(conn, now)
+            carpet = self.carpet.begin(
+                conn, now, [i.signal.target_ip for i in batch if i.signal is not None]
+            )
         out = Evaluated(items=[], new={}, touched={}, stale=[], carpet=carpet)
         for item in batch:
             assert item.signal is not None  # noqa: S101  # bans and rechecks carry one
@@ -437,8 +440,13 @@ class Intake:
         *,
         read_at: int | None = None,
         events: Sequence[ev.Event] = (),
+        hooks: Sequence[Callable[[Connection], None]] = (),
     ) -> list[dict[str, Any]]:
-        """Everything a batch changed, in one transaction; then queue the rule changes."""
+        """Everything a batch changed, in one transaction; then queue the rule changes.
+
+        ``hooks`` write more of the batch's state in the same transaction, last (the
+        carpet-bombing window and covered events: one bulk statement each).
+        """
         svc = self.service
         requests = [
             (
@@ -536,6 +544,8 @@ class Intake:
                     ],
                 )
                 ev.record(conn, events)
+                for hook in hooks:
+                    hook(conn)
         except Exception:
             svc.rolled_back()
             raise
@@ -611,6 +621,9 @@ class Intake:
                 found = self.store.by_event(conn, [(item.source, item.event_id)])
             inc = found.get((item.source, item.event_id))
             if inc is None:
+                cover = self.carpet.covering_event(item.source, item.event_id)
+                if cover is not None:
+                    return self._unban_covered(item, cover)
                 raise NotFound(
                     f"no incident of {item.source!r} has event_id {item.event_id!r}",
                     code="event_not_found",
@@ -624,6 +637,42 @@ class Intake:
             cause=f"unban from {item.source or item.actor}",
             raw_details=item.raw_details,
         )
+
+    def _unban_covered(self, item: Item, cover_id: str) -> dict[str, Any]:
+        """An unban of an event that attached to a covering (carpet-bombing) incident.
+
+        The event is marked unbanned. The covering incident ends (resolved, its covering
+        rules withdrawn) once every event attached to it is unbanned; until then the
+        answer acknowledges the unban and says how many attached events are left.
+        Signals that attached without an event id are not counted: with only those left,
+        the cover ends by the episode timeout like any incident.
+        """
+        assert item.source is not None and item.event_id is not None  # noqa: S101
+        left = self.carpet.unban(item.source, item.event_id, cover_id)
+        if left == 0:
+            try:
+                out = self.end(
+                    cover_id,
+                    Status.RESOLVED,
+                    actor=item.actor,
+                    cause=(
+                        f"unban from {item.source}: every event attached to the covering "
+                        "incident is unbanned"
+                    ),
+                )
+            except AlreadyEnded:
+                pass
+            else:
+                return {**out, "covered_by": cover_id, "covered_events_left": 0}
+        with self.service.engine.connect() as conn:
+            inc = self.store.get(conn, cover_id)
+        return {
+            "incident": inc.view(),
+            "withdrawn": [],
+            "rules_left_to_ttl": False,
+            "covered_by": cover_id,
+            "covered_events_left": left,
+        }
 
     def end(
         self,

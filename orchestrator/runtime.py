@@ -209,4 +209,5 @@ class PolicyRuntime:
             "hold-down": (1.0, self.intake.recheck_held),
             "incident-expiry": (self.service.settings.expiry_interval, self.intake.expire_quiet),
             "carpet-supersede": (2.0, self.intake.carpet.supersede_due),
+            "carpet-window-prune": (30.0, self.intake.carpet.prune),
         }

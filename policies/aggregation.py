@@ -232,6 +232,22 @@ class AttackWindow:
         self._buckets.pop((version, plen, net_value), None)
         self._since.pop((version, plen, net_value), None)
 
+    def restore(
+        self, version: int, plen: int, net_value: int, entries: Iterable[tuple[int, float]]
+    ) -> None:
+        """Put back a prefix's entries (address, last seen) read from a store, oldest first."""
+        key = (version, plen, net_value)
+        bucket = self._buckets.setdefault(key, {})
+        for value, at in entries:
+            self._since.setdefault(key, at)
+            bucket.pop(value, None)
+            bucket[value] = at
+
+    def restore_since(self, version: int, plen: int, net_value: int, since: float) -> None:
+        """When a restored prefix's run began (the store keeps it with the entries)."""
+        if (version, plen, net_value) in self._buckets:
+            self._since[(version, plen, net_value)] = since
+
     def sweep(self, oldest: float) -> None:
         for key in list(self._buckets):
             bucket = self._buckets[key]

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -437,14 +438,47 @@ rate_windows = Table(
     Column("hits", Integer, nullable=False),
 )
 
+# Carpet bombing (issue 14): the attack window shared by every instance and kept across
+# restarts. Per candidate prefix (version, prefix length, network as a decimal integer)
+# the attacked addresses (decimal) and when each was first and last seen in the current
+# run; the row with address "" is the prefix's own run (first_at: when it began). Rows
+# last seen before the window are dead (reads skip them, a periodic job deletes them).
+carpet_window = Table(
+    "carpet_window",
+    metadata,
+    Column("version", SmallInteger, primary_key=True),
+    Column("plen", SmallInteger, primary_key=True),
+    Column("net", String(40), primary_key=True),
+    Column("addr", String(40), primary_key=True),
+    Column("first_at", Float, nullable=False),  # epoch seconds
+    Column("seen_at", Float, nullable=False),
+    Index("ix_carpet_window_seen", "seen_at"),
+)
+
+# Signals that attached to a covering incident, by their detector's source + event_id, so
+# that the detector's unban of that event finds the covering incident.
+covered_events = Table(
+    "covered_events",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("event_id", String(128), primary_key=True),
+    Column("incident_id", String(36), nullable=False),
+    Column("target", String(64), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("unbanned_at", UTCDateTime(), nullable=True),
+    Index("ix_covered_events_incident", "incident_id"),
+)
+
 __all__ = [
     "adapters",
     "agent_jobs",
     "alert_groups",
     "audit_log",
+    "carpet_window",
     "channel_deliveries",
     "channels",
     "cluster_state",
+    "covered_events",
     "decisions",
     "events",
     "incidents",
