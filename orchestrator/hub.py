@@ -120,17 +120,54 @@ class AdapterHub:
         self._records: dict[int, AdapterRecord] = {}
         self._live: dict[int, Adapter] = {}
         self._closing: list[Adapter] = []
+        self.changes = 0  # bumped by every change made here (see :meth:`follow`)
 
     # ------------------------------------------------------------ loading
 
     def load(self) -> None:
         """Build every adapter the store holds; one that fails to build is kept with its error."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(adapters).where(adapters.c.deleted_at.is_(None))).all()
-        for row in rows:
+        for row in self.stored():
             self._install(row)
 
+    def stored(self, engine: Engine | None = None) -> list[Any]:
+        """The adapter rows the store holds (not deleted); safe to call from any thread
+        (``engine``: another pool on the same store)."""
+        with (engine or self.engine).connect() as conn:
+            return list(conn.execute(select(adapters).where(adapters.c.deleted_at.is_(None))))
+
+    def follow(self, rows: list[Any]) -> tuple[list[int], list[int], list[int]]:
+        """Make the hub what the store holds (``rows``: :meth:`stored`): adapters other
+        instances created, changed (``updated_at`` moved) or deleted. Returns the ids
+        (added, changed, removed); replaced adapters wait in :meth:`close_retired`.
+
+        The caller reads ``rows`` with :attr:`changes` noted before and calls this only
+        if no change was made here since (a snapshot older than this hub's own write
+        would undo it).
+        """
+        found = {int(row.id): row for row in rows}
+        added: list[int] = []
+        changed: list[int] = []
+        for aid, row in sorted(found.items()):
+            rec = self._records.get(aid)
+            if rec is not None and rec.updated_at == row.updated_at:
+                continue
+            old = self._live.pop(aid, None)
+            if old is not None:
+                self._closing.append(old)
+            self._install(row)
+            (added if rec is None else changed).append(aid)
+        removed = sorted(set(self._records) - set(found))
+        for aid in removed:
+            self._records.pop(aid, None)
+            old = self._live.pop(aid, None)
+            if old is not None:
+                self._closing.append(old)
+        if added or changed or removed:
+            self.changes += 1
+        return added, changed, removed
+
     def _install(self, row: Any) -> AdapterRecord:
+        self.changes += 1
         error = None
         caps: tuple[str, ...] = tuple(row.capabilities or ())
         adapter: Adapter | None = None
@@ -305,6 +342,7 @@ class AdapterHub:
             with write(self.engine) as own:
                 own.execute(stmt)
         self._records.pop(adapter_id, None)
+        self.changes += 1
         old = self._live.pop(adapter_id, None)
         if old is not None:
             self._closing.append(old)

@@ -199,6 +199,9 @@ class Service:
         self._lease_engine: Engine | None = None
         self._lead_pending = False  # a lease round's outcome waits for the loop
         self._lead_lock = asyncio.Lock()
+        # the adapter rows the lease thread read last, with the hub's change count then
+        self._followed: tuple[int, list[Any]] | None = None
+        self._followers: set[asyncio.Task[ReconcileReport]] = set()
         if writers(self.engine).shared:
             holder = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
             # the rounds run on a thread of their own with connections of their own: never
@@ -227,7 +230,7 @@ class Service:
             loop = asyncio.get_running_loop()
             self._keeper = LeaseKeeper(
                 self.leases,
-                lambda: [rec.id for rec in self.hub.records()],
+                self._stored_adapter_ids,
                 lambda: loop.call_soon_threadsafe(self._lead_soon),
             )
             self._keeper.start()
@@ -290,9 +293,49 @@ class Service:
             if self._keeper is None:
                 return
             try:
+                await self._follow_adapters()
+            except Exception:
+                log.exception("loading the adapters other instances changed")
+            try:
                 await self._lead_round(self._keeper.snapshot())
             except Exception:
                 log.exception("applying a driver lease round")
+
+    def _stored_adapter_ids(self) -> list[int]:
+        """(On the lease thread, each round.) The adapters the store holds, whichever
+        instance made them: their leases are taken and renewed; the rows are kept for the
+        loop's hub to follow (:meth:`_follow_adapters`)."""
+        mark = self.hub.changes
+        rows = self.hub.stored(self._lease_engine)
+        self._followed = (mark, rows)
+        return [int(r.id) for r in rows]
+
+    async def _follow_adapters(self) -> None:
+        """Load what other instances did to the adapters (created, changed, deleted) into
+        this instance's hub, from the rows the lease thread read, so the leases can hand
+        any adapter to any instance without a restart. A changed adapter this instance
+        drives is reconciled (it may talk to another speaker now)."""
+        followed, self._followed = self._followed, None
+        if followed is None or followed[0] != self.hub.changes:
+            return  # nothing read, or changed here since: the next round reads again
+        added, changed, removed = self.hub.follow(followed[1])
+        for adapter_id in added + changed + removed:
+            how = (
+                "created"
+                if adapter_id in added
+                else "changed"
+                if adapter_id in changed
+                else "deleted"
+            )
+            log.info("adapter %s %s through another instance", self.hub.name_of(adapter_id), how)
+        await self.hub.close_retired()
+        for adapter_id in changed:
+            if self.drives(adapter_id):
+                task = asyncio.get_running_loop().create_task(
+                    self.reconcile(adapter_id, startup=True), name="reconcile-changed"
+                )
+                self._followers.add(task)
+                task.add_done_callback(self._followers.discard)
 
     async def _lead_round(self, held: dict[int, int]) -> None:
         lost = sorted(a for a, t in self._driving.items() if held.get(a) != t)
@@ -303,7 +346,11 @@ class Service:
             )
             del self._driving[adapter_id]
             await self.dispatcher.drop(adapter_id)
-        gained = sorted(a for a, t in held.items() if self._driving.get(a) != t)
+        # an adapter whose lease the thread took before this hub loaded it is driven
+        # (and recovered) once the hub follows the store
+        gained = sorted(
+            a for a, t in held.items() if self._driving.get(a) != t and self.hub.live(a) is not None
+        )
         for adapter_id in gained:
             log.warning(
                 "this instance drives adapter %s now (lease token %s)",
@@ -343,6 +390,8 @@ class Service:
         keeper, self._keeper = self._keeper, None
         if keeper is not None:
             await asyncio.get_running_loop().run_in_executor(None, keeper.stop)
+        for task in list(self._followers):
+            task.cancel()
         async with self._lead_lock:  # an application under way ends first
             pass
         if self.leases is not None:
