@@ -9,11 +9,14 @@ request state instead of checking the token twice.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
 from fastapi import Request
@@ -73,12 +76,27 @@ class RateLimiter:
             self.windows.close()
 
     def hit(self, key: str) -> dict[str, str]:
+        """Count one request (blocking: on PostgreSQL one round trip)."""
         now = self.clock()
         if self.windows is not None:
-            hits, reset = self.windows.hit(key, self.per_minute, now)
-            if hits is None:
-                self._refuse(max(1, math.ceil(reset - now)), reset)
-            return self._headers(self.per_minute - (hits or 0), reset)
+            return self._answer(self.windows.hit(key, self.per_minute, now), now)
+        return self._memory(key, now)
+
+    async def ahit(self, key: str) -> dict[str, str]:
+        """Count one request without blocking the event loop: on PostgreSQL the hits of
+        concurrent requests are counted together off the loop (:meth:`SharedWindows.ahit`)."""
+        now = self.clock()
+        if self.windows is not None:
+            return self._answer(await self.windows.ahit(key, self.per_minute, now), now)
+        return self._memory(key, now)
+
+    def _answer(self, counted: tuple[int | None, int], now: float) -> dict[str, str]:
+        hits, reset = counted
+        if hits is None:
+            self._refuse(max(1, math.ceil(reset - now)), reset)
+        return self._headers(self.per_minute - (hits or 0), reset)
+
+    def _memory(self, key: str, now: float) -> dict[str, str]:
         window = self._hits.setdefault(key, deque())
         while window and window[0] <= now - 60:
             window.popleft()
@@ -113,6 +131,11 @@ class SharedWindows:
     harmless; a request does not wait for the WAL flush), deliberately outside the writer
     lock (orchestrator/cluster.py): counters need no ordering with other writes. Rows of
     past minutes are deleted by the first hit of each new minute in each process.
+
+    The API counts through :meth:`ahit`: the round trips run on a thread of the limiter's
+    own, never on the event loop, and the hits that arrive while one is under way are
+    counted together, one statement per key for all of them (:meth:`_count`), so the
+    database sees one round trip per key and batch however many requests arrive.
     """
 
     def __init__(self, engine: Engine, name: str) -> None:
@@ -123,6 +146,11 @@ class SharedWindows:
         self._swept = -1
         self._conn: Connection | None = None
         self._mutex = threading.Lock()
+        # hits waiting for the thread: (key, limit, now, future, loop)
+        self._pending: list[tuple[str, int, float, asyncio.Future[tuple[int | None, int]]]] = []
+        self._draining = False
+        self._plock = threading.Lock()  # guards _pending and _draining (loop and thread)
+        self._pool: ThreadPoolExecutor | None = None
 
     def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed or self._conn.invalidated:
@@ -131,41 +159,143 @@ class SharedWindows:
             self._conn = conn
         return self._conn
 
+    def _add(self, key: str, minute: int, n: int, limit: int) -> int | None:
+        """Add ``n`` hits to the key's minute if they all fit under ``limit`` (one
+        statement: the row's lock makes it exact across instances); the new count, or
+        None when they do not all fit (nothing added then)."""
+        stmt = (
+            pg_insert(rate_windows)
+            .values(key=self.prefix + key, minute=minute, hits=n)
+            .on_conflict_do_update(
+                index_elements=["key", "minute"],
+                set_={"hits": rate_windows.c.hits + n},
+                where=rate_windows.c.hits + n <= limit,
+            )
+            .returning(rate_windows.c.hits)
+        )
+        try:
+            hits = self._connection().execute(stmt).scalar_one_or_none()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            self._conn = None  # the server closed it: once more on a new connection
+            hits = self._connection().execute(stmt).scalar_one_or_none()
+        if minute != self._swept:
+            self._swept = minute
+            self._connection().execute(
+                delete(rate_windows).where(rate_windows.c.minute < minute - 1)
+            )
+        return None if hits is None else int(hits)
+
     def hit(self, key: str, limit: int, now: float) -> tuple[int | None, int]:
         """Count one request; returns (hits in this minute or None when over the limit,
         the time the window resets)."""
         minute = int(now // 60)
-        stmt = (
-            pg_insert(rate_windows)
-            .values(key=self.prefix + key, minute=minute, hits=1)
-            .on_conflict_do_update(
-                index_elements=["key", "minute"],
-                set_={"hits": rate_windows.c.hits + 1},
-                where=rate_windows.c.hits < limit,
-            )
-            .returning(rate_windows.c.hits)
-        )
         with self._mutex:
+            hits = self._add(key, minute, 1, limit)
+        return hits, (minute + 1) * 60
+
+    def _count(self, key: str, minute: int, n: int, limit: int) -> list[int | None]:
+        """Count ``n`` requests of one key and minute together: per request (in order) its
+        count in the minute, or None when over the limit. One statement when they all
+        fit; near the limit, one per request until the first refusal."""
+        fits = min(n, limit)
+        last = self._add(key, minute, fits, limit) if fits else None
+        if last is not None:
+            first = last - fits + 1
+            return [first + i for i in range(fits)] + [None] * (n - fits)
+        out: list[int | None] = []
+        for _ in range(n):
+            hits = None if out and out[-1] is None else self._add(key, minute, 1, limit)
+            out.append(hits)
+        return out
+
+    async def ahit(self, key: str, limit: int, now: float) -> tuple[int | None, int]:
+        """:meth:`hit` off the event loop, counted together with the hits that arrive
+        while the limiter's thread is busy."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int | None, int]] = loop.create_future()
+        with self._plock:
+            self._pending.append((key, limit, now, future))
+            start = not self._draining
+            self._draining = True
+        if start:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="sluice-ratelimit")
+            loop.run_in_executor(self._pool, self._drain, loop)
+        return await future
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the limiter's thread: count what is pending, again until nothing is."""
+        while True:
+            batch = self._take()
+            if not batch:
+                return
             try:
-                hits = self._connection().execute(stmt).scalar_one_or_none()
-            except DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
-                self._conn = None  # the server closed it: once more on a new connection
-                hits = self._connection().execute(stmt).scalar_one_or_none()
-            if minute != self._swept:
-                self._swept = minute
-                self._connection().execute(
-                    delete(rate_windows).where(rate_windows.c.minute < minute - 1)
-                )
-        return (None if hits is None else int(hits)), (minute + 1) * 60
+                self._count_batch(loop, batch)
+            except BaseException as exc:  # never leave a request waiting
+                _reply(loop, _fail, [b[3] for b in batch], RuntimeError(str(exc)))
+                with self._plock:
+                    self._draining = False
+                raise
+
+    def _count_batch(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[str, int, float, asyncio.Future[tuple[int | None, int]]]],
+    ) -> None:
+        groups: dict[tuple[str, int, int], list[asyncio.Future[tuple[int | None, int]]]]
+        groups = {}
+        for key, limit, now, future in batch:
+            groups.setdefault((key, int(now // 60), limit), []).append(future)
+        for (key, minute, limit), futures in groups.items():
+            try:
+                with self._mutex:
+                    counts = self._count(key, minute, len(futures), limit)
+            except Exception as exc:  # every request of the group gets the error
+                _reply(loop, _fail, futures, exc)
+                continue
+            reset = (minute + 1) * 60
+            _reply(loop, _answer, futures, [(c, reset) for c in counts])
+
+    def _take(
+        self,
+    ) -> list[tuple[str, int, float, asyncio.Future[tuple[int | None, int]]]]:
+        """The pending hits (none: the drain ends, the next hit starts another)."""
+        with self._plock:
+            out = self._pending
+            self._pending = []
+            if not out:
+                self._draining = False
+            return out
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
         with self._mutex:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
         self.engine.dispose()
+
+
+def _reply(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def _answer(
+    futures: list[asyncio.Future[tuple[int | None, int]]], results: list[tuple[int | None, int]]
+) -> None:
+    for future, result in zip(futures, results, strict=True):
+        if not future.done():
+            future.set_result(result)
+
+
+def _fail(futures: list[asyncio.Future[tuple[int | None, int]]], exc: Exception) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)
 
 
 # The accessors are ``async``: FastAPI runs a plain ``def`` dependency in a worker thread,
@@ -201,7 +331,7 @@ def guarded(request: Request, authenticate: Callable[[], _T]) -> _T:
     return counted(request.app.state, client_address(request), authenticate)
 
 
-def authorize(request: Request, scope: str) -> TokenInfo:
+async def authorize(request: Request, scope: str) -> TokenInfo:
     """Authenticate the caller (a bearer token or an operator's login session), count the
     request, check ``scope``; remember the caller in the request state.
 
@@ -215,7 +345,7 @@ def authorize(request: Request, scope: str) -> TokenInfo:
     if info is None:
         info = guarded(request, lambda: authenticate(request))
         limiter: RateLimiter = request.app.state.limiter
-        state["rate_headers"] = limiter.hit(info.token_hash)
+        state["rate_headers"] = await limiter.ahit(info.token_hash)
         state[CALLER_STATE] = info
     if not info.allows(scope):
         raise Forbidden(
@@ -237,7 +367,7 @@ class Require(SecurityBase):
         )
 
     async def __call__(self, request: Request) -> TokenInfo:
-        return authorize(request, self.scope)
+        return await authorize(request, self.scope)
 
 
 def require(scope: str) -> Require:

@@ -125,7 +125,7 @@ class RequestGuard:
                 return await receive()
             if not body.checked:
                 body.checked = True
-                self._authenticate(scope, state)
+                await self._authenticate(scope, state)
                 body.deadline = self.clock() + timeout
             try:
                 async with asyncio.timeout(max(0.0, body.deadline - self.clock())):
@@ -166,7 +166,7 @@ class RequestGuard:
 
         await self.app(scope, guarded_receive if body.has_body else receive, send_with_headers)
 
-    def _authenticate(self, scope: Scope, state: dict[str, Any]) -> None:
+    async def _authenticate(self, scope: Scope, state: dict[str, Any]) -> None:
         """Check the credential of the route this request was routed to (raises EarlyRefusal)."""
         route = scope.get("route")
         key = id(route)
@@ -179,7 +179,7 @@ class RequestGuard:
         try:
             if required is not None:
                 # a bearer token or a login session's cookie (+ CSRF header)
-                authorize(Request(scope), required.scope)
+                await authorize(Request(scope), required.scope)
             elif str(scope.get("path", "")).startswith(AGENT_PREFIX):
                 headers = dict(scope["headers"])
                 auth = headers.get(b"authorization")

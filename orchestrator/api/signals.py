@@ -241,7 +241,7 @@ async def agent(
     known: dict[str, Any] | None = request.scope.get("state", {}).get(NODE_STATE)
     node = known or guarded(request, lambda: reg.authenticate(authorization, x_node_uuid))
     limiter: RateLimiter = request.app.state.agent_limiter
-    request.state.rate_headers = limiter.hit(f"node:{node['id']}")
+    request.state.rate_headers = await limiter.ahit(f"node:{node['id']}")
     return node
 
 
