@@ -52,7 +52,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator import events as ev
 from orchestrator.cluster import write
-from orchestrator.incidents import LIVE, Incident, IncidentStore, Status
+from orchestrator.incidents import ENDED, LIVE, Incident, IncidentStore, Status
 from orchestrator.lifecycle import HELD, State
 from orchestrator.store.models import carpet_window, covered_events, incidents, rules
 from policies.aggregation import (
@@ -604,15 +604,25 @@ class Carpet:
     # ------------------------------------------------------------ the shared window
 
     def prune_now(self) -> int:
-        """Delete the window's rows last seen before the window; returns how many.
+        """Delete the window's rows last seen before the window; returns how many. Also
+        forgets the covered events of covering incidents ended for a day.
 
         No writer lock (nothing reads a dead row, and an upsert that revives one while
         it is deleted waits for the delete and inserts it again).
         """
         cfg = self.service.policy.carpet_bombing
         keep = cfg.window_seconds if cfg is not None and cfg.enabled else 0
-        oldest = self.service.clock().timestamp() - keep
+        now = self.service.clock()
+        oldest = now.timestamp() - keep
+        ce = covered_events
+        ended = select(incidents.c.id).where(
+            incidents.c.status.in_([str(s) for s in ENDED]),
+            incidents.c.updated_at < now - timedelta(days=1),
+        )
         with self.service.engine.begin() as conn:
+            conn.execute(
+                delete(ce).where(ce.c.incident_id.in_(ended), ce.c.at < now - timedelta(days=1))
+            )
             return int(
                 conn.execute(delete(carpet_window).where(carpet_window.c.seen_at < oldest)).rowcount
             )

@@ -194,3 +194,10 @@ async def test_an_unban_of_a_covered_event_is_acknowledged_and_the_last_one_ends
     # a /32 incident's own event still resolves that incident
     own = (await unban("e-198.51.100.1")).json()
     assert own["incident"]["target_ip"] == "198.51.100.1" and "covered_by" not in own
+    # a day after the cover ended, its covered events are forgotten
+    clock.advance(86_400 - 60)
+    await s.app.state.runtime.intake.carpet.prune()
+    assert (await unban(f"c-{inside[2]}")).status_code == 200
+    clock.advance(120)
+    await s.app.state.runtime.intake.carpet.prune()
+    assert (await unban(f"c-{inside[2]}")).status_code == 404
