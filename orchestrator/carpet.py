@@ -46,8 +46,7 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Connection, TypeDecorator, and_, delete, func, select, text, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator import events as ev
@@ -193,12 +192,38 @@ class StoredWindow(AttackWindow):
 def _upsert(
     conn: Connection, table: Any, rows: list[dict[str, Any]], keys: list[str], cols: list[str]
 ) -> None:
-    """One INSERT .. ON CONFLICT DO UPDATE for all ``rows`` (SQLite and PostgreSQL)."""
-    stmt: Any = (sqlite_insert if conn.dialect.name == "sqlite" else pg_insert)(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=keys, set_={c: getattr(stmt.excluded, c) for c in cols}
+    """One INSERT .. ON CONFLICT DO UPDATE for all ``rows`` (unique by ``keys``).
+
+    On PostgreSQL one statement over arrays (``unnest``): one execution however many
+    rows, not one per row as an executemany would be. SQLite runs the executemany in
+    process, which is as fast.
+    """
+    if conn.dialect.name != "postgresql":
+        stmt: Any = sqlite_insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=keys, set_={c: getattr(stmt.excluded, c) for c in cols}
+        )
+        conn.execute(stmt, rows)
+        return
+    quote = conn.dialect.identifier_preparer.quote
+    names = list(rows[0])
+    arrays: dict[str, list[Any]] = {}
+    casts = []
+    for name in names:
+        col = table.c[name]
+        values = [r[name] for r in rows]
+        if isinstance(col.type, TypeDecorator):
+            values = [col.type.process_bind_param(v, conn.dialect) for v in values]
+        arrays[name] = values
+        casts.append(f"CAST(:{name} AS {col.type.compile(dialect=conn.dialect)}[])")
+    # identifiers and types from the table's metadata; every value is bound
+    sql = (
+        f"INSERT INTO {quote(table.name)} ({', '.join(quote(n) for n in names)}) "  # noqa: S608
+        f"SELECT * FROM unnest({', '.join(casts)}) "
+        f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET "
+        + ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in cols)
     )
-    conn.execute(stmt, rows)
+    conn.execute(text(sql), arrays)
 
 
 @dataclass

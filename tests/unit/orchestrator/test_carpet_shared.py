@@ -61,6 +61,8 @@ async def start(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 async def stop(s: Sluice) -> None:
     s.app.state.runtime.intake.cancel_timers()
     await s.http.aclose()
+    s.app.state.limiter.close()  # the app's lifespan does it under a server
+    s.app.state.agent_limiter.close()
     if s.svc.started:
         await s.svc.stop()
         s.svc.started = False
