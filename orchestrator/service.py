@@ -348,9 +348,8 @@ class Service:
             await self.dispatcher.drop(adapter_id)
         # an adapter whose lease the thread took before this hub loaded it is driven
         # (and recovered) once the hub follows the store
-        gained = sorted(
-            a for a, t in held.items() if self._driving.get(a) != t and self.hub.live(a) is not None
-        )
+        known = {rec.id for rec in self.hub.records()}
+        gained = sorted(a for a, t in held.items() if self._driving.get(a) != t and a in known)
         for adapter_id in gained:
             log.warning(
                 "this instance drives adapter %s now (lease token %s)",
