@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.intake")
 
 MAX_BATCH = 256  # single signals grouped into one commit (a bulk request is never split)
+GATHER_QUIET = 2  # loop iterations without a new signal that close a batch of single signals
+GATHER_ROUNDS = 64  # and at most this many iterations spent gathering one
 STALE_RETRIES = 20  # reads redone when other instances keep writing in between
 ESCALATING = ("announce", "escalate")
 Action = Literal["ban", "unban", "recheck"]
@@ -153,10 +155,18 @@ class Intake:
 
     async def submit(self, item: Item) -> dict[str, Any]:
         """Handle one item; its full answer (the error is raised)."""
-        result = (await self.submit_many([item]))[0]
-        if isinstance(result, Exception):
-            raise result
+        result = await self._enqueue([item])[0]
         return result.view() if isinstance(result, Outcome) else result
+
+    def _enqueue(self, items: list[Item]) -> list[asyncio.Future[Result]]:
+        """Queue a submission (one batch at most); the worker is started if idle."""
+        loop = asyncio.get_running_loop()
+        for item in items:
+            item.future = loop.create_future()
+        self._pending.append(items)
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain(), name="signal-intake")
+        return [item.future for item in items]
 
     async def submit_many(self, items: Sequence[Item]) -> list[Result | Exception]:
         """Handle items together (a bulk request): per item, its result or its error.
@@ -166,13 +176,8 @@ class Intake:
         """
         if not items:
             return []
-        loop = asyncio.get_running_loop()
-        for item in items:
-            item.future = loop.create_future()
-        self._pending.append(list(items))
-        if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._drain(), name="signal-intake")
-        done = await asyncio.gather(*(item.future for item in items), return_exceptions=True)
+        futures = self._enqueue(list(items))
+        done = await asyncio.gather(*futures, return_exceptions=True)
         out: list[Result | Exception] = []
         for res in done:
             if isinstance(res, BaseException) and not isinstance(res, Exception):
@@ -180,8 +185,30 @@ class Intake:
             out.append(res)
         return out
 
+    async def _gather(self) -> None:
+        """Let the signals already on their way join the next batch.
+
+        A request whose bytes arrived in the event loop's last poll reaches
+        :meth:`submit_many` one or two loop iterations later. Yielding until the queue
+        stops growing for :data:`GATHER_QUIET` iterations (at most :data:`GATHER_ROUNDS`,
+        never past :data:`MAX_BATCH` signals) lets concurrent requests share one
+        transaction and one commit instead of each paying for its own: under load the
+        loop is busy with those requests anyway; an idle service waits a few iterations.
+        """
+        quiet, seen = 0, -1
+        for _ in range(GATHER_ROUNDS):
+            queued = sum(len(s) for s in self._pending)
+            if queued >= MAX_BATCH:
+                return
+            quiet = quiet + 1 if queued == seen else 0
+            if quiet >= GATHER_QUIET:
+                return
+            seen = queued
+            await asyncio.sleep(0)
+
     async def _drain(self) -> None:
         while self._pending:
+            await self._gather()
             items = self._pending.popleft()
             while self._pending and len(items) + len(self._pending[0]) <= MAX_BATCH:
                 items.extend(self._pending.popleft())

@@ -151,11 +151,14 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
             ),
         ),
     )
+    # Routing tries the routers in this order, each route in turn: the hot paths first
+    # (/health, then the signal intake: every detector's POST /incidents), which tried 26
+    # routes before its own behind mitigation and policy. No two routers share a path.
     for router in (
-        mitigation.router,
         admin.router,
-        policy.router,
         signals.router,
+        mitigation.router,
+        policy.router,
         bulk.router,
         detectors.router,
         events.router,

@@ -15,12 +15,14 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.routing import APIRoute
 from fastapi.security.base import SecurityBase
 from sqlalchemy import Connection, Engine, create_engine, delete, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -373,3 +375,64 @@ class Require(SecurityBase):
 def require(scope: str) -> Require:
     """A dependency that authenticates the caller, checks ``scope`` and counts the request."""
     return Require(scope)
+
+
+def _lean_plan(dependant: Dependant) -> tuple[str, list[tuple[str, str]]] | None:
+    """(the request parameter's name, [(parameter name, scope)] of its :class:`Require`
+    dependencies) when that is all an endpoint takes; None otherwise."""
+    if (
+        dependant.request_param_name is None
+        or dependant.path_params
+        or dependant.query_params
+        or dependant.header_params
+        or dependant.cookie_params
+        or dependant.body_params
+        or dependant.response_param_name
+        or dependant.background_tasks_param_name
+        or dependant.security_scopes_param_name
+        or dependant.http_connection_param_name
+        or dependant.websocket_param_name
+    ):
+        return None
+    requires: list[tuple[str, str]] = []
+    for dep in dependant.dependencies:
+        if not isinstance(dep.call, Require) or dep.name is None:
+            return None
+        requires.append((dep.name, dep.call.scope))
+    return dependant.request_param_name, requires
+
+
+class LeanRoute(APIRoute):
+    """A route for a hot endpoint that takes only the request and :class:`Require`
+    dependencies and returns its own :class:`Response` (``POST /incidents``).
+
+    Its handler calls :func:`authorize` for each requirement, exactly as the dependency
+    would (same authentication, failure counting, rate limit and scope check), then the
+    endpoint: FastAPI's general dependency solver, built for any signature, cost as much
+    per request as the authentication itself. The route is declared as usual (the
+    OpenAPI document, the request guard's look-up of its requirement and the exception
+    handlers are unchanged); an endpoint with any other parameter, or an application with
+    dependency overrides (tests), gets FastAPI's own handler.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        general = super().get_route_handler()
+        plan = _lean_plan(self.dependant)
+        call = self.dependant.call
+        if plan is None or call is None:
+            return general
+        request_name, requires = plan
+        endpoint: Callable[..., Awaitable[Any]] = call
+
+        async def handler(request: Request) -> Response:
+            if getattr(request.app, "dependency_overrides", None):
+                return await general(request)
+            kwargs: dict[str, Any] = {request_name: request}
+            for name, scope in requires:
+                kwargs[name] = await authorize(request, scope)
+            response = await endpoint(**kwargs)
+            if not isinstance(response, Response):
+                raise TypeError(f"{self.path}: a LeanRoute endpoint returns a Response")
+            return response
+
+        return handler
