@@ -21,7 +21,7 @@ from policies.signals import Signal
 
 def route(router: Any, path: str, method: str) -> APIRoute:
     for r in router.routes:
-        if isinstance(r, APIRoute) and r.path == path and method in r.methods:
+        if isinstance(r, APIRoute) and r.path == path and method in (r.methods or ()):
             return r
     raise AssertionError(f"no route {method} {path}")
 
