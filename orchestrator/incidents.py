@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, select, update
+from sqlalchemy import Connection, and_, bindparam, or_, select, update
 
 from orchestrator import events as ev
 from orchestrator.store.models import incidents
@@ -147,6 +147,20 @@ _UPDATE = (
 )
 
 
+_LIVE = sorted(str(s) for s in LIVE)
+# IncidentStore.for_signals: built once (expanding IN lists), not per batch
+_FOR_SIGNALS = select(incidents).where(
+    or_(
+        and_(
+            incidents.c.target.in_(bindparam("targets", expanding=True)),
+            incidents.c.status.in_(bindparam("live", expanding=True)),
+        ),
+        and_(
+            incidents.c.event_id.in_(bindparam("events", expanding=True)),
+            incidents.c.source.in_(bindparam("sources", expanding=True)),
+        ),
+    )
+)
 CHUNK = 2000  # values per IN (...) list: far below SQLite's limit on bound parameters
 
 
@@ -219,6 +233,35 @@ class IncidentStore:
                 if (r.source, r.event_id) in wanted:
                     out[(r.source, r.event_id)] = Incident.from_row(r)
         return out
+
+    @staticmethod
+    def for_signals(
+        conn: Connection, targets: Sequence[str], pairs: Sequence[tuple[str, str]]
+    ) -> tuple[dict[str, Incident], dict[tuple[str, str], Incident]]:
+        """:meth:`live_by_target` and :meth:`by_event` in one query (a batch of signals
+        reads both): per target its latest live incident, per (source, event_id) the
+        latest incident so named; an incident both find is one object in both."""
+        wanted = set(pairs)
+        events = sorted({e for _, e in wanted})
+        sources = sorted({s for s, _ in wanted})
+        unique = sorted(set(targets))
+        targeted = set(unique)
+        if len(unique) > CHUNK or len(events) > CHUNK:  # long lists: chunked, one by one
+            return IncidentStore.live_by_target(conn, unique), IncidentStore.by_event(conn, pairs)
+        rows = conn.execute(
+            _FOR_SIGNALS,
+            {"targets": unique, "live": _LIVE, "events": events, "sources": sources},
+        ).all()
+        found = {r.id: (r, Incident.from_row(r)) for r in rows}
+        live: dict[str, Incident] = {}
+        for r, inc in sorted(found.values(), key=lambda x: x[0].updated_at):
+            if r.status in _LIVE and r.target in targeted:
+                live[r.target] = inc  # the latest one wins
+        by_event: dict[tuple[str, str], Incident] = {}
+        for r, inc in sorted(found.values(), key=lambda x: x[0].opened_at):
+            if (r.source, r.event_id) in wanted:
+                by_event[(r.source, r.event_id)] = inc  # the latest one wins
+        return live, by_event
 
     @staticmethod
     def due_hold_down(conn: Connection, now: datetime, limit: int = 500) -> list[Incident]:

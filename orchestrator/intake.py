@@ -299,13 +299,12 @@ class Intake:
         quiet = timedelta(seconds=svc.policy.escalation.episode_timeout_seconds)
         hold = svc.policy.escalation.hold_down_seconds
         with svc.engine.connect() as conn:
-            live = self.store.live_by_target(
-                conn, [str(i.signal.target_ip) for i in batch if i.signal is not None]
+            live, by_event = self.store.for_signals(
+                conn,
+                [str(i.signal.target_ip) for i in batch if i.signal is not None],
+                [(i.source, i.event_id) for i in batch if i.source and i.event_id],
             )
             by_id = self.store.by_ids(conn, [i.incident_id for i in batch if i.incident_id])
-            by_event = self.store.by_event(
-                conn, [(i.source, i.event_id) for i in batch if i.source and i.event_id]
-            )
             carpet = self.carpet.begin(
                 conn, now, [i.signal.target_ip for i in batch if i.signal is not None]
             )

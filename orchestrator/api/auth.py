@@ -24,7 +24,8 @@ SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 def authenticate(request: Request) -> TokenInfo:
     header = request.headers.get("authorization")
-    sid = request.cookies.get(COOKIE)
+    # a bearer token wins: the cookies are parsed only without one
+    sid = None if header else request.cookies.get(COOKIE)
     if header or not sid:
         store: TokenStore = request.app.state.tokens
         return store.authenticate(header)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field, ValidationError
+from starlette.requests import ClientDisconnect
 
 from orchestrator.api.deps import NODE_STATE, LeanRoute, RateLimiter, guarded, require
 from orchestrator.api.envelope import ok
@@ -157,13 +158,27 @@ async def report_incident(request: Request, who: Writer) -> JSONResponse:
     # dependency for FastAPI to solve on each request
     rt: PolicyRuntime = request.app.state.runtime
     try:
-        body = json.loads(await request.body())
+        body = json.loads(await read_body(request))
     except (ValueError, RecursionError):  # RecursionError: nested too deep
         raise ValidationFailed("the request body must be JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ValidationFailed("the request body must be a JSON object")
     # the answer holds JSON types only: rendered as it is, without FastAPI's encoder walk
     return JSONResponse(ok(**await apply_signal(rt, body, who.name)))
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole request body, read from ``receive`` (through the request guard: its size
+    limit and deadline hold) without the async generator behind ``Request.body()``."""
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
 
 
 # every detector's hot path: authorized without FastAPI's general dependency solver

@@ -4,17 +4,19 @@ the lean route authorizes exactly as the dependency does."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 
 from orchestrator import intake as intake_module
 from orchestrator.api import signals
 from orchestrator.api.deps import LeanRoute, _lean_plan
+from orchestrator.incidents import Incident, IncidentStore, Status
 from orchestrator.runtime import PolicyRuntime
-from orchestrator.store.models import decisions
+from orchestrator.store.models import decisions, incidents
 from orchestrator.tokens import TokenInfo
 from policies.signals import Signal
 
@@ -135,3 +137,64 @@ async def test_lean_route_honours_dependency_overrides(make_api: Any) -> None:
     api.app.dependency_overrides[require] = override
     await api.ok("POST", "/incidents", json={"target_ip": "198.51.100.10", "bps": "1M"})
     assert called == ["override"]  # FastAPI's own handler ran, with the override
+
+
+# ---------------------------------------------------------------- the batch's reads
+
+
+@pytest.mark.postgresql
+async def test_one_read_finds_what_the_two_reads_found(make_service: Any) -> None:
+    """IncidentStore.for_signals == live_by_target + by_event, on SQLite and PostgreSQL."""
+    svc = await make_service()
+    t0 = datetime(2026, 12, 2, 1, 0, tzinfo=UTC)
+
+    def inc(n: int, target: str, status: Status, **kw: Any) -> tuple[Incident, Status]:
+        at = t0 + timedelta(seconds=n)
+        return Incident(
+            id=f"00000000-0000-0000-0000-{n:012d}",
+            target=target,
+            node=None,
+            status=Status.OPEN,
+            attack_family="udp_flood",
+            severity="high",
+            peak_bps=0.0,
+            peak_pps=0.0,
+            last_signal={},
+            signals=n,
+            opened_at=at,
+            updated_at=kw.pop("updated_at", at),
+            **kw,
+        ), status
+
+    made = [
+        inc(1, "198.51.100.1", Status.RESOLVED, source="d", event_id="e1"),
+        inc(2, "198.51.100.1", Status.MITIGATING, source="d", event_id="e1"),  # e1's latest
+        inc(3, "198.51.100.2", Status.OPEN),  # updated last: the live one for .2
+        inc(4, "198.51.100.2", Status.OPEN, updated_at=t0),
+        inc(5, "198.51.100.3", Status.EXPIRED, source="d", event_id="e3"),
+        inc(6, "198.51.100.4", Status.OPEN, source="other", event_id="e1"),
+    ]
+    store = IncidentStore()
+    with svc.engine.begin() as conn:
+        store.open(conn, [i for i, _ in made])
+        for i, status in made:
+            if status is not Status.OPEN:
+                conn.execute(
+                    update(incidents).where(incidents.c.id == i.id).values(status=str(status))
+                )
+    targets = ["198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.9", "198.51.100.2"]
+    pairs = [("d", "e1"), ("d", "e3"), ("d", "nope"), ("other", "e3")]
+    with svc.engine.connect() as conn:
+        live, by_event = store.for_signals(conn, targets, pairs)
+        assert {t: i.id for t, i in live.items()} == {
+            t: i.id for t, i in store.live_by_target(conn, targets).items()
+        }
+        assert {p: i.id for p, i in by_event.items()} == {
+            p: i.id for p, i in store.by_event(conn, pairs).items()
+        }
+        assert {t: i.signals for t, i in live.items()} == {"198.51.100.1": 2, "198.51.100.2": 3}
+        assert {p: i.signals for p, i in by_event.items()} == {("d", "e1"): 2, ("d", "e3"): 5}
+        assert live["198.51.100.1"] is by_event[("d", "e1")]  # one incident, one object
+        assert store.for_signals(conn, [], []) == ({}, {})
+        only_pairs = store.for_signals(conn, [], [("d", "e3")])
+        assert only_pairs[0] == {} and only_pairs[1][("d", "e3")].signals == 5
