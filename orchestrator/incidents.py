@@ -172,6 +172,11 @@ def _chunks(values: Sequence[str]) -> list[list[str]]:
 class IncidentStore:
     """Incident reads and writes; writes work inside the caller's transaction."""
 
+    # Status changes (resolve, expire, escalation of a known incident) attempted in this
+    # process, by any instance of the class: whoever keeps incidents in memory
+    # (orchestrator.incident_index) drops them when the count moved.
+    moves = 0
+
     # ------------------------------------------------------------ reads
 
     @staticmethod
@@ -387,6 +392,7 @@ class IncidentStore:
     def _move(
         self, conn: Connection, inc: Incident, to: Status, now: datetime, **values: Any
     ) -> None:
+        IncidentStore.moves += 1  # (orchestrator.incident_index: its copies may be stale)
         check_move(inc.id, inc.status, to)
         res = conn.execute(
             update(incidents)

@@ -40,6 +40,7 @@ from sqlalchemy import Connection, and_, select
 from orchestrator import events as ev
 from orchestrator.carpet import Carpet, CarpetBatch
 from orchestrator.cluster import StaleRead, write, writers
+from orchestrator.incident_index import IncidentIndex, Read
 from orchestrator.incidents import ENDED, LIVE, AlreadyEnded, Incident, IncidentStore, Status
 from orchestrator.lifecycle import HELD
 from orchestrator.service import RuleRequest, Service
@@ -133,6 +134,7 @@ class Evaluated:
     touched: dict[str, Incident]
     stale: list[Incident]
     carpet: CarpetBatch | None = None  # covering rules formed over the batch (#14.4)
+    read: Read | None = None  # what the incident index answered (learns the write)
 
 
 class Intake:
@@ -140,6 +142,7 @@ class Intake:
         self.service = service
         self._state = state  # the runtime replaces its EngineState on load
         self.store = IncidentStore()
+        self.index = IncidentIndex(service.engine)  # the incidents signals touch (#14)
         self._pending: deque[list[Item]] = deque()  # submissions, each a list of items
         self._worker: asyncio.Task[None] | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -239,7 +242,11 @@ class Intake:
             try:
                 return self._handle_batch(batch)
             except StaleRead:
+                self.index.failed()
                 continue
+            except Exception:
+                self.index.failed()  # its copies may hold what the store does not
+                raise
         raise Conflict(
             "the store kept changing under this batch (other instances writing); try again",
             code="store_busy",
@@ -268,6 +275,12 @@ class Intake:
                 events=carpet.events if carpet is not None else (),
                 hooks=(carpet.store,) if carpet is not None else (),
             )
+            if evaluated.read is not None:
+                self.index.committed(
+                    evaluated.read,
+                    [*evaluated.new.values(), *evaluated.touched.values()],
+                    opened=set(evaluated.new),
+                )
             if carpet is not None:
                 self.carpet.after_write(carpet, applied[: len(formed)])
             applied = applied[len(formed) :]
@@ -299,16 +312,18 @@ class Intake:
         quiet = timedelta(seconds=svc.policy.escalation.episode_timeout_seconds)
         hold = svc.policy.escalation.hold_down_seconds
         with svc.engine.connect() as conn:
-            live, by_event = self.store.for_signals(
+            read = self.index.read(
                 conn,
                 [str(i.signal.target_ip) for i in batch if i.signal is not None],
                 [(i.source, i.event_id) for i in batch if i.source and i.event_id],
             )
+            live, by_event = read.live, read.by_event
             by_id = self.store.by_ids(conn, [i.incident_id for i in batch if i.incident_id])
+            read.note(by_id.values())
             carpet = self.carpet.begin(
                 conn, now, [i.signal.target_ip for i in batch if i.signal is not None]
             )
-        out = Evaluated(items=[], new={}, touched={}, stale=[], carpet=carpet)
+        out = Evaluated(items=[], new={}, touched={}, stale=[], carpet=carpet, read=read)
         for item in batch:
             assert item.signal is not None  # noqa: S101  # bans and rechecks carry one
             covered = carpet.cover(item) if carpet is not None else None

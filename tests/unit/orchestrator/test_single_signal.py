@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from fastapi.routing import APIRoute
@@ -16,6 +17,7 @@ from orchestrator.api import signals
 from orchestrator.api.deps import LeanRoute, _lean_plan
 from orchestrator.incidents import Incident, IncidentStore, Status
 from orchestrator.runtime import PolicyRuntime
+from orchestrator.service import Service
 from orchestrator.store.models import decisions, incidents
 from orchestrator.tokens import TokenInfo
 from policies.signals import Signal
@@ -198,3 +200,134 @@ async def test_one_read_finds_what_the_two_reads_found(make_service: Any) -> Non
         assert store.for_signals(conn, [], []) == ({}, {})
         only_pairs = store.for_signals(conn, [], [("d", "e3")])
         assert only_pairs[0] == {} and only_pairs[1][("d", "e3")].signals == 5
+
+
+# ---------------------------------------------------------------- the incident index
+
+
+def incident_selects(engine: Any) -> list[str]:
+    """Every statement that reads the incidents table, from now on."""
+    seen: list[str] = []
+
+    def before(_c: Any, _cur: Any, sql: str, *_a: Any) -> None:
+        if sql.lstrip().upper().startswith("SELECT") and "FROM incidents" in sql:
+            seen.append(sql)
+
+    event.listen(engine, "before_cursor_execute", before)
+    return seen
+
+
+def sig(target: str = "198.51.100.20", **kw: Any) -> Signal:
+    return Signal.model_validate({"target_ip": target, "bps": "1M", **kw})
+
+
+async def test_repeated_signals_read_no_incident_from_the_store(make_api: Any) -> None:
+    api = await make_api()
+    rt: PolicyRuntime = api.app.state.runtime
+    first = await rt.handle(sig(), actor="test")
+    reads = incident_selects(api.svc.engine)
+    answers = [await rt.handle(sig(), actor="test") for _ in range(3)]
+    assert reads == []
+    assert {a["incident"]["id"] for a in answers} == {first["incident"]["id"]}
+    assert [a["incident"]["signals"] for a in answers] == [2, 3, 4]
+    stored = rt.get_incident(first["incident"]["id"])  # the store has what was answered
+    assert stored["signals"] == 4 and len(stored["decisions"]) == 4
+
+
+async def test_an_ended_incident_is_not_updated_from_memory(make_api: Any) -> None:
+    api = await make_api()
+    rt: PolicyRuntime = api.app.state.runtime
+    first = (await rt.handle(sig(), actor="test"))["incident"]
+    rt.resolve(first["id"], actor="operator")  # not a batch of signals: the index forgets
+    second = (await rt.handle(sig(), actor="test"))["incident"]
+    assert second["id"] != first["id"] and second["signals"] == 1
+    assert rt.get_incident(first["id"])["signals"] == 1  # the resolved one untouched
+    # an unban by event id: the same
+    named = (await rt.handle(sig("198.51.100.21"), actor="d", source="d", event_id="e"))["incident"]
+    await rt.unban(actor="d", source="d", event_id="e")
+    again = (await rt.handle(sig("198.51.100.21"), actor="d", source="d", event_id="e"))["incident"]
+    assert again["id"] != named["id"] and again["signals"] == 1
+
+
+async def test_a_failed_batch_leaves_memory_as_the_store_is(
+    make_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = await make_api()
+    rt: PolicyRuntime = api.app.state.runtime
+    await rt.handle(sig(), actor="test")
+    real = intake_module.Intake._write
+
+    def broken(self: Any, *a: Any, **kw: Any) -> Any:
+        raise RuntimeError("the disk is gone")
+
+    monkeypatch.setattr(intake_module.Intake, "_write", broken)
+    with pytest.raises(RuntimeError):
+        await rt.handle(sig(), actor="test")
+    monkeypatch.setattr(intake_module.Intake, "_write", real)
+    assert (await rt.handle(sig(), actor="test"))["incident"]["signals"] == 2
+
+
+async def test_an_event_id_given_in_memory_only_is_not_remembered(make_api: Any) -> None:
+    """A live incident without an event id takes the first one a signal names (in the
+    batch, not in the store): the index must not remember what the store does not hold."""
+    api = await make_api()
+    rt: PolicyRuntime = api.app.state.runtime
+    await rt.handle(sig(), actor="test")  # no event id
+    a = (await rt.handle(sig(), actor="d", source="d", event_id="e1"))["incident"]
+    b = (await rt.handle(sig(), actor="d", source="d", event_id="e2"))["incident"]
+    with api.svc.engine.connect() as conn:
+        live, _ = IncidentStore.for_signals(conn, ["198.51.100.20"], [])
+        stored = live["198.51.100.20"]
+    # answered as the store-backed path answers: the stored incident has no event id,
+    # so each signal names it anew
+    assert (a["event_id"], b["event_id"]) == ("e1", "e2")
+    assert stored.event_id is None and b["signals"] == 3
+
+
+async def test_another_instances_writes_reach_this_instances_index(
+    tmp_path: Any, postgres_url: str
+) -> None:
+    """Two instances on one PostgreSQL (SQLite has one service per data directory): what
+    one writes, the other's index does not hide."""
+    from orchestrator.api.app import bootstrap_token, create_app
+    from tests.unit.orchestrator.conftest import ADMIN, policy, settings_for
+
+    apps = []
+    for k in range(2):
+        data = tmp_path / f"i{k}"
+        data.mkdir()
+        svc = Service(
+            settings_for(data, database_url=postgres_url, admin_token=ADMIN, audit_key="5a" * 32),
+            policy=policy(),
+        )
+        await svc.start()
+        app = create_app(svc, run_scheduler=False)
+        bootstrap_token(svc, app.state.tokens)
+        apps.append(app)
+    a, b = (app.state.runtime for app in apps)
+    try:
+        x = (await a.handle(sig(), actor="a"))["incident"]
+        misses = a.intake.index.misses
+        assert (await a.handle(sig(), actor="a"))["incident"]["signals"] == 2
+        assert a.intake.index.misses == misses  # answered from memory
+        b.resolve(x["id"], actor="operator-on-b")
+        y = (await a.handle(sig(), actor="a"))["incident"]
+        assert y["id"] != x["id"] and y["signals"] == 1
+        assert a.get_incident(x["id"])["status"] == "resolved"
+        # "no live incident" remembered by a, then b opens one: a's index sees it
+        other = "198.51.100.30"
+        with a.service.engine.connect() as conn:
+            assert a.intake.index.read(conn, [other], []).live == {}
+        opened = (await b.handle(sig(other), actor="b"))["incident"]
+        with a.service.engine.connect() as conn:
+            found = a.intake.index.read(conn, [other], []).live
+        assert found[other].id == opened["id"]
+        assert (await a.handle(sig(other), actor="a"))["incident"] == {
+            **opened,
+            "signals": 2,
+            "updated_at": ANY,
+            "last_signal": ANY,
+        }
+    finally:
+        for app in apps:
+            await app.state.service.stop()
