@@ -37,7 +37,7 @@ from orchestrator.cluster import GENERATION_ROW, writers
 from orchestrator.incidents import LIVE, Incident, IncidentStore
 from orchestrator.store.models import cluster_state
 
-MAX_ENTRIES = 100_000  # targets + event ids remembered, at most
+MAX_ENTRIES = 300_000  # incidents + targets + event ids remembered, at most
 Pair = tuple[str, str]
 
 _GENERATION = select(cluster_state.c.generation).where(cluster_state.c.name == GENERATION_ROW)
@@ -119,7 +119,8 @@ class IncidentIndex:
         self.hits += len(want_t) + len(want_p) - len(miss_t) - len(miss_p)
         self.misses += len(miss_t) + len(miss_p)
         if miss_t or miss_p:
-            if len(self._targets) + len(self._events) + len(miss_t) + len(miss_p) > MAX_ENTRIES:
+            held = len(self._rows) + len(self._targets) + len(self._events)
+            if held + 2 * (len(miss_t) + len(miss_p)) > MAX_ENTRIES:
                 self.clear()
                 miss_t, miss_p = list(want_t), list(want_p)
             live, by_event = IncidentStore.for_signals(conn, miss_t, miss_p)

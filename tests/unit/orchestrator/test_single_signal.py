@@ -331,3 +331,17 @@ async def test_another_instances_writes_reach_this_instances_index(
     finally:
         for app in apps:
             await app.state.service.stop()
+
+
+async def test_the_index_is_bounded(make_api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator import incident_index
+
+    monkeypatch.setattr(incident_index, "MAX_ENTRIES", 10)
+    api = await make_api()
+    rt: PolicyRuntime = api.app.state.runtime
+    for round_ in (1, 2):
+        for k in range(8):
+            answer = await rt.handle(sig(f"198.51.100.{40 + k}"), actor="test")
+            assert answer["incident"]["signals"] == round_
+            index = rt.intake.index
+            assert len(index._rows) + len(index._targets) + len(index._events) <= 10
