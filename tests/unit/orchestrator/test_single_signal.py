@@ -345,3 +345,13 @@ async def test_the_index_is_bounded(make_api: Any, monkeypatch: pytest.MonkeyPat
             assert answer["incident"]["signals"] == round_
             index = rt.intake.index
             assert len(index._rows) + len(index._targets) + len(index._events) <= 10
+
+
+def test_answers_render_with_orjson_and_fall_back_to_json() -> None:
+    from orchestrator.api.signals import answer
+
+    fast = answer({"ok": True, "n": 1.5, "s": "é"})
+    assert fast.body == '{"ok":true,"n":1.5,"s":"é"}'.encode()
+    assert fast.headers["content-type"] == "application/json"
+    big = answer({"ok": True, "raw": 2**70})  # beyond orjson's 64-bit integers
+    assert big.body == b'{"ok":true,"raw":1180591620717411303424}'
