@@ -206,6 +206,11 @@ async def test_an_unban_of_a_covered_event_is_acknowledged_and_the_last_one_ends
     assert (await unban(f"c-{inside[2]}")).status_code == 404
 
 
+# FastAPI builds a route's parameter models at the route's first request; for a header
+# parameter pydantic then warns about the alias FastAPI itself sets (a library warning,
+# not ours). It turned into an error once in a full run, when that first request happened
+# on one of this test's threads; it is ignored here.
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.UnsupportedFieldAttributeWarning")
 def test_two_instances_writing_at_the_same_time_form_exactly_one_cover(
     tmp_path: Path, postgres_url: str
 ) -> None:
