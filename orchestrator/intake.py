@@ -84,13 +84,20 @@ class Outcome:
     incident: Incident
     decision: Decision
     applied: dict[str, Any]
+    # the incident views of the outcomes of one batch, each built once: the signals of a
+    # batch that update one incident share its state as the batch left it
+    views: dict[str, dict[str, Any]] | None = None
 
     def view(self) -> dict[str, Any]:
         """The full answer (``POST /incidents``): the incident and the explained decision."""
         inc, d = self.incident, self.decision
         planned = d.to_dict()
+        if self.views is None:
+            shown = inc.view()
+        else:
+            shown = self.views.get(inc.id) or self.views.setdefault(inc.id, inc.view())
         return {
-            "incident": inc.view(),
+            "incident": shown,
             # "planned": what the policy asked for; "rules": the rules it made (ids);
             # "refused": what guardrails stopped; "withdrawn": rule ids taken down
             "decision": {
@@ -288,12 +295,13 @@ class Intake:
             if inc.held_until is not None:
                 self._arm(inc)
         out: list[Result | Exception] = []
+        views: dict[str, dict[str, Any]] = {}
         k = 0
         for x in evaluated.items:
             if isinstance(x, Exception):
                 out.append(x)
             else:
-                out.append(Outcome(x[1], x[2], applied[k]))
+                out.append(Outcome(x[1], x[2], applied[k], views))
                 k += 1
         return out
 
@@ -324,6 +332,7 @@ class Intake:
                 conn, now, [i.signal.target_ip for i in batch if i.signal is not None]
             )
         out = Evaluated(items=[], new={}, touched={}, stale=[], carpet=carpet, read=read)
+        last: dict[str, tuple[Incident, Signal]] = {}  # incident id -> its last signal
         for item in batch:
             assert item.signal is not None  # noqa: S101  # bans and rechecks carry one
             covered = carpet.cover(item) if carpet is not None else None
@@ -349,15 +358,24 @@ class Intake:
             if item.action == "recheck" and (inc.status is not Status.OPEN or inc.id in out.new):
                 out.items.append(NotFound("nothing to re-evaluate", code="not_held"))
                 continue
-            decision = self._decide(item, inc, now, hold)
+            decision = self._decide(item, inc, now, hold, last)
             if carpet is not None:
                 decision = carpet.observe(item, decision)
             if inc.id not in out.new:
                 out.touched[inc.id] = inc
             out.items.append((item, inc, decision))
+        for inc, sig in last.values():  # each incident's last signal, rendered once
+            inc.last_signal = sig.model_dump(mode="json")
         return out
 
-    def _decide(self, item: Item, inc: Incident, now: datetime, hold: int) -> Decision:
+    def _decide(
+        self,
+        item: Item,
+        inc: Incident,
+        now: datetime,
+        hold: int,
+        last: dict[str, tuple[Incident, Signal]] | None = None,
+    ) -> Decision:
         """Evaluate one signal and bring its incident up to date."""
         sig = item.signal
         assert sig is not None  # noqa: S101
@@ -367,7 +385,10 @@ class Intake:
             inc.updated_at = now
             inc.peak_bps = max(inc.peak_bps, sig.bps)
             inc.peak_pps = max(inc.peak_pps, sig.pps)
-            inc.last_signal = sig.model_dump(mode="json")
+            if last is None:
+                inc.last_signal = sig.model_dump(mode="json")
+            else:  # rendered once per incident when the batch is evaluated
+                last[inc.id] = (inc, sig)
             inc.attack_family = sig.attack_family
             inc.severity = sig.severity
             inc.node = sig.node
