@@ -90,7 +90,9 @@ async def test_create_list_update_without_secrets(make_api: Any, cf: CloudflareS
     assert view["prefixes"] == [PFX1, PFX2]
     assert view["secrets_set"] == ["auth_token"]
     assert view["config"]["account_id"] == "acc1"
-    assert cf.journal.all() == []  # creating talks to nobody
+    # creating changes nothing at the provider (on PostgreSQL the instance that takes the
+    # new adapter's driver lease reconciles it: it reads the provider's state, once)
+    assert [q for q in cf.journal.all() if q.method != "GET"] == []
 
     r = await api.call("GET", "/scrubbing")
     assert r.status_code == 200 and CF_TOKEN not in r.text
