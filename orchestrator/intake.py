@@ -563,8 +563,8 @@ class Intake:
                     else:
                         applied[k]["rules"].append(
                             {
-                                "rule_id": res.rule["id"],
-                                "intent": res.rule["intent"],
+                                "rule_id": res.rule_id,
+                                "intent": res.text,
                                 "adapter": req.adapter,
                                 "deduplicated": res.deduplicated,
                             }

@@ -95,16 +95,29 @@ class RuleResult:
     """The outcome of one create request; the rule's view is built when first read."""
 
     def __init__(
-        self, rule: dict[str, Any] | Callable[[], dict[str, Any]], deduplicated: bool = False
+        self,
+        rule: dict[str, Any] | Callable[[], dict[str, Any]],
+        deduplicated: bool = False,
+        *,
+        brief: tuple[int, str] | None = None,
     ) -> None:
         self._rule = rule
         self.deduplicated = deduplicated
+        self._brief = brief  # (rule id, canonical text) without building the view
 
     @property
     def rule(self) -> dict[str, Any]:
         if callable(self._rule):
             self._rule = self._rule()
         return self._rule
+
+    @property
+    def rule_id(self) -> int:
+        return self._brief[0] if self._brief is not None else int(self.rule["id"])
+
+    @property
+    def text(self) -> str:
+        return self._brief[1] if self._brief is not None else str(self.rule["intent"])
 
 
 @dataclass
@@ -557,7 +570,9 @@ class Service:
         for plan in plans:
             view = _lazy_view(plan)
             for n, i in enumerate(plan.index):
-                results[i] = RuleResult(view, deduplicated=n > 0)
+                results[i] = RuleResult(
+                    view, deduplicated=n > 0, brief=(plan.rule_id, plan.values["intent"])
+                )
 
         def after() -> None:
             self._queue_created(plans)
