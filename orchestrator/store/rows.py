@@ -71,10 +71,13 @@ def insert_returning_ids(
 ) -> list[Any]:
     """Insert ``rows`` and return ``(id, *cols)`` of each new row, in id order.
 
-    On SQLite the rows go in through :func:`insert_rows` and are read back by id: every
-    write holds the database's write lock for the whole transaction, so the rows with an
-    id above the largest one before the insert are exactly these (the table must have an
-    autoincrementing integer ``id``). Elsewhere ``INSERT .. RETURNING``.
+    On SQLite the rows go in through :func:`insert_rows` and are read back by id: the
+    table's integer ``id`` is its rowid, each new one one above the largest in the table,
+    and the insert holds the write lock, so the rows are the ``len(rows)`` consecutive ids
+    that end at this connection's ``last_insert_rowid()``. Nothing is read before the
+    insert: a read first would start a snapshot that another thread's commit could make
+    stale before the write (SQLite then refuses the write). Elsewhere ``INSERT ..
+    RETURNING``.
     """
     if not rows:
         return []
@@ -82,10 +85,13 @@ def insert_returning_ids(
     if conn.dialect.name != "sqlite":
         out = conn.execute(insert(table).returning(ident, *cols), list(rows)).all()
         return sorted(out, key=lambda r: int(r[0]))
-    before = conn.execute(select(ident).order_by(ident.desc()).limit(1)).scalar() or 0
     insert_rows(conn, table, rows)
-    found = conn.execute(select(ident, *cols).where(ident > before).order_by(ident)).all()
-    if len(found) != len(rows):  # another writer inside our transaction: impossible on SQLite
+    last = int(conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one())
+    first = last - len(rows) + 1
+    found = conn.execute(
+        select(ident, *cols).where(ident >= first, ident <= last).order_by(ident)
+    ).all()
+    if len(found) != len(rows):  # not consecutive (cannot happen under the write lock)
         raise RuntimeError(f"{table.name}: inserted {len(rows)} rows, found {len(found)}")
     return list(found)
 
