@@ -8,9 +8,10 @@ each row with the columns' own bind processors (taken once per call from the tab
 types, so what is stored is exactly what SQLAlchemy would store: the same JSON text, the
 same timestamp format) and hands the tuples to the driver's ``executemany``.
 
-Only on SQLite, where the Python side is the whole cost; on PostgreSQL the server does
-the work in its own process and the rows go through SQLAlchemy as before (its
-``insertmanyvalues`` already sends one statement per 1,000 rows there).
+Only on SQLite, where the Python side is most of the cost (in a profile of a bulk
+intake: 0.45 s in SQLite's ``executemany``, 1.4 s preparing the parameters); on
+PostgreSQL the server does the work in its own process and the rows go through
+SQLAlchemy as before.
 """
 
 from __future__ import annotations
@@ -41,9 +42,8 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
     if sorted(order) != sorted(names):  # pragma: no cover - SQLite's qmark style
         raise RuntimeError(f"unexpected parameters {order} for {table.name}")
     get = itemgetter(*order)
-    todo: list[
-        tuple[int, Any, dict[Any, Any] | None]
-    ] = []  # (position, processor, memo) of the columns whose values need converting
+    # (position, processor, memo) of the columns whose values need converting
+    todo: list[tuple[int, Any, dict[Any, Any] | None]] = []
     for i, name in enumerate(order):
         col = table.c[name]
         proc = col.type._cached_bind_processor(dialect)  # the type's own (see module doc)
