@@ -653,7 +653,14 @@ class Carpet:
             )
 
     async def prune(self) -> int:
-        """The periodic job: :meth:`prune_now` off the event loop."""
+        """The periodic job: :meth:`prune_now`, off the event loop on PostgreSQL.
+
+        On SQLite it stays on the loop's thread, where every other write runs: a commit
+        from another thread between a loop transaction's first read and its first write
+        makes that transaction's snapshot stale, and SQLite then refuses its write.
+        """
+        if self.service.engine.dialect.name == "sqlite":
+            return self.prune_now()
         return await asyncio.to_thread(self.prune_now)
 
     # ------------------------------------------------------------ unbans of covered events
