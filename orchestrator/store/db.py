@@ -11,6 +11,7 @@ are tightened too).
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -55,8 +56,13 @@ def secure_sqlite_files(db: Path) -> None:
 def json_text(value: Any) -> str:
     """How JSON columns are written: orjson, several times faster than ``json.dumps``
     (a bulk intake writes some ten JSON values per signal); keys that are not strings
-    are written as strings, as ``json.dumps`` does."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    are written as strings, as ``json.dumps`` does. What orjson refuses and ``json.dumps``
+    writes (an integer beyond 64 bits, e.g. in a detector's raw_details) goes through
+    ``json.dumps``."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(value)
 
 
 def make_engine(url: str) -> Engine:
