@@ -36,25 +36,12 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
     for row in rows:
         if len(row) != len(names):
             raise ValueError(f"rows for {table.name} must all have the keys {names}")
-    dialect = conn.dialect
-    compiled = insert(table).compile(dialect=dialect, column_keys=names)
-    order = list(compiled.positiontup or ())
-    if sorted(order) != sorted(names):  # pragma: no cover - SQLite's qmark style
-        raise RuntimeError(f"unexpected parameters {order} for {table.name}")
-    get = itemgetter(*order)
-    # (position, processor, memo) of the columns whose values need converting
-    todo: list[tuple[int, Any, dict[Any, Any] | None]] = []
-    for i, name in enumerate(order):
-        col = table.c[name]
-        proc = col.type._cached_bind_processor(dialect)  # the type's own (see module doc)
-        if proc is not None:
-            # a batch's timestamps are mostly one "now": each distinct value converted once
-            timestamp = isinstance(col.type, DateTime | UTCDateTime)
-            todo.append((i, proc, {} if timestamp else None))
+    sql, get, todo = _prepared(conn, table, tuple(names))
+    memos: list[dict[Any, Any] | None] = [{} if timestamp else None for _, _, timestamp in todo]
     params: list[tuple[Any, ...]] = []
     for row in rows:
-        values = list(get(row)) if len(order) > 1 else [get(row)]
-        for i, proc, memo in todo:
+        values = list(get(row)) if len(names) > 1 else [get(row)]
+        for (i, proc, _), memo in zip(todo, memos, strict=True):
             v = values[i]
             if memo is None or v is None:
                 values[i] = proc(v)
@@ -63,7 +50,7 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
             else:
                 values[i] = memo[v] = proc(v)
         params.append(tuple(values))
-    conn.exec_driver_sql(str(compiled), params)
+    conn.exec_driver_sql(sql, params)
 
 
 def insert_returning_ids(
@@ -94,6 +81,37 @@ def insert_returning_ids(
     if len(found) != len(rows):  # not consecutive (cannot happen under the write lock)
         raise RuntimeError(f"{table.name}: inserted {len(rows)} rows, found {len(found)}")
     return list(found)
+
+
+# (position, bind processor, is a timestamp) of the columns whose values need converting
+_Todo = list[tuple[int, Any, bool]]
+_PREPARED: dict[tuple[Any, ...], tuple[str, Any, _Todo]] = {}
+
+
+def _prepared(conn: Connection, table: Table, names: tuple[str, ...]) -> tuple[str, Any, _Todo]:
+    """The statement, a getter of the values in its parameter order, and the conversions,
+    built once per (table, columns, dialect): every batch of the intake inserts the same
+    shapes, and compiling them per call would cost more than small batches save."""
+    dialect = conn.dialect
+    key = (table, names, dialect)
+    found = _PREPARED.get(key)
+    if found is not None:
+        return found
+    compiled = insert(table).compile(dialect=dialect, column_keys=list(names))
+    order = list(compiled.positiontup or ())
+    if sorted(order) != sorted(names):  # pragma: no cover - SQLite's qmark style
+        raise RuntimeError(f"unexpected parameters {order} for {table.name}")
+    todo: _Todo = []
+    for i, name in enumerate(order):
+        col = table.c[name]
+        proc = col.type._cached_bind_processor(dialect)  # the type's own (see module doc)
+        if proc is not None:
+            # a batch's timestamps are mostly one "now": each distinct value converted once
+            todo.append((i, proc, isinstance(col.type, DateTime | UTCDateTime)))
+    if len(_PREPARED) >= 256:  # engines come and go in tests
+        _PREPARED.clear()
+    found = _PREPARED[key] = (str(compiled), itemgetter(*order), todo)
+    return found
 
 
 def _needs_defaults(table: Table, names: list[str]) -> bool:
