@@ -19,6 +19,7 @@ import pytest
 from adapters.fake import FakeAdapter
 from orchestrator.api.app import bootstrap_token, create_app
 from orchestrator.service import Service
+from orchestrator.settings import Settings
 from policies.errors import PolicyInvalid
 from policies.schema import load_policy
 from tests.unit.orchestrator.conftest import settings_for
@@ -146,13 +147,33 @@ def write_policy(pdir: Path, *extra: str, carpet: str = CARPET) -> Path:
     return pdir
 
 
+async def boot(settings: Settings, clock: Clock) -> Sluice:
+    """A service with its API in-process, started the way ``sluice serve`` starts it."""
+    svc = Service(settings, clock=clock)
+    app = create_app(svc, run_scheduler=False)
+    await svc.start()
+    bootstrap_token(svc, app.state.tokens)
+    app.state.runtime.load_state()
+    app.state.policy_doc.load()
+    return Sluice(app, svc, clock)
+
+
+async def stop(s: Sluice) -> None:
+    s.app.state.runtime.intake.cancel_timers()
+    await s.http.aclose()
+    s.app.state.limiter.close()  # the app's lifespan does it under a server
+    s.app.state.agent_limiter.close()
+    if s.svc.started:
+        await s.svc.stop()
+        s.svc.started = False
+
+
 @pytest.fixture
 async def sluice_at(tmp_path: Path, store_url: str | None) -> AsyncIterator[Callable[..., Any]]:
     started: list[Sluice] = []
 
     async def make(*extra: str, carpet: str = CARPET) -> Sluice:
         pdir = write_policy(tmp_path / "policy", *extra, carpet=carpet)
-        clock = Clock()
         settings = settings_for(
             tmp_path,
             admin_token=ADMIN,
@@ -160,22 +181,13 @@ async def sluice_at(tmp_path: Path, store_url: str | None) -> AsyncIterator[Call
             database_url=store_url,
             rate_limit_per_minute=100_000,
         )
-        svc = Service(settings, clock=clock)
-        app = create_app(svc, run_scheduler=False)
-        await svc.start()
-        bootstrap_token(svc, app.state.tokens)
-        app.state.runtime.load_state()
-        app.state.policy_doc.load()
-        s = Sluice(app, svc, clock)
+        s = await boot(settings, Clock())
         started.append(s)
         return s
 
     yield make
     for s in started:
-        s.app.state.runtime.intake.cancel_timers()
-        await s.http.aclose()
-        if s.svc.started:
-            await s.svc.stop()
+        await stop(s)
 
 
 # ---------------------------------------------------------------- one covering rule

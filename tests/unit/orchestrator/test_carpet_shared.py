@@ -18,11 +18,18 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from orchestrator.api.app import bootstrap_token, create_app
-from orchestrator.service import Service
 from orchestrator.store.models import carpet_window, rules
 from tests.unit.orchestrator.conftest import settings_for
-from tests.unit.orchestrator.test_carpet import ADMIN, Clock, Sluice, hosts, signal, write_policy
+from tests.unit.orchestrator.test_carpet import (
+    ADMIN,
+    Clock,
+    Sluice,
+    boot,
+    hosts,
+    signal,
+    stop,
+    write_policy,
+)
 
 pytestmark = pytest.mark.postgresql
 COVER = "198.51.100.0/24"
@@ -43,29 +50,13 @@ async def start(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
             rate_limit_per_minute=100_000,
             lease_seconds=3.0,
         )
-        svc = Service(settings, clock=clock)
-        app = create_app(svc, run_scheduler=False)
-        await svc.start()
-        bootstrap_token(svc, app.state.tokens)
-        app.state.runtime.load_state()
-        app.state.policy_doc.load()
-        s = Sluice(app, svc, clock)
+        s = await boot(settings, clock)
         started.append(s)
         return s
 
     yield make
     for s in started:
         await stop(s)
-
-
-async def stop(s: Sluice) -> None:
-    s.app.state.runtime.intake.cancel_timers()
-    await s.http.aclose()
-    s.app.state.limiter.close()  # the app's lifespan does it under a server
-    s.app.state.agent_limiter.close()
-    if s.svc.started:
-        await s.svc.stop()
-        s.svc.started = False
 
 
 def covers(s: Sluice) -> list[dict[str, Any]]:
@@ -238,13 +229,7 @@ def test_two_instances_writing_at_the_same_time_form_exactly_one_cover(
             lease_seconds=3.0,
         )
         await asyncio.to_thread(turn[k].wait, 60)  # one start (migration) at a time
-        svc = Service(settings, clock=clock)
-        app = create_app(svc, run_scheduler=False)
-        await svc.start()
-        bootstrap_token(svc, app.state.tokens)
-        app.state.runtime.load_state()
-        app.state.policy_doc.load()
-        s = Sluice(app, svc, clock)
+        s = await boot(settings, clock)
         if k == 0:
             turn[1].set()
         try:
