@@ -3,9 +3,10 @@
     .venv/bin/python -m tests.bench.bench_intake [--signals 5000] [--concurrency 32]
         [--targets N]
     .venv/bin/python -m tests.bench.bench_intake --bulk 1000 [--signals 50000]
-        [--concurrency 4]
+        [--concurrency 4] [--postgresql]
 
-Starts the real service (``sluice serve``, SQLite, a fake adapter) as a subprocess, then
+Starts the real service (``sluice serve``, SQLite, or with ``--postgresql`` a throwaway
+PostgreSQL from labs/postgres.py; a fake adapter) as a subprocess, then
 posts attack signals for distinct hosts from concurrent keep-alive clients, the way a
 detector drives it: one signal per ``POST /api/v1/incidents``, or with ``--bulk N``, N
 signals per ``POST /api/v1/incidents/bulk`` (the bodies are encoded before the clock
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -37,6 +39,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from labs.postgres import ThrowawayPostgres
 from tests.integration.test_crash import TOKEN, Server
 
 POLICY = """
@@ -225,11 +228,21 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--targets", type=int, default=0, help="distinct hosts (default: one each)")
     ap.add_argument("--bulk", type=int, default=0, help="signals per bulk request (0: single)")
+    ap.add_argument(
+        "--postgresql",
+        action="store_true",
+        help="store in a throwaway PostgreSQL (labs/postgres.py) instead of the SQLite default",
+    )
     args = ap.parse_args()
     if args.bulk and args.concurrency == 32:
         args.concurrency = 4  # a few detectors each sending big batches
     load = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        store: dict[str, str] = {}
+        if args.postgresql:
+            pg = stack.enter_context(ThrowawayPostgres())
+            store["SLUICE_DATABASE_URL"] = pg.create_database("intake")
         pdir = Path(tmp) / "policy"
         pdir.mkdir()
         (pdir / "policy.yaml").write_text(POLICY)
@@ -240,6 +253,7 @@ def main() -> None:
                 "SLUICE_RATE_LIMIT_PER_MINUTE": "10000000",
                 "SLUICE_BULK_MAX_SIGNALS": str(max(1000, args.bulk)),
                 "SLUICE_MAX_BODY_BYTES": str(max(1 << 20, args.bulk * 400)),
+                **store,
             },
         )
         srv.ready_timeout = 180  # a loaded machine starts Python slowly
