@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Connection, Engine, and_, func, select
@@ -34,6 +35,7 @@ from orchestrator.session_watch import SessionWatcher
 from orchestrator.sessions import SessionTracker
 from orchestrator.settings import Settings
 from orchestrator.store.audit import AuditLog, VerifyResult, verify
+from orchestrator.store.checkpoint import WalCheckpointer
 from orchestrator.store.crypto import SecretBox, SecretKeyError
 from orchestrator.store.db import make_engine, migrate, secure_dir
 from orchestrator.store.models import rule_events, rules
@@ -132,6 +134,16 @@ class _Plan:
     rule_id: int = 0
 
 
+def _checkpointer_for(engine: Engine) -> WalCheckpointer | None:
+    """The WAL checkpointer of a SQLite file store (None for PostgreSQL or in memory)."""
+    name = engine.url.database
+    if engine.dialect.name != "sqlite" or not name or name == ":memory:":
+        return None
+    if name.startswith("file:"):
+        return None
+    return WalCheckpointer(Path(name))
+
+
 def _lazy_view(plan: _Plan) -> Callable[[], dict[str, Any]]:
     cache: list[dict[str, Any]] = []
 
@@ -162,7 +174,9 @@ class Service:
         self.settings = settings
         self.clock: Callable[[], datetime] = clock or utcnow
         secure_dir(settings.data_dir)
-        self.engine = make_engine(settings.sqlalchemy_url())
+        self.engine = make_engine(settings.sqlalchemy_url(), checkpoint_thread=True)
+        # SQLite: the log is checkpointed beside the event loop, not by its commits
+        self._checkpointer = _checkpointer_for(self.engine)
         self.rule_store = RuleStore()
         self.events = EventLog(self.engine)
         self.sessions = SessionTracker(self.engine, clock=self.clock)
@@ -231,6 +245,8 @@ class Service:
 
     async def start(self) -> None:
         migrate(self.engine)
+        if self._checkpointer is not None:
+            self._checkpointer.start()
         self.audit.prepare(self.engine)
         self.hub.load()
         self._seal_secrets()
@@ -416,6 +432,8 @@ class Service:
         await self.dispatcher.stop()
         await self.hub.close_all()
         self.events.close()
+        if self._checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.stop)
         self.engine.dispose()
         if self.audit.anchor is not None:
             self.audit.anchor.close()

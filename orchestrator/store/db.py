@@ -22,6 +22,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 
+from orchestrator.store.checkpoint import FALLBACK_PAGES, JOURNAL_SIZE_LIMIT
+
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -31,6 +33,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+def _checkpointed_elsewhere(dbapi_conn: Any, _record: Any) -> None:
+    """A :class:`~orchestrator.store.checkpoint.WalCheckpointer` checkpoints the log:
+    commits do it themselves only past the fallback threshold."""
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_PAGES}")
+    cur.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
     cur.close()
 
 
@@ -65,7 +76,10 @@ def json_text(value: Any) -> str:
         return json.dumps(value)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, checkpoint_thread: bool = False) -> Engine:
+    """The engine for ``url``. On SQLite, ``checkpoint_thread`` says a
+    :class:`~orchestrator.store.checkpoint.WalCheckpointer` will checkpoint the log, so
+    the engine's own commits leave that to it (the service's engine)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
         if path and path != ":memory:" and not path.startswith("file:"):
@@ -75,6 +89,8 @@ def make_engine(url: str) -> Engine:
             url, connect_args={"check_same_thread": False}, json_serializer=json_text
         )
         event.listen(engine, "connect", _sqlite_pragmas)
+        if checkpoint_thread:
+            event.listen(engine, "connect", _checkpointed_elsewhere)
         return engine
     return create_engine(url, pool_pre_ping=True, json_serializer=json_text)
 
