@@ -114,13 +114,47 @@ def req(intent: AnyIntent, adapter: int | str, **kw: Any) -> RuleRequest:
 ADMIN = "a" * 64
 
 
-class Api:
-    """The app over an in-process transport, with the admin token by default."""
+class LimitClock:
+    """The clock of an app's request limiters in tests: it stands still unless a test moves
+    it, in the middle of a minute.
 
-    def __init__(self, client: httpx.AsyncClient, svc: Service, app: Any = None) -> None:
+    On PostgreSQL the per-token and per-node limits count in fixed calendar minutes
+    (``rate_windows``): on the real clock, a test whose requests straddle a minute
+    boundary would see its count start again. Frozen, every request of a test falls in
+    one window however slow the machine is.
+    """
+
+    START = 1_800_000_030.0  # half a minute into a minute
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def freeze_limiters(app: Any, clock: LimitClock) -> None:
+    """Put ``clock`` under every request limiter of ``app`` (per token, per node, failed
+    authentications per address)."""
+    app.state.limiter.clock = clock
+    app.state.agent_limiter.clock = clock
+    app.state.auth_failures.clock = clock
+
+
+class Api:
+    """The app over an in-process transport, with the admin token by default; its request
+    limiters run on :attr:`clock` (a :class:`LimitClock`)."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, svc: Service, app: Any = None, clock: Any = None
+    ) -> None:
         self.client = client
         self.svc = svc
         self.app = app  # for a second client (another client address)
+        self.clock: LimitClock = clock or LimitClock()
 
     async def call(
         self, method: str, path: str, token: str | None = ADMIN, **kw: Any
@@ -162,9 +196,11 @@ async def make_api(tmp_path: Path, store_url: str | None) -> AsyncIterator[Calla
         await svc.start()
         made.append(svc)
         app = create_app(svc, run_scheduler=False)
+        clock = LimitClock()
+        freeze_limiters(app, clock)
         bootstrap_token(svc, app.state.tokens)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sluice")
-        return Api(client, svc, app)
+        return Api(client, svc, app, clock)
 
     yield make
     for svc in made:

@@ -192,6 +192,11 @@ async def test_a_bulk_request_is_one_unit_of_the_rate_limit(make_api: Any) -> No
     assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
     assert "Retry-After" in r.headers
     assert count(api.svc.engine, incidents) == 51
+    # the limiters' clock stands still (the fixture's): all of the above fell in one
+    # window whatever the wall clock did; the next minute is a new window
+    api.clock.advance(60)
+    r = await api.call("POST", "/incidents/bulk", json={"signals": [signal("198.51.100.2")]})
+    assert r.status_code == 200 and r.headers["X-RateLimit-Remaining"] == "3"
 
 
 async def test_two_signals_for_one_target_in_a_batch_update_one_incident(make_api: Any) -> None:
