@@ -8,7 +8,10 @@ killed with SIGKILL while the next batches are in flight. Then, before and after
 restart:
 
 - every signal of a batch is stored wholly (its incident, its one decision naming its one
-  rule, that rule) or not at all, and a batch is never split (one transaction per request);
+  rule, that rule) or not at all, and a batch is never split (one transaction per request):
+  the store is also read while the storm is written, one snapshot at a time as fast as it
+  can be read, and no committed state may hold part of a batch (a split batch would
+  otherwise escape whenever the kill falls between two batches rather than inside one);
   every batch answered before the kill is stored, with the rule ids it answered;
 - after the restart, every active rule's route is in BIRD's RIB and no storm route is there
   without a live rule in the store (a rule committed but not sent before the kill is sent
@@ -148,6 +151,42 @@ def stored(db: Path, batches: list[list[str]]) -> Stored:
     return out
 
 
+class Snapshots:
+    """Counts of incidents, decisions and rules read in one statement (one snapshot of the
+    WAL store) while the storm is written: with one transaction per bulk request, every
+    committed state holds as many of each, a whole number of batches. A state that does
+    not is a batch committed in parts (kept in :attr:`split`)."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.conn: sqlite3.Connection | None = None
+        self.polls = 0
+        self.seen: set[tuple[int, int, int]] = set()
+        self.split: list[tuple[int, int, int]] = []
+
+    def poll(self) -> int:
+        """Read one snapshot; the number of rules in it."""
+        if self.conn is None:
+            if not self.db.exists():  # the service creates it at start
+                return 0
+            self.conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
+        row = self.conn.execute(
+            "SELECT (SELECT count(*) FROM incidents), (SELECT count(*) FROM decisions),"
+            " (SELECT count(*) FROM rules)"
+        ).fetchone()
+        counts = (int(row[0]), int(row[1]), int(row[2]))
+        self.polls += 1
+        if counts not in self.seen:
+            self.seen.add(counts)
+            if len(set(counts)) != 1 or counts[0] % BULK:
+                self.split.append(counts)
+        return counts[2]
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
 def _rib(bird: Receiver) -> set[str]:
     return {p for p in bird.prefixes(4) if ipaddress.IPv4Network(p).subnet_of(STORM)}
 
@@ -190,26 +229,35 @@ def test_kill9_mid_bulk_batch_nothing_half_stored_rib_equals_store(tmp_path: Pat
                 with mutex:
                     answers[k] = r.json()
 
+            watch = Snapshots(db)
+
             def whole_batches() -> int:
-                return int(_read(db, "SELECT count(*) FROM rules")[0][0]) // BULK
+                return watch.poll() // BULK
 
             with ThreadPoolExecutor(CONNECTIONS) as pool:
                 futures = [pool.submit(send, k) for k in range(len(batches))]
-                wait_for(
-                    lambda: whole_batches() >= KILL_AT or all(f.done() for f in futures),
-                    timeout=180,
-                    interval=0.01,
-                    what=f"the rules of {KILL_AT} bulk batches in the store",
-                )
-                srv.kill9()
-                killed.set()
+                try:
+                    wait_for(
+                        lambda: whole_batches() >= KILL_AT or all(f.done() for f in futures),
+                        timeout=180,
+                        interval=0,  # every committed state the store goes through, if it can
+                        what=f"the rules of {KILL_AT} bulk batches in the store",
+                    )
+                finally:
+                    srv.kill9()
+                    killed.set()
                 for f in futures:
                     f.result(timeout=180)
             assert lost, "every batch was answered before the kill: it came too late"
             print(
                 f"kill -9 with {whole_batches()} of {len(batches)} batches stored, "
-                f"{len(answers)} answered, {len(lost)} not answered"
+                f"{len(answers)} answered, {len(lost)} not answered; "
+                f"{watch.polls} snapshots read during the storm, {len(watch.seen)} distinct"
             )
+            watch.close()
+            # whichever part of a batch would commit first (incidents, rules or
+            # decisions), a split batch shows as a committed state the poll can read
+            assert not watch.split, f"the store committed part of a batch: {watch.split[:5]}"
 
             # right after the kill, then after the restart: nothing half-stored
             for when in ("after the kill", "after the restart"):
