@@ -12,7 +12,8 @@ restart:
   the store is also read while the storm is written, one snapshot at a time as fast as it
   can be read, and no committed state may hold part of a batch (a split batch would
   otherwise escape whenever the kill falls between two batches rather than inside one);
-  every batch answered before the kill is stored, with the rule ids it answered;
+  every batch answered before the kill is stored, with the rule ids it answered, and
+  its rules are in the store as soon as its answer is read (not only after the kill);
 - after the restart, every active rule's route is in BIRD's RIB and no storm route is there
   without a live rule in the store (a rule committed but not sent before the kill is sent
   now); the audit chain verifies.
@@ -84,11 +85,11 @@ def _body(hosts: list[str]) -> bytes:
     ).encode()
 
 
-def _read(db: Path, sql: str) -> list[tuple[Any, ...]]:
+def _read(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """A read of the service's SQLite store (WAL: safe while it writes, or after a kill)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
-        return conn.execute(sql).fetchall()
+        return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
 
@@ -205,6 +206,7 @@ def test_kill9_mid_bulk_batch_nothing_half_stored_rib_equals_store(tmp_path: Pat
             srv.start()
             answers: dict[int, dict[str, Any]] = {}
             lost: list[int] = []  # batches sent but not answered (the kill), or not sent
+            early: list[str] = []  # answers read before what they tell was committed
             killed = threading.Event()
             mutex = threading.Lock()
 
@@ -226,8 +228,19 @@ def test_kill9_mid_bulk_batch_nothing_half_stored_rib_equals_store(tmp_path: Pat
                         lost.append(k)
                     return
                 assert r.status_code == 200, r.text[:500]
+                answer = r.json()
+                # an answer tells what is committed: its rules are in the store as soon
+                # as it is read (a commit after the answer fails here, kill or no kill)
+                told = [rid for res in answer["results"] for rid in res.get("rule_ids", [])]
+                held = _read(
+                    db,
+                    "SELECT count(*) FROM rules WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(told),),
+                )
                 with mutex:
-                    answers[k] = r.json()
+                    answers[k] = answer
+                    if int(held[0][0]) != len(told):
+                        early.append(f"batch {k}: {held[0][0]} of its {len(told)} rules stored")
 
             watch = Snapshots(db)
 
@@ -255,6 +268,7 @@ def test_kill9_mid_bulk_batch_nothing_half_stored_rib_equals_store(tmp_path: Pat
                 f"{watch.polls} snapshots read during the storm, {len(watch.seen)} distinct"
             )
             watch.close()
+            assert not early, f"answered before committed: {early}"
             # whichever part of a batch would commit first (incidents, rules or
             # decisions), a split batch shows as a committed state the poll can read
             assert not watch.split, f"the store committed part of a batch: {watch.split[:5]}"
