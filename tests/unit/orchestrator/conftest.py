@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,11 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
 async def make_service(tmp_path: Path, store_url: str | None) -> AsyncIterator[Callable[..., Any]]:
     started: list[Service] = []
 
-    async def make(pol: Policy | None = None, **settings_kw: Any) -> Service:
+    async def make(
+        pol: Policy | None = None, clock: Callable[[], datetime] | None = None, **settings_kw: Any
+    ) -> Service:
         settings_kw.setdefault("database_url", store_url)
-        svc = Service(settings_for(tmp_path, **settings_kw), policy=pol or policy())
+        svc = Service(settings_for(tmp_path, **settings_kw), policy=pol or policy(), clock=clock)
         await svc.start()
         started.append(svc)
         return svc

@@ -20,7 +20,7 @@ PEER = "192.0.2.1"
 
 
 async def failed_for_good(svc: Service, rule_id: int) -> dict[str, Any]:
-    await svc.dispatcher.drain(5)
+    await svc.dispatcher.drain()
     rule = svc.get_rule(rule_id)
     assert rule["state"] == "failed", rule
     assert rule["next_attempt_at"] is None, rule  # retries exhausted
@@ -38,14 +38,14 @@ async def test_held_failed_rule_becomes_active_once_a_session_is_up(make_service
 
     # sessions still down: it stays failed, and the route is not taken away
     report = await svc.reconcile(aid)
-    await svc.dispatcher.drain(5)
+    await svc.dispatcher.drain()
     assert report.revived == 0 and report.orphans == 0
     assert svc.get_rule(rid)["state"] == "failed"
     assert key in fake.held
 
     fake.sessions[PEER] = "established"
     report = await svc.reconcile(aid)
-    await svc.dispatcher.drain(5)
+    await svc.dispatcher.drain()
     assert report.revived == 1
     rule = svc.get_rule(rid)
     assert rule["state"] == "active" and rule["error"] is None
@@ -55,7 +55,7 @@ async def test_held_failed_rule_becomes_active_once_a_session_is_up(make_service
     assert fake.announced_count(key) == 1  # confirmed, not sent again
 
     again = await svc.reconcile(aid)
-    await svc.dispatcher.drain(5)
+    await svc.dispatcher.drain()
     assert (again.revived, again.missing, again.orphans) == (0, 0, 0)
     assert svc.get_rule(rid)["state"] == "active" and key in fake.held
 
@@ -70,7 +70,7 @@ async def test_exhausted_rule_the_speaker_lost_is_announced_again(make_service: 
 
     fake.sessions[PEER] = "established"
     report = await svc.reconcile(aid)
-    await svc.dispatcher.drain(5)
+    await svc.dispatcher.drain()
     assert report.revived == 1
     rule = svc.get_rule(rid)
     assert rule["state"] == "active", rule
@@ -95,7 +95,7 @@ async def test_failed_rule_past_its_ttl_is_not_confirmed_and_is_withdrawn(
     assert report.revived == 0
     assert svc.get_rule(rid)["state"] == "failed"
     assert await svc.expire_due() == 1
-    await svc.dispatcher.drain(5)
+    await svc.dispatcher.drain()
     assert svc.get_rule(rid)["state"] == "expired"
     assert key not in fake.held  # the unwanted route is removed from the speaker
 
@@ -109,12 +109,12 @@ async def test_speaker_without_readback_reannounces_exhausted_rule_when_session_
     rid, key = res.rule["id"], res.rule["key"]
     await failed_for_good(svc, rid)
     await svc.reconcile(aid)  # sessions still down: nothing to do
-    await svc.dispatcher.drain(5)
+    await svc.dispatcher.drain()
     assert svc.get_rule(rid)["state"] == "failed"
 
     fake.sessions[PEER] = "established"
     report = await svc.reconcile(aid)
-    await svc.dispatcher.drain(5)
+    await svc.dispatcher.drain()
     assert report.revived == 1
     assert svc.get_rule(rid)["state"] == "active"
     assert fake.announced_count(key) == 2
@@ -125,11 +125,11 @@ async def test_exhausted_refusal_of_a_non_speaker_is_not_resent(make_service: An
     svc = await make_service(max_attempts=3)
     aid, fake = await add_fake(svc, fail_announce="refused", fail_retryable=False)
     res = await svc.create_rule(req(bh(), aid, ttl=600))
-    await svc.dispatcher.drain(5)
+    await svc.dispatcher.drain()
     assert svc.get_rule(res.rule["id"])["state"] == "failed"
     fake.fail_announce = None
     report = await svc.reconcile(aid)
-    await svc.dispatcher.drain(5)
+    await svc.dispatcher.drain()
     assert report.revived == 0
     assert svc.get_rule(res.rule["id"])["state"] == "failed"
     assert fake.announced_count(res.rule["key"]) == 0
