@@ -241,7 +241,7 @@ async def test_withdraw_of_pending_rule_wins_over_late_announce(make_service: An
         await release.wait()
         return await announce(refs)
 
-    fake.announce = held  # type: ignore[method-assign]
+    fake.announce = held  # type: ignore[method-assign,assignment]
     res = await svc.create_rule(req(bh(), aid))
     await asyncio.wait_for(entered.wait(), 30)  # the announce is now in flight
     await asyncio.wait_for(svc.withdraw_rule(res.rule["id"], "ops"), 30)
