@@ -109,7 +109,15 @@ async def test_long_poll_wakes_when_a_job_is_queued(make_api: Callable[..., Any]
     poll = asyncio.create_task(
         api.call("GET", "/agent/jobs", token=None, headers=h1, params={"wait": 20})
     )
-    await asyncio.sleep(0.2)
+    # the poll is parked (it looked for jobs and found none) before one is queued: counted
+    # on the store's side, not guessed with a sleep, so the job cannot be there already
+    store = api.app.state.jobs
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while n1 not in store._wakeups:
+        assert loop.time() < deadline and not poll.done(), "the long poll never started"
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
     assert not poll.done()
     await api.ok(
         "POST",

@@ -114,8 +114,15 @@ async def test_stream_resumes_without_loss(tmp_path: Path, store_url: str | None
         assert ids(first + second) == ids(svc.events.after(0, 100))
 
         # live: the stream waits at the end of the log and gets what happens next
+        parked = set(svc.events._waiters)  # other readers of the log (automation), if any
         reader = asyncio.create_task(read(url, 2, last_event_id=second[-1]["id"]))
-        await asyncio.sleep(0.3)
+        # the stream is parked at the end of the log (armed for the next commit) before
+        # anything more happens: counted, so the events below cannot be read as a backlog
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not set(svc.events._waiters) - parked:
+            assert loop.time() < deadline and not reader.done(), "the stream never waited"
+            await asyncio.sleep(0.01)
         assert not reader.done()
         await make_rules(svc, 6, 1)
         live = await reader

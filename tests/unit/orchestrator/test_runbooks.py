@@ -192,9 +192,14 @@ async def test_crud_toggle_delete(env: Env) -> None:
     assert [s["action_type"] for s in upd["steps"]] == ["wait"]
     off = (await env.ok("POST", f"/runbooks/{rid}/toggle"))["runbook"]
     assert off["active"] is False
+    # a positive control: an active runbook with the same trigger runs for the same signal,
+    # so once it has, the inactive one was passed over (not merely not reached yet)
+    control = (await env.ok("POST", "/runbooks", 201, json=runbook(name="control")))["runbook"]
     await env.signal()
-    await asyncio.sleep(0.3)
+    await env.until(lambda: env.executions(control["id"]), 30, "the active runbook's run")
+    await env.auto.runbooks.drain()
     assert env.executions(rid) == []  # inactive: not triggered
+    await env.ok("DELETE", f"/runbooks/{control['id']}")
     assert (await env.ok("POST", f"/runbooks/{rid}/toggle"))["runbook"]["active"] is True
     await env.ok("DELETE", f"/runbooks/{rid}")
     r = await env("GET", f"/runbooks/{rid}")
