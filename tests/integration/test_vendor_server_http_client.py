@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+import adapters.http as http_module
 from adapters.base import AdapterConfig, RuleRef, validate_settings
 from adapters.http import HttpClient, HttpSettings, failed, vendor_message
 from labs.vendors.server import FakeVendorServer, Fault, HttpError, Request, Response, route
@@ -132,16 +134,22 @@ async def test_malformed_body_is_a_retryable_bad_response(server: ThingServer) -
     assert err.value.code == "adapter_bad_response"
 
 
-async def test_connection_refused_is_retryable() -> None:
+async def test_connection_refused_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
     srv = ThingServer().start()
     url = srv.url
     srv.stop()
     client = _client(url, retries=1)
-    started = time.monotonic()
+    waits: list[float] = []  # the client's pauses between attempts (counted, not timed)
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+        await asyncio.sleep(delay)
+
+    monkeypatch.setattr(http_module, "asyncio", SimpleNamespace(sleep=sleep))
     with pytest.raises(AdapterUnavailable, match="ConnectError"):
         await client.send("GET", "/thing")
     await client.close()
-    assert time.monotonic() - started < 2
+    assert waits == [0.01]  # two attempts, one pause of the configured backoff
 
 
 @pytest.mark.parametrize(
