@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,31 @@ def test_a_crash_between_the_temporary_write_and_the_rename_leaves_the_old_ancho
         assert sorted(p.name for p in tmp_path.iterdir()) == [ANCHOR_FILE]
     finally:
         again.close()
+
+
+def test_commits_hand_their_head_to_the_anchors_own_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The syncs run on the anchor's writer thread, never on the committing thread; the
+    newest head wins, flush waits for it and close writes what is left."""
+    anchor = Anchor(tmp_path / ANCHOR_FILE)
+    synced_on: list[str] = []
+    fsync = os.fsync
+
+    def synced(fd: int) -> None:
+        synced_on.append(threading.current_thread().name)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", synced)
+    try:
+        for i in range(1, 51):
+            anchor.advance_later(i, f"m{i}", "kid")
+        anchor.advance_later(7, "m7", "kid")  # an older head handed over late: ignored
+        assert anchor.flush()
+        assert anchor.read() == AnchorState(50, "m50", "kid")
+        assert synced_on and set(synced_on) == {"audit-anchor"}
+        anchor.advance_later(51, "m51", "kid")
+    finally:
+        anchor.close()
+    assert Anchor(tmp_path / ANCHOR_FILE).read() == AnchorState(51, "m51", "kid")
+    assert not any(t.name == "audit-anchor" for t in threading.enumerate())
