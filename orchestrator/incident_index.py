@@ -13,7 +13,7 @@ exact, never "fresh enough":
   - a status change in this process outside a batch's own writes (resolve, ``unban``,
     expiry, carpet bombing's covers): :attr:`IncidentStore.moves` moved;
   - a batch that failed, or that changed what it cannot vouch for (an incident given a
-    detector's event id in memory only);
+    detector's event id that its transaction did not record);
   - on PostgreSQL, another instance's write: every write transaction bumps the store's
     generation (:mod:`orchestrator.cluster`); the index reads it at each batch (one
     one-row query instead of the incident reads) and is kept only when nobody but this
@@ -151,11 +151,16 @@ class IncidentIndex:
             self.clear()  # the batch (or something meanwhile) moved a status
             return
         for inc in written:
-            if inc.id not in opened and read.pairs.get(inc.id) != (inc.source, inc.event_id):
+            named = read.pairs.get(inc.id) != (inc.source, inc.event_id)
+            if inc.id not in opened and named and (inc.source, inc.event_id) not in inc.new_events:
                 self.clear()  # named in memory only: what the store holds is not this
                 return
         for inc in written:
-            self._rows[inc.id] = replace(inc)
+            # the events that fed it are recorded now: the latest incident each named
+            for pair in inc.new_events:
+                if pair in self._events:  # (not read: unknown it stays)
+                    self._events[pair] = inc.id
+            self._rows[inc.id] = replace(inc, new_events=())
             if inc.status in LIVE:
                 self._targets[inc.target] = inc.id
             elif self._targets.get(inc.target) == inc.id:

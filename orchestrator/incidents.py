@@ -21,19 +21,23 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator import events as ev
-from orchestrator.store.models import incidents
+from orchestrator.store.models import incident_events, incidents
 from orchestrator.store.rows import insert_rows
 from policies.errors import Conflict, NotFound
 
 log = logging.getLogger("sluice.incidents")
+
+Pair = tuple[str, str]  # a detector's (source, event_id)
 
 
 class Status(enum.StrEnum):
@@ -92,15 +96,18 @@ class Incident:
     tier: str | None = None
     held_until: datetime | None = None
     resolved_by: str | None = None
+    # Not a column: detector events that fed this incident in the batch at hand and that
+    # its transaction records (table ``incident_events``; see :func:`feed_event`).
+    new_events: tuple[Pair, ...] = field(default=(), metadata={"stored": False})
 
     @classmethod
     def from_row(cls, row: Any) -> Incident:
-        values = {f.name: getattr(row, f.name) for f in fields(cls)}
+        values = {name: getattr(row, name) for name in _COLUMNS}
         values["status"] = Status(values["status"])
         return cls(**values)
 
     def row(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _COLUMNS}
 
     def view(self) -> dict[str, Any]:
         return {
@@ -126,9 +133,30 @@ class Incident:
         }
 
 
+_COLUMNS = tuple(f.name for f in fields(Incident) if f.metadata.get("stored", True))
+
+
+def feed_event(inc: Incident, pair: Pair) -> None:
+    """A signal named ``pair`` by its detector fed the existing incident ``inc``.
+
+    An incident collects every event id that fed it: a resolve or ``unban`` by any of them
+    finds it (:meth:`IncidentStore.by_event`), after a restart too. The pair is recorded
+    when the batch's transaction writes the incident (:meth:`IncidentStore.save_signals`,
+    or :meth:`IncidentStore.open` for one opened earlier in the batch); an incident that
+    had no event id takes this one as its own.
+    """
+    if pair in inc.new_events:
+        return
+    if inc.event_id is None:
+        inc.source, inc.event_id = pair
+    inc.new_events = (*inc.new_events, pair)
+
+
 # What a signal changes on an incident it updates (not its status).
 _SIGNAL_FIELDS = (
     "node",
+    "source",
+    "event_id",
     "updated_at",
     "last_signal",
     "signals",
@@ -217,27 +245,25 @@ class IncidentStore:
         return out
 
     @staticmethod
-    def by_event(
-        conn: Connection, pairs: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], Incident]:
-        """Per (source, event_id), the latest incident a detector named so."""
+    def by_event(conn: Connection, pairs: Sequence[Pair]) -> dict[Pair, Incident]:
+        """Per (source, event_id), the latest incident the event fed: the one it opened
+        (at its opening) or one it fed later (at that time, table ``incident_events``)."""
         wanted = set(pairs)
-        out: dict[tuple[str, str], Incident] = {}
+        found: dict[str, Incident] = {}
         for chunk in _chunks([e for _, e in wanted]):
             rows = conn.execute(
-                select(incidents)
-                .where(
+                select(incidents).where(
                     and_(
                         incidents.c.event_id.in_(chunk),
                         incidents.c.source.in_(sorted({s for s, _ in wanted})),
                     )
                 )
-                .order_by(incidents.c.opened_at)
             ).all()
-            for r in rows:  # ordered by opening: the latest one wins
-                if (r.source, r.event_id) in wanted:
-                    out[(r.source, r.event_id)] = Incident.from_row(r)
-        return out
+            found.update((r.id, Incident.from_row(r)) for r in rows)
+        fed = _fed(conn, wanted)
+        missing = [i for _, i, _ in fed if i not in found]
+        found.update(IncidentStore.by_ids(conn, missing))
+        return _latest(wanted, found.values(), fed)
 
     @staticmethod
     def for_signals(
@@ -262,11 +288,13 @@ class IncidentStore:
         for r, inc in sorted(found.values(), key=lambda x: x[0].updated_at):
             if r.status in _LIVE and r.target in targeted:
                 live[r.target] = inc  # the latest one wins
-        by_event: dict[tuple[str, str], Incident] = {}
-        for r, inc in sorted(found.values(), key=lambda x: x[0].opened_at):
-            if (r.source, r.event_id) in wanted:
-                by_event[(r.source, r.event_id)] = inc  # the latest one wins
-        return live, by_event
+        if not wanted:
+            return live, {}
+        known = {i: inc for i, (_, inc) in found.items()}
+        fed = _fed(conn, wanted)
+        missing = [i for _, i, _ in fed if i not in known]
+        known.update(IncidentStore.by_ids(conn, missing))
+        return live, _latest(wanted, known.values(), fed)
 
     @staticmethod
     def due_hold_down(conn: Connection, now: datetime, limit: int = 500) -> list[Incident]:
@@ -309,6 +337,7 @@ class IncidentStore:
             if inc.status is not Status.OPEN:
                 raise ValueError(f"a new incident starts open, not {inc.status}")
         insert_rows(conn, incidents, [i.row() for i in new])
+        _record_events(conn, new)
         ev.record(
             conn,
             (
@@ -328,7 +357,8 @@ class IncidentStore:
         )
 
     def save_signals(self, conn: Connection, items: Sequence[Incident]) -> None:
-        """Write what signals changed on existing incidents (never their status)."""
+        """Write what signals changed on existing incidents (never their status), and the
+        detector events that fed them (:func:`feed_event`)."""
         if items:
             conn.execute(
                 _UPDATE,
@@ -337,6 +367,7 @@ class IncidentStore:
                     for i in items
                 ],
             )
+            _record_events(conn, items)
 
     def escalated(
         self, conn: Connection, items: Sequence[tuple[Incident, str | None, str]], *, now: datetime
@@ -406,3 +437,61 @@ class IncidentStore:
         inc.status = to
         for k, v in values.items():
             setattr(inc, k, v)
+
+
+# ---------------------------------------------------------------- events that fed incidents
+
+
+def _record_events(conn: Connection, items: Sequence[Incident]) -> None:
+    """Record the events that fed ``items`` in this batch (one statement; an event already
+    recorded for its incident stays as it was)."""
+    rows = [
+        {"source": s, "event_id": e, "incident_id": i.id, "at": i.updated_at}
+        for i in items
+        for s, e in i.new_events
+    ]
+    if not rows:
+        return
+    stmt: Any
+    if conn.dialect.name == "postgresql":
+        stmt = pg_insert(incident_events).on_conflict_do_nothing()
+    else:
+        stmt = sqlite_insert(incident_events).on_conflict_do_nothing()
+    conn.execute(stmt, rows)
+
+
+def _fed(conn: Connection, wanted: set[Pair]) -> list[tuple[Pair, str, datetime]]:
+    """``(pair, incident id, when)`` of each wanted event that fed an incident later."""
+    out: list[tuple[Pair, str, datetime]] = []
+    ie = incident_events
+    sources = sorted({s for s, _ in wanted})
+    for chunk in _chunks([e for _, e in wanted]):
+        rows = conn.execute(
+            select(ie.c.source, ie.c.event_id, ie.c.incident_id, ie.c.at).where(
+                and_(ie.c.event_id.in_(chunk), ie.c.source.in_(sources))
+            )
+        ).all()
+        out.extend(((r.source, r.event_id), r.incident_id, r.at) for r in rows)
+    return [x for x in out if x[0] in wanted]
+
+
+def _latest(
+    wanted: set[Pair], found: Iterable[Incident], fed: Sequence[tuple[Pair, str, datetime]]
+) -> dict[Pair, Incident]:
+    """Per wanted event, the incident it named last: the one it opened (at its opening)
+    or fed (at that time); on a tie, the incident opened last."""
+    by_id = {i.id: i for i in found}
+    best: dict[Pair, tuple[datetime, datetime, Incident]] = {}
+
+    def offer(pair: Pair, at: datetime, inc: Incident) -> None:
+        key = (at, inc.opened_at, inc)
+        if pair not in best or key[:2] > best[pair][:2]:
+            best[pair] = key
+
+    for inc in by_id.values():
+        if inc.event_id is not None and (pair := (str(inc.source), inc.event_id)) in wanted:
+            offer(pair, inc.opened_at, inc)
+    for pair, incident_id, at in fed:
+        if (named := by_id.get(incident_id)) is not None:
+            offer(pair, at, named)
+    return {pair: inc for pair, (_, _, inc) in best.items()}

@@ -41,7 +41,15 @@ from orchestrator import events as ev
 from orchestrator.carpet import Carpet, CarpetBatch
 from orchestrator.cluster import StaleRead, write, writers
 from orchestrator.incident_index import IncidentIndex, Read
-from orchestrator.incidents import ENDED, LIVE, AlreadyEnded, Incident, IncidentStore, Status
+from orchestrator.incidents import (
+    ENDED,
+    LIVE,
+    AlreadyEnded,
+    Incident,
+    IncidentStore,
+    Status,
+    feed_event,
+)
 from orchestrator.lifecycle import HELD
 from orchestrator.service import RuleRequest, Service
 from orchestrator.store.models import decisions, incidents, rules
@@ -445,6 +453,8 @@ class Intake:
                     code="incident_target_mismatch",
                     field="target_ip",
                 )
+            if item.source and item.event_id:  # the event feeds it: recorded there
+                feed_event(inc, (item.source, item.event_id))
             return inc
         pair = (item.source, item.event_id) if item.source and item.event_id else None
         if pair is not None:
@@ -463,8 +473,8 @@ class Intake:
             stale.append(inc)
             inc = None
         if inc is not None and inc.status in LIVE:
-            if pair is not None and inc.event_id is None:
-                inc.source, inc.event_id = pair
+            if pair is not None:  # the event feeds the target's incident: recorded there
+                feed_event(inc, pair)
                 by_event[pair] = inc
             return inc
         inc = Incident(

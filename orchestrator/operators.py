@@ -40,6 +40,22 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise ValidationFailed(
+            f"a password must have at least {MIN_PASSWORD} characters",
+            code="password_too_short",
+            field="password",
+        )
+
+
+def check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValidationFailed(
+            f"role must be one of {', '.join(ROLES)}", code="invalid_role", field="role"
+        )
+
+
 @dataclass(frozen=True)
 class Session:
     id_hash: str
@@ -66,12 +82,8 @@ class OperatorStore:
             raise ValidationFailed(
                 "username: 1-100 letters, digits, '.', '_', '@' or '-'", field="username"
             )
-        if role not in ROLES:
-            raise ValidationFailed(f"role must be one of {', '.join(ROLES)}", field="role")
-        if len(password) < MIN_PASSWORD:
-            raise ValidationFailed(
-                f"a password must have at least {MIN_PASSWORD} characters", field="password"
-            )
+        check_role(role)
+        check_password(password)
         now = datetime.now(UTC)
         with write(self.engine) as conn:
             taken = conn.execute(
@@ -137,7 +149,8 @@ class OperatorStore:
         return row
 
     def _keep_an_admin(self, conn: Any, row: Any) -> None:
-        if row.role != "admin":
+        """Refuse if ``row`` is the last enabled admin (the caller takes that away)."""
+        if row.role != "admin" or row.disabled_at is not None:
             return
         admins = conn.execute(
             select(func.count())
@@ -147,55 +160,68 @@ class OperatorStore:
         if admins <= 1:
             raise Conflict("this is the last enabled admin operator", code="last_admin_operator")
 
-    def set_role(self, username: str, role: str, *, actor: str) -> dict[str, Any]:
-        """Change an operator's role; its sessions end (they carry the old role)."""
-        if role not in ROLES:
-            raise ValidationFailed(f"role must be one of {', '.join(ROLES)}", field="role")
-        with write(self.engine) as conn:
-            row = self._enabled(conn, username)
-            if role != "admin":
-                self._keep_an_admin(conn, row)
-            conn.execute(update(operators).where(operators.c.id == row.id).values(role=role))
-            conn.execute(delete(operator_sessions).where(operator_sessions.c.operator_id == row.id))
-            self.audit.append(
-                conn,
-                actor=actor,
-                action="operator.role",
-                target=f"operator:{username}",
-                detail={"from": row.role, "to": role},
-            )
-        return self.get(username)
+    def change(
+        self,
+        username: str,
+        *,
+        role: str | None = None,
+        password: str | None = None,
+        disabled: bool | None = None,
+        actor: str,
+    ) -> dict[str, Any]:
+        """Change an operator's role, password and enabled state all at once or not at all.
 
-    def reset_password(self, username: str, password: str, *, actor: str) -> dict[str, Any]:
-        """Set a new password; the operator's sessions end."""
-        if len(password) < MIN_PASSWORD:
+        Everything is checked first (the values, then in the transaction the account and
+        the last enabled admin); then one update, the end of its sessions (unless it is
+        only enabled) and one audit entry ``operator.change`` commit together.
+        """
+        if role is None and password is None and disabled is None:
             raise ValidationFailed(
-                f"a password must have at least {MIN_PASSWORD} characters", field="password"
+                "give role, password or disabled", code="missing_parameter", field="role"
             )
-        digest = _hasher.hash(password)
-        with write(self.engine) as conn:
-            row = self._enabled(conn, username)
-            conn.execute(
-                update(operators).where(operators.c.id == row.id).values(password_hash=digest)
-            )
-            conn.execute(delete(operator_sessions).where(operator_sessions.c.operator_id == row.id))
-            self.audit.append(
-                conn, actor=actor, action="operator.password", target=f"operator:{username}"
-            )
-        return self.get(username)
-
-    def enable(self, username: str, *, actor: str) -> dict[str, Any]:
+        if role is not None:
+            check_role(role)
+        if password is not None:
+            check_password(password)
+        digest = _hasher.hash(password) if password is not None else None
+        now = datetime.now(UTC)
         with write(self.engine) as conn:
             row = conn.execute(select(operators).where(operators.c.username == username)).first()
             if row is None:
                 raise NotFound(f"operator {username!r} does not exist", code="operator_not_found")
-            if row.disabled_at is not None:
+            was_disabled = row.disabled_at is not None
+            if was_disabled and disabled is not False:
+                raise Conflict(
+                    f"operator {username!r} is disabled; enable it (disabled: false) to change it",
+                    code="operator_disabled",
+                    field="disabled",
+                )
+            if disabled or (role is not None and role != "admin"):
+                self._keep_an_admin(conn, row)
+            values: dict[str, Any] = {}
+            detail: dict[str, Any] = {}
+            if disabled is not None and disabled != was_disabled:
+                values["disabled_at"] = now if disabled else None
+                detail["disabled"] = disabled
+            if role is not None:
+                values["role"] = role
+                detail["role"] = {"from": row.role, "to": role}
+            if digest is not None:
+                values["password_hash"] = digest
+                detail["password_changed"] = True
+            if values:
+                conn.execute(update(operators).where(operators.c.id == row.id).values(**values))
+            if role is not None or digest is not None or disabled:
                 conn.execute(
-                    update(operators).where(operators.c.id == row.id).values(disabled_at=None)
+                    delete(operator_sessions).where(operator_sessions.c.operator_id == row.id)
                 )
-                self.audit.append(
-                    conn, actor=actor, action="operator.enable", target=f"operator:{username}"
-                )
+            self.audit.append(
+                conn,
+                actor=actor,
+                action="operator.change",
+                target=f"operator:{username}",
+                detail=detail,
+            )
         return self.get(username)
 
     def get(self, username: str) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from orchestrator.api.envelope import ok
 from orchestrator.events import view as event_view
 from orchestrator.lifecycle import LIVE
 from orchestrator.operators import (
-    MIN_PASSWORD,
     ROLE_SCOPE,
     SCOPE_ROLE,
     SESSION_SECONDS,
@@ -146,25 +145,12 @@ class ChangeOperator(BaseModel):
 async def change_operator(
     username: str, body: ChangeOperator, store: Operators, who: Admin
 ) -> dict[str, Any]:
-    """Change an operator's role, password or enabled state (its sessions end)."""
-    if body.role is None and body.password is None and body.disabled is None:
-        raise ValidationFailed(
-            "give role, password or disabled", code="missing_parameter", field="role"
-        )
-    if body.password is not None and len(body.password) < MIN_PASSWORD:
-        # checked before anything changes, so a bad body changes nothing
-        raise ValidationFailed(
-            f"a password must have at least {MIN_PASSWORD} characters", field="password"
-        )
-    if body.disabled is False:
-        store.enable(username, actor=who.name)
-    if body.role is not None:
-        store.set_role(username, body.role, actor=who.name)
-    if body.password is not None:
-        store.reset_password(username, body.password, actor=who.name)
-    if body.disabled:
-        store.disable(username, actor=who.name)
-    return ok(operator=store.get(username))
+    """Change an operator's role, password or enabled state (its sessions end): all of
+    the patch or, when any part is refused, nothing."""
+    changed = store.change(
+        username, role=body.role, password=body.password, disabled=body.disabled, actor=who.name
+    )
+    return ok(operator=changed)
 
 
 @api.delete("/workspace/operators/{username}")

@@ -14,6 +14,7 @@ from orchestrator.api.envelope import ok
 from orchestrator.api.schemas import CreateRule
 from orchestrator.api.signals import Agent
 from orchestrator.pcaps import PcapStore
+from orchestrator.pcaps.analysis import refuse_allowlisted_target
 from orchestrator.service import RuleRequest, Service
 from orchestrator.tokens import TokenInfo
 from policies.errors import NotFound, SluiceError, ValidationFailed
@@ -186,6 +187,7 @@ async def apply_recommendation(
             )
         rule["rate_limit"] = body.rate_limit
     intent = CreateRule.model_validate({**rule, "adapter_id": body.adapter_id}).to_intent()
+    refuse_allowlisted_target(intent, svc.policy.allowlist, store.node_of(pcap))
     result = await svc.create_rule(
         RuleRequest(
             intent=intent,

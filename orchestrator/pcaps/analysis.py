@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.pcaps.reader import address, fields, open_capture, protocol_name
-from policies.intents import build_intent, canonical
+from policies.errors import GuardrailViolation
+from policies.intents import AnyIntent, build_intent, canonical
 from policies.signals import REFLECTION_PORTS
+from policies.tables import Allowlist
 
 ANALYSIS_VERSION = 1
 SIGNIFICANT_PCT = 10.0  # a vector below this share of packets gets no rule of its own
@@ -534,3 +536,20 @@ def summarize(
             _recommendations(t, target_key, significant) if target_key is not None else []
         ),
     }
+
+
+def refuse_allowlisted_target(intent: AnyIntent, allowlist: Allowlist, node: str | None) -> None:
+    """A recommendation is the mitigation the capture calls for, and the policy never
+    mitigates an allowlisted target (workspace-wide or for the capture's node): applying
+    one whose destination touches an allowlisted address is refused as ``allowlisted``,
+    as the guardrails refuse a blackhole of it (they let an operator's own FlowSpec rule
+    match traffic to such an address)."""
+    allowed = allowlist.prefix_set(node)
+    if allowed.overlaps(intent.target):
+        hits = ", ".join(str(p) for p in allowed.overlapping(intent.target)[:3])
+        raise GuardrailViolation(
+            f"the recommendation's destination {intent.target} touches allowlisted {hits}: "
+            "the policy never mitigates it",
+            code="allowlisted",
+            field="target_ip",
+        )

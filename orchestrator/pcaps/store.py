@@ -173,6 +173,17 @@ class PcapStore:
     def path_of(self, row: Any) -> Path:
         return self.dir / f"{row.id}.{row.format}"
 
+    def node_of(self, pcap: dict[str, Any]) -> str | None:
+        """The node that saw the capture's attack: the uploading agent's, else the node
+        its incident's signals came from."""
+        if pcap["node_id"] is not None or pcap["incident_id"] is None:
+            node: str | None = pcap["node_id"]
+            return node
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(incidents.c.node).where(incidents.c.id == pcap["incident_id"])
+            ).scalar()
+
     # ------------------------------------------------------------ upload
 
     def check_incident(self, incident_id: str | None, node: dict[str, Any] | None) -> str:

@@ -178,6 +178,19 @@ incidents = Table(
     Index("ix_incidents_status_held", "status", "held_until"),
 )
 
+# Every detector event (source + event_id) that fed an incident the event did not open, so
+# that the detector's unban or a resolve by any of them finds the incident (the pair that
+# opened it is the incident's own source + event_id).
+incident_events = Table(
+    "incident_events",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("event_id", String(128), primary_key=True),
+    Column("incident_id", String(36), ForeignKey("incidents.id"), primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),  # when the event first fed it
+    Index("ix_incident_events_incident", "incident_id"),
+)
+
 decisions = Table(
     "decisions",
     metadata,
@@ -481,6 +494,7 @@ __all__ = [
     "covered_events",
     "decisions",
     "events",
+    "incident_events",
     "incidents",
     "kv",
     "leases",

@@ -130,11 +130,13 @@ async def test_a_deleted_anchor_is_reported_and_not_recreated_behind_our_back(
 ) -> None:
     svc = await _with_entries(make_service, n=1)
     assert svc.audit.anchor is not None
+    assert svc.audit.anchor.flush()  # (the anchor is written after commits, on a thread)
     svc.audit.anchor.path.unlink()
     assert svc.verify_audit().code is Problem.ANCHOR_MISSING
     # later commits do not quietly anchor whatever the log holds now
     aid = svc.hub.by_name("fake").id
     await svc.create_rule(req(bh("203.0.113.99"), aid))
+    assert svc.audit.anchor.flush()
     assert not (tmp_path / ANCHOR_FILE).exists()
     assert svc.verify_audit().code is Problem.ANCHOR_MISSING
     await svc.stop()
@@ -241,6 +243,7 @@ async def test_key_and_anchor_files_are_private_and_the_key_is_not_in_the_store(
     assert key_hex == svc.audit.key.hex()
     if svc.settings.database_url is None:  # SQLite: the files as they are on disk
         assert key_hex.encode() not in store_bytes(tmp_path)
+    assert svc.audit.anchor is not None and svc.audit.anchor.flush()
     state = Anchor(tmp_path / ANCHOR_FILE).read()
     with svc.engine.connect() as conn:
         head = conn.execute(
@@ -275,14 +278,17 @@ async def test_cli_verify_exit_status_names_the_problem(make_service: Any, tmp_p
 
 async def test_a_rolled_back_entry_does_not_move_the_anchor(make_service: Any) -> None:
     svc = await _with_entries(make_service, n=1)
-    assert svc.audit.anchor is not None
-    before = svc.audit.anchor.read()
+    anchor = svc.audit.anchor
+    assert anchor is not None
+    assert anchor.flush()  # (the anchor is written after commits, on a thread)
+    before = anchor.read()
     with pytest.raises(RuntimeError), svc.engine.begin() as conn:
         svc.audit.append(conn, actor="t", action="x", target="y")
         raise RuntimeError("the change failed")
-    assert svc.audit.anchor.read() == before
+    assert anchor.flush() and anchor.read() == before
     with svc.engine.begin() as conn:
         svc.audit.append(conn, actor="t", action="x", target="y")
-    after = svc.audit.anchor.read()
+    assert anchor.flush()
+    after = anchor.read()
     assert before is not None and after is not None and after.id == before.id + 1
     assert svc.verify_audit().ok

@@ -7,9 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 
-from orchestrator.store.models import operators, rules
+from orchestrator.store.models import audit_log, operators, rules
 from tests.unit.orchestrator.conftest import Api
 
 PASSWORD = "correct horse battery"
@@ -234,3 +235,76 @@ async def test_admin_changes_role_password_and_state(make_api: Callable[..., Any
             ).scalar_one()
             == "admin"
         )
+
+
+def audit_actions(api: Api) -> list[str]:
+    with api.svc.engine.connect() as conn:
+        return [str(a) for a in conn.scalars(select(audit_log.c.action).order_by(audit_log.c.id))]
+
+
+def stored(api: Api, username: str) -> Any:
+    with api.svc.engine.connect() as conn:
+        return conn.execute(select(operators).where(operators.c.username == username)).one()
+
+
+async def test_a_patch_changes_all_it_names_or_nothing(
+    make_api: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api: Api = await make_api()
+    for name, role in (("ada", "admin"), ("otto", "operator")):
+        await api.ok(
+            "POST",
+            "/workspace/operators",
+            201,
+            json={"username": name, "password": PASSWORD, "role": role},
+        )
+    asid, _ = await login(api, "ada")
+    before, audited = stored(api, "ada"), audit_actions(api)
+    new = "an entirely new passphrase"
+
+    # each part valid alone, the whole refused: the last admin would be disabled
+    r = await api.call(
+        "PATCH", "/workspace/operators/ada", json={"password": new, "disabled": True}
+    )
+    assert r.status_code == 409 and r.json()["error"]["code"] == "last_admin_operator", r.text
+    # a valid role with a password that is too short
+    r = await api.call(
+        "PATCH", "/workspace/operators/ada", json={"role": "viewer", "password": "short"}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "password_too_short"
+    assert r.json()["error"]["field"] == "password"
+    assert stored(api, "ada") == before and audit_actions(api) == audited
+    await login(api, "ada")  # the old password still works
+    assert (await as_session(api, asid, "GET", "/auth/me")).status_code == 200  # session kept
+
+    # a disabled account changes only if the same patch enables it
+    await api.ok("PATCH", "/workspace/operators/otto", json={"disabled": True})
+    disabled, audited = stored(api, "otto"), audit_actions(api)
+    r = await api.call("PATCH", "/workspace/operators/otto", json={"role": "admin"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "operator_disabled", r.text
+    assert stored(api, "otto") == disabled and audit_actions(api) == audited
+
+    # a step failing late (the audit entry) rolls the whole patch back
+    def broken(*_a: Any, **_kw: Any) -> str:
+        raise RuntimeError("audit store is gone")
+
+    monkeypatch.setattr(api.app.state.operators.audit, "append", broken)
+    with pytest.raises(RuntimeError):
+        await api.call(
+            "PATCH",
+            "/workspace/operators/otto",
+            json={"disabled": False, "role": "admin", "password": new},
+        )
+    monkeypatch.undo()
+    assert stored(api, "otto") == disabled and audit_actions(api) == audited
+
+    # all at once, with one audit entry
+    body = await api.ok(
+        "PATCH",
+        "/workspace/operators/otto",
+        json={"disabled": False, "role": "admin", "password": new},
+    )
+    assert (body["operator"]["role"], body["operator"]["disabled"]) == ("admin", False)
+    assert audit_actions(api) == [*audited, "operator.change"]
+    await login(api, "otto", new)

@@ -15,11 +15,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import func, select
 
 from orchestrator.api.app import bootstrap_token, create_app
 from orchestrator.pcaps import PcapStore
 from orchestrator.pcaps.store import STRIDE
 from orchestrator.service import Service
+from orchestrator.store.models import audit_log
 from policies.guardrails import Guardrails
 from tests import pcapgen as g
 from tests.unit.orchestrator.conftest import ADMIN, Api, policy, settings_for
@@ -445,6 +447,45 @@ async def test_an_allowlisted_source_is_never_dropped(make_env: Any) -> None:
     assert r.status_code == 422, r.text
     assert (r.json()["error"]["code"], r.json()["error"]["field"]) == ("allowlisted", "source")
     assert (await env.api.ok("GET", "/mitigation/rules/history"))["total"] == 0
+
+
+async def test_a_recommendation_for_an_allowlisted_target_is_refused(make_env: Any) -> None:
+    """The policy never mitigates an allowlisted target (workspace-wide or for the node
+    that saw the attack): its capture's recommendations are refused as ``allowlisted``
+    and nothing is stored; another node's entry does not apply."""
+    env: Env = await make_env()
+    await env.api.fake("edge")
+    pid = (await env.upload(capture(env.tmp, g.dns_reflection(100)))).json()["pcap"]["id"]
+    rec = (await env.api.ok("GET", f"/pcaps/{pid}/analysis"))["analysis"]["recommendations"][0]
+    assert rec["rule"]["target_ip"] == T
+    with env.api.svc.engine.connect() as conn:
+        audited = conn.execute(select(func.count()).select_from(audit_log)).scalar_one()
+    for entry in (
+        {"ip_address": T, "scope": "node", "node": env.node["id"]},
+        {"ip_address": "203.0.113.0/24", "scope": "workspace"},
+    ):
+        made = (await env.api.ok("POST", "/allowlist", 201, json=entry))["entry"]
+        r = await env.api.call(
+            "POST", f"/pcaps/{pid}/recommendations/1/apply", json={"adapter_id": "edge"}
+        )
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert (error["code"], error["field"]) == ("allowlisted", "target_ip")
+        assert (await env.api.ok("GET", "/mitigation/rules/history"))["total"] == 0
+        await env.api.ok("DELETE", f"/allowlist/{made['id']}")
+    with env.api.svc.engine.connect() as conn:
+        # only the allowlist's own changes were audited, no rule
+        actions = (
+            conn.execute(select(audit_log.c.action).where(audit_log.c.id > audited)).scalars().all()
+        )
+    assert not any(a.startswith("rule") for a in actions), actions
+    await env.api.ok(
+        "POST", "/allowlist", 201, json={"ip_address": T, "scope": "node", "node": "another"}
+    )
+    body = await env.api.ok(
+        "POST", f"/pcaps/{pid}/recommendations/1/apply", 201, json={"adapter_id": "edge"}
+    )
+    assert body["rule"]["intent"].startswith(f"flowspec dst {T}/32")
 
 
 @pytest.mark.parametrize(

@@ -267,21 +267,27 @@ async def test_a_failed_batch_leaves_memory_as_the_store_is(
     assert (await rt.handle(sig(), actor="test"))["incident"]["signals"] == 2
 
 
-async def test_an_event_id_given_in_memory_only_is_not_remembered(make_api: Any) -> None:
-    """A live incident without an event id takes the first one a signal names (in the
-    batch, not in the store): the index must not remember what the store does not hold."""
+async def test_an_event_id_that_feeds_an_incident_is_stored_and_remembered(
+    make_api: Any,
+) -> None:
+    """A live incident without an event id takes the first one a signal names; each
+    event that feeds it is recorded with it, and the index answers as the store does."""
     api = await make_api()
     rt: PolicyRuntime = api.app.state.runtime
     await rt.handle(sig(), actor="test")  # no event id
     a = (await rt.handle(sig(), actor="d", source="d", event_id="e1"))["incident"]
     b = (await rt.handle(sig(), actor="d", source="d", event_id="e2"))["incident"]
+    reads = incident_selects(api.svc.engine)
+    c = (await rt.handle(sig(), actor="d", source="d", event_id="e2"))["incident"]
+    assert reads == []  # known from memory
     with api.svc.engine.connect() as conn:
-        live, _ = IncidentStore.for_signals(conn, ["198.51.100.20"], [])
+        live, by_event = IncidentStore.for_signals(
+            conn, ["198.51.100.20"], [("d", "e1"), ("d", "e2")]
+        )
         stored = live["198.51.100.20"]
-    # answered as the store-backed path answers: the stored incident has no event id,
-    # so each signal names it anew
-    assert (a["event_id"], b["event_id"]) == ("e1", "e2")
-    assert stored.event_id is None and b["signals"] == 3
+    assert (a["event_id"], b["event_id"]) == ("e1", "e1")
+    assert stored.event_id == "e1" and c["signals"] == 4
+    assert {p: i.id for p, i in by_event.items()} == {("d", "e1"): a["id"], ("d", "e2"): a["id"]}
 
 
 async def test_another_instances_writes_reach_this_instances_index(
