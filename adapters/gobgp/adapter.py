@@ -146,7 +146,7 @@ class GoBgpSettings(AdapterSettings):
             return f"unix://{access.check_path(v.removeprefix('unix://'), 'socket')}"
         why = access.speakers.check_host(*split_endpoint(v))
         if why is not None:
-            raise EndpointRefused(f"endpoint {why}")
+            raise EndpointRefused(why)
         return v
 
     @field_validator("timeout")
