@@ -234,18 +234,19 @@ class SpeakerEndpoints:
 
 
 def grpc_target(addrs: Sequence[Address], port: int) -> str:
-    """A gRPC target naming ``addrs`` themselves (gRPC does not resolve it again).
+    """A gRPC target naming ``addrs`` themselves, in order (gRPC does not resolve it again).
 
-    One target holds one address family: the first address's family is used (the order
-    getaddrinfo gave, RFC 6724's preference).
+    All IPv4: an ``ipv4:`` target. Otherwise an ``ipv6:`` one, the IPv4 addresses written
+    IPv4-mapped (one gRPC target holds one family; a dual-stack socket reaches a mapped
+    address over IPv4), so a name with both ``::1`` and ``127.0.0.1`` reaches a speaker
+    listening on either.
     """
     if not addrs:
         raise ValueError("no address to connect to")
-    version = addrs[0].version
-    same = [a for a in addrs if a.version == version]
-    if version == 4:
-        return "ipv4:" + ",".join(f"{a}:{port}" for a in same)
-    return "ipv6:" + ",".join(f"[{a}]:{port}" for a in same)
+    if all(a.version == 4 for a in addrs):
+        return "ipv4:" + ",".join(f"{a}:{port}" for a in addrs)
+    mapped = (str(a) if a.version == 6 else f"::ffff:{a}" for a in addrs)
+    return "ipv6:" + ",".join(f"[{a}]:{port}" for a in mapped)
 
 
 DEFAULT_SPEAKERS = SpeakerEndpoints()

@@ -135,7 +135,7 @@ def test_grpc_target_names_the_checked_addresses() -> None:
     v4 = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("10.0.0.1")]
     v6 = [ipaddress.ip_address("::1")]
     assert grpc_target(v4, 50051) == "ipv4:127.0.0.1:50051,10.0.0.1:50051"
-    assert grpc_target([*v6, *v4], 1) == "ipv6:[::1]:1"  # one family: the first address's
+    assert grpc_target([*v6, *v4], 1) == "ipv6:[::1]:1,[::ffff:127.0.0.1]:1,[::ffff:10.0.0.1]:1"
 
 
 # ---------------------------------------------------------------- resolving
@@ -354,3 +354,19 @@ async def test_a_proxy_from_the_environment_is_not_used(
         await adapter.close()
     await until(lambda: speaker.accepted > 0, "a direct connection to the checked address")
     assert proxy.accepted == 0
+
+
+async def test_a_name_with_both_families_reaches_a_speaker_on_either(
+    listen: Callable[[str], Awaitable[Listener]],
+) -> None:
+    box = await listen("127.0.0.1")  # IPv4 only; the name gives ::1 first
+    names = Names({"speaker.test": ["::1", "127.0.0.1"]})
+    adapter = gobgp(
+        f"speaker.test:{box.port}",
+        SpeakerEndpoints.from_entries([f"loopback:{box.port}"], resolver=names),
+    )
+    try:
+        await adapter.check()
+    finally:
+        await adapter.close()
+    await until(lambda: box.accepted > 0, "a connection to 127.0.0.1 after ::1 refused it")
