@@ -370,3 +370,22 @@ async def test_a_name_with_both_families_reaches_a_speaker_on_either(
     finally:
         await adapter.close()
     await until(lambda: box.accepted > 0, "a connection to 127.0.0.1 after ::1 refused it")
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "unix-abstract:gobgp",
+        "ipv4:10.0.0.1:50051",
+        "ipv6:[fd00::1]:50051",
+        "dns:///10.0.0.1:50051",
+        "dns://8.8.8.8/gobgp.example.net:50051",
+        "xds:///gobgp",
+        "vsock:3:50051",
+    ],
+)
+def test_other_grpc_target_schemes_are_not_endpoints(endpoint: str) -> None:
+    """gRPC reads these as its own schemes: none may be handed to it from a setting."""
+    with pytest.raises(AdapterConfigInvalid) as err:
+        gobgp(endpoint, SpeakerEndpoints.from_entries(["0.0.0.0/0", "::/0"]))
+    assert err.value.field == "endpoint"
