@@ -14,6 +14,9 @@ from the service settings, is handed to every adapter when it is created (see
   refused even when inside an allowed one.
 * ``egress``: the :class:`~adapters.egress.EgressPolicy` every outbound HTTP adapter
   connects through.
+* ``speakers``: the :class:`~adapters.speakers.SpeakerEndpoints` a BGP speaker's API may
+  be reached on over TCP (gobgp's ``host:port`` gRPC endpoint; default loopback port
+  50051 only). A speaker API on a unix socket is a file, under ``allowed_dirs``.
 
 Paths are checked when the settings are validated (the error names the field) and again
 just before each use (:meth:`HostAccess.check_path`), so a symlink swapped in afterwards
@@ -31,6 +34,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, ValidationInfo
 
 from adapters.egress import DEFAULT_EGRESS, EgressPolicy
+from adapters.speakers import DEFAULT_SPEAKERS, SpeakerEndpoints
 
 DEFAULT_DIRS: tuple[Path, ...] = tuple(
     Path(p)
@@ -55,6 +59,8 @@ PROGRAM_SETTINGS = frozenset(
 class PathRefused(ValueError):
     """A path the service configuration does not allow; the message says why."""
 
+    code = "path_not_allowed"
+
 
 def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
@@ -66,6 +72,7 @@ class HostAccess:
     denied_dirs: tuple[Path, ...] = ()
     programs: Mapping[str, str] = field(default_factory=lambda: DEFAULT_PROGRAMS)
     egress: EgressPolicy = DEFAULT_EGRESS
+    speakers: SpeakerEndpoints = DEFAULT_SPEAKERS
 
     def __deepcopy__(self, memo: dict[int, Any]) -> HostAccess:
         return self  # never changed once built: copies of a config share it

@@ -60,6 +60,7 @@ from pydantic import (
 )
 
 from adapters.access import DEFAULT_ACCESS, PROGRAM_SETTINGS, HostAccess, PathRefused, access_of
+from adapters.speakers import EndpointRefused
 from policies.errors import AdapterConfigInvalid, AdapterRefused, CapabilityMissing
 from policies.intents import AnyIntent, intent_key
 
@@ -390,7 +391,8 @@ def validate_settings(model: type[S], config: AdapterConfig, **extra: Any) -> S:
 
     Validated under ``config.access``: a setting naming a program is refused (programs
     come from the service configuration), and so is a path outside the allowed
-    directories (code ``path_not_allowed``).
+    directories (code ``path_not_allowed``) and a speaker endpoint outside the allowed
+    ones (code ``endpoint_not_allowed``).
     """
     for key in sorted(set(config.config) & PROGRAM_SETTINGS):
         where = f"config.{key}"
@@ -415,7 +417,9 @@ def validate_settings(model: type[S], config: AdapterConfig, **extra: Any) -> S:
         where = loc if loc in ("endpoint", "auth_token") else f"config.{loc}"
         msg = str(err["msg"]).removeprefix("Value error, ")
         cause = err.get("ctx", {}).get("error")
-        code = "path_not_allowed" if isinstance(cause, PathRefused) else None
+        # a refusal by the service's HostAccess carries its own code (path_not_allowed,
+        # endpoint_not_allowed); any other invalid value is invalid_adapter_config
+        code = cause.code if isinstance(cause, PathRefused | EndpointRefused) else None
         raise AdapterConfigInvalid(
             f"{config.adapter_type} adapter {config.name!r}: {where}: {msg}",
             field=where,

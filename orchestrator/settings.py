@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from adapters.access import DEFAULT_DIRS, DEFAULT_PROGRAMS, HostAccess
 from adapters.egress import EgressPolicy, parse_allow
+from adapters.speakers import DEFAULT_ENTRIES, SpeakerEndpoints, parse_entry
 
 
 def _split(value: Any, sep: str) -> Any:
@@ -105,6 +106,10 @@ class Settings(BaseSettings):
     # Internal destinations outbound HTTP adapters may reach (``SLUICE_EGRESS_ALLOW``,
     # comma separated): networks or loopback, private, link-local, shared. Default: none.
     egress_allow: Annotated[tuple[str, ...], NoDecode] = ()
+    # Where a BGP speaker's API may be reached over TCP (gobgp's host:port endpoint;
+    # ``SLUICE_SPEAKER_ENDPOINTS``, comma separated): NETWORK[:PORT], [V6NETWORK]:PORT,
+    # loopback[:PORT]. Default: gobgpd's port 50051 on loopback. Empty: unix sockets only.
+    speaker_endpoints: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ENTRIES
     # The programs adapters run; never taken from adapter settings.
     vtysh: str = DEFAULT_PROGRAMS["vtysh"]
 
@@ -133,6 +138,18 @@ class Settings(BaseSettings):
             parse_allow(entry)  # ValueError says which entry is wrong
         return v
 
+    @field_validator("speaker_endpoints", mode="before")
+    @classmethod
+    def _speakers(cls, v: Any) -> Any:
+        return _split(v, ",")
+
+    @field_validator("speaker_endpoints")
+    @classmethod
+    def _speaker_entries(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            parse_entry(entry)  # ValueError says which entry is wrong
+        return v
+
     def host_access(self) -> HostAccess:
         """What adapters may touch on this host, for the adapter registry."""
         denied = (self.data_dir, *((self.policy_dir,) if self.policy_dir else ()))
@@ -141,6 +158,7 @@ class Settings(BaseSettings):
             denied_dirs=tuple(d.resolve() for d in denied),
             programs={"vtysh": self.vtysh},
             egress=EgressPolicy.from_entries(self.egress_allow),
+            speakers=SpeakerEndpoints.from_entries(self.speaker_endpoints),
         )
 
     def sqlalchemy_url(self) -> str:

@@ -19,6 +19,18 @@ operator's policy configuration at run time. Run one adapter per gobgpd (or per 
 gRPC errors: ``UNAVAILABLE``/``DEADLINE_EXCEEDED`` (and the like) are retryable; any
 other error is gobgpd refusing the request, reported with its message, not retryable.
 
+Where the channel goes is the service's decision (:mod:`adapters.access`): a unix socket
+must lie in ``SLUICE_ADAPTER_DIRS``, a ``host:port`` must be a speaker endpoint the
+service allows (:mod:`adapters.speakers`, ``SLUICE_SPEAKER_ENDPOINTS``, default loopback
+port 50051). Both are checked when the settings are validated and again when a channel
+is made: the socket path resolved, the host name resolved and every address checked, the
+channel opened to the checked addresses (no second resolution by gRPC) with gRPC's proxy
+support off (``grpc_proxy``/``http_proxy`` from the environment would otherwise make the
+connection). A refused endpoint fails every rule, not retryable, with code
+``endpoint_not_allowed`` (``path_not_allowed`` for a socket); a name that does not resolve
+is retryable. After an ``UNAVAILABLE`` answer on a named ``host:port`` the channel is
+replaced, so the name is resolved, and checked, again.
+
 gobgpd holds one local path per NLRI: two intents for the same prefix (or the same flow
 match) with different attributes replace each other, and read-back shows the later one.
 Withdrawing either removes the NLRI.
@@ -52,6 +64,7 @@ from adapters.base import (
     resolve_capabilities,
     validate_settings,
 )
+from adapters.egress import literal_address
 from adapters.gobgp.proto import api, grpc_api
 from adapters.gobgp.render import (
     UNSPECIFIED,
@@ -62,6 +75,7 @@ from adapters.gobgp.render import (
     render_path,
     withdraw_path,
 )
+from adapters.speakers import EndpointRefused, Unresolved, grpc_target
 from policies.errors import AdapterRefused, AdapterUnavailable, CapabilityMissing
 from policies.intents import AnyIntent, Community, LargeCommunity, intent_key
 
@@ -96,6 +110,12 @@ def parse_endpoint(value: object) -> str:
     return text
 
 
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """(host, port) of a ``host:port`` endpoint (an IPv6 host without its brackets)."""
+    host, _, port = endpoint.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 class GoBgpSettings(AdapterSettings):
     """``endpoint``: gobgpd's API (``--api-hosts``). Next hops default to the session's
     local address (GoBGP replaces ``0.0.0.0``/``::``); the communities are added to every
@@ -118,10 +138,15 @@ class GoBgpSettings(AdapterSettings):
 
     @field_validator("endpoint")
     @classmethod
-    def _socket_allowed(cls, v: str, info: ValidationInfo) -> str:
-        """A unix socket must lie inside the directories the service allows."""
+    def _endpoint_allowed(cls, v: str, info: ValidationInfo) -> str:
+        """A unix socket inside the directories the service allows; a ``host:port`` the
+        service allows as a speaker endpoint (a name: checked when it is resolved)."""
+        access = access_of(info)
         if v.startswith("unix://"):
-            return f"unix://{access_of(info).check_path(v.removeprefix('unix://'), 'socket')}"
+            return f"unix://{access.check_path(v.removeprefix('unix://'), 'socket')}"
+        why = access.speakers.check_host(*split_endpoint(v))
+        if why is not None:
+            raise EndpointRefused(why)
         return v
 
     @field_validator("timeout")
@@ -196,6 +221,8 @@ class GoBgpAdapter:
         self._options = settings.render_options()
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
+        self._connecting = asyncio.Lock()
+        self._retired: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
         self._by_nlri: dict[bytes, AnyIntent] = {}
         self._parsed: dict[bytes, AnyIntent | None] = {}
 
@@ -209,25 +236,72 @@ class GoBgpAdapter:
 
     # ------------------------------------------------------------ plumbing
 
-    def _api(self) -> Any:
-        if self._stub is None:
-            endpoint = self.settings.endpoint
-            if endpoint.startswith("unix://"):  # checked again: a symlink may have moved
-                endpoint = f"unix://{self.settings.local(Path(endpoint[7:]), 'socket')}"
-            self._channel = grpc.aio.insecure_channel(endpoint)
-            self._stub = grpc_api.GobgpApiStub(self._channel)
-        return self._stub
+    async def _api(self) -> Any:
+        """The stub, on a channel to the endpoint checked when it was made (see the module
+        docstring). Taken afresh for each RPC: after :meth:`_renew`, new RPCs go to the
+        new channel while the old one finishes what it carries."""
+        if self._stub is not None:
+            return self._stub
+        async with self._connecting:  # one channel, however many RPCs ask at once
+            if self._stub is None:
+                target, options = await self._target()
+                self._channel = grpc.aio.insecure_channel(target, options=options)
+                self._stub = grpc_api.GobgpApiStub(self._channel)
+            return self._stub
+
+    async def _target(self) -> tuple[str, list[tuple[str, Any]]]:
+        endpoint = self.settings.endpoint
+        options: list[tuple[str, Any]] = [("grpc.enable_http_proxy", 0)]
+        if endpoint.startswith("unix://"):  # checked again: a symlink may have moved
+            return f"unix://{self.settings.local(Path(endpoint[7:]), 'socket')}", options
+        host, port = split_endpoint(endpoint)
+        try:
+            addrs = await self.settings.access.speakers.resolve(
+                host, port, limit_s=self.settings.timeout
+            )
+        except EndpointRefused as exc:
+            raise AdapterRefused(f"endpoint {exc}", code=exc.code) from None
+        except Unresolved as exc:
+            raise AdapterUnavailable(f"gobgpd at {endpoint}: {exc}") from None
+        options.append(("grpc.default_authority", endpoint))  # the name, not the address
+        return grpc_target(addrs, port), options
+
+    def _renew(self, channel: grpc.aio.Channel | None) -> None:
+        """Drop ``channel`` after UNAVAILABLE so the next call resolves and checks the name
+        again (a literal address or a socket keeps its channel: nothing to resolve)."""
+        if channel is None or channel is not self._channel:
+            return
+        endpoint = self.settings.endpoint
+        if endpoint.startswith("unix://") or literal_address(split_endpoint(endpoint)[0]):
+            return
+        self._channel = None
+        self._stub = None
+        # RPCs still on it get the adapter's timeout to finish, then it is closed
+        task = asyncio.get_running_loop().create_task(channel.close(self.settings.timeout))
+        self._retired[channel] = task
+        task.add_done_callback(lambda _: self._retired.pop(channel, None))
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run one RPC; gRPC errors become AdapterUnavailable / AdapterRefused."""
+        channel = self._channel
         try:
             return await fn()
         except grpc.aio.AioRpcError as exc:
             if exc.code() in RETRYABLE:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._renew(channel)
                 raise AdapterUnavailable(
                     f"{_describe(exc)} at {self.settings.endpoint}", code="adapter_unavailable"
                 ) from None
             raise AdapterRefused(_describe(exc)) from None
+
+    async def _stub_or_failures(self, rules: Sequence[RuleRef]) -> tuple[Any, list[Outcome]]:
+        """The stub, or one failure per rule when no channel can be made (a refused or
+        unresolvable endpoint)."""
+        try:
+            return await self._api(), []
+        except (AdapterUnavailable, AdapterRefused) as exc:
+            return None, [Outcome.failure(r, exc.message, retryable=exc.retryable) for r in rules]
 
     async def _bounded(
         self, rules: Sequence[RuleRef], one: Callable[[RuleRef], Awaitable[Outcome]]
@@ -253,35 +327,41 @@ class GoBgpAdapter:
     # ------------------------------------------------------------ contract
 
     async def announce(self, rules: Sequence[RuleRef]) -> list[Outcome]:
-        stub = self._api()
+        stub, failed = await self._stub_or_failures(rules)
+        if failed:
+            return failed
         timeout = self.settings.timeout
 
         async def one(ref: RuleRef) -> Outcome:
             path = self._render(ref)
             req = api.AddPathRequest(table_type=api.TableType.GLOBAL, path=path)
-            reply = await self._call(lambda: stub.AddPath(req, timeout=timeout))
+            rpc = await self._api()
+            reply = await self._call(lambda: rpc.AddPath(req, timeout=timeout))
             self._remember(ref, path)
             return Outcome.success(ref, uuid=bytes(reply.uuid).hex())
 
         if len(rules) >= self.settings.stream_threshold:
-            streamed = await self._stream(rules, withdraw=False)
+            streamed = await self._stream(stub, rules, withdraw=False)
             if streamed is not None:
                 return streamed
         return await self._bounded(rules, one)
 
     async def withdraw(self, rules: Sequence[RuleRef]) -> list[Outcome]:
-        stub = self._api()
+        stub, failed = await self._stub_or_failures(rules)
+        if failed:
+            return failed
         timeout = self.settings.timeout
 
         async def one(ref: RuleRef) -> Outcome:
             path = self._render(ref)
             req = _delete_request(path)
-            await self._call(lambda: stub.DeletePath(req, timeout=timeout))
+            rpc = await self._api()
+            await self._call(lambda: rpc.DeletePath(req, timeout=timeout))
             self._forget(ref, path)
             return Outcome.success(ref)
 
         if len(rules) >= self.settings.stream_threshold:
-            streamed = await self._stream(rules, withdraw=True)
+            streamed = await self._stream(stub, rules, withdraw=True)
             if streamed is not None:
                 return streamed
         return await self._bounded(rules, one)
@@ -294,7 +374,9 @@ class GoBgpAdapter:
         if self._by_nlri.get(fp) == ref.intent:
             del self._by_nlri[fp]
 
-    async def _stream(self, rules: Sequence[RuleRef], *, withdraw: bool) -> list[Outcome] | None:
+    async def _stream(
+        self, stub: Any, rules: Sequence[RuleRef], *, withdraw: bool
+    ) -> list[Outcome] | None:
         """Send a large batch over one ``AddPathStream`` (withdrawals as ``is_withdraw``).
 
         gobgpd applies each message whole or stops the stream at the first bad path, so
@@ -323,7 +405,6 @@ class GoBgpAdapter:
             if batch:
                 yield api.AddPathStreamRequest(table_type=api.TableType.GLOBAL, paths=batch)
 
-        stub = self._api()
         timeout = self.settings.timeout + len(rules) / 1000
 
         async def send() -> Any:
@@ -347,7 +428,7 @@ class GoBgpAdapter:
 
     async def list_local_paths(self) -> list[Any]:
         """Every locally originated path in gobgpd's global RIB, in the four families."""
-        stub = self._api()
+        stub = await self._api()
         out: list[Any] = []
         for version, flowspec in FAMILIES:
             req = api.ListPathRequest(
@@ -386,8 +467,11 @@ class GoBgpAdapter:
         return frozenset(keys)
 
     async def check(self) -> Health:
-        stub = self._api()
         start = monotonic_ms()
+        try:
+            stub = await self._api()
+        except (AdapterUnavailable, AdapterRefused) as exc:
+            return Health(False, None, exc.message)
 
         async def peers() -> list[Any]:
             req = api.ListPeerRequest()
@@ -406,7 +490,7 @@ class GoBgpAdapter:
         return Health(up > 0, latency, detail, sessions)
 
     async def session_states(self) -> dict[str, SessionState]:
-        stub = self._api()
+        stub = await self._api()
 
         async def peers() -> list[Any]:
             req = api.ListPeerRequest()
@@ -433,7 +517,7 @@ class GoBgpAdapter:
         while True:
             call = None
             try:
-                call = self._api().WatchEvent(
+                call = (await self._api()).WatchEvent(
                     api.WatchEventRequest(peer=api.WatchEventRequest.Peer())
                 )
                 for peer, state in (await self.session_states()).items():
@@ -465,3 +549,7 @@ class GoBgpAdapter:
             await self._channel.close(None)
         self._channel = None
         self._stub = None
+        for channel, task in list(self._retired.items()):
+            task.cancel()
+            await channel.close(None)  # the grace cut short: closed now
+        self._retired.clear()

@@ -305,7 +305,7 @@ def test_refusals_are_not_retryable(gobgp_topology: Topology) -> None:
         nlri = pack(attr.IPAddressPrefix(prefix="203.0.113.9", prefix_len=32))
         family = api.Family(afi=api.Family.AFI_IP, safi=api.Family.SAFI_UNICAST)
         req = api.AddPathRequest(path=api.Path(nlri=nlri, family=family))  # no next hop
-        stub = adapter._api()
+        stub = await adapter._api()
         try:
             with pytest.raises(AdapterRefused, match="gobgpd: nexthop not found"):
                 await adapter._call(lambda: stub.AddPath(req, timeout=5))

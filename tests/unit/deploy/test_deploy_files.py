@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adapters.base import AdapterConfig, Registry
+from orchestrator.settings import Settings
 from policies.schema import load_policy
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -39,3 +41,13 @@ def test_compose_policy_and_unit_agree() -> None:
     assert "./policy:/etc/sluice/policy:ro" in compose["services"]["sluice"]["volumes"]
     policy = load_policy(DEPLOY / "container" / "policy")
     assert [a.name for a in policy.adapters] == ["edge"]
+
+
+def test_the_example_speaker_is_inside_the_default_speaker_endpoints(tmp_path: Path) -> None:
+    """The compose gobgpd's API is on loopback only, where the default settings allow it."""
+    compose = yaml.safe_load((DEPLOY / "container" / "compose.yaml").read_text())
+    assert "--api-hosts 127.0.0.1:50051" in compose["services"]["gobgpd"]["command"]
+    (decl,) = load_policy(DEPLOY / "container" / "policy").adapters
+    access = Settings(data_dir=tmp_path).host_access()
+    config = AdapterConfig(name=decl.name, adapter_type=decl.adapter_type, endpoint=decl.endpoint)
+    assert Registry(access=access).create(config).name == "edge"  # not refused

@@ -51,3 +51,18 @@ def test_lint_and_serve_allow_what_sluice_adapter_dirs_allows(
     )
     assert serve.exit_code == 2 and "config.state_file" in serve.output, serve.output
     assert len(no_server) == 1
+
+
+def test_lint_judges_a_gobgp_endpoint_by_sluice_speaker_endpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    adapters = "adapters:\n  - name: edge\n    adapter_type: gobgp\n    endpoint: 10.0.0.5:50051\n"
+    pdir = write(tmp_path / "p", {"a.yaml": adapters})
+    (pdir / "b.yaml").write_text(TIER)
+    monkeypatch.delenv("SLUICE_SPEAKER_ENDPOINTS", raising=False)
+    lint = runner.invoke(app, ["policy", "lint", str(pdir)])
+    assert lint.exit_code == 1 and "endpoint" in lint.output, lint.output
+    assert "is not a speaker endpoint the service allows" in " ".join(lint.output.split())
+    monkeypatch.setenv("SLUICE_SPEAKER_ENDPOINTS", "loopback:50051,10.0.0.0/24:50051")
+    lint = runner.invoke(app, ["policy", "lint", str(pdir)])
+    assert lint.exit_code == 0, lint.output

@@ -14,7 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
+from orchestrator.store.models import audit_log
 from tests.hostaccess import loopback_name
 from tests.unit.orchestrator.conftest import Api
 
@@ -167,3 +169,55 @@ async def test_loopback_is_reachable_only_when_the_service_allows_it(
     created = await api.ok("POST", "/mitigation/adapters", 201, json=f5(f"http://127.0.0.1:{port}"))
     test = (await api.ok("POST", f"/mitigation/adapters/{created['adapter']['id']}/test"))["test"]
     assert test["ok"] is False and hits  # allowed by configuration: the request went out
+
+
+def audit_count(api: Api) -> int:
+    with api.svc.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(audit_log)).scalar_one())
+
+
+async def test_a_gobgp_endpoint_outside_the_speaker_endpoints_is_refused(
+    make_api: Any, tmp_path_factory: pytest.TempPathFactory, internal: tuple[int, list[str]]
+) -> None:
+    sockets = tmp_path_factory.mktemp("run-gobgp")
+    port, hits = internal  # a loopback service: its port is not gobgpd's
+    api: Api = await make_api(adapter_dirs=(sockets,))
+    for endpoint, says in [
+        ("10.0.0.1:50051", "10.0.0.1:50051 is not a speaker endpoint the service allows"),
+        (f"127.0.0.1:{port}", f"127.0.0.1:{port} is not a speaker endpoint"),
+        (f"localhost:{port}", f"localhost:{port} resolves to 127.0.0.1, which is not"),
+        ("[::1]:22", "[::1]:22 is not a speaker endpoint"),
+        ("0.0.0.0:50051", "never a speaker endpoint"),
+        ("169.254.169.254:80", "cloud metadata address"),
+    ]:
+        body = {"adapter_type": "gobgp", "name": "rs", "endpoint": endpoint}
+        r = await api.call("POST", "/mitigation/adapters", json=body)
+        assert error(r) == (422, "endpoint_not_allowed", "endpoint"), endpoint
+        assert says in r.json()["error"]["message"]
+    assert await adapters_of(api) == []
+    # an existing adapter pointed at a refused endpoint stays as it was
+    body = {"adapter_type": "gobgp", "name": "rs", "endpoint": f"unix://{sockets}/gobgp.sock"}
+    aid = (await api.ok("POST", "/mitigation/adapters", 201, json=body))["adapter"]["id"]
+    before, audited = await adapters_of(api), audit_count(api)
+    r = await api.call(
+        "POST", "/mitigation/adapters", json={**body, "id": aid, "endpoint": f"127.0.0.1:{port}"}
+    )
+    assert error(r) == (422, "endpoint_not_allowed", "endpoint")
+    assert "SLUICE_SPEAKER_ENDPOINTS" in r.json()["error"]["message"]
+    assert await adapters_of(api) == before and audit_count(api) == audited
+    assert before[0]["endpoint"] == f"unix://{sockets}/gobgp.sock"
+    assert hits == []
+
+
+async def test_the_service_settings_open_speaker_endpoints(
+    make_api: Any, internal: tuple[int, list[str]]
+) -> None:
+    port, _hits = internal
+    api: Api = await make_api(speaker_endpoints=(f"127.0.0.1:{port}",))
+    body = {"adapter_type": "gobgp", "name": "rs", "endpoint": f"127.0.0.1:{port}"}
+    created = await api.ok("POST", "/mitigation/adapters", 201, json=body)
+    assert created["adapter"]["endpoint"] == f"127.0.0.1:{port}"
+    r = await api.call(
+        "POST", "/mitigation/adapters", json={**body, "name": "rs2", "endpoint": "127.0.0.1:50051"}
+    )
+    assert error(r) == (422, "endpoint_not_allowed", "endpoint")  # not in this service's list
