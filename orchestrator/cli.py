@@ -152,6 +152,7 @@ def _serve(settings: Settings, log_level: str) -> None:
     lock = InstanceLock(settings.data_dir)
     try:
         lock.acquire()
+        server.choices(settings)  # the HTTP parser and loop asked for are installed
         # the policy is checked as `sluice policy lint` checks it, adapters and ${ENV} too
         policy = (
             load_policy(policy_dir, check=lambda p: _service_check(p, settings))

@@ -4,11 +4,15 @@ Issue #10: 2,000 connections sending partial headers stayed open for 90 s and mo
 30 MB body with no token was read and parsed (the service grew from 173 to 966 MiB)
 before its 401. Each wait here has a deadline that fails loudly; nothing depends on
 how fast the machine is beyond those generous bounds.
+
+Every test runs against both HTTP parsers the service can use (httptools, the default,
+and h11): their limits are the service's own code on top of different parsers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -50,10 +54,11 @@ class Service:
 
 
 @contextlib.contextmanager
-def serve(tmp_path: Path, log_level: str = "warning") -> Iterator[Service]:
+def serve(tmp_path: Path, log_level: str = "warning", parser: str = "auto") -> Iterator[Service]:
     port = free_port()
     env = {
         **os.environ,
+        "SLUICE_HTTP_PARSER": parser,
         "SLUICE_ADMIN_TOKEN": TOKEN,
         "SLUICE_HTTP_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
         "SLUICE_HTTP_BODY_TIMEOUT_SECONDS": "2",
@@ -100,9 +105,11 @@ def serve(tmp_path: Path, log_level: str = "warning") -> Iterator[Service]:
             proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    with serve(tmp_path_factory.mktemp("http-limits")) as svc:
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    with serve(tmp_path_factory.mktemp("http-limits"), parser=request.param) as svc:
         yield svc
 
 
@@ -238,3 +245,61 @@ def test_slow_body_is_cut_off(service: Service) -> None:
         )
         head = read_response(s, 30)
         assert head.startswith(b"HTTP/1.1 408"), head
+
+
+def test_oversized_headers_are_refused(service: Service) -> None:
+    """Headers past http_max_header_bytes (16 KiB) that have not ended: 431, closed."""
+    with service.connect() as s:
+        s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(40):  # 40 KiB offered, a KiB at a time
+                s.sendall(b"a" * 1024)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        head = read_response(s, 20)
+        assert head.startswith(b"HTTP/1.1 431"), head
+        assert b"connection: close" in head.lower()
+        assert closed_by_server(s, time.monotonic() + 20)
+    # an answer in the error envelope
+    with service.connect() as s:
+        s.sendall(b"GET /" + b"a" * 20_000)
+        s.settimeout(20)
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 431"), data
+    assert json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "headers_too_large"
+    # headers under the limit are fine
+    with service.connect() as s:
+        s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8000 + b"\r\n\r\n")
+        assert read_response(s, 20).startswith(b"HTTP/1.1 200")
+
+
+def test_trailers_do_not_become_headers(service: Service) -> None:
+    """A chunked body's trailer is not a request header: a token there is no token."""
+    with service.connect() as s:
+        s.sendall(
+            b"POST /api/v1/incidents HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\n{}\r\n0\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n"
+        )
+        head = read_response(s, 20)
+    assert head.startswith(b"HTTP/1.1 401"), head
+
+
+def test_unparsable_requests_get_400(service: Service) -> None:
+    """Both parsers refuse what could smuggle a second request: conflicting lengths, a
+    transfer coding other than chunked, a bad chunk size."""
+    for request in (
+        b"POST /api/v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+        b"Content-Length: 2\r\n\r\nab",
+        b"POST /api/v1/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"POST /api/v1/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\nab\r\n0\r\n\r\n",
+        b"POST /api/v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    ):
+        with service.connect() as s:
+            s.sendall(request)
+            head = read_response(s, 20)
+            assert head.startswith(b"HTTP/1.1 400"), (request, head)
+            assert closed_by_server(s, time.monotonic() + 20), request
