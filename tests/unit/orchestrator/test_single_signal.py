@@ -11,6 +11,7 @@ from unittest.mock import ANY
 import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy import event, func, select, update
+from starlette.routing import Match
 
 from orchestrator import intake as intake_module
 from orchestrator.api import signals
@@ -93,13 +94,34 @@ async def test_gathering_stops_at_the_batch_limit(
 
 
 def test_post_incidents_is_lean_and_other_endpoints_are_not() -> None:
-    post = route(signals.router, "/incidents", "POST")
+    post = route(signals.intake_router, "/incidents", "POST")
     assert isinstance(post, LeanRoute)
     assert _lean_plan(post.dependant) == ("request", [("who", "write")])
     # query parameters: FastAPI's own handler
     assert _lean_plan(route(signals.router, "/incidents", "GET").dependant) is None
     # a body model and other dependencies
     assert _lean_plan(route(signals.router, "/nodes", "POST").dependant) is None
+
+
+async def test_health_and_the_signal_intake_are_routed_first(make_api: Any) -> None:
+    """Routing tries the routes in order: /health first, POST /incidents second, the
+    OpenAPI document (which FastAPI puts first) last."""
+    app = (await make_api()).app
+    routes = app.router.routes
+
+    def tried(method: str, path: str) -> int:
+        scope = {"type": "http", "method": method, "path": path, "root_path": "", "app": app}
+        scope.update(headers=[], query_string=b"")
+        for n, r in enumerate(routes, 1):
+            if r.matches(scope)[0] is Match.FULL:
+                return n
+        raise AssertionError(f"no route for {method} {path}")
+
+    assert tried("GET", "/api/v1/health") == 1
+    assert tried("POST", "/api/v1/incidents") == 2
+    assert tried("GET", "/api/v1/incidents") > 2
+    assert tried("GET", "/api/v1/openapi.json") == len(routes)
+    assert tried("GET", "/api/v1/docs") < len(routes)
 
 
 async def test_lean_route_checks_credentials_scope_and_rate_limit(make_api: Any) -> None:
@@ -129,7 +151,7 @@ async def test_lean_route_checks_credentials_scope_and_rate_limit(make_api: Any)
 
 async def test_lean_route_honours_dependency_overrides(make_api: Any) -> None:
     api = await make_api()
-    require = route(signals.router, "/incidents", "POST").dependant.dependencies[0].call
+    require = route(signals.intake_router, "/incidents", "POST").dependant.dependencies[0].call
     called: list[str] = []
 
     def override() -> TokenInfo:
