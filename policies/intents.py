@@ -15,6 +15,7 @@ the same intent written two ways is one rule.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -95,10 +96,19 @@ def parse_address(value: object) -> IPAddress:
         return value
     if not isinstance(value, str):
         raise ValueError("expected an IP address")
+    # detectors name the same targets again and again: parsed once (addresses are
+    # immutable); only short texts are kept, so the cache stays small
+    return _address(value) if len(value) <= 64 else _parse_address(value)
+
+
+def _parse_address(value: str) -> IPAddress:
     try:
         return ipaddress.ip_address(value.strip())
     except ValueError:
         raise ValueError(f"{value!r} is not an IP address") from None
+
+
+_address = functools.lru_cache(maxsize=4096)(_parse_address)
 
 
 def _serialize(v: object) -> str:

@@ -10,6 +10,7 @@ engine, so a signature can never match traffic to other hosts.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -49,7 +50,13 @@ REFLECTION_PORTS: dict[int, str] = {
 
 
 def _rate(value: object) -> object:
-    return parse_rate(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        # every signal of a detector says "3G" the same way: parsed once (short texts)
+        return _text_rate(value) if len(value) <= 32 else parse_rate(value)
+    return value
+
+
+_text_rate = functools.lru_cache(maxsize=1024)(parse_rate)
 
 
 Rate = Annotated[float, BeforeValidator(_rate), Field(ge=0)]
@@ -79,9 +86,10 @@ class Signal(BaseModel):
     top_source_ports: Annotated[tuple[Port, ...], Field(max_length=64)] = ()
     top_destination_ports: Annotated[tuple[Port, ...], Field(max_length=64)] = ()
     top_sources: Annotated[tuple[Address, ...], Field(max_length=64)] = ()
+    # a factory: pydantic deep-copies a mutable default on every validation
     source_countries: Annotated[
         dict[Country, Pct], BeforeValidator(_countries), Field(max_length=300)
-    ] = {}
+    ] = Field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Signal:

@@ -161,13 +161,29 @@ async def report_incident(request: Request, who: Writer) -> Response:
     # dependency for FastAPI to solve on each request
     rt: PolicyRuntime = request.app.state.runtime
     try:
-        body = json.loads(await read_body(request))
+        body = parse_json(await read_body(request))
     except (ValueError, RecursionError):  # RecursionError: nested too deep
         raise ValidationFailed("the request body must be JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ValidationFailed("the request body must be a JSON object")
     # the answer holds JSON types only: rendered as it is, without FastAPI's encoder walk
     return answer(ok(**await apply_signal(rt, body, who.name)))
+
+
+# a run of 19 digits: an integer orjson may not read exactly (past 64 bits it makes a float)
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body read as ``json.loads`` reads it, by orjson (five times faster) when
+    that gives the same: orjson refuses NaN, Infinity, lone surrogates and other encodings
+    than UTF-8 (``json`` decides then), and a body with a long number goes to ``json``."""
+    if not _LONG_NUMBER.search(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
 
 
 def answer(content: dict[str, Any]) -> Response:

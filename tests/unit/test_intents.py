@@ -278,3 +278,31 @@ def test_different_matches_give_different_keys(a: list[int], b: list[int]) -> No
     assert intent_key(flow(protocol="udp", source_port=a)) != intent_key(
         flow(protocol="udp", source_port=b)
     )
+
+
+def test_parsed_addresses_and_rates_are_cached_and_exact() -> None:
+    """Detectors repeat targets and rates: parsed once, the same answer every time,
+    errors never cached, long texts not kept."""
+    from policies import intents, signals
+    from policies.intents import parse_address
+
+    first = parse_address(" 198.18.7.7")
+    assert first == ipaddress.ip_address("198.18.7.7")
+    assert parse_address(" 198.18.7.7") is first  # from the cache
+    assert parse_address("2001:db8::1") == ipaddress.ip_address("2001:db8::1")
+    for bad in ("198.18.7.256", "host.example", ""):
+        for _ in range(2):
+            with pytest.raises(ValueError, match="is not an IP address"):
+                parse_address(bad)
+    before = intents._address.cache_info().currsize
+    padded = " " * 100 + "198.18.7.8"
+    assert parse_address(padded) == ipaddress.ip_address("198.18.7.8")
+    assert intents._address.cache_info().currsize == before  # not kept
+    sig = signals.Signal.model_validate({"target_ip": "198.18.7.7", "bps": "1.5G"})
+    again = signals.Signal.model_validate({"target_ip": "198.18.7.7", "bps": "1.5G"})
+    assert sig.bps == again.bps == 1_500_000_000
+    assert signals._text_rate.cache_info().hits >= 1
+    with pytest.raises(ValueError, match="not a rate"):
+        signals.Signal.model_validate({"target_ip": "198.18.7.7", "bps": "fast"})
+    # a default mapping per signal, never one shared
+    assert sig.source_countries == {} and sig.source_countries is not again.source_countries

@@ -4,12 +4,15 @@ the lean route authorizes exactly as the dependency does."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest.mock import ANY
 
 import pytest
 from fastapi.routing import APIRoute
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import event, func, select, update
 from starlette.routing import Match
 
@@ -383,3 +386,54 @@ def test_answers_render_with_orjson_and_fall_back_to_json() -> None:
     assert fast.headers["content-type"] == "application/json"
     big = answer({"ok": True, "raw": 2**70})  # beyond orjson's 64-bit integers
     assert big.body == b'{"ok":true,"raw":1180591620717411303424}'
+
+
+# ---------------------------------------------------------------- the body, read
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with the same types all the way down (1 is not 1.0), NaN equal to NaN."""
+    return repr(a) == repr(b) and type(a) is type(b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON)
+def test_bodies_read_exactly_as_json_reads_them(value: Any) -> None:
+    raw = json.dumps(value).encode()
+    assert _same(signals.parse_json(raw), json.loads(raw))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a": 123456789012345678901234567890}',  # orjson: a float
+        b'{"a": -9223372036854775809}',  # orjson: a float
+        b'{"a": 18446744073709551615}',
+        b'{"a": NaN, "b": -Infinity}',  # orjson refuses
+        b'{"a": "\\ud800"}',  # a lone surrogate: orjson refuses
+        '{"a": "\u00e9"}'.encode("utf-16"),  # not UTF-8: json detects it
+        b'{"a": 1, "a": 2}',
+        b'{"a": 1.5e400}',
+    ],
+)
+def test_what_orjson_reads_otherwise_goes_to_json(raw: bytes) -> None:
+    assert _same(signals.parse_json(raw), json.loads(raw))
+
+
+@pytest.mark.parametrize("raw", [b"{", b"", b"\xff", b"[" * 100_000, b'{"a": 1} x'])
+def test_what_neither_reads_is_refused(raw: bytes) -> None:
+    with pytest.raises((ValueError, RecursionError)):
+        json.loads(raw)
+    with pytest.raises((ValueError, RecursionError)):
+        signals.parse_json(raw)
