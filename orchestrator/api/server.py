@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+from collections.abc import Callable
 from typing import Any, Literal
 
 import h11
@@ -161,6 +162,11 @@ def httptools_protocol(header_timeout: float, max_header_bytes: int) -> type[asy
             self._in_headers = False
             self._header_bytes = 0
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.transport is self.transport:
+                one = OneWrite(self.transport, cycle)
+                cycle.transport = one  # type: ignore[assignment]
+                cycle.on_response = one.done
 
         def on_message_complete(self) -> None:
             self._ended = True
@@ -211,6 +217,52 @@ def httptools_protocol(header_timeout: float, max_header_bytes: int) -> type[asy
                 self.transport.close()
 
     return LimitedHttpToolsProtocol
+
+
+class OneWrite:
+    """The transport as one request's response cycle (httptools) sees it: the status line
+    and headers are held until the first piece of the body and go out with it, in one
+    write. uvicorn writes them separately: two system calls and two segments for every
+    answer, a quarter of the service's CPU under ``hey`` (each wakes the client). A
+    ``100 Continue`` (written before the response starts) is never held; the end of the
+    response and whatever closes the connection send what is held first."""
+
+    __slots__ = ("_cycle", "_held", "_on_response", "_started", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._on_response: Callable[[], None] = cycle.on_response
+        self._held: bytes | None = None
+        self._started = False
+
+    def write(self, data: bytes) -> None:
+        if not self._started and self._cycle.response_started:
+            self._started = True  # the status line and headers: held
+            self._held = data
+            return
+        if self._held is not None:
+            data = self._held + data
+            self._held = None
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._transport.write(held)
+
+    def done(self) -> None:
+        """The response is complete (the cycle's ``on_response``): what is held goes out
+        (a response without a body: HEAD, 204, 304) before a pipelined request starts."""
+        self.flush()
+        self._on_response()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 def protocol(settings: Settings, parser: Parser) -> type[asyncio.Protocol]:

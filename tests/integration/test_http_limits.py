@@ -25,6 +25,8 @@ import httpx
 import psutil
 import pytest
 
+from orchestrator.api.app import DOCS_ASSETS
+
 TOKEN = "h" * 64
 HEADER_TIMEOUT = 1.0
 MIB = 1024 * 1024
@@ -303,3 +305,49 @@ def test_unparsable_requests_get_400(service: Service) -> None:
             head = read_response(s, 20)
             assert head.startswith(b"HTTP/1.1 400"), (request, head)
             assert closed_by_server(s, time.monotonic() + 20), request
+
+
+def read_all(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_answers_go_out_whole_and_in_order(service: Service) -> None:
+    """Each answer's headers and body leave together (httptools: one write); an answer
+    without a body (HEAD) and pipelined requests keep their order; a 100 Continue
+    still comes before the body is sent."""
+    css = (DOCS_ASSETS / "swagger-ui.css").read_bytes()
+    with service.connect() as s:
+        s.sendall(
+            b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"HEAD /api/v1/docs/static/swagger-ui.css HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /api/v1/docs/static/swagger-ui.css HTTP/1.1\r\nHost: x\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        data = read_all(s, 20)
+    first, rest = data.split(b"\r\n\r\n", 1)
+    assert first.startswith(b"HTTP/1.1 200")
+    health = rest[
+        : int(dict(line.split(b": ", 1) for line in first.split(b"\r\n")[1:])[b"content-length"])
+    ]
+    assert json.loads(health)["ok"] is True
+    rest = rest[len(health) :]
+    head, rest = rest.split(b"\r\n\r\n", 1)  # HEAD: headers only
+    assert head.startswith(b"HTTP/1.1 200") and str(len(css)).encode() in head
+    head, body = rest.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == css
+    with service.connect() as s:
+        s.sendall(
+            b"POST /api/v1/incidents HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 2\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        assert read_response(s, 20).startswith(b"HTTP/1.1 100")
+        s.sendall(b"{}")
+        head = read_response(s, 20)
+    assert head.startswith(b"HTTP/1.1 422"), head
