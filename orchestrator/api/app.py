@@ -105,6 +105,10 @@ def create_app(service: Service, *, run_scheduler: bool = True) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        # FastAPI's OpenTelemetry instrumentation, unused here (metrics are Prometheus'):
+        # left on, it asked the global OTel providers (and the environment) whether to
+        # trace, on every request
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = service
     app.state.tokens = tokens
