@@ -322,3 +322,49 @@ async def test_an_agent_reports_many_incidents_in_one_request(make_api: Any) -> 
         "application/json"
     ]["schema"]["properties"]["incidents"]["items"]
     assert items["$ref"].rsplit("/", 1)[-1] in doc["components"]["schemas"]
+
+
+def stored(engine: Engine, incident_id: str, rule_ids: list[int]) -> tuple[int, int, int]:
+    """(incidents, decisions, rules) of one answer that a new connection sees now."""
+    with engine.connect() as conn:
+        return (
+            count_in(conn, incidents, incidents.c.id == incident_id),
+            count_in(conn, decisions, decisions.c.incident_id == incident_id),
+            count_in(conn, rules, rules.c.id.in_(rule_ids)),
+        )
+
+
+def count_in(conn: Connection, table: Any, *where: Any) -> int:
+    return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())
+
+
+async def test_every_answer_is_in_the_store_when_it_is_read(make_api: Any) -> None:
+    """An answer is sent only once its signal's transaction committed: read at the moment
+    each answer arrives, from a connection of its own, the store holds the incident, the
+    decision and the rules it names (single signals and a bulk request, together)."""
+    api = await service(make_api)
+    engine = api.svc.engine
+    targets = hosts(60)
+    seen: list[tuple[int, int, int]] = []
+    wanted: list[tuple[int, int, int]] = []
+
+    async def single(target: str) -> None:
+        r = await api.call("POST", "/incidents", json=signal(target))
+        body = r.json()
+        assert r.status_code == 200, r.text
+        ids = [x["rule_id"] for x in body["decision"]["rules"]]
+        seen.append(stored(engine, body["incident"]["id"], ids))
+        wanted.append((1, 1, len(ids)))
+
+    async def bulk(chunk: list[str]) -> None:
+        r = await api.call("POST", "/incidents/bulk", json={"signals": [signal(t) for t in chunk]})
+        assert r.status_code == 200, r.text
+        for res in r.json()["results"]:
+            seen.append(stored(engine, res["incident_id"], res["rule_ids"]))
+            wanted.append((1, 1, len(res["rule_ids"])))
+
+    await asyncio.gather(
+        *(single(t) for t in targets[:30]), bulk(targets[30:45]), bulk(targets[45:])
+    )
+    assert len(seen) == 60 and all(w[2] == 1 for w in wanted)  # each opened a rule
+    assert seen == wanted
