@@ -52,7 +52,7 @@ from orchestrator.incidents import (
 )
 from orchestrator.lifecycle import HELD
 from orchestrator.service import RuleRequest, Service
-from orchestrator.store.models import decisions, incidents, rules
+from orchestrator.store.models import decisions, incident_events, incidents, rules
 from orchestrator.store.rows import insert_rows
 from policies.engine import Decision, evaluate
 from policies.errors import Conflict, NotFound, SluiceError, ValidationFailed
@@ -846,7 +846,25 @@ class Intake:
                 )
             ).scalars()
             out["live_rules"] = list(live)
+            out["detector_events"] = self._detector_events(conn, out)
         return out
+
+    @staticmethod
+    def _detector_events(conn: Connection, inc: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every detector event that fed the incident (source, event id, when first seen),
+        in that order: the incident's own (at its opening, unless it took it later) and
+        those recorded in ``incident_events``."""
+        ie = incident_events
+        rows = conn.execute(
+            select(ie.c.source, ie.c.event_id, ie.c.at).where(ie.c.incident_id == inc["id"])
+        ).all()
+        first: dict[tuple[str, str], str] = {(r.source, r.event_id): r.at.isoformat() for r in rows}
+        if inc["source"] and inc["event_id"]:
+            first.setdefault((inc["source"], inc["event_id"]), inc["opened_at"])
+        return [
+            {"source": source, "event_id": event_id, "at": at}
+            for (source, event_id), at in sorted(first.items(), key=lambda kv: (kv[1], kv[0]))
+        ]
 
     def list(self, *, status: str | None, limit: int, offset: int) -> list[dict[str, Any]]:
         q = select(incidents).order_by(incidents.c.opened_at.desc()).limit(limit).offset(offset)

@@ -101,3 +101,29 @@ async def test_an_event_names_the_incident_it_fed_last(make_api: Any) -> None:
         "POST", "/incidents", json={"action": "unban", "source": "det", "event_id": "e1"}
     )
     assert done["incident"]["id"] == live["id"] and done["incident"]["status"] == "resolved"
+
+
+async def test_the_incident_detail_lists_every_event_that_fed_it(make_api: Any) -> None:
+    api = await make_api()
+    first = (await api.ok("POST", "/incidents", json=ban("e1")))["incident"]
+    await api.ok("POST", "/incidents", json=ban("e2"))
+    await api.ok("POST", "/incidents/bulk", json={"signals": [ban("e3"), ban("e2")]})
+    detail = (await api.ok("GET", f"/incidents/{first['id']}"))["incident"]
+    fed = detail["detector_events"]
+    assert [(e["source"], e["event_id"]) for e in fed] == [
+        ("det", "e1"),
+        ("det", "e2"),
+        ("det", "e3"),
+    ]
+    assert fed[0]["at"] == first["opened_at"] < fed[1]["at"] <= fed[2]["at"]
+
+    other = "198.51.100.43"  # opened without an event id: it takes the first that feeds it
+    opened = (await api.ok("POST", "/incidents", json=ban(None, target=other)))["incident"]
+    none = (await api.ok("GET", f"/incidents/{opened['id']}"))["incident"]
+    assert none["detector_events"] == []
+    await api.ok("POST", "/incidents", json=ban("e9", target=other))
+    took = (await api.ok("GET", f"/incidents/{opened['id']}"))["incident"]
+    assert took["event_id"] == "e9"
+    assert [(e["event_id"], e["at"] > opened["opened_at"]) for e in took["detector_events"]] == [
+        ("e9", True)
+    ]
