@@ -66,19 +66,32 @@ def choices(settings: Settings) -> tuple[Parser, Loop]:
     return parser, loop
 
 
-def too_large(max_header_bytes: int) -> bytes:
-    """The whole 431 answer (headers too large), connection closed after it."""
-    body = json.dumps(
-        error_body(
-            "headers_too_large",
-            f"the request line and headers are larger than {max_header_bytes} bytes",
-        )
-    ).encode()
+def refusal(status: bytes, code: str, message: str) -> bytes:
+    """A whole answer in the error envelope for a request the parser refused (the
+    connection is closed after it: what follows on it cannot be trusted)."""
+    body = json.dumps(error_body(code, message)).encode()
     return (
-        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        b"HTTP/1.1 " + status + b"\r\n"
         b"content-type: application/json\r\n"
         b"content-length: " + str(len(body)).encode() + b"\r\n"
         b"connection: close\r\n\r\n" + body
+    )
+
+
+def too_large(max_header_bytes: int) -> bytes:
+    """The whole 431 answer (headers too large)."""
+    return refusal(
+        b"431 Request Header Fields Too Large",
+        "headers_too_large",
+        f"the request line and headers are larger than {max_header_bytes} bytes",
+    )
+
+
+def malformed(msg: str) -> bytes:
+    """The whole 400 answer for a request that is not valid HTTP/1.1 (both parsers; uvicorn
+    answers these in plain text)."""
+    return refusal(
+        b"400 Bad Request", "malformed_request", f"the request is not valid HTTP/1.1: {msg}"
     )
 
 
@@ -107,11 +120,9 @@ def h11_protocol(header_timeout: float, max_header_bytes: int) -> type[H11Protoc
 
         def send_400_response(self, msg: str) -> None:
             # h11 refuses a header block past its limit as a protocol error: say which
-            if len(self.conn.trailing_data[0]) > max_header_bytes:
-                self.transport.write(too_large(max_header_bytes))
-                self.transport.close()
-                return
-            super().send_400_response(msg)
+            large = len(self.conn.trailing_data[0]) > max_header_bytes
+            self.transport.write(too_large(max_header_bytes) if large else malformed(msg))
+            self.transport.close()
 
         def _arm(self) -> None:
             if self._header_timer is None:
@@ -151,6 +162,10 @@ def httptools_protocol(header_timeout: float, max_header_bytes: int) -> type[asy
         def on_message_begin(self) -> None:
             self._in_headers = True
             super().on_message_begin()
+
+        def send_400_response(self, msg: str) -> None:
+            self.transport.write(malformed(msg))
+            self.transport.close()
 
         def on_header(self, name: bytes, value: bytes) -> None:
             # after the headers come a chunked body's trailers: dropped, as h11 does (they

@@ -299,12 +299,17 @@ def test_unparsable_requests_get_400(service: Service) -> None:
         b"POST /api/v1/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"zz\r\nab\r\n0\r\n\r\n",
         b"POST /api/v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"NOT AN HTTP REQUEST\r\n\r\n",
     ):
         with service.connect() as s:
             s.sendall(request)
-            head = read_response(s, 20)
-            assert head.startswith(b"HTTP/1.1 400"), (request, head)
-            assert closed_by_server(s, time.monotonic() + 20), request
+            answer = read_all(s, 20)  # the server closes the connection after it
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400"), (request, answer)
+            assert b"content-type: application/json" in head.lower(), (request, answer)
+            error = json.loads(body)["error"]  # the error envelope, as for every refusal
+            assert error["code"] == "malformed_request", (request, answer)
+            assert error["message"].startswith("the request is not valid HTTP/1.1"), error
 
 
 def read_all(sock: socket.socket, timeout: float) -> bytes:
