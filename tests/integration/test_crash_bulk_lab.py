@@ -59,7 +59,9 @@ def _policy(pdir: Path, endpoint: str) -> None:
     (pdir / "settings.yaml").write_text(
         "settings:\n  cooldown_seconds: 0\n  default_ttl: 0\n"
         "guardrails:\n  max_new_rules_per_minute: 1000000\n  max_active_rules: 1000000\n"
-        "escalation:\n  hold_down_seconds: 0\n  tiers:\n"
+        # an hour without signals before an incident (and its rule) ends: however slow the
+        # machine, nothing is withdrawn while the test compares BIRD with the store
+        "escalation:\n  hold_down_seconds: 0\n  episode_timeout_seconds: 3600\n  tiers:\n"
         f"    - {{name: rtbh, bps: 2G, intents: [{{type: blackhole, next_hop: {NEXT_HOP}}}],"
         " adapters: [edge]}\n"
     )
