@@ -163,8 +163,11 @@ def httptools_protocol(header_timeout: float, max_header_bytes: int) -> type[asy
             self._in_headers = True
             super().on_message_begin()
 
+        # why the last request was refused, when this protocol refused it (not httptools)
+        _refused: str | None = None
+
         def send_400_response(self, msg: str) -> None:
-            self.transport.write(malformed(msg))
+            self.transport.write(malformed(self._refused or msg))
             self.transport.close()
 
         def on_header(self, name: bytes, value: bytes) -> None:
@@ -176,6 +179,17 @@ def httptools_protocol(header_timeout: float, max_header_bytes: int) -> type[asy
         def on_headers_complete(self) -> None:
             self._in_headers = False
             self._header_bytes = 0
+            # what h11 refuses and llhttp lets through: HTTP/0.9 and other versions, an
+            # HTTP/1.1 request without its one Host header, two Host headers. Raised here,
+            # the error ends the parse and uvicorn answers through send_400_response.
+            version = self.parser.get_http_version()
+            hosts = sum(1 for name, _ in self.headers if name == b"host")
+            if version not in ("1.0", "1.1"):
+                self._refused = f"HTTP/{version} is not served"
+            elif hosts > 1 or (version == "1.1" and hosts == 0):
+                self._refused = f"{hosts} Host headers: HTTP/1.1 wants one (1.0: at most one)"
+            if self._refused is not None:
+                raise ValueError(self._refused)
             super().on_headers_complete()
             cycle = self.cycle
             if cycle is not None and cycle.transport is self.transport:

@@ -290,8 +290,9 @@ def test_trailers_do_not_become_headers(service: Service) -> None:
 
 
 def test_unparsable_requests_get_400(service: Service) -> None:
-    """Both parsers refuse what could smuggle a second request: conflicting lengths, a
-    transfer coding other than chunked, a bad chunk size."""
+    """Both parsers refuse what could smuggle a second request (conflicting lengths, a
+    transfer coding other than chunked, a bad chunk size) and what is not HTTP/1.x with
+    one Host header, in the error envelope."""
     for request in (
         b"POST /api/v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
         b"Content-Length: 2\r\n\r\nab",
@@ -300,6 +301,10 @@ def test_unparsable_requests_get_400(service: Service) -> None:
         b"zz\r\nab\r\n0\r\n\r\n",
         b"POST /api/v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
         b"NOT AN HTTP REQUEST\r\n\r\n",
+        # what llhttp accepts and h11 does not: refused on both
+        b"GET /api/v1/health HTTP/1.1\r\n\r\n",
+        b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+        b"GET /api/v1/health\r\n\r\n",
     ):
         with service.connect() as s:
             s.sendall(request)
@@ -310,6 +315,19 @@ def test_unparsable_requests_get_400(service: Service) -> None:
             error = json.loads(body)["error"]  # the error envelope, as for every refusal
             assert error["code"] == "malformed_request", (request, answer)
             assert error["message"].startswith("the request is not valid HTTP/1.1"), error
+
+
+def test_http_1_0_without_host_is_served(service: Service) -> None:
+    """The control for the Host checks above: HTTP/1.0 needs no Host header (simple health
+    checkers send none), and one Host header on HTTP/1.1 is what every client sends."""
+    for request in (
+        b"GET /api/v1/health HTTP/1.0\r\n\r\n",
+        b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ):
+        with service.connect() as s:
+            s.sendall(request)
+            answer = read_all(s, 20)
+            assert answer.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")), (request, answer)
 
 
 def read_all(sock: socket.socket, timeout: float) -> bytes:
