@@ -325,17 +325,12 @@ async def test_an_agent_reports_many_incidents_in_one_request(make_api: Any) -> 
 
 
 def stored(engine: Engine, incident_id: str, rule_ids: list[int]) -> tuple[int, int, int]:
-    """(incidents, decisions, rules) of one answer that a new connection sees now."""
-    with engine.connect() as conn:
-        return (
-            count_in(conn, incidents, incidents.c.id == incident_id),
-            count_in(conn, decisions, decisions.c.incident_id == incident_id),
-            count_in(conn, rules, rules.c.id.in_(rule_ids)),
-        )
-
-
-def count_in(conn: Connection, table: Any, *where: Any) -> int:
-    return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())
+    """(incidents, decisions, rules) of one answer that new connections see now."""
+    return (
+        count(engine, incidents, incidents.c.id == incident_id),
+        count(engine, decisions, decisions.c.incident_id == incident_id),
+        count(engine, rules, rules.c.id.in_(rule_ids)),
+    )
 
 
 async def test_every_answer_is_in_the_store_when_it_is_read(make_api: Any) -> None:

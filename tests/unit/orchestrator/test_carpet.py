@@ -497,13 +497,8 @@ async def test_policy_api_sets_validates_and_refuses_carpet_bombing(
     settings = settings_for(
         tmp_path, admin_token=ADMIN, database_url=store_url, rate_limit_per_minute=100_000
     )
-    svc = Service(settings, clock=clock)
-    app = create_app(svc, run_scheduler=False)
-    await svc.start()
-    bootstrap_token(svc, app.state.tokens)
-    app.state.runtime.load_state()
-    app.state.policy_doc.load()
-    s = Sluice(app, svc, clock)
+    s = await boot(settings, clock)
+    svc = s.svc
     try:
         r = await s.call(
             "POST", "/mitigation/adapters", json={"adapter_type": "fake", "name": "edge"}
@@ -545,9 +540,7 @@ async def test_policy_api_sets_validates_and_refuses_carpet_bombing(
         r = await s.call("PUT", "/mitigation/escalation-policy", json={"carpet_bombing": None})
         assert r.status_code == 200 and r.json()["policy"]["carpet_bombing"] is None
     finally:
-        await s.http.aclose()
-        app.state.runtime.intake.cancel_timers()
-        await svc.stop()
+        await stop(s)
 
 
 async def test_policy_api_refuses_a_section_the_files_declare(sluice_at: Any) -> None:
