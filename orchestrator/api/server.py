@@ -95,11 +95,42 @@ def malformed(msg: str) -> bytes:
     )
 
 
+class HeaderTimer:
+    """The header timer of both protocols: armed from a connection's opening and from the
+    first byte of each request, disarmed once the headers are complete; when it fires with
+    the headers still incomplete, the connection is closed. Absolute: a client that sends
+    one header byte a second gains nothing."""
+
+    header_timeout: float
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def _in_headers(self) -> bool:
+        """Whether a request line or headers are still being received."""
+        raise NotImplementedError
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _expired(self) -> None:
+        self._header_timer = None
+        if self._in_headers() and not self.transport.is_closing():
+            self.transport.close()
+
+
 def h11_protocol(header_timeout: float, max_header_bytes: int) -> type[H11Protocol]:
     """uvicorn's h11 protocol, closing connections whose headers do not arrive in time."""
+    timeout = header_timeout
 
-    class HeaderTimeoutProtocol(H11Protocol):
-        _header_timer: asyncio.TimerHandle | None = None
+    class HeaderTimeoutProtocol(HeaderTimer, H11Protocol):
+        header_timeout = timeout
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)  # type: ignore[arg-type]
@@ -109,7 +140,7 @@ def h11_protocol(header_timeout: float, max_header_bytes: int) -> type[H11Protoc
             super().data_received(data)
             if self.transport.is_closing():
                 self._disarm()
-            elif self.conn.their_state is h11.IDLE:
+            elif self._in_headers():
                 self._arm()  # (part of) a request line or headers: the clock runs
             else:
                 self._disarm()  # headers complete
@@ -124,19 +155,8 @@ def h11_protocol(header_timeout: float, max_header_bytes: int) -> type[H11Protoc
             self.transport.write(too_large(max_header_bytes) if large else malformed(msg))
             self.transport.close()
 
-        def _arm(self) -> None:
-            if self._header_timer is None:
-                self._header_timer = self.loop.call_later(header_timeout, self._expired)
-
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _expired(self) -> None:
-            self._header_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                self.transport.close()
+        def _in_headers(self) -> bool:
+            return self.conn.their_state is h11.IDLE
 
     return HeaderTimeoutProtocol
 
@@ -145,11 +165,13 @@ def httptools_protocol(header_timeout: float, max_header_bytes: int) -> type[asy
     """uvicorn's httptools protocol with the header timer and a header size limit."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class LimitedHttpToolsProtocol(HttpToolsProtocol):
-        _header_timer: asyncio.TimerHandle | None = None
+    timeout = header_timeout
+
+    class LimitedHttpToolsProtocol(HeaderTimer, HttpToolsProtocol):
+        header_timeout = timeout
         # True from the first byte of a request (and from the connection's opening) until
         # its headers are complete
-        _in_headers = True
+        _headers_pending = True
         # bytes received while in the headers, and whether a request ended within the
         # data being parsed (its bytes are then not counted: they were a request's)
         _header_bytes = 0
@@ -160,7 +182,7 @@ def httptools_protocol(header_timeout: float, max_header_bytes: int) -> type[asy
             self._arm()
 
         def on_message_begin(self) -> None:
-            self._in_headers = True
+            self._headers_pending = True
             super().on_message_begin()
 
         # why the last request was refused, when this protocol refused it (not httptools)
@@ -173,11 +195,11 @@ def httptools_protocol(header_timeout: float, max_header_bytes: int) -> type[asy
         def on_header(self, name: bytes, value: bytes) -> None:
             # after the headers come a chunked body's trailers: dropped, as h11 does (they
             # would join the request's headers: an X-Forwarded-For after the proxy's own)
-            if self._in_headers:
+            if self._headers_pending:
                 super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
-            self._in_headers = False
+            self._headers_pending = False
             self._header_bytes = 0
             # what h11 refuses and llhttp lets through: HTTP/0.9 and other versions, an
             # HTTP/1.1 request without its one Host header, two Host headers. Raised here,
@@ -206,7 +228,7 @@ def httptools_protocol(header_timeout: float, max_header_bytes: int) -> type[asy
             super().data_received(data)
             if self.transport.is_closing():
                 self._disarm()
-            elif self._in_headers:  # (part of) a request line or headers: the clock runs
+            elif self._headers_pending:  # (part of) a request line or headers: the clock runs
                 if not self._ended:
                     self._header_bytes += len(data)
                 if self._header_bytes > max_header_bytes:
@@ -231,19 +253,8 @@ def httptools_protocol(header_timeout: float, max_header_bytes: int) -> type[asy
             self.transport.write(too_large(max_header_bytes))
             self.transport.close()
 
-        def _arm(self) -> None:
-            if self._header_timer is None:
-                self._header_timer = self.loop.call_later(header_timeout, self._expired)
-
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _expired(self) -> None:
-            self._header_timer = None
-            if self._in_headers and not self.transport.is_closing():
-                self.transport.close()
+        def _in_headers(self) -> bool:
+            return self._headers_pending
 
     return LimitedHttpToolsProtocol
 
