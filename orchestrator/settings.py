@@ -130,9 +130,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"{d}: adapter directories must be absolute, without '..'")
         return v
 
-    @field_validator("egress_allow", mode="before")
+    @field_validator("egress_allow", "speaker_endpoints", mode="before")
     @classmethod
-    def _allow(cls, v: Any) -> Any:
+    def _comma_lists(cls, v: Any) -> Any:
         return _split(v, ",")
 
     @field_validator("egress_allow")
@@ -141,11 +141,6 @@ class Settings(BaseSettings):
         for entry in v:
             parse_allow(entry)  # ValueError says which entry is wrong
         return v
-
-    @field_validator("speaker_endpoints", mode="before")
-    @classmethod
-    def _speakers(cls, v: Any) -> Any:
-        return _split(v, ",")
 
     @field_validator("speaker_endpoints")
     @classmethod
