@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Connection, Engine, and_, func, select
@@ -37,7 +36,7 @@ from orchestrator.settings import Settings
 from orchestrator.store.audit import AuditLog, VerifyResult, verify
 from orchestrator.store.checkpoint import WalCheckpointer
 from orchestrator.store.crypto import SecretBox, SecretKeyError
-from orchestrator.store.db import make_engine, migrate, secure_dir
+from orchestrator.store.db import make_engine, migrate, secure_dir, sqlite_file
 from orchestrator.store.models import rule_events, rules
 from orchestrator.views import rule_view
 from policies.engine import prepare
@@ -134,16 +133,6 @@ class _Plan:
     rule_id: int = 0
 
 
-def _checkpointer_for(engine: Engine) -> WalCheckpointer | None:
-    """The WAL checkpointer of a SQLite file store (None for PostgreSQL or in memory)."""
-    name = engine.url.database
-    if engine.dialect.name != "sqlite" or not name or name == ":memory:":
-        return None
-    if name.startswith("file:"):
-        return None
-    return WalCheckpointer(Path(name))
-
-
 def _lazy_view(plan: _Plan) -> Callable[[], dict[str, Any]]:
     cache: list[dict[str, Any]] = []
 
@@ -176,7 +165,8 @@ class Service:
         secure_dir(settings.data_dir)
         self.engine = make_engine(settings.sqlalchemy_url(), checkpoint_thread=True)
         # SQLite: the log is checkpointed beside the event loop, not by its commits
-        self._checkpointer = _checkpointer_for(self.engine)
+        db_file = sqlite_file(settings.sqlalchemy_url())
+        self._checkpointer = WalCheckpointer(db_file) if db_file is not None else None
         self.rule_store = RuleStore()
         self.events = EventLog(self.engine)
         self.sessions = SessionTracker(self.engine, clock=self.clock)

@@ -76,15 +76,26 @@ def json_text(value: Any) -> str:
         return json.dumps(value)
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other stores, for a database in memory
+    and for a ``file:`` URI."""
+    if not url.startswith("sqlite") or "///" not in url:
+        return None
+    path = url.split("///", 1)[1].split("?", 1)[0]
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return Path(path)
+
+
 def make_engine(url: str, *, checkpoint_thread: bool = False) -> Engine:
     """The engine for ``url``. On SQLite, ``checkpoint_thread`` says a
     :class:`~orchestrator.store.checkpoint.WalCheckpointer` will checkpoint the log, so
     the engine's own commits leave that to it (the service's engine)."""
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
-        if path and path != ":memory:" and not path.startswith("file:"):
-            Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            secure_sqlite_files(Path(path))
+        path = sqlite_file(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            secure_sqlite_files(path)
         engine = create_engine(
             url, connect_args={"check_same_thread": False}, json_serializer=json_text
         )
