@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Connection, and_, select
@@ -330,7 +331,7 @@ class Intake:
         with svc.engine.connect() as conn:
             read = self.index.read(
                 conn,
-                [str(i.signal.target_ip) for i in batch if i.signal is not None],
+                [_text(i.signal.target_ip) for i in batch if i.signal is not None],
                 [(i.source, i.event_id) for i in batch if i.source and i.event_id],
             )
             live, by_event = read.live, read.by_event
@@ -341,6 +342,7 @@ class Intake:
             )
         out = Evaluated(items=[], new={}, touched={}, stale=[], carpet=carpet, read=read)
         last: dict[str, tuple[Incident, Signal]] = {}  # incident id -> its last signal
+        repeats: dict[str, _Repeat] = {}  # incident id -> its last evaluation in the batch
         for item in batch:
             assert item.signal is not None  # noqa: S101  # bans and rechecks carry one
             covered = carpet.cover(item) if carpet is not None else None
@@ -366,7 +368,7 @@ class Intake:
             if item.action == "recheck" and (inc.status is not Status.OPEN or inc.id in out.new):
                 out.items.append(NotFound("nothing to re-evaluate", code="not_held"))
                 continue
-            decision = self._decide(item, inc, now, hold, last)
+            decision = self._decide(item, inc, now, hold, last=last, repeats=repeats)
             if carpet is not None:
                 decision = carpet.observe(item, decision)
             if inc.id not in out.new:
@@ -382,12 +384,35 @@ class Intake:
         inc: Incident,
         now: datetime,
         hold: int,
+        *,
         last: dict[str, tuple[Incident, Signal]] | None = None,
+        repeats: dict[str, _Repeat] | None = None,
     ) -> Decision:
-        """Evaluate one signal and bring its incident up to date."""
+        """Evaluate one signal and bring its incident up to date.
+
+        ``repeats`` (a batch's evaluations so far, per incident) spares the policy a
+        signal that repeats the one before it on the same incident, once that one is
+        known to have left the target's engine state as it found it: a batch shares one
+        ``now``, and the engine's answer follows from the signal, the state and ``now``
+        alone, so the repeat gets that same decision (detectors repeat a signal for as
+        long as an attack lasts; under load many repeats share a batch).
+        """
         sig = item.signal
         assert sig is not None  # noqa: S101
-        decision = evaluate(sig, self.service.policy, self.state, now.timestamp())
+        prev = repeats.get(inc.id) if repeats is not None else None
+        same = (
+            prev is not None
+            and prev.action == item.action
+            and (prev.signal is sig or prev.signal.__dict__ == sig.__dict__)
+        )
+        if prev is not None and same and prev.fixed:
+            decision, held_until = prev.decision, prev.held_until
+        else:
+            before = _engine_state(self.state, prev.decision.target) if prev and same else None
+            decision, held_until = self._evaluate(sig, now, hold)
+            if repeats is not None:
+                fixed = before is not None and before == _engine_state(self.state, decision.target)
+                repeats[inc.id] = _Repeat(item.action, sig, decision, held_until, fixed)
         if item.action != "recheck":
             inc.signals += 1
             inc.updated_at = now
@@ -402,21 +427,27 @@ class Intake:
             inc.node = sig.node
             if item.raw_details is not None:
                 inc.raw_details = item.raw_details
-        inc.held_until = None
-        if decision.status == "held":
-            ts = self.state.peek(inc.target)
-            since = ts.attack_since if ts is not None and ts.attack_since else now.timestamp()
-            inc.held_until = datetime.fromtimestamp(since + hold, UTC)
-            decision = decision._replace(
-                explanation=(
-                    *decision.explanation,
-                    f"held until {inc.held_until:%H:%M:%S} UTC: evaluated again then "
-                    "if the incident is still open",
-                )
-            )
+        inc.held_until = held_until
         if decision.tier is not None:
             inc.tier = decision.tier
         return decision
+
+    def _evaluate(self, sig: Signal, now: datetime, hold: int) -> tuple[Decision, datetime | None]:
+        """The policy's decision on a signal, and until when it holds the incident down."""
+        decision = evaluate(sig, self.service.policy, self.state, now.timestamp())
+        if decision.status != "held":
+            return decision, None
+        ts = self.state.peek(decision.target)
+        since = ts.attack_since if ts is not None and ts.attack_since else now.timestamp()
+        held_until = datetime.fromtimestamp(since + hold, UTC)
+        decision = decision._replace(
+            explanation=(
+                *decision.explanation,
+                f"held until {held_until:%H:%M:%S} UTC: evaluated again then "
+                "if the incident is still open",
+            )
+        )
+        return decision, held_until
 
     def _incident_for(
         self,
@@ -432,7 +463,7 @@ class Intake:
     ) -> Incident:
         """The incident a signal updates (a new one when none is live)."""
         assert item.signal is not None  # noqa: S101
-        target = str(item.signal.target_ip)
+        target = _text(item.signal.target_ip)
         if item.incident_id is not None:
             inc = by_id.get(item.incident_id) or new.get(item.incident_id)
             if inc is None:
@@ -600,21 +631,7 @@ class Intake:
                     ],
                     now=now,
                 )
-                insert_rows(
-                    conn,
-                    decisions,
-                    [
-                        {
-                            "incident_id": inc.id,
-                            "at": now,
-                            "status": d.status,
-                            "tier": d.tier,
-                            "explanation": list(d.explanation),
-                            **applied[k],
-                        }
-                        for k, (_item, inc, d) in enumerate(done)
-                    ],
-                )
+                insert_rows(conn, decisions, _decision_rows(done, applied, now))
                 ev.record(conn, events)
                 for hook in hooks:
                     hook(conn)
@@ -899,3 +916,75 @@ def _runs(items: list[Item]) -> list[list[Item]]:
         else:
             runs[-1].append(item)
     return runs
+
+
+def _decision_rows(
+    done: list[tuple[Item, Incident, Decision]], applied: list[dict[str, Any]], now: datetime
+) -> list[dict[str, Any]]:
+    """A batch's decision rows, in order. Repeats of one decision on one incident that
+    changed nothing in the store (:meth:`Intake._decide` hands repeats the same decision)
+    share one row object, which :func:`~orchestrator.store.rows.insert_rows` binds once."""
+    rows: list[dict[str, Any]] = []
+    same: dict[tuple[str, int], dict[str, Any]] = {}
+    for k, (_item, inc, d) in enumerate(done):
+        a = applied[k]
+        quiet = not (a["rules"] or a["refused"] or a["withdrawn"])
+        row = same.get((inc.id, id(d))) if quiet else None
+        if row is None:
+            row = {
+                "incident_id": inc.id,
+                "at": now,
+                "status": d.status,
+                "tier": d.tier,
+                "explanation": list(d.explanation),
+                **a,
+            }
+            if quiet:
+                same[(inc.id, id(d))] = row
+        rows.append(row)
+    return rows
+
+
+@dataclass(slots=True)
+class _Repeat:
+    """An incident's last evaluation in a batch (see :meth:`Intake._decide`)."""
+
+    action: Action
+    signal: Signal
+    decision: Decision
+    held_until: datetime | None
+    fixed: bool  # the evaluation left the target's engine state as it found it
+
+
+def _engine_state(state: EngineState, key: str) -> tuple[object, ...] | None:
+    """What of a target's engine state a decision can depend on, as a comparable value."""
+    ts = state.peek(key)
+    if ts is None:
+        return None
+    return (
+        ts.attack_since,
+        ts.last_seen,
+        ts.tier,
+        ts.tier_since,
+        ts.below_since,
+        ts.last_action,
+        ts.last_emit,
+        ts.ttl,
+        tuple(ts.active),
+        ts.shape,
+    )
+
+
+_TEXTS: dict[tuple[int, int], str] = {}
+
+
+def _text(address: IPv4Address | IPv6Address) -> str:
+    """``str(address)``, remembered: formatting an address costs more than a lookup, and
+    a batch names each target twice and repeats targets."""
+    key = (address.version, int(address))
+    text = _TEXTS.get(key)
+    if text is None:
+        if len(_TEXTS) >= 100_000:
+            _TEXTS.clear()
+        text = _TEXTS[key] = str(address)
+    return text

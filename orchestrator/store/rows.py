@@ -39,7 +39,12 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
     sql, get, todo = _prepared(conn, table, tuple(names))
     memos: list[dict[Any, Any] | None] = [{} if timestamp else None for _, _, timestamp in todo]
     params: list[tuple[Any, ...]] = []
+    bound: dict[int, tuple[Any, ...]] = {}  # a row object given again is bound once
     for row in rows:
+        again = bound.get(id(row))
+        if again is not None:
+            params.append(again)
+            continue
         values = list(get(row)) if len(names) > 1 else [get(row)]
         for (i, proc, _), memo in zip(todo, memos, strict=True):
             v = values[i]
@@ -49,7 +54,7 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
                 values[i] = memo[v]
             else:
                 values[i] = memo[v] = proc(v)
-        params.append(tuple(values))
+        params.append(bound.setdefault(id(row), tuple(values)))
     conn.exec_driver_sql(sql, params)
 
 

@@ -177,3 +177,39 @@ def test_json_columns_take_what_json_dumps_took(tmp_path: Path, store_url: str |
         insert_rows(conn, incidents, [row])
     [stored] = read(engine, incidents, [row["id"]])
     assert stored["raw_details"] == big
+
+
+def test_a_row_given_again_is_stored_again(tmp_path: Path, store_url: str | None) -> None:
+    """The intake hands repeats of one decision the same row object (bound once on
+    SQLite): each occurrence is a row of its own, in its place, equal to the others."""
+    engine = engine_for(tmp_path, store_url)
+    inc = incident(1)
+    with write(engine) as conn:
+        insert_rows(conn, incidents, [inc])
+
+    def decision(status: str) -> dict[str, Any]:
+        return {
+            "incident_id": inc["id"],
+            "at": NOW,
+            "status": status,
+            "tier": None,
+            "explanation": [status],
+            "rules": [],
+            "refused": [],
+            "withdrawn": [],
+        }
+
+    steady, held = decision("steady"), decision("held")
+    with write(engine) as conn:
+        insert_rows(conn, decisions, [steady, steady, held, steady, held])
+    with engine.connect() as conn:
+        got = conn.execute(
+            select(decisions.c.status, decisions.c.explanation).order_by(decisions.c.id)
+        ).all()
+    assert [(r.status, r.explanation) for r in got] == [
+        ("steady", ["steady"]),
+        ("steady", ["steady"]),
+        ("held", ["held"]),
+        ("steady", ["steady"]),
+        ("held", ["held"]),
+    ]
