@@ -127,9 +127,13 @@ class RequestGuard:
                 body.checked = True
                 await self._authenticate(scope, state)
                 body.deadline = self.clock() + timeout
+            left = body.deadline - self.clock()
             try:
-                async with asyncio.timeout(max(0.0, body.deadline - self.clock())):
+                if left > 0 and _buffered(receive):  # answered at once: no timer to set
                     message = await receive()
+                else:
+                    async with asyncio.timeout(max(0.0, left)):
+                        message = await receive()
             except TimeoutError:
                 raise EarlyRefusal(
                     SluiceError(
@@ -211,6 +215,16 @@ class RequestGuard:
             return {"type": "http.disconnect"}
 
         await response(scope, no_body, send)
+
+
+def _buffered(receive: Receive) -> bool:
+    """Whether ``receive`` answers without waiting: uvicorn's request cycle (whose bound
+    method it is) already holds the message, e.g. a small body that came with the
+    headers. A deadline costs more per request than the rest of the guard (a timer set
+    and cancelled), and there is nothing to wait for; any other ``receive`` is waited on
+    under the deadline."""
+    event = getattr(getattr(receive, "__self__", None), "message_event", None)
+    return isinstance(event, asyncio.Event) and event.is_set()
 
 
 class _Body:
