@@ -32,7 +32,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from orchestrator import events as ev
 from orchestrator.store.models import incident_events, incidents
-from orchestrator.store.rows import insert_rows
+from orchestrator.store.rows import insert_rows, update_rows
 from policies.errors import Conflict, NotFound
 
 log = logging.getLogger("sluice.incidents")
@@ -168,12 +168,6 @@ _SIGNAL_FIELDS = (
     "tier",
     "held_until",
 )
-_UPDATE = (
-    update(incidents)
-    .where(incidents.c.id == bindparam("b_id"))
-    .values(**{c: bindparam(f"b_{c}") for c in _SIGNAL_FIELDS})
-)
-
 
 _LIVE = sorted(str(s) for s in LIVE)
 # IncidentStore.for_signals: built once (expanding IN lists), not per batch
@@ -360,12 +354,12 @@ class IncidentStore:
         """Write what signals changed on existing incidents (never their status), and the
         detector events that fed them (:func:`feed_event`)."""
         if items:
-            conn.execute(
-                _UPDATE,
-                [
-                    {"b_id": i.id, **{f"b_{c}": getattr(i, c) for c in _SIGNAL_FIELDS}}
-                    for i in items
-                ],
+            update_rows(
+                conn,
+                incidents,
+                "id",
+                _SIGNAL_FIELDS,
+                [{"id": i.id, **{c: getattr(i, c) for c in _SIGNAL_FIELDS}} for i in items],
             )
             _record_events(conn, items)
 

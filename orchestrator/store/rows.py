@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, Table, insert, select
+from sqlalchemy import Connection, DateTime, Table, bindparam, insert, select, update
 
 from orchestrator.store.models import UTCDateTime
 
@@ -56,6 +56,62 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) 
                 values[i] = memo[v] = proc(v)
         params.append(bound.setdefault(id(row), tuple(values)))
     conn.exec_driver_sql(sql, params)
+
+
+def update_rows(
+    conn: Connection, table: Table, key: str, columns: Sequence[str], rows: Sequence[dict[str, Any]]
+) -> None:
+    """``UPDATE table SET columns WHERE key = ..`` for each of ``rows`` (dicts holding
+    ``key`` and ``columns``), in the caller's transaction. On SQLite bound as
+    :func:`insert_rows` binds (the columns' own processors) and handed to the driver;
+    elsewhere through SQLAlchemy."""
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
+        stmt = (
+            update(table)
+            .where(table.c[key] == bindparam("b_" + key))
+            .values({c: bindparam("b_" + c) for c in columns})
+        )
+        conn.execute(stmt, [{f"b_{n}": row[n] for n in (key, *columns)} for row in rows])
+        return
+    sql, order, procs = _prepared_update(conn, table, key, tuple(columns))
+    params = [
+        tuple(
+            v if proc is None or v is None else proc(v)
+            for v, proc in zip((row[n] for n in order), procs, strict=True)
+        )
+        for row in rows
+    ]
+    conn.exec_driver_sql(sql, params)
+
+
+_PREPARED_UPDATES: dict[tuple[Any, ...], tuple[str, list[str], list[Any]]] = {}
+
+
+def _prepared_update(
+    conn: Connection, table: Table, key: str, columns: tuple[str, ...]
+) -> tuple[str, list[str], list[Any]]:
+    """The statement, the column of each parameter in order, and each one's processor."""
+    dialect = conn.dialect
+    cache_key = (table, key, columns, dialect)
+    found = _PREPARED_UPDATES.get(cache_key)
+    if found is not None:
+        return found
+    stmt = (
+        update(table)
+        .where(table.c[key] == bindparam("b_" + key))
+        .values({c: bindparam("b_" + c) for c in columns})
+    )
+    compiled = stmt.compile(dialect=dialect)
+    order = [name.removeprefix("b_") for name in compiled.positiontup or ()]
+    if sorted(order) != sorted((key, *columns)):  # pragma: no cover - qmark style
+        raise RuntimeError(f"unexpected parameters {order} for {table.name}")
+    procs = [table.c[n].type._cached_bind_processor(dialect) for n in order]
+    if len(_PREPARED_UPDATES) >= 256:
+        _PREPARED_UPDATES.clear()
+    found = _PREPARED_UPDATES[cache_key] = (str(compiled), order, procs)
+    return found
 
 
 def insert_returning_ids(

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, bindparam, insert, select, update
 
 from orchestrator.cluster import write
 from orchestrator.store.db import make_engine, migrate
 from orchestrator.store.models import decisions, incidents, rules
-from orchestrator.store.rows import insert_returning_ids, insert_rows
+from orchestrator.store.rows import insert_returning_ids, insert_rows, update_rows
 
 pytestmark = pytest.mark.postgresql
 
@@ -213,3 +213,42 @@ def test_a_row_given_again_is_stored_again(tmp_path: Path, store_url: str | None
         ("steady", ["steady"]),
         ("held", ["held"]),
     ]
+
+
+def test_updated_rows_read_back_as_sqlalchemy_updates_them(
+    tmp_path: Path, store_url: str | None
+) -> None:
+    """:func:`update_rows` (the intake's incident updates) against SQLAlchemy's update."""
+    engine = engine_for(tmp_path, store_url)
+    fast, slow = [incident(n) for n in range(1, 5)], [incident(n) for n in range(1, 5)]
+    with write(engine) as conn:
+        insert_rows(conn, incidents, [*fast, *slow])
+    cols = ("node", "last_signal", "signals", "updated_at", "raw_details", "held_until")
+
+    def changed(row: dict[str, Any], n: int) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "node": None if n % 2 else f"edge-{n}",
+            "last_signal": {"bps": n * 1e9, "ports": [n], "text": "ü"},
+            "signals": 100 + n,
+            "updated_at": NOW + timedelta(minutes=n),
+            "raw_details": {"n": n} if n % 2 else None,
+            "held_until": NOW + timedelta(hours=1) if n % 2 else None,
+        }
+
+    with write(engine) as conn:
+        update_rows(conn, incidents, "id", cols, [changed(r, n) for n, r in enumerate(fast, 1)])
+        conn.execute(
+            update(incidents)
+            .where(incidents.c.id == bindparam("b_id"))
+            .values({c: bindparam("b_" + c) for c in cols}),
+            [{f"b_{k}": v for k, v in changed(r, n).items()} for n, r in enumerate(slow, 1)],
+        )
+    got_fast = read(engine, incidents, [r["id"] for r in fast])
+    got_slow = read(engine, incidents, [r["id"] for r in slow])
+    key = {r["id"]: n for n, r in enumerate([*fast, *slow])}
+    got_fast.sort(key=lambda r: key[r["id"]])
+    got_slow.sort(key=lambda r: key[r["id"]])
+    for n, (a, b) in enumerate(zip(got_fast, got_slow, strict=True), 1):
+        assert a["signals"] == 100 + n and a["last_signal"]["ports"] == [n]
+        assert {**a, "id": b["id"], "target": b["target"]} == b
