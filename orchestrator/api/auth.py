@@ -18,12 +18,23 @@ from orchestrator.tokens import TokenInfo, TokenStore
 from policies.errors import Forbidden
 
 COOKIE = "sluice_session"
+
+
+def _authorization(request: Request) -> str | None:
+    """The Authorization header, as ``request.headers.get`` finds it (the first one; ASGI
+    header names are lower case), without building the request's header map."""
+    for key, value in request.scope["headers"]:
+        if key == b"authorization":
+            return bytes(value).decode("latin-1")
+    return None
+
+
 CSRF_HEADER = "x-csrf-token"
 SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def authenticate(request: Request) -> TokenInfo:
-    header = request.headers.get("authorization")
+    header = _authorization(request)
     # a bearer token wins: the cookies are parsed only without one
     sid = None if header else request.cookies.get(COOKIE)
     if header or not sid:

@@ -63,6 +63,7 @@ class RateLimiter:
         windows: SharedWindows | None = None,
     ) -> None:
         self.per_minute = per_minute
+        self._limit_text = str(per_minute)
         self.clock = clock
         self.windows = windows
         self._hits: dict[str, deque[float]] = {}
@@ -110,7 +111,7 @@ class RateLimiter:
 
     def _headers(self, remaining: int, reset: int) -> dict[str, str]:
         return {
-            "X-RateLimit-Limit": str(self.per_minute),
+            "X-RateLimit-Limit": self._limit_text,
             "X-RateLimit-Remaining": str(remaining),
             "X-RateLimit-Reset": str(reset),
         }
@@ -308,7 +309,9 @@ async def service_of(request: Request) -> Service:
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client is not None else "unknown"
+    # from the scope: Request.client builds an Address tuple on every call
+    client = request.scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 def counted(app_state: Any, address: str, authenticate: Callable[[], _T]) -> _T:
