@@ -98,23 +98,31 @@ class Outcome:
     views: dict[str, dict[str, Any]] | None = None
 
     def view(self) -> dict[str, Any]:
-        """The full answer (``POST /incidents``): the incident and the explained decision."""
-        inc, d = self.incident, self.decision
-        planned = d.to_dict()
-        if self.views is None:
-            shown = inc.view()
-        else:
-            shown = self.views.get(inc.id) or self.views.setdefault(inc.id, inc.view())
+        """The full answer (``POST /incidents``): the incident and the explained decision.
+
+        Within a batch the views are shared (``views``): an incident's, and a decision's
+        that changed nothing in the store (repeats of one decision hold the same object,
+        see :meth:`Intake._decide`). Answers are rendered, never changed."""
+        inc, d, views = self.incident, self.decision, self.views
+        if views is None:
+            return {"incident": inc.view(), "decision": self._decision()}
+        shown = views.get(inc.id) or views.setdefault(inc.id, inc.view())
+        a = self.applied
+        if a["rules"] or a["refused"] or a["withdrawn"]:
+            return {"incident": shown, "decision": self._decision()}
+        key = f"{inc.id} {id(d)}"
+        decided = views.get(key) or views.setdefault(key, self._decision())
+        return {"incident": shown, "decision": decided}
+
+    def _decision(self) -> dict[str, Any]:
+        inc, planned = self.incident, self.decision.to_dict()
         return {
-            "incident": shown,
+            **planned,
             # "planned": what the policy asked for; "rules": the rules it made (ids);
             # "refused": what guardrails stopped; "withdrawn": rule ids taken down
-            "decision": {
-                **planned,
-                "planned": planned["rules"],
-                "held_until": inc.held_until.isoformat() if inc.held_until else None,
-                **self.applied,
-            },
+            "planned": planned["rules"],
+            "held_until": inc.held_until.isoformat() if inc.held_until else None,
+            **self.applied,
         }
 
     def brief(self) -> dict[str, Any]:

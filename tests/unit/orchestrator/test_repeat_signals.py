@@ -112,7 +112,14 @@ async def run(
         (r.target, r.status, r.tier, tuple(r.explanation), tuple(x["intent"] for x in r.rules))
         for r in rows
     ]
-    return made, asked[0]
+    # and each answer says the same (answers of one batch share their views)
+    answers = [
+        (o.view()["incident"]["target_ip"], o.view()["decision"])
+        for o in out
+        if isinstance(o, intake_module.Outcome)
+    ]
+    assert len(answers) == 48
+    return [*made, *answers], asked[0]
 
 
 @pytest.mark.parametrize("hold_down", [0, 30])
@@ -129,9 +136,9 @@ async def test_repeats_get_the_decisions_the_policy_gives(
     control = f"sqlite:///{tmp_path / 'control.db'}"
     without, asked_all = await run(make_service, hold_down, monkeypatch, database_url=control)
     assert asked_all == 48
-    assert len(with_reuse) == 48
+    assert len(with_reuse) == 96
     assert with_reuse == without
-    statuses = {t: [s for tt, s, *_ in with_reuse if tt == t] for t in ("198.51.100.1",)}
+    statuses = {t: [s for tt, s, *_ in with_reuse[:48] if tt == t] for t in ("198.51.100.1",)}
     if hold_down == 0:  # the first announces, the repeats keep the tier
         assert statuses["198.51.100.1"] == ["announce"] + ["steady"] * 11
     else:
