@@ -30,6 +30,7 @@ from orchestrator.store.models import incidents, kv
 
 log = logging.getLogger("sluice.consumer")
 KINDS = ("incident.opened", "incident.escalated", "incident.resolved")
+PAGE = 200  # incident events handled per read
 SAVE_EVERY = 2.0  # seconds between cursor saves while no event is acted on
 # One page of incident events: (kind, incident id, context, event id), in log order.
 Batch = list[tuple[str, str, dict[str, Any], int]]
@@ -126,15 +127,20 @@ class Consumer:
             )
 
     async def step(self, after: int) -> int:
-        """Handle one page of incident events after ``after``; returns the new cursor.
+        """Handle one page of incident events after ``after``; returns the new cursor."""
+        return (await self._page(after))[0]
+
+    async def _page(self, after: int) -> tuple[int, bool]:
+        """Handle one page of incident events after ``after``: the new cursor, and whether
+        the page was full (more may follow before the head the page was read up to).
 
         Only the incident events are read (a storm of rule events is skipped in the
         query); when ``wants`` says nothing could act on them (no runbook active, no
         channel enabled), the page is passed over without reading the incidents.
         """
-        items, last = self.events.kinds_after(after, KINDS, 200)
+        items, last = self.events.kinds_after(after, KINDS, PAGE)
         if last == after:
-            return after
+            return after, False
         wanted = [(str(iid), kind) for _id, kind, iid in items if iid]
         batch: Batch = []
         if wanted and self.wants():
@@ -156,7 +162,7 @@ class Consumer:
         now = time.monotonic()
         if batch or now - self._saved_at >= SAVE_EVERY:
             self._flush()
-        return last
+        return last, len(items) == PAGE
 
     def _flush(self) -> None:
         if self._unsaved is not None:
@@ -168,12 +174,14 @@ class Consumer:
         last = self.cursor()
         while True:
             armed = self.events.arm()  # before reading: a commit in between still wakes us
-            new = await self.step(last)
-            if new != last:
-                last = new
+            last, more = await self._page(last)
+            if more:  # a full page: the next one is read at once
                 armed.cancel()
                 continue
-            if self._unsaved is not None:  # the log is quiet: save where we are
+            # Read up to the log's head: wait for the next commit (at once if one came
+            # while reading). The cursor is saved at most every SAVE_EVERY seconds: under
+            # a stream of small commits every pause would otherwise be a write of its own.
+            if self._unsaved is not None and time.monotonic() - self._saved_at >= SAVE_EVERY:
                 self._flush()
             await self.events.wait(armed, self.idle)
 
