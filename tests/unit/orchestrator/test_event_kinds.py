@@ -7,13 +7,20 @@ cursor without handing anything to its handler.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from orchestrator import events as ev
 from orchestrator.cluster import write
+from orchestrator.runbooks import consumer as consumer_module
 from orchestrator.runbooks.consumer import KINDS, Batch, Consumer
 from orchestrator.service import Service
 from orchestrator.store.db import migrate
@@ -28,6 +35,14 @@ def service(tmp_path: Path, store_url: str | None) -> Service:
     svc = Service(settings_for(tmp_path, database_url=store_url), policy=policy())
     migrate(svc.engine)
     return svc
+
+
+async def until(check: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {seconds} s")
+        await asyncio.sleep(0.001)
 
 
 def log(svc: Service, *kinds: ev.Kind) -> None:
@@ -73,3 +88,48 @@ async def test_consumer_with_nothing_configured_only_moves(
     assert handled == []
     assert consumer.cursor() == start + 3  # saved
     assert await consumer.step(start + 3) == start + 3  # nothing new
+
+
+async def test_a_stream_of_small_commits_costs_one_read_each_and_no_cursor_writes(
+    tmp_path: Path, store_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running consumer reads once per commit (a page short of full reached the head:
+    it waits for the next commit) and writes its cursor at most every SAVE_EVERY seconds
+    (the clock is frozen here: one save, the first). Before, each commit cost two reads
+    and a cursor write."""
+    svc = service(tmp_path, store_url)
+    reads: list[int] = []
+    saves: list[int] = []
+    real_kinds_after = svc.events.kinds_after
+
+    def counting(after: int, kinds: Any, limit: int) -> Any:
+        reads.append(after)
+        return real_kinds_after(after, kinds, limit)
+
+    monkeypatch.setattr(svc.events, "kinds_after", counting)
+    # the consumer's clock alone is frozen (the loop's and the deadlines' run on)
+    monkeypatch.setattr(consumer_module, "time", SimpleNamespace(monotonic=lambda: 1000.0))
+
+    async def handler(batch: Batch) -> None:
+        raise AssertionError("nothing is configured to act")
+
+    consumer = Consumer("test", svc.events, handler, wants=lambda: False, idle=60)
+    real_save = consumer.save
+
+    def save(value: int) -> None:
+        saves.append(value)
+        real_save(value)
+
+    monkeypatch.setattr(consumer, "save", save)
+    consumer.start()
+    try:
+        await until(lambda: len(reads) >= 1, "the first read")
+        for n in range(20):
+            log(svc, ev.Kind.INCIDENT_OPENED)
+            await until(partial(lambda want: len(reads) >= want, n + 2), f"read {n + 2}")
+            for _ in range(20):  # room for a second read, which should not happen
+                await asyncio.sleep(0)
+    finally:
+        await consumer.stop()
+    assert len(reads) == 21, reads  # the first, then one per commit
+    assert len(saves) <= 2, saves  # the first read's, and the one on stop
