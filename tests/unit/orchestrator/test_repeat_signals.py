@@ -22,6 +22,9 @@ from policies.engine import Decision, evaluate
 from policies.schema import Policy
 from policies.signals import Signal
 
+# the repeats' rows go through the store's own insert path: SQLite and PostgreSQL
+pytestmark = pytest.mark.postgresql
+
 NOW = datetime(2026, 12, 2, 3, 0, 0, tzinfo=UTC)
 
 
