@@ -33,7 +33,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Connection, and_, select
@@ -57,7 +56,7 @@ from orchestrator.store.models import decisions, incident_events, incidents, rul
 from orchestrator.store.rows import insert_rows
 from policies.engine import Decision, evaluate
 from policies.errors import Conflict, NotFound, SluiceError, ValidationFailed
-from policies.intents import canonical
+from policies.intents import address_text, canonical
 from policies.signals import Signal
 
 if TYPE_CHECKING:
@@ -339,7 +338,7 @@ class Intake:
         with svc.engine.connect() as conn:
             read = self.index.read(
                 conn,
-                [_text(i.signal.target_ip) for i in batch if i.signal is not None],
+                [address_text(i.signal.target_ip) for i in batch if i.signal is not None],
                 [(i.source, i.event_id) for i in batch if i.source and i.event_id],
             )
             live, by_event = read.live, read.by_event
@@ -471,7 +470,7 @@ class Intake:
     ) -> Incident:
         """The incident a signal updates (a new one when none is live)."""
         assert item.signal is not None  # noqa: S101
-        target = _text(item.signal.target_ip)
+        target = address_text(item.signal.target_ip)
         if item.incident_id is not None:
             inc = by_id.get(item.incident_id) or new.get(item.incident_id)
             if inc is None:
@@ -981,18 +980,3 @@ def _engine_state(state: EngineState, key: str) -> tuple[object, ...] | None:
         tuple(ts.active),
         ts.shape,
     )
-
-
-_TEXTS: dict[tuple[int, int], str] = {}
-
-
-def _text(address: IPv4Address | IPv6Address) -> str:
-    """``str(address)``, remembered: formatting an address costs more than a lookup, and
-    a batch names each target twice and repeats targets."""
-    key = (address.version, int(address))
-    text = _TEXTS.get(key)
-    if text is None:
-        if len(_TEXTS) >= 100_000:
-            _TEXTS.clear()
-        text = _TEXTS[key] = str(address)
-    return text

@@ -244,7 +244,7 @@ def evaluate(signal: Signal, policy: Policy, state: EngineState, now: float) -> 
     c = compile_policy(policy)
     target = signal.target_ip
     value = int(target)
-    key = c.key_of(target, value)
+    key = c.key_of(target)
     ts = state.target(key)
     run = _Run(c, ts, signal, now, [], key)
     if c.dry_run:

@@ -110,6 +110,20 @@ def _parse_address(value: str) -> IPAddress:
 
 _address = functools.lru_cache(maxsize=4096)(_parse_address)
 
+_TEXTS: dict[tuple[int, int], str] = {}
+
+
+def address_text(address: IPAddress) -> str:
+    """``str(address)``, remembered: formatting an address (IPv6 above all) costs more
+    than a look-up, and signals name the same targets again and again."""
+    key = (address.version, int(address))
+    text = _TEXTS.get(key)
+    if text is None:
+        if len(_TEXTS) >= 100_000:
+            _TEXTS.clear()
+        text = _TEXTS[key] = str(address)
+    return text
+
 
 def _serialize(v: object) -> str:
     return str(v)

@@ -29,6 +29,7 @@ from policies.intents import (
     IPNetwork,
     RateLimit,
     ScrubbingIntent,
+    address_text,
     canonical,
     intent_to_dict,
     key_of,
@@ -110,8 +111,6 @@ class Compiled:
         self.holds = [f"tier {t.name} holds: traffic " for t in self.tiers]
         self._flow_templates: dict[tuple[Any, ...], FlowSpecIntent] = {}
         self._prefix_templates: dict[tuple[Any, ...], BlackholeIntent | ScrubbingIntent | None] = {}
-        self._texts4: dict[int, str] = {}
-        self._texts6: dict[int, str] = {}
         self._entry_texts: dict[int, str] = {}
         self.rule_cache: dict[tuple[Any, ...], tuple[tuple[PlannedRule, ...], tuple[str, ...]]] = {}
 
@@ -172,15 +171,9 @@ class Compiled:
         found = self._prefix_templates[key]
         return None if found is None else found.model_copy(update={"prefix": net})
 
-    def key_of(self, address: IPAddress, value: int) -> str:
-        """``str(address)``, cached: IPv6 formatting is slow and signals repeat targets."""
-        texts = self._texts4 if address.version == 4 else self._texts6
-        text = texts.get(value)
-        if text is None:
-            if len(texts) > 100_000:
-                texts.clear()
-            text = texts[value] = str(address)
-        return text
+    def key_of(self, address: IPAddress) -> str:
+        """The engine's key for a target: its text (:func:`~policies.intents.address_text`)."""
+        return address_text(address)
 
     def override_text(self, entry: HostThreshold) -> str:
         # Keyed by id(): entries live as long as the policy this object holds.
