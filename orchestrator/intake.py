@@ -58,6 +58,7 @@ from policies.engine import Decision, evaluate
 from policies.errors import Conflict, NotFound, SluiceError, ValidationFailed
 from policies.intents import address_text, canonical
 from policies.signals import Signal
+from policies.state import snapshot
 
 if TYPE_CHECKING:
     from policies.state import EngineState
@@ -966,17 +967,4 @@ class _Repeat:
 def _engine_state(state: EngineState, key: str) -> tuple[object, ...] | None:
     """What of a target's engine state a decision can depend on, as a comparable value."""
     ts = state.peek(key)
-    if ts is None:
-        return None
-    return (
-        ts.attack_since,
-        ts.last_seen,
-        ts.tier,
-        ts.tier_since,
-        ts.below_since,
-        ts.last_action,
-        ts.last_emit,
-        ts.ttl,
-        tuple(ts.active),
-        ts.shape,
-    )
+    return None if ts is None else snapshot(ts)

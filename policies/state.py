@@ -59,6 +59,16 @@ class TargetState:
 
 
 _PERSISTED = tuple(f for f in TargetState.__dataclass_fields__ if f not in ("shape", "memo"))
+# What a decision can depend on: every field but the look-up cache
+_DECIDING = tuple(f for f in TargetState.__dataclass_fields__ if f != "memo")
+
+
+def snapshot(ts: TargetState) -> tuple[object, ...]:
+    """The target's state as a comparable value (the intake compares it before and after
+    an evaluation: unchanged, an equal signal at the same time gets the same decision)."""
+    return tuple(
+        tuple(v) if isinstance(v, list) else v for v in (getattr(ts, f) for f in _DECIDING)
+    )
 
 
 def _target_dict(ts: TargetState) -> dict[str, Any]:
