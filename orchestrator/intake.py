@@ -107,8 +107,7 @@ class Outcome:
         if views is None:
             return {"incident": inc.view(), "decision": self._decision()}
         shown = views.get(inc.id) or views.setdefault(inc.id, inc.view())
-        a = self.applied
-        if a["rules"] or a["refused"] or a["withdrawn"]:
+        if not _quiet(self.applied):
             return {"incident": shown, "decision": self._decision()}
         key = f"{inc.id} {id(d)}"
         decided = views.get(key) or views.setdefault(key, self._decision())
@@ -926,6 +925,12 @@ def _runs(items: list[Item]) -> list[list[Item]]:
     return runs
 
 
+def _quiet(applied: dict[str, Any]) -> bool:
+    """Whether a decision changed nothing in the store: no rule made, refused or withdrawn
+    (such answers and rows may be shared by repeats of the decision)."""
+    return not (applied["rules"] or applied["refused"] or applied["withdrawn"])
+
+
 def _decision_rows(
     done: list[tuple[Item, Incident, Decision]], applied: list[dict[str, Any]], now: datetime
 ) -> list[dict[str, Any]]:
@@ -936,7 +941,7 @@ def _decision_rows(
     same: dict[tuple[str, int], dict[str, Any]] = {}
     for k, (_item, inc, d) in enumerate(done):
         a = applied[k]
-        quiet = not (a["rules"] or a["refused"] or a["withdrawn"])
+        quiet = _quiet(a)
         row = same.get((inc.id, id(d))) if quiet else None
         if row is None:
             row = {

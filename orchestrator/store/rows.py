@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, DateTime, Table, Update, bindparam, insert, select, update
 
 from orchestrator.store.models import UTCDateTime
 
@@ -68,22 +68,27 @@ def update_rows(
     if not rows:
         return
     if conn.dialect.name != "sqlite":
-        stmt = (
-            update(table)
-            .where(table.c[key] == bindparam("b_" + key))
-            .values({c: bindparam("b_" + c) for c in columns})
-        )
-        conn.execute(stmt, [{f"b_{n}": row[n] for n in (key, *columns)} for row in rows])
+        params = [{f"b_{n}": row[n] for n in (key, *columns)} for row in rows]
+        conn.execute(_update(table, key, columns), params)
         return
     sql, order, procs = _prepared_update(conn, table, key, tuple(columns))
-    params = [
+    values = [
         tuple(
-            v if proc is None or v is None else proc(v)
+            v if proc is None else proc(v)
             for v, proc in zip((row[n] for n in order), procs, strict=True)
         )
         for row in rows
     ]
-    conn.exec_driver_sql(sql, params)
+    conn.exec_driver_sql(sql, values)
+
+
+def _update(table: Table, key: str, columns: Sequence[str]) -> Update:
+    """``UPDATE table SET column = :b_column .. WHERE key = :b_key``."""
+    return (
+        update(table)
+        .where(table.c[key] == bindparam("b_" + key))
+        .values({c: bindparam("b_" + c) for c in columns})
+    )
 
 
 _PREPARED_UPDATES: dict[tuple[Any, ...], tuple[str, list[str], list[Any]]] = {}
@@ -98,12 +103,7 @@ def _prepared_update(
     found = _PREPARED_UPDATES.get(cache_key)
     if found is not None:
         return found
-    stmt = (
-        update(table)
-        .where(table.c[key] == bindparam("b_" + key))
-        .values({c: bindparam("b_" + c) for c in columns})
-    )
-    compiled = stmt.compile(dialect=dialect)
+    compiled = _update(table, key, columns).compile(dialect=dialect)
     order = [name.removeprefix("b_") for name in compiled.positiontup or ()]
     if sorted(order) != sorted((key, *columns)):  # pragma: no cover - qmark style
         raise RuntimeError(f"unexpected parameters {order} for {table.name}")
